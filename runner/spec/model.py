@@ -1,0 +1,287 @@
+"""The typed job spec: the single source of truth for the job file's shape.
+
+`schemas/job.schema.json` is generated from these classes (see `runner.spec.schema`) and a test
+keeps the committed file identical to the generated one, so the editor-facing contract and the
+loader can never drift. Every field carries a description because the schema is documentation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+SOURCE_PATTERN = r"^(hf|local|gguf|pkg|registry|job):.+$"
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
+
+ModelKind = Literal["causal-lm", "embedding", "image-text-embedding"]
+DataFormat = Literal[
+    "auto", "alpaca", "sharegpt", "messages", "text", "pairs", "triplets", "scored-pairs", "image-text"
+]
+CANONICAL_FIELDS = (
+    "instruction", "input", "output", "system", "history", "conversations", "messages", "text",
+    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "task", "tools",
+)
+CanonicalField = Literal[
+    "instruction", "input", "output", "system", "history", "conversations", "messages", "text",
+    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "task", "tools",
+]
+LossType = Literal["auto", "causal-lm", "contrastive", "matryoshka", "cosent", "multi-task"]
+BaseLossType = Literal["contrastive", "cosent"]
+ReportTarget = Literal["tensorboard", "wandb", "mlflow"]
+
+
+def _one_or_many(value: object) -> object:
+    """TOML users write a single path as a string; the loader sees a list either way."""
+    return [value] if isinstance(value, str) else value
+
+
+StrList = Annotated[
+    list[str],
+    BeforeValidator(_one_or_many),
+    Field(json_schema_extra={"x-one-or-many": True}),
+]
+
+
+class Section(BaseModel):
+    """Strict base: unknown keys are errors, fields are documented, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+
+
+class ModelSection(Section):
+    source: str = Field(
+        description=(
+            "Where the base model comes from: 'hf:ORG/NAME[@REVISION]' (Hugging Face Hub, cached), "
+            "'local:PATH' (a folder with config and safetensors), 'gguf:PATH#FILE.gguf', "
+            "'pkg:PACKAGE[/SUBPATH]' (weights shipped in an installed Python package), "
+            "'registry:ALIAS' (an entry of the model registry) or 'job:NAME' (the output of "
+            "another job's latest successful run)."
+        ),
+        pattern=SOURCE_PATTERN,
+        json_schema_extra={"x-hint": "a source such as 'hf:org/name', 'local:path', 'pkg:package', 'registry:alias' or 'job:name'"},
+    )
+    kind: ModelKind = Field(
+        "causal-lm",
+        description=(
+            "Model family: 'causal-lm' (instruction / chat / completion fine-tuning), 'embedding' "
+            "(text encoder) or 'image-text-embedding' (CLIP-style or single-tower VLM embedder)."
+        ),
+    )
+    pooling: Literal["auto", "mean", "cls", "last-token"] = Field(
+        "auto",
+        description="Embedding pooling; 'auto' is mean for encoders and last-token for decoder LMs.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weight dtype for training; 'auto' is float32 on CPU and bfloat16 on GPUs that support it.",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel; 'auto' picks flash_attention_2 when installed and usable, else sdpa.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description=(
+            "Allow the model repository's own Python code to run. Also needs the runner to be "
+            "started with --allow-remote-code."
+        ),
+    )
+
+
+class DataSection(Section):
+    train: StrList = Field(
+        description="Training data files (JSON, JSONL). A list is merged in order. Relative paths are relative to the job file.",
+        min_length=1,
+    )
+    eval: StrList = Field(
+        default_factory=list,
+        description="Held-out evaluation files. Leave empty and set eval_fraction to split the training data instead.",
+    )
+    eval_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of the training records held out for evaluation (deterministic by seed) when no eval files are given.",
+    )
+    format: DataFormat = Field(
+        "auto",
+        description=(
+            "Record format. 'auto' detects it from the records and reports what it chose. "
+            "Causal LMs: alpaca, sharegpt, messages, text. Embeddings: pairs, triplets, scored-pairs, image-text."
+        ),
+    )
+    fields: dict[CanonicalField, str] = Field(
+        default_factory=dict,
+        description="Field mapping: canonical field name -> the name used in your records, e.g. {instruction = \"question\", output = \"answer\"}.",
+    )
+    domain_field: str | None = Field(
+        None,
+        description="A record field (e.g. 'domain') whose value is rendered as a tag before the prompt.",
+    )
+    domain_format: str = Field(
+        "[{value}] ",
+        description="How the domain tag is rendered; '{value}' is replaced by the field's value.",
+    )
+    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example; longer examples are truncated.")
+    max_records: int | None = Field(None, ge=1, description="Use only the first N training records (quick trials).")
+    packing: bool = Field(
+        False,
+        description="Padding-free batches: sequences concatenated into one row with position ids restarting per sequence. Causal LMs only.",
+    )
+    train_on_prompt: bool = Field(False, description="Compute the loss on prompt tokens too, not only on the responses.")
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error",
+        description="'error' stops before training and lists every bad record; 'skip' drops them and reports the count.",
+    )
+    image_root: str | None = Field(
+        None, description="Folder that relative image paths are resolved against (default: the data file's folder)."
+    )
+    image_size: int = Field(448, ge=16, le=4096, description="Images are resized to image_size x image_size pixels.")
+    shuffle: bool = Field(True, description="Shuffle training examples each epoch (seeded).")
+
+
+class AdapterSection(Section):
+    method: Literal["lora", "qlora", "full"] = Field(
+        "lora",
+        description="'lora' trains low-rank adapters; 'qlora' does so on a 4-bit quantised base; 'full' trains every weight.",
+    )
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: StrList = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Module names to adapt, or 'all-linear' for every linear layer except the output head.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA: 4-bit quantisation type.")
+    double_quant: bool = Field(True, description="QLoRA: quantise the quantisation constants too.")
+    allow_cpu: bool = Field(
+        False,
+        description="QLoRA: permit running the 4-bit base on a CPU (slow; meant for tests and small trials).",
+    )
+
+
+class TaskLoss(Section):
+    type: BaseLossType = Field("contrastive", description="Loss of this task's batches.")
+    temperature: float = Field(0.05, gt=0.0, le=10.0, description="Softmax temperature for contrastive losses.")
+    symmetric: bool = Field(False, description="Contrastive: also score documents against queries.")
+
+
+class LossSection(Section):
+    type: LossType = Field(
+        "auto",
+        description=(
+            "'auto' is causal-lm for causal LMs and contrastive for embedding models. "
+            "'contrastive': InfoNCE with in-batch and hard negatives; 'matryoshka': a base loss "
+            "summed over truncated embedding sizes; 'cosent': scored pairs; 'multi-task': one loss "
+            "and one LoRA adapter per task label."
+        ),
+    )
+    temperature: float = Field(0.05, gt=0.0, le=10.0, description="Softmax temperature for contrastive losses.")
+    symmetric: bool = Field(False, description="Contrastive: score documents against queries as well as queries against documents.")
+    base: BaseLossType = Field("contrastive", description="Matryoshka: the loss applied at each dimension.")
+    dims: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="Matryoshka: embedding sizes, descending, e.g. [384, 256, 128, 64]."
+    )
+    dim_weights: list[Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=list, description="Matryoshka: a weight per dimension (default: all 1)."
+    )
+    tasks: dict[Annotated[str, Field(pattern=NAME_PATTERN)], TaskLoss] = Field(
+        default_factory=dict,
+        description="Multi-task: task label -> its loss. Each task gets its own LoRA adapter.",
+    )
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0.0, le=1000.0, description="Passes over the training data.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up the learning rate.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 disables clipping).")
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
+        "adamw_torch", description="Optimizer."
+    )
+    seed: int = Field(42, ge=0, description="Seed for weights of new layers, data order and dropout.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+    log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
+    save_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
+
+
+class EvalSection(Section):
+    every: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps (needs data.eval or data.eval_fraction)."
+    )
+    at_start: bool = Field(True, description="Evaluate before training, as a baseline (when eval data exists).")
+    at_end: bool = Field(True, description="Evaluate after training (when eval data exists).")
+    batch_size: int | None = Field(None, ge=1, description="Eval batch size (default: train.batch_size).")
+    max_records: int | None = Field(None, ge=1, description="Evaluate on at most N records.")
+    recall_at: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 5, 10], description="Embedding retrieval: the k values of recall@k."
+    )
+
+
+class ResourcesSection(Section):
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' uses a GPU when one is present.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision; 'auto' is fp32 on CPU and bf16 where the GPU supports it."
+    )
+    nproc: int = Field(1, ge=1, le=64, description="Processes per job; above 1 the job is launched with torchrun (DDP).")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Multi-process strategy.")
+    threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (default: the cores available).")
+
+
+class OutputSection(Section):
+    register_as: str | None = Field(
+        None,
+        pattern=ALIAS_PATTERN,
+        description="Register the result in the model registry under this alias (lowercase letters, digits, '.', '_', '-').",
+        json_schema_extra={"x-hint": "a registry alias: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"},
+    )
+    merge: bool = Field(False, description="Also write the adapter merged into the base weights.")
+
+
+class TrackingSection(Section):
+    report_to: list[ReportTarget] = Field(
+        default_factory=list,
+        description="Experiment trackers besides the run's own metrics.jsonl; wandb runs in offline mode.",
+    )
+    project: str | None = Field(None, description="Tracker project name (default: the job name).")
+
+
+class JobSpec(Section):
+    """A fine-tuning job: one TOML file in jobs/."""
+
+    name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="Job name; defaults to the file name without .toml. Runs are stored under runs/<name>/.",
+        json_schema_extra={"x-hint": "a name of letters, digits, '.', '_' or '-' (at most 64)"},
+    )
+    description: str = Field("", description="Free text shown in listings.")
+    priority: int = Field(0, ge=-1000, le=1000, description="Queue order: higher runs first; ties run in the order seen.")
+    model: ModelSection = Field(description="The base model.")
+    data: DataSection = Field(description="Training and evaluation data.")
+    adapter: AdapterSection = Field(default_factory=AdapterSection, description="What is trained: LoRA, QLoRA or all weights.")
+    loss: LossSection = Field(default_factory=LossSection, description="The training objective.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Optimisation settings.")
+    eval: EvalSection = Field(default_factory=EvalSection, description="When and how to evaluate.")
+    resources: ResourcesSection = Field(default_factory=ResourcesSection, description="Devices and processes.")
+    output: OutputSection = Field(default_factory=OutputSection, description="What happens to the result.")
+    tracking: TrackingSection = Field(default_factory=TrackingSection, description="Experiment tracking.")
+
+    @property
+    def loss_type(self) -> str:
+        """The effective loss after resolving 'auto' against the model kind."""
+        if self.loss.type != "auto":
+            return self.loss.type
+        return "causal-lm" if self.model.kind == "causal-lm" else "contrastive"

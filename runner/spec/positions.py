@@ -1,0 +1,233 @@
+"""Line and column of every key and value in a TOML document.
+
+tomllib (and tomlkit) give no positions, and error messages must point at `file:line:col`, so this
+is a small scanner for documents that tomllib has already accepted. It only has to find where keys
+and values start, not to decode them, which keeps it short. Anything it does not understand ends
+the scan early: positions already found stay usable, and lookups fall back to the nearest parent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Iterable
+
+PathKey = tuple[str | int, ...]
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR_END = re.compile(r"[,\]}\n#]")
+
+
+@dataclass(frozen=True)
+class Position:
+    line: int
+    column: int
+
+
+@dataclass(frozen=True)
+class Located:
+    key: Position | None
+    value: Position | None
+
+
+class _ScanStop(Exception):
+    """The scanner met something it does not model; positions found so far are kept."""
+
+
+class SourceMap:
+    """Positions of keys and values by path, e.g. ("adapter", "r") or ("data", "train", 1)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        self._keys: dict[PathKey, Position] = {}
+        self._values: dict[PathKey, Position] = {}
+        self._i = 0
+        try:
+            self._scan()
+        except (_ScanStop, IndexError, tomllib.TOMLDecodeError):
+            pass
+
+    # lookups -----------------------------------------------------------------------------
+
+    def key(self, path: Iterable[str | int]) -> Position:
+        """Where the key of `path` (or its nearest located parent) is written."""
+        return self._nearest(tuple(path), prefer_value=False)
+
+    def value(self, path: Iterable[str | int]) -> Position:
+        """Where the value of `path` starts (falling back to its key, then to its parents)."""
+        return self._nearest(tuple(path), prefer_value=True)
+
+    def has(self, path: Iterable[str | int]) -> bool:
+        path = tuple(path)
+        return path in self._keys or path in self._values
+
+    def _nearest(self, path: PathKey, *, prefer_value: bool) -> Position:
+        while path:
+            first, second = (self._values, self._keys) if prefer_value else (self._keys, self._values)
+            if path in first:
+                return first[path]
+            if path in second:
+                return second[path]
+            path = path[:-1]
+        return Position(1, 1)
+
+    # scanning ------------------------------------------------------------------------------
+
+    def _pos(self, index: int) -> Position:
+        line = bisect.bisect_right(self._line_starts, index) - 1
+        return Position(line + 1, index - self._line_starts[line] + 1)
+
+    def _peek(self, n: int = 1) -> str:
+        return self._text[self._i : self._i + n]
+
+    def _skip_space(self, newlines: bool) -> None:
+        text = self._text
+        while self._i < len(text):
+            ch = text[self._i]
+            if ch in " \t\r" or (newlines and ch == "\n"):
+                self._i += 1
+            elif ch == "#":
+                end = text.find("\n", self._i)
+                self._i = len(text) if end < 0 else end
+            else:
+                return
+
+    def _expect(self, token: str) -> None:
+        if not self._text.startswith(token, self._i):
+            raise _ScanStop(token)
+        self._i += len(token)
+
+    def _scan(self) -> None:
+        table: PathKey = ()
+        array_tables: dict[PathKey, int] = {}
+        text = self._text
+        while True:
+            self._skip_space(newlines=True)
+            if self._i >= len(text):
+                return
+            start = self._i
+            if self._peek(2) == "[[":
+                self._i += 2
+                self._skip_space(newlines=False)
+                keys = self._resolve_header(self._parse_key(), array_tables)
+                self._skip_space(newlines=False)
+                self._expect("]]")
+                index = array_tables.get(keys, -1) + 1
+                array_tables[keys] = index
+                table = keys + (index,)
+                self._keys.setdefault(keys, self._pos(start))
+                self._keys[table] = self._pos(start)
+            elif self._peek() == "[":
+                self._i += 1
+                self._skip_space(newlines=False)
+                table = self._resolve_header(self._parse_key(), array_tables)
+                self._skip_space(newlines=False)
+                self._expect("]")
+                self._keys.setdefault(table, self._pos(start))
+            else:
+                self._key_value(table)
+
+    def _resolve_header(self, keys: list[tuple[str, int]], array_tables: dict[PathKey, int]) -> PathKey:
+        """Header keys with the current index of any enclosing array of tables inserted."""
+        path: PathKey = ()
+        for name, _ in keys:
+            path = path + (name,)
+            if path in array_tables:
+                path = path + (array_tables[path],)
+        return path
+
+    def _key_value(self, table: PathKey) -> None:
+        keys = self._parse_key()
+        path = table
+        for name, index in keys:
+            path = path + (name,)
+            self._keys.setdefault(path, self._pos(index))
+        self._skip_space(newlines=False)
+        self._expect("=")
+        self._skip_space(newlines=False)
+        self._parse_value(path)
+
+    def _parse_key(self) -> list[tuple[str, int]]:
+        keys: list[tuple[str, int]] = []
+        while True:
+            self._skip_space(newlines=False)
+            start = self._i
+            ch = self._peek()
+            if ch == '"':
+                end = self._basic_string_end(self._i)
+                name = tomllib.loads("k = " + self._text[start:end])["k"]
+                self._i = end
+            elif ch == "'":
+                end = self._text.index("'", self._i + 1) + 1
+                name = self._text[start + 1 : end - 1]
+                self._i = end
+            else:
+                match = _BARE_KEY.match(self._text, self._i)
+                if not match:
+                    raise _ScanStop("key")
+                name = match.group()
+                self._i = match.end()
+            keys.append((name, start))
+            self._skip_space(newlines=False)
+            if self._peek() != ".":
+                return keys
+            self._i += 1
+
+    def _basic_string_end(self, start: int) -> int:
+        i = start + 1
+        text = self._text
+        while text[i] != '"':
+            i += 2 if text[i] == "\\" else 1
+        return i + 1
+
+    def _parse_value(self, path: PathKey) -> None:
+        self._values[path] = self._pos(self._i)
+        text = self._text
+        if text.startswith('"""', self._i) or text.startswith("'''", self._i):
+            quote = text[self._i : self._i + 3]
+            i = self._i + 3
+            while True:
+                if quote == '"""' and text[i] == "\\":
+                    i += 2
+                    continue
+                if text.startswith(quote, i):
+                    i += 3
+                    while i < len(text) and text[i] == quote[0]:
+                        i += 1
+                    break
+                i += 1
+            self._i = i
+        elif text[self._i] == '"':
+            self._i = self._basic_string_end(self._i)
+        elif text[self._i] == "'":
+            self._i = text.index("'", self._i + 1) + 1
+        elif text[self._i] == "[":
+            self._i += 1
+            index = 0
+            while True:
+                self._skip_space(newlines=True)
+                if self._peek() == "]":
+                    self._i += 1
+                    return
+                self._parse_value(path + (index,))
+                self._skip_space(newlines=True)
+                if self._peek() == ",":
+                    self._i += 1
+                index += 1
+        elif text[self._i] == "{":
+            self._i += 1
+            while True:
+                self._skip_space(newlines=True)
+                if self._peek() == "}":
+                    self._i += 1
+                    return
+                self._key_value(path)
+                self._skip_space(newlines=True)
+                if self._peek() == ",":
+                    self._i += 1
+        else:
+            match = _SCALAR_END.search(text, self._i)
+            self._i = len(text) if match is None else match.start()

@@ -1,0 +1,135 @@
+"""Cross-field rules: checks the schema cannot express, run before any weights or data load.
+
+Each rule returns (path, message) pairs; the loader turns paths into file positions. A message
+says what is wrong and how to fix it, in the words of the job file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from runner.spec.model import JobSpec
+
+Problem = tuple[tuple[str | int, ...], str]
+Rule = Callable[[JobSpec], Iterator[Problem]]
+
+CAUSAL_FORMATS = {"alpaca", "sharegpt", "messages", "text"}
+EMBEDDING_FORMATS = {"pairs", "triplets", "scored-pairs", "image-text"}
+EMBEDDING_LOSSES = {"contrastive", "matryoshka", "cosent", "multi-task"}
+
+
+def _qlora_needs_cuda(spec: JobSpec) -> Iterator[Problem]:
+    if spec.adapter.method == "qlora" and spec.resources.device != "cuda" and not spec.adapter.allow_cpu:
+        yield ("adapter", "method"), (
+            "qlora needs a CUDA device: set resources.device = \"cuda\", "
+            "or adapter.allow_cpu = true to run the 4-bit base on the CPU (slow)"
+        )
+
+
+def _format_fits_model(spec: JobSpec) -> Iterator[Problem]:
+    kind, fmt = spec.model.kind, spec.data.format
+    if kind == "causal-lm" and fmt in EMBEDDING_FORMATS:
+        yield ("data", "format"), (
+            f"format '{fmt}' is for embedding models but model.kind is 'causal-lm'; "
+            f"use one of {', '.join(sorted(CAUSAL_FORMATS))} or set model.kind"
+        )
+    if kind != "causal-lm" and fmt in CAUSAL_FORMATS:
+        yield ("data", "format"), (
+            f"format '{fmt}' is for causal LMs but model.kind is '{kind}'; "
+            f"use one of {', '.join(sorted(EMBEDDING_FORMATS))}"
+        )
+    if fmt == "image-text" and kind != "image-text-embedding":
+        yield ("data", "format"), "image-text data needs model.kind = \"image-text-embedding\""
+    if kind == "image-text-embedding" and fmt not in ("auto", "image-text") and "image" not in spec.data.fields:
+        yield ("data", "format"), (
+            "an image-text-embedding model needs image-text data: set data.format = \"image-text\" "
+            "or map the image field with data.fields = { image = \"...\" }"
+        )
+
+
+def _loss_fits_model(spec: JobSpec) -> Iterator[Problem]:
+    loss = spec.loss.type
+    if spec.model.kind == "causal-lm" and loss in EMBEDDING_LOSSES:
+        yield ("loss", "type"), f"loss '{loss}' is for embedding models; causal LMs use 'causal-lm' (or 'auto')"
+    if spec.model.kind != "causal-lm" and loss == "causal-lm":
+        yield ("loss", "type"), (
+            f"loss 'causal-lm' does not apply to model.kind '{spec.model.kind}'; "
+            "use contrastive, matryoshka, cosent or multi-task"
+        )
+    if loss == "cosent" and spec.data.format not in ("auto", "scored-pairs"):
+        yield ("loss", "type"), "cosent needs scored pairs: set data.format = \"scored-pairs\""
+
+
+def _matryoshka_dims(spec: JobSpec) -> Iterator[Problem]:
+    dims = spec.loss.dims
+    if spec.loss.type == "matryoshka":
+        if not dims:
+            yield ("loss", "type"), "matryoshka needs loss.dims, e.g. dims = [384, 256, 128, 64]"
+        elif any(a <= b for a, b in zip(dims, dims[1:])):
+            yield ("loss", "dims"), f"dims must be strictly descending, found {dims}"
+        if spec.loss.dim_weights and len(spec.loss.dim_weights) != len(dims):
+            yield ("loss", "dim_weights"), (
+                f"dim_weights needs one weight per dimension: {len(dims)} dims, "
+                f"{len(spec.loss.dim_weights)} weights"
+            )
+    else:
+        if dims:
+            yield ("loss", "dims"), "dims only apply to loss.type = \"matryoshka\""
+        if spec.loss.dim_weights:
+            yield ("loss", "dim_weights"), "dim_weights only apply to loss.type = \"matryoshka\""
+
+
+def _multi_task(spec: JobSpec) -> Iterator[Problem]:
+    if spec.loss.type == "multi-task" and not spec.loss.tasks:
+        yield ("loss", "type"), (
+            "multi-task needs loss.tasks, e.g. [loss.tasks.retrieval] type = \"contrastive\""
+        )
+    if spec.loss.type != "multi-task" and spec.loss.tasks:
+        yield ("loss", "tasks"), "tasks only apply to loss.type = \"multi-task\""
+    if spec.loss.type == "multi-task" and spec.adapter.method == "full":
+        yield ("adapter", "method"), "multi-task trains one LoRA adapter per task; use method = \"lora\" or \"qlora\""
+
+
+def _packing_causal_only(spec: JobSpec) -> Iterator[Problem]:
+    if spec.data.packing and spec.model.kind != "causal-lm":
+        yield ("data", "packing"), "packing only applies to causal LMs; remove it or set it to false"
+
+
+def _eval_needs_data(spec: JobSpec) -> Iterator[Problem]:
+    has_eval = bool(spec.data.eval) or spec.data.eval_fraction > 0
+    if spec.eval.every is not None and not has_eval:
+        yield ("eval", "every"), "evaluation needs data: set data.eval (files) or data.eval_fraction"
+    if spec.data.eval and spec.data.eval_fraction > 0:
+        yield ("data", "eval_fraction"), "set either data.eval or data.eval_fraction, not both"
+
+
+def _device_precision(spec: JobSpec) -> Iterator[Problem]:
+    if spec.resources.device == "cpu":
+        if spec.resources.precision == "fp16":
+            yield ("resources", "precision"), "fp16 needs a CUDA device; use \"fp32\" or \"bf16\" on the CPU"
+        if spec.model.attn_implementation == "flash_attention_2":
+            yield ("model", "attn_implementation"), "flash_attention_2 needs a CUDA device; use \"sdpa\" on the CPU"
+    if spec.resources.strategy == "fsdp" and spec.resources.nproc == 1:
+        yield ("resources", "strategy"), "fsdp shards across processes: set resources.nproc > 1, or use \"ddp\""
+
+
+def _no_self_reference(spec: JobSpec) -> Iterator[Problem]:
+    if spec.name is not None and spec.model.source == f"job:{spec.name}":
+        yield ("model", "source"), "a job cannot fine-tune its own output; name another job"
+
+
+RULES: tuple[Rule, ...] = (
+    _qlora_needs_cuda,
+    _format_fits_model,
+    _loss_fits_model,
+    _matryoshka_dims,
+    _multi_task,
+    _packing_causal_only,
+    _eval_needs_data,
+    _device_precision,
+    _no_self_reference,
+)
+
+
+def check_rules(spec: JobSpec) -> list[Problem]:
+    return [problem for rule in RULES for problem in rule(spec)]
