@@ -112,7 +112,7 @@ class SourceMap:
             if self._peek(2) == "[[":
                 self._i += 2
                 self._skip_space(newlines=False)
-                keys = self._resolve_header(self._parse_key(), array_tables)
+                keys = self._resolve_header(self._parse_key(), array_tables, start)
                 self._skip_space(newlines=False)
                 self._expect("]]")
                 index = array_tables.get(keys, -1) + 1
@@ -123,18 +123,22 @@ class SourceMap:
             elif self._peek() == "[":
                 self._i += 1
                 self._skip_space(newlines=False)
-                table = self._resolve_header(self._parse_key(), array_tables)
+                table = self._resolve_header(self._parse_key(), array_tables, start)
                 self._skip_space(newlines=False)
                 self._expect("]")
                 self._keys.setdefault(table, self._pos(start))
             else:
                 self._key_value(table)
 
-    def _resolve_header(self, keys: list[tuple[str, int]], array_tables: dict[PathKey, int]) -> PathKey:
-        """Header keys with the current index of any enclosing array of tables inserted."""
+    def _resolve_header(self, keys: list[tuple[str, int]], array_tables: dict[PathKey, int], start: int) -> PathKey:
+        """Header keys with the current index of any enclosing array of tables inserted.
+
+        Every prefix is recorded too: `[a.b]` defines table `a` implicitly, at that header.
+        """
         path: PathKey = ()
         for name, _ in keys:
             path = path + (name,)
+            self._keys.setdefault(path, self._pos(start))
             if path in array_tables:
                 path = path + (array_tables[path],)
         return path
