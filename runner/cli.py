@@ -69,6 +69,62 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_or_report(path: str) -> object | None:
+    from runner.spec import JobSpecError, load_job
+
+    try:
+        return load_job(path)
+    except JobSpecError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{path}: invalid job spec; fix the problems above (runner validate {path})", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from runner.outputs.runs import runs_root
+
+    job = _load_or_report(args.job)
+    if job is None:
+        return EXIT_INVALID
+    from runner.pipeline import run_job
+
+    resume: bool | str = "auto"
+    if args.resume:
+        resume = True
+    elif args.fresh:
+        resume = False
+    try:
+        result = run_job(job, runs_root(args.runs_dir), resume=resume)  # type: ignore[arg-type]
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return result.exit_code
+
+
+def _cmd_data_validate(args: argparse.Namespace) -> int:
+    from runner.data_check import check_data_command
+
+    return check_data_command(
+        files=args.files, job_path=args.job, data_format=args.format, fields=args.fields,
+        tokenizer_source=args.tokenizer, max_length=args.max_length, as_json=args.json,
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from runner.outputs.runs import runs_root
+    from runner.tryout import generate
+
+    return generate(args.job, runs_root(args.runs_dir), prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                    run_id=args.run)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from runner.outputs.runs import runs_root
+    from runner.tryout import export
+
+    return export(args.job, runs_root(args.runs_dir), out=args.out, merge=args.merge, run_id=args.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runner", description="Declarative fine-tuning jobs: TOML specs in, adapters out.")
     parser.add_argument("--version", action="version", version=f"runner {_version()}")
@@ -84,6 +140,43 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("dir", nargs="?", default=".", help="project folder (default: current)")
     init.add_argument("--force", action="store_true", help="overwrite existing starter files")
     init.set_defaults(func=_cmd_init)
+
+    run = sub.add_parser("run", help="run one job in the foreground")
+    run.add_argument("job", help="the job file")
+    run.add_argument("--runs-dir", help="where runs are written (default: $RUNNER_RUNS or ./runs)")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="resume the interrupted run of this spec (error if none)")
+    group.add_argument("--fresh", action="store_true", help="start a new run even if an interrupted one exists")
+    run.set_defaults(func=_cmd_run)
+
+    data = sub.add_parser("data", help="check data files")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    dvalidate = data_sub.add_parser("validate", help="read, detect the format of and check data files; list every bad record")
+    dvalidate.add_argument("files", nargs="*", help="data files (JSON, JSONL)")
+    dvalidate.add_argument("--job", help="check the data of this job file (its format, fields and tokenizer)")
+    dvalidate.add_argument("--format", default="auto", help="record format (default: auto-detect)")
+    dvalidate.add_argument("--fields", action="append", default=[], metavar="CANONICAL=NAME",
+                           help="field mapping, e.g. --fields instruction=question (repeatable)")
+    dvalidate.add_argument("--tokenizer", help="a model source whose tokenizer gives token length statistics")
+    dvalidate.add_argument("--max-length", type=int, default=512, help="truncation length for the statistics")
+    dvalidate.add_argument("--json", action="store_true", help="machine-readable output")
+    dvalidate.set_defaults(func=_cmd_data_validate)
+
+    gen = sub.add_parser("generate", help="load a job's base model + adapter and complete a prompt")
+    gen.add_argument("job", help="job name or job file")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--run", help="run id (default: the latest successful run)")
+    gen.add_argument("--runs-dir")
+    gen.set_defaults(func=_cmd_generate)
+
+    exp = sub.add_parser("export", help="write a job's result as a model folder")
+    exp.add_argument("job", help="job name or job file")
+    exp.add_argument("--out", required=True, help="target folder")
+    exp.add_argument("--merge", action="store_true", help="merge the adapter into the base weights")
+    exp.add_argument("--run", help="run id (default: the latest successful run)")
+    exp.add_argument("--runs-dir")
+    exp.set_defaults(func=_cmd_export)
 
     return parser
 

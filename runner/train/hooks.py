@@ -1,0 +1,173 @@
+"""How the transformers Trainer reports into a run's outputs, saves checkpoints, and stops cleanly.
+
+The Trainer is the engine; these hooks are the only places where it touches our files:
+- `RunTrainer._save_checkpoint` makes checkpoints complete-or-absent (Trainer writes in place),
+- `ProgressReporter` turns Trainer logs into metrics.jsonl lines and status progress,
+- `StopRequest` lets a signal handler ask for "checkpoint now, then stop".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import Trainer, TrainerCallback
+
+from runner.outputs.checkpoints import mark_complete, prune
+from runner.outputs.metrics import MetricsLog
+from runner.outputs.status import StatusFile
+
+STAGING = ".trainer"  # Trainer's output_dir, beside (not inside) checkpoints/ so pruning never touches it
+
+
+@dataclass
+class StopRequest:
+    """Set from a signal handler; read by the Trainer loop at the next step boundary."""
+
+    requested: bool = False
+    signal_name: str | None = None
+
+    def install(self) -> Callable[[], None]:
+        """Route SIGTERM/SIGINT here for the duration of training; returns an undo function."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self.requested and signum == signal.SIGINT:  # a second Ctrl-C means "now"
+                raise KeyboardInterrupt
+            self.requested = True
+            self.signal_name = signal.Signals(signum).name
+            print(f"\n{self.signal_name} received: saving a checkpoint, then stopping", file=sys.stderr, flush=True)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+
+@dataclass
+class TokenCounter:
+    """Real (non-padding) training tokens, summed without a device sync per step.
+
+    Padded batches count their attention mask; padding-free batches have no padding, so every
+    input id is real. The running total stays a tensor until a log line reads it.
+    """
+
+    _total: Any = 0
+
+    def add(self, inputs: dict[str, Any]) -> None:
+        mask = inputs.get("attention_mask")
+        self._total = self._total + (mask.sum() if mask is not None else inputs["input_ids"].numel())
+
+    @property
+    def tokens(self) -> int:
+        return int(self._total)
+
+
+class RunTrainer(Trainer):
+    """Trainer whose checkpoints are complete-or-absent and named checkpoints/step-N.
+
+    Trainer writes checkpoint-N file by file in place. Here it writes inside a staging folder; when
+    it returns, the folder gets a COMPLETE marker (file hashes) and is renamed to step-N. A crash
+    mid-save leaves only staging debris, which pruning removes; Trainer's own rotation is off
+    (save_total_limit=None) because it could delete the last complete checkpoint before the new
+    one is whole.
+    """
+
+    keep_checkpoints: int = 2
+    checkpoints_dir: Path | None = None
+    token_counter: TokenCounter | None = None
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        if self.token_counter is not None:
+            self.token_counter.add(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save or self.checkpoints_dir is None:
+            return
+        step = self.state.global_step
+        written = Path(self.args.output_dir) / f"checkpoint-{step}"
+        final = self.checkpoints_dir / f"step-{step}"
+        mark_complete(written, step)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(written, final)
+        prune(self.checkpoints_dir, self.keep_checkpoints)
+
+
+@dataclass
+class ProgressReporter(TrainerCallback):
+    status: StatusFile
+    metrics: MetricsLog
+    stop: StopRequest
+    tokens: TokenCounter
+    plain_logs: bool
+    _last_time: float = field(default_factory=time.perf_counter)
+    _last_tokens: int = 0
+    _start_time: float = field(default_factory=time.perf_counter)
+    _start_step: int = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_step = state.global_step
+        self._last_tokens = self.tokens.tokens
+        self.status.update(step=state.global_step, total_steps=state.max_steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop.requested:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        now = time.perf_counter()
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        if "loss" in logs:
+            tokens = self.tokens.tokens - self._last_tokens
+            elapsed = max(now - self._last_time, 1e-9)
+            record.update(
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_second=round(tokens / elapsed, 2),
+                tokens_seen=self.tokens.tokens,
+            )
+            self._last_time, self._last_tokens = now, self.tokens.tokens
+        else:
+            record.update({k: v for k, v in logs.items() if k not in ("epoch",)})
+        self.metrics.append(record)
+        done = state.global_step - self._start_step
+        eta = (now - self._start_time) / done * (state.max_steps - state.global_step) if done > 0 else None
+        progress: dict[str, Any] = {"step": state.global_step, "total_steps": state.max_steps, "epoch": record["epoch"]}
+        if "loss" in record:
+            progress["loss"] = record["loss"]
+            progress["tokens_per_second"] = record["tokens_per_second"]
+        if "eval_loss" in record:
+            progress["extra"] = {"eval_loss": record["eval_loss"]}
+        if eta is not None:
+            progress["eta_seconds"] = round(eta, 1)
+        self.status.update(**progress)
+        if self.plain_logs:
+            shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if v is not None and k in _SHOWN)
+            print(f"[{state.global_step}/{state.max_steps}] {shown}", flush=True)
+
+
+_SHOWN = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss", "train_loss", "train_runtime")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
