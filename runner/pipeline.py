@@ -12,6 +12,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.manifest import build_manifest, write_manifest
@@ -19,6 +20,9 @@ from runner.outputs.metrics import MetricsLog
 from runner.outputs.runs import find_interrupted_run, new_run_dir, run_paths
 from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.spec.loader import LoadedJob
+
+if TYPE_CHECKING:
+    from runner.train.context import RunContext, TrainOutcome
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def prepare_run(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto")
 def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", command: list[str] | None = None) -> RunResult:
     from runner.data.report import DataError
     from runner.registry.sources import SourceError, resolve_source
-    from runner.train.causal_lm import RunContext, train_causal_lm
+    from runner.train.context import RunContext
     from runner.train.hooks import StopRequest
     from runner.train.model import ModelSetupError
 
@@ -81,8 +85,7 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     stop = StopRequest()
     restore_signals = stop.install()
     try:
-        if job.spec.model.kind != "causal-lm":
-            raise ModelSetupError(f"model.kind '{job.spec.model.kind}' cannot be trained by this version yet")
+        recipe = _recipe_for(job.spec.model.kind)
         resolved = resolve_source(job.spec.model.source)
         model_info = {
             "source": resolved.source,
@@ -103,7 +106,7 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         with MetricsLog(paths.metrics) as metrics:
             if resume_from is not None:
                 metrics.rewind_to(int(resume_from.name.rsplit("-", 1)[-1]))
-            outcome = train_causal_lm(RunContext(
+            outcome = recipe(RunContext(
                 job=job, run_dir=run_dir, model_path=resolved.path, model_info=model_info,
                 status=status, metrics=metrics, stop=stop, resume_from=resume_from,
             ))
@@ -129,12 +132,27 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         print(f"interrupted at step {outcome.global_step}; `runner run {job.path}` resumes it", flush=True)
         return RunResult(run_dir, JobState.INTERRUPTED, "interrupted")
     summary = {"eval_loss_before": outcome.eval_loss_before, "eval_loss_after": outcome.eval_loss_after,
-               "train_seconds": round(outcome.seconds, 1)}
+               "train_seconds": round(outcome.seconds, 1), **outcome.extra}
     status.transition(JobState.SUCCEEDED, step=outcome.global_step, extra=summary)
     if outcome.eval_loss_before is not None and outcome.eval_loss_after is not None:
         print(f"held-out loss: {outcome.eval_loss_before:.4f} -> {outcome.eval_loss_after:.4f}", flush=True)
     print(f"succeeded in {outcome.seconds:.0f} s; adapter in {paths.adapter}", flush=True)
     return RunResult(run_dir, JobState.SUCCEEDED)
+
+
+def _recipe_for(kind: str) -> Callable[[RunContext], TrainOutcome]:
+    """The training recipe of a model kind, imported only when a job needs it."""
+    if kind == "causal-lm":
+        from runner.train.causal_lm import train_causal_lm
+
+        return train_causal_lm
+    from runner.train.model import ModelSetupError
+
+    try:
+        from runner.train.embedding import train_embedding
+    except ImportError as exc:
+        raise ModelSetupError(f"model.kind '{kind}' cannot be trained: {exc}") from exc
+    return train_embedding
 
 
 def _fail(status: StatusFile, run_dir: Path, reason: FailureClass, message: str) -> RunResult:

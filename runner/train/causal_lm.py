@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +18,10 @@ import torch
 from runner.data.collate import make_collator
 from runner.data.pipeline import PreparedData, prepare_data
 from runner.fsutil import atomic_dir, atomic_write_json
-from runner.outputs.metrics import MetricsLog
-from runner.outputs.status import StatusFile
 from runner.spec.loader import LoadedJob
-from runner.train.hooks import STAGING, ProgressReporter, RunTrainer, StopRequest, TokenCounter
-from runner.train.model import DeviceChoice, apply_adapter, choose_device, count_parameters, load_causal_lm
-
-
-@dataclass
-class RunContext:
-    """What the pipeline hands a recipe: the job, where to write, and how to stop."""
-
-    job: LoadedJob
-    run_dir: Path
-    model_path: Path
-    model_info: dict[str, Any]
-    status: StatusFile
-    metrics: MetricsLog
-    stop: StopRequest
-    resume_from: Path | None = None
-    plain_logs: bool = field(default_factory=lambda: not sys.stderr.isatty())
-
-
-@dataclass
-class TrainOutcome:
-    interrupted: bool
-    global_step: int
-    total_steps: int
-    eval_loss_before: float | None
-    eval_loss_after: float | None
-    trainable_params: int
-    total_params: int
-    device: DeviceChoice
-    data: dict[str, Any]
-    seconds: float
+from runner.train.context import RunContext, TrainOutcome
+from runner.train.hooks import STAGING, ProgressReporter, RunTrainer, TokenCounter
+from runner.train.model import apply_adapter, choose_device, count_parameters, load_causal_lm
 
 
 def load_tokenizer(model_path: Path, trust_remote_code: bool = False) -> Any:
