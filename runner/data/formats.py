@@ -1,0 +1,338 @@
+"""Turn records of the common SFT data formats into one shape: a list of chat messages.
+
+Formats (names as in LLaMA-Factory's dataset_info):
+- ``alpaca``: instruction / input / output, optional system and history
+  (a list of [user, assistant] pairs);
+- ``sharegpt``: ``conversations: [{from, value}]`` with roles human/gpt/system/
+  function_call/observation (user/assistant/tool accepted too), optional ``system`` and
+  ``tools`` fields. function_call is an assistant turn, observation a tool turn;
+- ``messages``: OpenAI style ``messages: [{role, content}]`` (same role vocabulary);
+- ``text``: ``{"text": ...}``, plain completion with loss on every token.
+
+Every record becomes a `Conversation` whose messages are ``{"role": system|user|
+assistant|tool, "content": str}``; a text record is a single message with role
+`TEXT_ROLE`. A record that does not fit raises `RecordError` with a precise reason;
+the caller attaches the record's location.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from runner.data.report import DataError
+
+FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "text")
+TEXT_ROLE = "text"  # marker role: the record is plain text, not a conversation
+DETECT_SAMPLE = 100  # records looked at by detect_format
+
+# canonical column -> names tried, in order, when no mapping is given
+ALIASES: dict[str, tuple[str, ...]] = {
+    "instruction": ("instruction", "question", "prompt", "query"),
+    "input": ("input", "context"),
+    "output": ("output", "answer", "response", "completion"),
+    "system": ("system",),
+    "history": ("history",),
+    "conversations": ("conversations", "messages"),
+    "tools": ("tools",),
+    "role": ("from", "role"),
+    "content": ("value", "content"),
+    "text": ("text",),
+}
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "input", "output", "system", "history"),
+    "sharegpt": ("conversations", "role", "content", "system", "tools"),
+    "messages": ("conversations", "role", "content", "system", "tools"),
+    "text": ("text",),
+}
+# sharegpt and OpenAI role names -> normalised role
+ROLES: dict[str, str] = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "function_call": "assistant",
+    "system": "system",
+    "observation": "tool",
+    "tool": "tool",
+}
+# synonyms accepted in a columns mapping
+_COLUMN_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
+# OpenAI tool-calling fields passed through to the chat template untouched
+_PASSTHROUGH = ("tool_calls", "tool_call_id", "name")
+
+
+class RecordError(DataError):
+    """A record that cannot be normalised; the message is the reason, without location."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A normalised record: chat messages (or one TEXT_ROLE message) and optional tools."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return len(self.messages) == 1 and self.messages[0]["role"] == TEXT_ROLE
+
+
+@dataclass(frozen=True)
+class DomainPrefix:
+    """Render ``format.format(value=record[field])`` before the first user message.
+
+    Used to tag each example with its source (e.g. "[medical] " or a data hash) so one
+    adapter can be conditioned on several domains.
+    """
+
+    field: str
+    format: str = "[{value}] "
+
+    def __post_init__(self) -> None:
+        if "{value}" not in self.format:
+            raise ValueError(f"domain_format must contain '{{value}}', got {self.format!r}")
+
+    def render(self, data: Mapping[str, Any]) -> str:
+        if self.field not in data or data[self.field] is None:
+            raise RecordError(f"missing domain field {self.field!r}")
+        value = data[self.field]
+        if not isinstance(value, str | int | float):
+            raise RecordError(f"domain field {self.field!r} is a {type(value).__name__}; expected a string")
+        return self.format.format(value=value)
+
+
+# ---------------------------------------------------------------------------------------
+# detection and column resolution
+
+
+def detect_format(
+    records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """Guess the format from the first records; return (format, human-readable reason).
+
+    Each of the first DETECT_SAMPLE records votes; the most common answer wins, so a
+    few stray records do not flip the decision (they fail later as bad records).
+    """
+    columns = _canonical(columns)
+    votes: Counter[tuple[str, str]] = Counter()
+    sample = records[:DETECT_SAMPLE]
+    for data in sample:
+        guess = _classify(data, columns)
+        if guess is not None:
+            votes[guess] += 1
+    if not votes:
+        keys = sorted({k for data in sample for k in data})
+        raise DataError(
+            f"cannot detect the data format: the first records have keys {keys}; expected "
+            "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca) or 'text'. "
+            "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.columns."
+        )
+    (fmt, reason), count = votes.most_common(1)[0]
+    return fmt, f"{reason} ({count} of {len(sample)} sampled records)"
+
+
+def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str, str] | None:
+    conv_key = _present(data, "conversations", columns)
+    if conv_key is not None and isinstance(data[conv_key], list):
+        turns = [t for t in data[conv_key] if isinstance(t, dict)]
+        if turns:
+            role, content = _present(turns[0], "role", columns), _present(turns[0], "content", columns)
+            if (role, content) == ("from", "value"):
+                return "sharegpt", f"'{conv_key}' key with 'from'/'value' turns"
+            if (role, content) == ("role", "content"):
+                return "messages", f"'{conv_key}' key with 'role'/'content' turns"
+            if role and content:
+                fmt = "messages" if conv_key == "messages" else "sharegpt"
+                return fmt, f"'{conv_key}' key with mapped '{role}'/'{content}' turns"
+    instruction, output = _present(data, "instruction", columns), _present(data, "output", columns)
+    if instruction and output:
+        return "alpaca", f"'{instruction}' and '{output}' keys"
+    text = _present(data, "text", columns)
+    if text and isinstance(data[text], str):
+        return "text", f"'{text}' key holding a string"
+    return None
+
+
+def _present(data: Mapping[str, Any], canonical: str, columns: Mapping[str, str]) -> str | None:
+    """The record's key for a canonical column: the mapped name, else the first alias present."""
+    if canonical in columns:
+        return columns[canonical] if columns[canonical] in data else None
+    return next((alias for alias in ALIASES[canonical] if alias in data), None)
+
+
+def resolve_columns(
+    fmt: str, records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Map every canonical column of `fmt` to the record key that holds it.
+
+    Explicit `columns` win; the rest are auto-detected from the first records using
+    ALIASES (so "question"/"answer" work without a mapping); a column nobody uses keeps
+    its canonical name.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
+    columns = _canonical(columns)
+    unknown = sorted(set(columns) - set(COLUMNS[fmt]))
+    if unknown:
+        raise ValueError(f"unknown column(s) {unknown} for format {fmt!r}; expected some of {list(COLUMNS[fmt])}")
+    sample = records[:DETECT_SAMPLE]
+    resolved: dict[str, str] = {}
+    for canonical in COLUMNS[fmt]:  # "conversations" comes before "role"/"content"
+        if canonical in columns:
+            resolved[canonical] = columns[canonical]
+            continue
+        aliases = ALIASES[canonical]
+        if fmt == "messages" and canonical in ("conversations", "role", "content"):
+            aliases = aliases[::-1]  # prefer the OpenAI names: messages, role, content
+        pool = _first_turns(sample, resolved["conversations"]) if canonical in ("role", "content") else sample
+        resolved[canonical] = next((a for a in aliases if any(a in d for d in pool)), aliases[0])
+    return resolved
+
+
+def _canonical(columns: Mapping[str, str] | None) -> dict[str, str]:
+    return {_COLUMN_SYNONYMS.get(k, k): v for k, v in (columns or {}).items()}
+
+
+def _first_turns(sample: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
+    out = []
+    for data in sample:
+        turns = data.get(key)
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+            out.append(turns[0])
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# normalisation
+
+
+def normalize_record(
+    data: Mapping[str, Any],
+    fmt: str,
+    columns: Mapping[str, str],
+    domain: DomainPrefix | None = None,
+) -> Conversation:
+    """One record -> Conversation, or RecordError with the reason. `columns` from resolve_columns."""
+    if fmt == "alpaca":
+        conv = _alpaca(data, columns)
+    elif fmt in ("sharegpt", "messages"):
+        conv = _chat(data, columns)
+    elif fmt == "text":
+        text = _string(data, columns["text"], required=True)
+        if not text.strip():
+            raise RecordError(f"empty '{columns['text']}'")
+        conv = Conversation([{"role": TEXT_ROLE, "content": text}])
+    else:
+        raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
+    if domain is not None:
+        conv = _with_prefix(conv, domain.render(data))
+    return conv
+
+
+def _alpaca(data: Mapping[str, Any], columns: Mapping[str, str]) -> Conversation:
+    instruction = _string(data, columns["instruction"], required=True)
+    extra = _string(data, columns["input"])
+    output = _string(data, columns["output"], required=True)
+    system = _string(data, columns["system"])
+    prompt = "\n".join(part for part in (instruction, extra) if part.strip())
+    if not prompt.strip():
+        raise RecordError(f"empty '{columns['instruction']}' (and no '{columns['input']}')")
+    if not output.strip():
+        raise RecordError(f"empty assistant turn: '{columns['output']}' is empty")
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system.strip() else []
+    history = data.get(columns["history"])
+    if history is not None:
+        if not isinstance(history, list):
+            raise RecordError(
+                f"'{columns['history']}' is a {type(history).__name__}; expected a list of [user, assistant] pairs"
+            )
+        for i, pair in enumerate(history, start=1):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise RecordError(f"'{columns['history']}' item {i} is not a [user, assistant] pair of strings")
+            if not pair[1].strip():
+                raise RecordError(f"empty assistant turn in '{columns['history']}' item {i}")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return Conversation(messages)
+
+
+def _chat(data: Mapping[str, Any], columns: Mapping[str, str]) -> Conversation:
+    key, role_key, content_key = columns["conversations"], columns["role"], columns["content"]
+    if key not in data:
+        raise RecordError(f"missing '{key}'")
+    turns = data[key]
+    if not isinstance(turns, list) or not turns:
+        raise RecordError(f"'{key}' is empty" if isinstance(turns, list) else f"'{key}' is not a list")
+    messages: list[dict[str, Any]] = []
+    system = _string(data, columns["system"])
+    if system.strip():
+        messages.append({"role": "system", "content": system})
+    for n, turn in enumerate(turns, start=1):
+        where = f"'{key}' turn {n}"
+        if not isinstance(turn, dict):
+            raise RecordError(f"{where} is a {type(turn).__name__}; expected an object")
+        if role_key not in turn:
+            raise RecordError(f"{where} has no '{role_key}'")
+        role = ROLES.get(turn[role_key]) if isinstance(turn[role_key], str) else None
+        if role is None:
+            raise RecordError(f"{where} has role {turn[role_key]!r}; expected one of {', '.join(ROLES)}")
+        content = turn.get(content_key)
+        message: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
+        message.update({k: turn[k] for k in _PASSTHROUGH if turn.get(k) is not None})
+        if not isinstance(message["content"], str):
+            raise RecordError(f"{where} '{content_key}' is a {type(content).__name__}; expected a string")
+        if role == "system":
+            if messages:
+                raise RecordError(f"{where} is a system turn; only the first turn may be one")
+        elif role == "assistant" and not message["content"].strip() and not message.get("tool_calls"):
+            raise RecordError(f"empty assistant turn ({where})")
+        elif role == "user" and not message["content"].strip():
+            raise RecordError(f"empty user turn ({where})")
+        elif role == "tool" and (not messages or messages[-1]["role"] not in ("assistant", "tool")):
+            raise RecordError(f"{where} is a tool result ({turn[role_key]!r}) that does not follow an assistant turn")
+        messages.append(message)
+    first = next((m for m in messages if m["role"] != "system"), None)
+    if first is None or first["role"] != "user":
+        raise RecordError("conversation does not start with a user turn")
+    if messages[-1]["role"] != "assistant":
+        raise RecordError("conversation does not end with an assistant turn")
+    return Conversation(messages, _tools(data, columns["tools"]))
+
+
+def _tools(data: Mapping[str, Any], key: str) -> list[dict[str, Any]] | None:
+    """Tool schemas, given as a list or as a JSON string holding one (as in glaive data)."""
+    tools = data.get(key)
+    if tools is None or tools == "" or tools == []:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"'{key}' is a string but not valid JSON ({e.msg} at column {e.colno})") from None
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise RecordError(f"'{key}' must be a list of tool schemas (objects)")
+    return tools or None
+
+
+def _string(data: Mapping[str, Any], key: str, *, required: bool = False) -> str:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise RecordError(f"missing '{key}'")
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(f"'{key}' is a {type(value).__name__}; expected a string")
+    return value
+
+
+def _with_prefix(conv: Conversation, prefix: str) -> Conversation:
+    messages = [dict(m) for m in conv.messages]
+    target = next(m for m in messages if m["role"] in ("user", TEXT_ROLE))
+    target["content"] = prefix + target["content"]
+    return Conversation(messages, conv.tools)
