@@ -62,7 +62,7 @@ def prepare_run(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto")
 
 def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", command: list[str] | None = None) -> RunResult:
     from runner.data.report import DataError
-    from runner.registry.sources import SourceError, resolve_source
+    from runner.registry.sources import SourceError, parse_source, resolve_source
     from runner.train.context import RunContext
     from runner.train.hooks import StopRequest
     from runner.train.model import ModelSetupError
@@ -86,7 +86,8 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     restore_signals = stop.install()
     try:
         recipe = _recipe_for(job.spec.model.kind)
-        resolved = resolve_source(job.spec.model.source)
+        # relative local:/gguf: paths in a job file are relative to the file, like its data paths
+        resolved = resolve_source(parse_source(job.spec.model.source, base_dir=job.path.parent))
         model_info = {
             "source": resolved.source,
             "revision": resolved.revision,
