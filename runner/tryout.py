@@ -81,7 +81,10 @@ def generate(job: str, runs_root: Path, *, prompt: str, max_new_tokens: int = 64
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    print(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    new_tokens = out[0, ids["input_ids"].shape[1]:]
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    # a completion of special tokens only would print nothing; show them rather than a blank line
+    print(text or tokenizer.decode(new_tokens, skip_special_tokens=False).strip())
     return 0
 
 

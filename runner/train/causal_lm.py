@@ -21,7 +21,7 @@ from runner.fsutil import atomic_dir, atomic_write_json
 from runner.spec.loader import LoadedJob
 from runner.train.context import RunContext, TrainOutcome
 from runner.train.hooks import STAGING, ProgressReporter, RunTrainer, TokenCounter
-from runner.train.model import apply_adapter, choose_device, count_parameters, load_causal_lm
+from runner.train.model import ModelSetupError, apply_adapter, choose_device, count_parameters, load_causal_lm
 
 
 def load_tokenizer(model_path: Path, trust_remote_code: bool = False) -> Any:
@@ -53,6 +53,25 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
         on_bad_record=data.on_bad_record,
         progress=progress,
     )
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Fail as a config error before training, not inside the Trainer's integration import."""
+    import importlib.util
+    import os
+
+    for target in report_to:
+        package = TRACKER_PACKAGES[target]
+        if importlib.util.find_spec(package) is None:
+            raise ModelSetupError(
+                f"tracking.report_to includes '{target}' but {package} is not installed: "
+                f"pip install {package}, or remove it from tracking.report_to"
+            )
+    if "wandb" in report_to:
+        os.environ.setdefault("WANDB_MODE", "offline")  # runs never reach a service unless the user says so
 
 
 def training_arguments(job: LoadedJob, run_dir: Path, choice: DeviceChoice, *, has_eval: bool, plain_logs: bool) -> Any:
@@ -107,6 +126,7 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
         torch.set_num_threads(spec.resources.threads)
     set_seed(spec.train.seed)
     choice = choose_device(spec.model, spec.resources)
+    check_trackers(list(spec.tracking.report_to))
     print(f"device {choice.device}, weights {choice.dtype}, precision {choice.precision}, "
           f"attention {choice.attn_implementation}", flush=True)
 

@@ -87,3 +87,45 @@ def test_a_missing_model_folder_fails_as_a_config_error(tmp_path: Path, write_jo
     status = json.loads((_only_run(runs) / "status.json").read_text())
     assert status["state"] == "failed" and status["reason"] == "config"
     assert "nowhere" in status["error"]
+
+
+def test_a_missing_tracker_package_is_a_config_error(write_job: Callable[..., Path], tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    job = write_job(tracking={"report_to": ["mlflow"]})
+    runs = tmp_path / "runs"
+    assert main(["run", str(job), "--runs-dir", str(runs)]) == 1
+    status = json.loads((_only_run(runs) / "status.json").read_text())
+    assert status["reason"] == "config" and "pip install mlflow" in status["error"]
+
+
+def test_generate_and_export_use_the_latest_successful_run(
+    write_job: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    job = write_job(train={"max_steps": 2})
+    runs = tmp_path / "runs"
+    assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(job), "--runs-dir", str(runs), "--prompt", "What is 1 + 1?", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.endswith("\n")  # a random tiny model may well answer in whitespace
+
+    merged = tmp_path / "merged"
+    assert main(["export", "tiny", "--runs-dir", str(runs), "--out", str(merged), "--merge"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(str(merged))  # a plain model: no peft needed to load it
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert (merged / "tokenizer.json").is_file()
+    # the merged weights compute what base + adapter compute
+    import torch
+
+    from runner.tryout import find_result, load_result
+
+    adapted, _ = load_result(find_result("tiny", runs))
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+    assert main(["generate", "never-ran", "--runs-dir", str(runs), "--prompt", "x"]) == 1
+    assert "no successful run of job 'never-ran'" in capsys.readouterr().err
