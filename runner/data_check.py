@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ def check_data_command(
         return 2
 
     try:
-        report = _check(files, data_format, columns or None, domain, tokenizer_source, max_length, train_on_prompt)
+        report = _check(files, data_format, columns or None, domain, tokenizer_source, max_length, train_on_prompt,
+                        base_dir=Path(job_path).parent if job_path else None)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -68,7 +70,7 @@ def check_data_command(
         print(f"records: {report['records_read']} read, {report['records_ok']} usable, {len(report['bad_records'])} bad")
         if report.get("lengths"):
             lengths = report["lengths"]
-            print("tokens per example: " + ", ".join(f"{k} {v}" for k, v in lengths.items())
+            print("tokens per example: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items())
                   + f"; {report['truncated']} truncated at max_length={max_length}")
         for bad in report["bad_records"]:
             print(f"  {bad}")
@@ -77,7 +79,7 @@ def check_data_command(
 
 def _check(
     files: list[str], data_format: str, columns: dict[str, str] | None, domain: DomainPrefix | None,
-    tokenizer_source: str | None, max_length: int, train_on_prompt: bool,
+    tokenizer_source: str | None, max_length: int, train_on_prompt: bool, base_dir: Path | None = None,
 ) -> dict[str, Any]:
     read = read_records(files)
     records = [r.data for r in read.records]
@@ -92,10 +94,10 @@ def _check(
                               "records_read": len(read.records) + len(read.bad)}
     if tokenizer_source:
         from runner.data.pipeline import build_examples
-        from runner.registry.sources import resolve_source
+        from runner.registry.sources import parse_source, resolve_source
         from runner.train.causal_lm import load_tokenizer
 
-        tokenizer = load_tokenizer(Path(resolve_source(tokenizer_source).path))
+        tokenizer = load_tokenizer(Path(resolve_source(parse_source(tokenizer_source, base_dir=base_dir)).path))
         examples, data_report = build_examples(
             read.records, tokenizer, max_length=max_length, format=fmt, columns=columns,
             domain_field=domain.field if domain else None,
@@ -103,7 +105,7 @@ def _check(
             train_on_prompt=train_on_prompt, on_bad_record="skip", read_errors=read.bad, progress=None,
         )
         report.update(records_ok=len(examples), bad_records=[str(b) for b in data_report.bad_records],
-                      lengths=data_report.lengths.to_dict() if data_report.lengths else None,
+                      lengths=asdict(data_report.lengths) if data_report.lengths else None,
                       truncated=data_report.truncated)
         return report
     bad: list[BadRecord] = list(read.bad)

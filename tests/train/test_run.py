@@ -129,3 +129,13 @@ def test_generate_and_export_use_the_latest_successful_run(
         torch.testing.assert_close(model(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
     assert main(["generate", "never-ran", "--runs-dir", str(runs), "--prompt", "x"]) == 1
     assert "no successful run of job 'never-ran'" in capsys.readouterr().err
+
+
+def test_data_validate_with_a_job_uses_its_tokenizer_for_length_statistics(
+    write_job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_job()
+    assert main(["data", "validate", "--job", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "format: alpaca" in out and "48 read, 48 usable, 0 bad" in out
+    assert "tokens per example: min" in out and "truncated at max_length=128" in out
