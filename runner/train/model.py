@@ -7,9 +7,10 @@ so a run says exactly what it trained with.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -78,6 +79,13 @@ def load_causal_lm(path: Path, model: ModelSection, adapter: AdapterSection, cho
     """
     from transformers import AutoModelForCausalLM
 
+    return load_pretrained(AutoModelForCausalLM, path, model, adapter, choice, what="a causal LM")
+
+
+def load_pretrained(
+    auto_class: Any, path: Path, model: ModelSection, adapter: AdapterSection, choice: DeviceChoice, *, what: str
+) -> Any:
+    """`auto_class.from_pretrained` with the device choice, QLoRA quantisation and the kv-cache off."""
     kwargs: dict[str, Any] = {
         "dtype": choice.torch_dtype,
         "attn_implementation": choice.attn_implementation,
@@ -89,15 +97,26 @@ def load_causal_lm(path: Path, model: ModelSection, adapter: AdapterSection, cho
         kwargs["quantization_config"] = _quantization_config(adapter, compute)
         kwargs["device_map"] = {"": 0} if choice.device == "cuda" else "cpu"
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        loaded = auto_class.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelSetupError(f"cannot load a causal LM from {path}: {exc}") from exc
+        raise ModelSetupError(f"cannot load {what} from {path}: {exc}") from exc
     loaded.config.use_cache = False
     return loaded
 
 
-def apply_adapter(model: Any, adapter: AdapterSection, *, gradient_checkpointing: bool) -> Any:
-    """Wrap the model with LoRA (peft) or leave every weight trainable for full fine-tuning."""
+def apply_adapter(
+    model: Any,
+    adapter: AdapterSection,
+    *,
+    gradient_checkpointing: bool,
+    task_type: str = "CAUSAL_LM",
+    adapter_names: Sequence[str] = ("default",),
+) -> Any:
+    """Wrap the model with LoRA (peft) or leave every weight trainable for full fine-tuning.
+
+    Several `adapter_names` give one PEFT model with one LoRA adapter per name (same settings),
+    every one of them trainable; the first is active.
+    """
     if adapter.method == "full":
         model.requires_grad_(True)
         return model
@@ -114,12 +133,19 @@ def apply_adapter(model: Any, adapter: AdapterSection, *, gradient_checkpointing
         lora_dropout=adapter.dropout,
         target_modules=targets,
         bias=adapter.bias,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
+    first, *others = adapter_names
     try:
-        peft_model = get_peft_model(model, config)
+        peft_model = get_peft_model(model, config, adapter_name=first)
+        for name in others:
+            peft_model.add_adapter(name, config)
     except ValueError as exc:
         raise ModelSetupError(f"adapter.target_modules: {exc}") from exc
+    if others:  # add_adapter leaves the added adapters frozen; each one trains (on its own batches)
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
     if gradient_checkpointing:
         peft_model.enable_input_require_grads()
     return peft_model
