@@ -15,13 +15,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, Trainer, TrainerCallback
 
-from runner.outputs.checkpoints import mark_complete, prune
+from runner.fsutil import atomic_write_json
+from runner.outputs.checkpoints import BASE_RECORD, mark_complete, prune
 from runner.outputs.metrics import MetricsLog
 from runner.outputs.status import StatusFile
+
+if TYPE_CHECKING:
+    from runner.train.context import RunContext
 
 STAGING = ".trainer"  # Trainer's output_dir, beside (not inside) checkpoints/ so pruning never touches it
 
@@ -86,6 +90,7 @@ class RunTrainer(Trainer):
     keep_checkpoints: int = 2
     checkpoints_dir: Path | None = None
     token_counter: TokenCounter | None = None
+    base_model_info: dict[str, Any] | None = None  # written into every checkpoint (BASE_RECORD)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         if self.token_counter is not None:
@@ -99,6 +104,8 @@ class RunTrainer(Trainer):
         step = self.state.global_step
         written = Path(self.args.output_dir) / f"checkpoint-{step}"
         final = self.checkpoints_dir / f"step-{step}"
+        if self.base_model_info is not None:  # before the marker, so its hash covers it
+            atomic_write_json(written / BASE_RECORD, self.base_model_info)
         mark_complete(written, step)
         if final.exists():
             shutil.rmtree(final)
@@ -133,7 +140,8 @@ class ProgressReporter(TrainerCallback):
         if not logs or not state.is_world_process_zero:
             return
         now = time.perf_counter()
-        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                                  "time": round(time.time(), 3)}
         if "loss" in logs:
             tokens = self.tokens.tokens - self._last_tokens
             elapsed = max(now - self._last_time, 1e-9)
@@ -162,6 +170,21 @@ class ProgressReporter(TrainerCallback):
         if self.plain_logs:
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if v is not None and k in _SHOWN)
             print(f"[{state.global_step}/{state.max_steps}] {shown}", flush=True)
+
+
+def connect_outputs(trainer: RunTrainer, ctx: RunContext, counter: TokenCounter | None = None) -> TokenCounter:
+    """Wire a RunTrainer to a run: progress into status.json and metrics.jsonl, complete-or-absent
+    checkpoints under run_dir/checkpoints, a checkpoint-then-stop on SIGTERM/SIGINT."""
+    counter = counter if counter is not None else TokenCounter()
+    trainer.add_callback(ProgressReporter(ctx.status, ctx.metrics, ctx.stop, counter, ctx.plain_logs))
+    if ctx.plain_logs:  # ProgressReporter prints one line per log; Trainer's printer would repeat it
+        trainer.remove_callback(PrinterCallback)
+    trainer.checkpoints_dir = ctx.run_dir / "checkpoints"
+    trainer.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    trainer.keep_checkpoints = ctx.job.spec.train.keep_checkpoints
+    trainer.token_counter = counter
+    trainer.base_model_info = ctx.model_info  # every checkpoint records the exact base (resume checks it)
+    return counter
 
 
 _SHOWN = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss", "train_loss", "train_runtime")
