@@ -1,14 +1,18 @@
 """Model sources and their resolution to loadable local folders.
 
 Data flows spec -> registry -> data -> train -> outputs: this package takes plain strings and
-paths, and imports none of the later layers (they plug in ``registry:``/``job:`` resolvers
+paths, and imports none of the later layers (the runs layer plugs in the ``job:`` resolver
 through :func:`register_resolver`).
+
+Importing this package installs the ``registry:`` resolver (:mod:`runner.registry.store`);
+``job:`` is installed by :mod:`runner.lineage`, which knows about runs.
 
 Heavy libraries (transformers, huggingface_hub) are imported only when a source is resolved, so
 parsing sources while validating job files stays fast.
 """
 
 from runner.registry.checksums import (
+    ADAPTER_FILE_PATTERNS,
     MODEL_FILE_PATTERNS,
     cached_sha256,
     folder_checksums,
@@ -32,10 +36,20 @@ from runner.registry.sources import (
     hub_offline,
     parse_source,
     register_resolver,
+    resolve_in,
     resolve_source,
+)
+from runner.registry.store import (
+    ENV_REGISTRY,
+    Registry,
+    RegistryError,
+    find_registry,
+    import_model,
 )
 
 __all__ = [
+    "ADAPTER_FILE_PATTERNS",
+    "ENV_REGISTRY",
     "MODEL_FILE_PATTERNS",
     "SCHEMES",
     "GGUFSnapshot",
@@ -45,6 +59,8 @@ __all__ = [
     "LocalSource",
     "ModelSource",
     "PackageSource",
+    "Registry",
+    "RegistryError",
     "RegistrySource",
     "ResolveContext",
     "ResolvedModel",
@@ -52,13 +68,16 @@ __all__ = [
     "cached_sha256",
     "check_model_folder",
     "ensure_gguf_snapshot",
+    "find_registry",
     "folder_checksums",
     "gguf_quant_name",
     "gguf_sha256",
     "hub_offline",
+    "import_model",
     "model_files",
     "parse_source",
     "register_resolver",
+    "resolve_in",
     "resolve_source",
     "sha256_file",
 ]

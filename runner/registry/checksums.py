@@ -18,6 +18,7 @@ from typing import Any
 from runner.fsutil import atomic_write_json
 
 __all__ = [
+    "ADAPTER_FILE_PATTERNS",
     "MODEL_FILE_PATTERNS",
     "cached_sha256",
     "folder_checksums",
@@ -56,6 +57,9 @@ MODEL_FILE_PATTERNS: tuple[str, ...] = (
     "config_sentence_transformers.json",
     "*_Pooling/config.json",
 )
+
+# A PEFT adapter folder: its config and weights besides the tokenizer files saved with it.
+ADAPTER_FILE_PATTERNS: tuple[str, ...] = ("adapter_config.json", *MODEL_FILE_PATTERNS)
 
 _CHUNK = 1 << 20
 _CACHE_VERSION = 1
@@ -161,13 +165,18 @@ def model_files(folder: Path | str, patterns: Iterable[str] = MODEL_FILE_PATTERN
 
 
 def folder_checksums(
-    folder: Path | str, *, cache_file: Path | None = None, progress: bool = False
+    folder: Path | str,
+    *,
+    cache_file: Path | None = None,
+    progress: bool = False,
+    patterns: Iterable[str] = MODEL_FILE_PATTERNS,
 ) -> dict[str, str]:
     """Mapping relative file name -> sha256 for the model files in ``folder``.
 
     Entries are keyed by relative name, so a cache written inside a temp folder stays valid after
-    the folder is renamed into place.
+    the folder is renamed into place.  ``patterns`` selects the files (ADAPTER_FILE_PATTERNS for a
+    LoRA adapter folder).
     """
     folder = Path(folder)
-    names = model_files(folder)
+    names = model_files(folder, patterns)
     return _hash_with_cache(((n, folder / n) for n in names), cache_file, str(folder), progress)

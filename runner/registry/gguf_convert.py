@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from runner.fsutil import TMP_PREFIX, atomic_dir, atomic_write_json
+from runner.fsutil import TMP_PREFIX, atomic_dir, atomic_write_json, file_lock
 from runner.paths import checksums_dir, runner_home, snapshots_dir
 from runner.registry.checksums import cached_sha256, folder_checksums
 
@@ -159,32 +159,6 @@ def _reuse(final: Path, sha: str, file: Path) -> GGUFSnapshot | None:
         return None  # emptied by hand: convert again
     quant = str(manifest.get("quant") or gguf_quant_name(file))
     return GGUFSnapshot(final, sha, quant, converted=False, seconds=float(manifest.get("seconds", 0.0)))
-
-
-@contextlib.contextmanager
-def file_lock(lock_path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Exclusive advisory lock (flock) on ``lock_path``; released on exit or when the process dies.
-
-    The lock file itself is left in place: deleting it would let a third process lock a new inode
-    while a second one still waits on the old.
-    """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX: no cross-process lock
-        yield
-        return
-    with lock_path.open("a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _prune_leftovers(parent: Path, name: str) -> None:

@@ -8,9 +8,10 @@ Two steps, so that job files can be checked without touching the disk or the net
   folder with ``config.json`` + safetensors that ``AutoModel*.from_pretrained`` loads directly,
   the sha256 of each of its files, and the revision that pins it.
 
-Schemes (``SCHEMES``): ``hf:``, ``local:``, ``gguf:``, ``pkg:`` resolve here; ``registry:`` and
-``job:`` parse here and are resolved by resolvers that later layers add with
-:func:`register_resolver` (the registry package must not import the layers that know about runs).
+Schemes (``SCHEMES``): ``hf:``, ``local:``, ``gguf:``, ``pkg:`` resolve here; ``registry:`` is
+resolved by :mod:`runner.registry.store` and ``job:`` by :mod:`runner.lineage`, both plugged in
+with :func:`register_resolver` (the registry package must not import the layers that know about
+runs: importing ``runner.lineage`` is what makes ``job:`` resolvable).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "hub_offline",
     "parse_source",
     "register_resolver",
+    "resolve_in",
     "resolve_source",
 ]
 
@@ -159,7 +161,10 @@ class ResolvedModel:
     """A model ready to load: ``from_pretrained(path)`` works offline, with safetensors weights.
 
     ``files`` pins the content (relative name -> sha256); ``revision`` is the Hub commit, the
-    GGUF file's sha256, or None for folders that have no revision of their own.
+    GGUF file's sha256, the run id of a ``job:`` result, or None for folders that have no
+    revision of their own.  ``alias`` is the registry alias the model is known by (when it is a
+    registry entry), ``lineage`` what a fine-tuned model was made from (job, run, base: the base's
+    own model info, recursively), or None for a base model.
     """
 
     path: Path
@@ -167,6 +172,8 @@ class ResolvedModel:
     revision: str | None
     files: Mapping[str, str] = field(default_factory=dict)
     format_note: str | None = None
+    alias: str | None = None
+    lineage: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for run manifests."""
@@ -176,6 +183,8 @@ class ResolvedModel:
             "revision": self.revision,
             "files": dict(self.files),
             "format_note": self.format_note,
+            "alias": self.alias,
+            "lineage": dict(self.lineage) if self.lineage is not None else None,
         }
 
 
@@ -347,12 +356,25 @@ def parse_source(text: str, *, base_dir: Path | str | None = None) -> ModelSourc
 # Resolving
 
 
+# Called before a Hub download with (source, bytes to fetch, number of files); raising refuses it.
+DownloadCheck = Callable[[str, int, int], None]
+
+
 @dataclass(frozen=True)
 class ResolveContext:
-    """What every resolver needs: the runner's state folder and whether to show progress."""
+    """What every resolver needs: the runner's state folder and whether to show progress.
+
+    ``registry`` is the registry file ``registry:`` sources are looked up in (None: found the
+    usual way, see :func:`runner.registry.store.find_registry`); ``runs_root`` is where ``job:``
+    sources find runs (None: ``$RUNNER_RUNS`` or ``./runs``); ``before_download`` is asked before
+    anything is fetched from the Hub (the size warning of ``runner models import``).
+    """
 
     home: Path
     progress: bool = True
+    registry: Path | None = None
+    runs_root: Path | None = None
+    before_download: DownloadCheck | None = None
 
     def checksum_cache(self, folder: Path) -> Path:
         """Where to remember the hashes of a folder the runner does not own."""
@@ -370,17 +392,35 @@ def register_resolver(kind: type[S], resolver: Callable[[S, ResolveContext], Res
 
 
 def resolve_source(
-    source: ModelSource | str, *, home: Path | str | None = None, progress: bool = True
+    source: ModelSource | str,
+    *,
+    home: Path | str | None = None,
+    progress: bool = True,
+    registry: Path | str | None = None,
+    runs_root: Path | str | None = None,
+    before_download: DownloadCheck | None = None,
 ) -> ResolvedModel:
     """Find, fetch or convert the model named by ``source``; see the module doc for the schemes."""
+    ctx = ResolveContext(
+        home=runner_home(home),
+        progress=progress,
+        registry=Path(registry) if registry is not None else None,
+        runs_root=Path(runs_root) if runs_root is not None else None,
+        before_download=before_download,
+    )
+    return resolve_in(ctx, source)
+
+
+def resolve_in(ctx: ResolveContext, source: ModelSource | str) -> ResolvedModel:
+    """Resolve with an existing context: how ``registry:``/``job:`` resolvers resolve the sources they point to."""
     parsed = parse_source(source) if isinstance(source, str) else source
     resolver = _RESOLVERS.get(type(parsed))
     if resolver is None:
+        hint = " (import runner.lineage to resolve job: sources)" if isinstance(parsed, JobSource) else ""
         raise SourceError(
-            f"{parsed}: {parsed.scheme}: sources cannot be resolved in this version of the runner; "
-            "use hf:, local:, gguf: or pkg:"
+            f"{parsed}: {parsed.scheme}: sources cannot be resolved here{hint}; use hf:, local:, gguf:, pkg: or registry:"
         )
-    return resolver(parsed, ResolveContext(home=runner_home(home), progress=progress))
+    return resolver(parsed, ctx)
 
 
 # ---- folder checks --------------------------------------------------------------------------
@@ -605,8 +645,12 @@ def _resolve_hub(src: HubSource, ctx: ResolveContext) -> ResolvedModel:
                     f"or import it first (cache: {cache})"
                 )
             raise SourceError(f"{problem} (offline, so it cannot be completed; cache: {cache})")
-        note(f"{source}: downloading into {cache}", ctx.progress)
         try:
+            if ctx.before_download is not None:
+                plan = huggingface_hub.snapshot_download(**kwargs, dry_run=True)
+                todo = [f for f in plan if f.will_download]
+                ctx.before_download(source, sum(f.file_size or 0 for f in todo), len(todo))
+            note(f"{source}: downloading into {cache}", ctx.progress)
             folder = Path(huggingface_hub.snapshot_download(**kwargs))
         except RevisionNotFoundError as exc:
             raise SourceError(f"{source}: revision {src.revision!r} not found on the Hub; check the branch, tag or commit") from exc

@@ -26,9 +26,23 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
 
 
+@pytest.fixture(autouse=True)
+def _private_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Never read or write the project's registry/registry.json."""
+    path = tmp_path / "project" / "registry" / "registry.json"
+    monkeypatch.setenv("RUNNER_REGISTRY", str(path))
+    return path
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One RUNNER_HOME per session for the bundled SmolLM2, so its GGUF is converted once (≈ 30 s)."""
+    return tmp_path_factory.mktemp("smollm2-home")
 
 
 @pytest.fixture(scope="session")

@@ -34,9 +34,9 @@ def package_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def first_resolve(tmp_path_factory: pytest.TempPathFactory) -> FirstResolve:
-    """The session's single conversion, in a private RUNNER_HOME."""
-    home = tmp_path_factory.mktemp("smollm2-home")
+def first_resolve(smollm2_home: Path) -> FirstResolve:
+    """The session's single conversion, in a private RUNNER_HOME shared with the registry e2e test."""
+    home = smollm2_home
     started = time.perf_counter()
     resolved = resolve_source(SOURCE, home=home, progress=True)
     return FirstResolve(home, resolved, time.perf_counter() - started)

@@ -128,12 +128,6 @@ def test_sources_are_immutable_and_hashable() -> None:
         a.repo_id = "x/y"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("text", ["registry:smol", "job:train"])
-def test_later_schemes_parse_but_do_not_resolve_yet(text: str, tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="cannot be resolved in this version"):
-        resolve_source(text, home=tmp_path)
-
-
 def test_a_resolver_can_be_plugged_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """How the registry:/job: issue will extend resolution without this package importing it."""
     monkeypatch.setattr(sources_mod, "_RESOLVERS", dict(sources_mod._RESOLVERS))
