@@ -1,7 +1,10 @@
 """Build the small example datasets the quickstart jobs train on (deterministic; rerun to refresh).
 
-The records are templated tasks with a learnable structure (arithmetic, capitals, word edits), so a
-135M model shows a clear drop in held-out loss within a few minutes on a CPU. Run:
+The SFT records are templated tasks with a learnable structure (arithmetic, capitals, word edits), so a
+135M model shows a clear drop in held-out loss within a few minutes on a CPU. The embedding records are
+facts about countries (query -> document), with the eval files on countries that no training record
+mentions, and coloured-shape images (64 x 64 PNG) with captions, evaluated on unseen colour/shape pairs.
+Run:
     python examples/make_data.py
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "data"
@@ -60,19 +64,148 @@ def _to_messages(record: dict[str, str]) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
 
 
-def _pair(rng: random.Random) -> dict[str, str]:
-    kind = rng.randrange(3)
-    if kind == 0:
-        country = rng.choice(sorted(CAPITALS))
-        return {"query": f"capital city of {country}", "positive": f"{CAPITALS[country]} is the capital of {country}.",
-                "negative": f"{CAPITALS[rng.choice([c for c in CAPITALS if c != country])]} is a capital city."}
-    if kind == 1:
-        word = rng.choice(sorted(ANTONYMS))
-        return {"query": f"opposite of {word}", "positive": f"'{ANTONYMS[word]}' is the antonym of '{word}'.",
-                "negative": f"'{word}' means {word}."}
-    a, b = rng.randint(2, 99), rng.randint(2, 99)
-    return {"query": f"sum of {a} and {b}", "positive": f"{a} plus {b} equals {a + b}.",
-            "negative": f"{a} minus {b} equals {a - b}."}
+# Embedding data: facts about countries. Every country's facts appear either in training or in
+# evaluation, never both, so the eval metric measures what carries over to unseen countries (the
+# query and document styles), not memorised pairs.
+COUNTRY_FACTS = [  # country, capital, currency, main language, continent
+    ("France", "Paris", "euro", "French", "Europe"), ("Germany", "Berlin", "euro", "German", "Europe"),
+    ("Italy", "Rome", "euro", "Italian", "Europe"), ("Spain", "Madrid", "euro", "Spanish", "Europe"),
+    ("Portugal", "Lisbon", "euro", "Portuguese", "Europe"), ("the Netherlands", "Amsterdam", "euro", "Dutch", "Europe"),
+    ("Greece", "Athens", "euro", "Greek", "Europe"), ("Ireland", "Dublin", "euro", "English", "Europe"),
+    ("Austria", "Vienna", "euro", "German", "Europe"), ("Finland", "Helsinki", "euro", "Finnish", "Europe"),
+    ("Poland", "Warsaw", "zloty", "Polish", "Europe"), ("Czechia", "Prague", "koruna", "Czech", "Europe"),
+    ("Hungary", "Budapest", "forint", "Hungarian", "Europe"), ("Romania", "Bucharest", "leu", "Romanian", "Europe"),
+    ("Sweden", "Stockholm", "krona", "Swedish", "Europe"), ("Norway", "Oslo", "krone", "Norwegian", "Europe"),
+    ("Denmark", "Copenhagen", "krone", "Danish", "Europe"), ("Iceland", "Reykjavik", "krona", "Icelandic", "Europe"),
+    ("the United Kingdom", "London", "pound", "English", "Europe"), ("Switzerland", "Bern", "franc", "German", "Europe"),
+    ("Russia", "Moscow", "ruble", "Russian", "Europe"), ("Ukraine", "Kyiv", "hryvnia", "Ukrainian", "Europe"),
+    ("Turkey", "Ankara", "lira", "Turkish", "Asia"), ("Japan", "Tokyo", "yen", "Japanese", "Asia"),
+    ("China", "Beijing", "yuan", "Mandarin", "Asia"), ("India", "New Delhi", "rupee", "Hindi", "Asia"),
+    ("South Korea", "Seoul", "won", "Korean", "Asia"), ("Thailand", "Bangkok", "baht", "Thai", "Asia"),
+    ("Vietnam", "Hanoi", "dong", "Vietnamese", "Asia"), ("Indonesia", "Jakarta", "rupiah", "Indonesian", "Asia"),
+    ("the Philippines", "Manila", "peso", "Filipino", "Asia"), ("Malaysia", "Kuala Lumpur", "ringgit", "Malay", "Asia"),
+    ("Pakistan", "Islamabad", "rupee", "Urdu", "Asia"), ("Iran", "Tehran", "rial", "Persian", "Asia"),
+    ("Israel", "Jerusalem", "shekel", "Hebrew", "Asia"), ("Saudi Arabia", "Riyadh", "riyal", "Arabic", "Asia"),
+    ("Egypt", "Cairo", "pound", "Arabic", "Africa"), ("Morocco", "Rabat", "dirham", "Arabic", "Africa"),
+    ("Nigeria", "Abuja", "naira", "English", "Africa"), ("Kenya", "Nairobi", "shilling", "Swahili", "Africa"),
+    ("Ethiopia", "Addis Ababa", "birr", "Amharic", "Africa"), ("South Africa", "Pretoria", "rand", "Zulu", "Africa"),
+    ("Ghana", "Accra", "cedi", "English", "Africa"), ("Tanzania", "Dodoma", "shilling", "Swahili", "Africa"),
+    ("the United States", "Washington", "dollar", "English", "North America"),
+    ("Canada", "Ottawa", "dollar", "English", "North America"), ("Mexico", "Mexico City", "peso", "Spanish", "North America"),
+    ("Cuba", "Havana", "peso", "Spanish", "North America"), ("Brazil", "Brasilia", "real", "Portuguese", "South America"),
+    ("Argentina", "Buenos Aires", "peso", "Spanish", "South America"), ("Chile", "Santiago", "peso", "Spanish", "South America"),
+    ("Peru", "Lima", "sol", "Spanish", "South America"), ("Colombia", "Bogota", "peso", "Spanish", "South America"),
+    ("Venezuela", "Caracas", "bolivar", "Spanish", "South America"), ("Australia", "Canberra", "dollar", "English", "Oceania"),
+    ("New Zealand", "Wellington", "dollar", "English", "Oceania"),
+]
+FACT_QUERIES = {
+    "capital": ["capital city of {c}", "which city is the seat of government of {c}", "where is the parliament of {c}"],
+    "currency": ["money used in {c}", "what would I pay with in {c}", "what do shops in {c} take"],
+    "language": ["language spoken in {c}", "what do people speak in {c}", "what would I hear on the streets of {c}"],
+    "continent": ["which continent is {c} on", "where in the world is {c}", "what part of the world is {c} in"],
+}
+FACT_DOCUMENTS = {
+    "capital": ["{cap} is the capital of {c}.", "The government of {c} sits in {cap}.", "{cap} is home to the parliament of {c}."],
+    "currency": ["In {c} people pay with the {cur}.", "The {cur} is the legal tender of {c}.", "Prices in {c} are marked in {cur}."],
+    "language": ["Most people in {c} speak {lang}.", "{lang} is the main language of {c}.", "Schools in {c} teach in {lang}."],
+    "continent": ["{c} lies in {cont}.", "{c} is a country in {cont}.", "On a map, {c} is found in {cont}."],
+}
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
+           "purple": (140, 60, 180), "orange": (245, 140, 20)}
+SHAPES = ("circle", "square", "triangle", "cross")
+SHAPE_CAPTIONS = ["a {colour} {shape}", "a {shape} coloured {colour}", "one {colour} {shape} on a white background"]
+
+
+def _fill(template: str, row: tuple[str, ...]) -> str:
+    c, cap, cur, lang, cont = row
+    text = template.format(c=c, cap=cap, cur=cur, lang=lang, cont=cont)
+    return text[0].upper() + text[1:]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact about a country as a query, a document stating it, and a hard negative (another
+    fact about the same country)."""
+
+    row: tuple[str, ...]
+    attribute: str
+    query: str
+    positive: str
+    negative: str
+
+    def triplet(self) -> dict[str, str]:
+        return {"query": self.query, "positive": self.positive, "negative": self.negative}
+
+
+def _facts(rng: random.Random, rows: list[tuple[str, ...]], per_fact: int) -> list[Fact]:
+    out = []
+    for row in rows:
+        for attribute in FACT_QUERIES:
+            for _ in range(per_fact):
+                other = rng.choice([a for a in FACT_DOCUMENTS if a != attribute])
+                out.append(Fact(row, attribute, _fill(rng.choice(FACT_QUERIES[attribute]), row),
+                                _fill(rng.choice(FACT_DOCUMENTS[attribute]), row),
+                                _fill(rng.choice(FACT_DOCUMENTS[other]), row)))
+    rng.shuffle(out)
+    return out
+
+
+def _scored(rng: random.Random, facts: list[Fact], rows: list[tuple[str, ...]]) -> list[dict[str, object]]:
+    """score 1.0: the document answers the query; 0.4: another fact about the same country;
+    0.0: a fact about another country."""
+    out: list[dict[str, object]] = []
+    for fact in facts:
+        stranger = rng.choice([r for r in rows if r != fact.row])
+        unrelated = _fill(rng.choice(FACT_DOCUMENTS[rng.choice(sorted(FACT_DOCUMENTS))]), stranger)
+        out += [{"sentence1": fact.query, "sentence2": fact.positive, "score": 1.0},
+                {"sentence1": fact.query, "sentence2": fact.negative, "score": 0.4},
+                {"sentence1": fact.query, "sentence2": unrelated, "score": 0.0}]
+    return out
+
+
+def _multitask(rng: random.Random, facts: list[Fact]) -> list[dict[str, str]]:
+    """Task 'retrieval': query -> document; task 'text-matching': two wordings of the same fact."""
+    out = []
+    for i, fact in enumerate(facts):
+        if i % 2:
+            out.append({"query": fact.query, "positive": fact.positive, "task": "retrieval"})
+        else:
+            wordings = [_fill(d, fact.row) for d in FACT_DOCUMENTS[fact.attribute]]
+            other = rng.choice([w for w in wordings if w != fact.positive])
+            out.append({"query": fact.positive, "positive": other, "task": "text-matching"})
+    return out
+
+
+def _shape_image(path: Path, colour: str, shape: str) -> None:
+    """A 64 x 64 palette PNG (a few hundred bytes) of one coloured shape on white."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("P", (64, 64), 0)
+    image.putpalette([255, 255, 255, *COLOURS[colour]] + [0] * (256 - 2) * 3)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((12, 12, 52, 52), fill=1)
+    elif shape == "square":
+        draw.rectangle((14, 14, 50, 50), fill=1)
+    elif shape == "triangle":
+        draw.polygon([(32, 10), (54, 52), (10, 52)], fill=1)
+    else:
+        draw.rectangle((27, 10, 37, 54), fill=1)
+        draw.rectangle((10, 27, 54, 37), fill=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, optimize=True)
+
+
+def _image_text(rng: random.Random, combos: list[tuple[str, str]], repeats: int) -> list[dict[str, str]]:
+    """Text -> image records (`image`) and image -> text records (`query_image`)."""
+    out = []
+    for colour, shape in combos:
+        for i in range(repeats):
+            caption = rng.choice(SHAPE_CAPTIONS).format(colour=colour, shape=shape)
+            key = "image" if i % 2 == 0 else "query_image"
+            out.append({key: f"{colour}-{shape}.png", "text": caption})
+    rng.shuffle(out)
+    return out
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
@@ -94,18 +227,25 @@ def main() -> None:
     _write_jsonl(OUT / "sft" / "text.jsonl",
                  [{"text": f"Q: {r['instruction']} {r['input']}\nA: {r['output']}"} for r in alpaca[:120]])
 
-    pairs = [_pair(rng) for _ in range(360)]
-    _write_jsonl(OUT / "embed" / "pairs-train.jsonl", [{"query": p["query"], "positive": p["positive"]} for p in pairs[:300]])
-    _write_jsonl(OUT / "embed" / "pairs-eval.jsonl", [{"query": p["query"], "positive": p["positive"]} for p in pairs[300:]])
-    _write_jsonl(OUT / "embed" / "triplets.jsonl", pairs[:200])
-    scored = []
-    for p in pairs[:200]:
-        scored.append({"sentence1": p["query"], "sentence2": p["positive"], "score": 1.0})
-        scored.append({"sentence1": p["query"], "sentence2": p["negative"], "score": 0.2})
-    _write_jsonl(OUT / "embed" / "scored-pairs.jsonl", scored)
-    multitask = [{**{"query": p["query"], "positive": p["positive"]}, "task": "retrieval" if i % 2 else "text-matching"}
-                 for i, p in enumerate(pairs[:200])]
-    _write_jsonl(OUT / "embed" / "multitask.jsonl", multitask)
+    embed = OUT / "embed"
+    rows = list(COUNTRY_FACTS)
+    rng.shuffle(rows)
+    held_out, seen = rows[:14], rows[14:]
+    train_facts, eval_facts = _facts(rng, seen, per_fact=2), _facts(rng, held_out, per_fact=1)
+    _write_jsonl(embed / "pairs-train.jsonl", [{"query": f.query, "positive": f.positive} for f in train_facts])
+    _write_jsonl(embed / "pairs-eval.jsonl", [{"query": f.query, "positive": f.positive} for f in eval_facts])
+    _write_jsonl(embed / "triplets.jsonl", [f.triplet() for f in train_facts])
+    _write_jsonl(embed / "triplets-eval.jsonl", [f.triplet() for f in eval_facts])
+    _write_jsonl(embed / "scored-pairs.jsonl", _scored(rng, train_facts[:200], seen))
+    _write_jsonl(embed / "scored-pairs-eval.jsonl", _scored(rng, eval_facts, held_out))
+    _write_jsonl(embed / "multitask.jsonl", _multitask(rng, train_facts))
+    _write_jsonl(embed / "multitask-eval.jsonl", _multitask(rng, eval_facts))
+    combos = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+    for colour, shape in combos:
+        _shape_image(embed / "images" / f"{colour}-{shape}.png", colour, shape)
+    rng.shuffle(combos)  # held-out colour/shape combinations: each colour and shape is seen in training
+    _write_jsonl(embed / "image-text.jsonl", _image_text(rng, combos[6:], repeats=4))
+    _write_jsonl(embed / "image-text-eval.jsonl", _image_text(rng, combos[:6], repeats=2))
 
 
 if __name__ == "__main__":
