@@ -94,11 +94,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.fresh:
         resume = False
     try:
-        result = run_job(job, runs_root(args.runs_dir), resume=resume)  # type: ignore[arg-type]
+        result = run_job(job, runs_root(args.runs_dir), resume=resume,  # type: ignore[arg-type]
+                         registry=Path(args.registry).absolute() if args.registry else None,
+                         allow_remote_code=args.allow_remote_code)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return result.exit_code
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from runner.plan import plan_command
+
+    return plan_command(args.job, memory=args.memory, as_json=args.json, calibrate_device=not args.no_calibrate,
+                        runs_dir=args.runs_dir, registry=args.registry, allow_remote_code=args.allow_remote_code,
+                        use_cache=not args.no_cache)
 
 
 def _cmd_data_validate(args: argparse.Namespace) -> int:
@@ -125,6 +135,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return export(args.job, runs_root(args.runs_dir), out=args.out, merge=args.merge, run_id=args.run)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from runner.watch.commands import watch_command
+
+    return watch_command(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
+                         max_attempts=args.max_attempts, on_change=args.on_change, debounce=args.debounce,
+                         settle=args.settle, registry=args.registry, allow_remote_code=args.allow_remote_code)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from runner.watch.commands import status_command
+
+    return status_command(args.job, runs_dir=args.runs_dir, as_json=args.json)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from runner.watch.commands import cancel_command
+
+    return cancel_command(args.job, runs_dir=args.runs_dir, wait=args.wait)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from runner.watch.commands import logs_command
+
+    return logs_command(args.job, runs_dir=args.runs_dir, follow=args.follow, run_id=args.run)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from runner.embed_cli import embed_command
+    from runner.outputs.runs import runs_root
+
+    return embed_command(args.job, runs_root(args.runs_dir), texts=args.text, images=args.image,
+                         input_file=args.input, out=args.out, dim=args.dim, task=args.task, run_id=args.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runner", description="Declarative fine-tuning jobs: TOML specs in, adapters out.")
     parser.add_argument("--version", action="version", version=f"runner {_version()}")
@@ -147,7 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="resume the interrupted run of this spec (error if none)")
     group.add_argument("--fresh", action="store_true", help="start a new run even if an interrupted one exists")
+    run.add_argument("--registry", help="the model registry file (default: $RUNNER_REGISTRY, else the nearest "
+                                        "registry/registry.json above the job file or the current folder)")
+    run.add_argument("--allow-remote-code", action="store_true",
+                     help="let a job with model.trust_remote_code = true run the model's own Python code")
     run.set_defaults(func=_cmd_run)
+
+    plan = sub.add_parser("plan", help="estimate a job before running it: parameters, memory per method, data, "
+                                       "steps, time; whether it fits (no weights loaded)")
+    plan.add_argument("job", help="the job file")
+    plan.add_argument("--memory", help="the memory budget per machine, e.g. 16GiB (default: what the job's device has)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--no-calibrate", action="store_true",
+                      help="skip the short measurement on this device (rule-of-thumb activations, no time estimate)")
+    plan.add_argument("--no-cache", action="store_true", help="tokenize the data again instead of using the cache")
+    plan.add_argument("--runs-dir", help="where runs are (for job: sources)")
+    plan.add_argument("--registry", help="the model registry file (as for `runner run`)")
+    plan.add_argument("--allow-remote-code", action="store_true",
+                      help="let a job with model.trust_remote_code = true load the model's own config code")
+    plan.set_defaults(func=_cmd_plan)
+
+    from runner.models_cli import add_models_parser
+
+    add_models_parser(sub)
 
     data = sub.add_parser("data", help="check data files")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -177,6 +243,56 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--run", help="run id (default: the latest successful run)")
     exp.add_argument("--runs-dir")
     exp.set_defaults(func=_cmd_export)
+
+    emb = sub.add_parser("embed", help="embed texts and images with a finished embedding job")
+    emb.add_argument("job", help="job name or job file")
+    emb.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    emb.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
+    emb.add_argument("--input", help="a file of inputs: .txt (one text per line) or .jsonl ({\"text\"} / {\"image\"})")
+    emb.add_argument("--out", help="write a .npy matrix or .jsonl lines instead of printing")
+    emb.add_argument("--dim", type=int, help="Matryoshka: truncate to this many dimensions (re-normalised)")
+    emb.add_argument("--task", help="multi-task models: the task whose adapter embeds")
+    emb.add_argument("--run", help="run id (default: the latest successful run)")
+    emb.add_argument("--runs-dir")
+    emb.set_defaults(func=_cmd_embed)
+
+    watch = sub.add_parser("watch", help="run every new or changed job file of a folder, one at a time (a daemon)")
+    watch.add_argument("jobs_dir", help="the jobs folder to watch")
+    watch.add_argument("--runs-dir", help="where runs are written (default: $RUNNER_RUNS or ./runs)")
+    watch.add_argument("--state-dir", help="the daemon's own state (default: JOBS_DIR/../.runner/watch-<name>)")
+    watch.add_argument("--poll", nargs="?", type=float, const=1.0, metavar="SECONDS",
+                       help="poll the folder instead of using filesystem events (network filesystems); default 1 s")
+    watch.add_argument("--max-attempts", type=int, default=5,
+                       help="attempts of an interrupted run before it fails (default 5)")
+    watch.add_argument("--on-change", choices=["queue", "restart"], default="queue",
+                       help="a running job's file changed: let it finish and queue the new version (default), "
+                            "or stop it and run the new version")
+    watch.add_argument("--debounce", type=float, default=0.1, help="quiet seconds after events before a rescan")
+    watch.add_argument("--settle", type=float, default=0.3, help="seconds a new file must stay unchanged")
+    watch.add_argument("--registry", help="the model registry file, for every job (as for `runner run`)")
+    watch.add_argument("--allow-remote-code", action="store_true",
+                       help="honour model.trust_remote_code in the jobs (as for `runner run`)")
+    watch.set_defaults(func=_cmd_watch)
+
+    status = sub.add_parser("status", help="show jobs' runs: state, attempt, progress, loss, ETA, reason")
+    status.add_argument("job", nargs="?", help="one job: all its runs and the latest error")
+    status.add_argument("--json", action="store_true", help="machine-readable output (the status files)")
+    status.add_argument("--runs-dir")
+    status.set_defaults(func=_cmd_status)
+
+    cancel = sub.add_parser("cancel", help="cancel a job's queued or running run (through its daemon)")
+    cancel.add_argument("job")
+    cancel.add_argument("--wait", type=float, nargs="?", const=600.0, metavar="SECONDS",
+                        help="wait until the run has stopped (default up to 600 s)")
+    cancel.add_argument("--runs-dir")
+    cancel.set_defaults(func=_cmd_cancel)
+
+    logs = sub.add_parser("logs", help="print a run's train.log (the job process's stdout and stderr)")
+    logs.add_argument("job")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run finishes")
+    logs.add_argument("--run", help="run id (default: the newest run)")
+    logs.add_argument("--runs-dir")
+    logs.set_defaults(func=_cmd_logs)
 
     return parser
 

@@ -33,6 +33,7 @@ def check_data_command(
 ) -> int:
     domain: DomainPrefix | None = None
     train_on_prompt = False
+    embedding: dict[str, Any] | None = None  # an embedding job's data settings (checked by its own code)
     if job_path:
         from runner.spec import JobSpecError, load_job
 
@@ -47,6 +48,9 @@ def check_data_command(
         domain = DomainPrefix(data.domain_field, data.domain_format) if data.domain_field else None
         train_on_prompt = data.train_on_prompt
         tokenizer_source = tokenizer_source or job.spec.model.source
+        if job.spec.model.kind != "causal-lm":
+            embedding = {"image_root": job.resolve_path(data.image_root) if data.image_root else None,
+                         "tasks": list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None}
     else:
         try:
             columns = _parse_fields(fields)
@@ -57,9 +61,16 @@ def check_data_command(
         print("error: name data files, or a job with --job", file=sys.stderr)
         return 2
 
+    from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
+
+    if embedding is None and data_format in EMBEDDING_FORMATS:
+        embedding = {"image_root": None, "tasks": None}
     try:
-        report = _check(files, data_format, columns or None, domain, tokenizer_source, max_length, train_on_prompt,
-                        base_dir=Path(job_path).parent if job_path else None)
+        if embedding is not None:
+            report = _check_embedding(files, data_format, columns, **embedding)
+        else:
+            report = _check(files, data_format, columns or None, domain, tokenizer_source, max_length,
+                            train_on_prompt, base_dir=Path(job_path).parent if job_path else None)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -119,3 +130,16 @@ def _check(
             bad.append(BadRecord(record.location, str(exc)))
     report.update(records_ok=ok, bad_records=[str(b) for b in bad])
     return report
+
+
+def _check_embedding(files: list[str], data_format: str, columns: dict[str, str], image_root: Path | None,
+                     tasks: list[str] | None) -> dict[str, Any]:
+    """Embedding data (pairs, triplets, scored pairs, image-text): fields, types, images, task labels."""
+    from runner.data.embedding import prepare_embedding_data
+
+    data = prepare_embedding_data(files, format=data_format, fields=columns, image_root=image_root,
+                                  on_bad_record="skip", tasks=tasks)
+    report = data.train_report
+    return {"files": files, "format": report.format, "format_reason": report.format_reason,
+            "records_read": report.records_read, "records_ok": report.records_kept,
+            "bad_records": [str(b) for b in report.bad_records]}

@@ -17,8 +17,11 @@ from pathlib import Path
 
 __all__ = [
     "ENV_HOME",
+    "adapters_dir",
     "checksums_dir",
     "hub_cache_dir",
+    "merged_dir",
+    "models_dir",
     "runner_home",
     "snapshots_dir",
 ]
@@ -74,3 +77,18 @@ def snapshots_dir(home: Path | str | None = None, *, create: bool = True) -> Pat
 def checksums_dir(home: Path | str | None = None, *, create: bool = True) -> Path:
     """Remembered file hashes for folders the runner does not own (packages, local paths)."""
     return _sub(home, "checksums", create)
+
+
+def models_dir(home: Path | str | None = None, *, create: bool = True) -> Path:
+    """Registry copies of imported folders (``local:``, packaged safetensors): ``HOME/models/<content id>/``."""
+    return _sub(home, "models", create)
+
+
+def adapters_dir(home: Path | str | None = None, *, create: bool = True) -> Path:
+    """Registered adapters, copied out of their run: ``HOME/adapters/<job>/<run-id>/``."""
+    return _sub(home, "adapters", create)
+
+
+def merged_dir(home: Path | str | None = None, *, create: bool = True) -> Path:
+    """Adapters merged into their base (``job:`` sources, merged entries): ``HOME/merged/<job>/<run-id>/``."""
+    return _sub(home, "merged", create)

@@ -3,17 +3,26 @@
 This is what `runner run` (and the daemon's child process) calls. It owns the run folder, the
 state transitions of the run, the manifest, resume, and the translation of failures into a
 failure class with a message a user can act on. The training itself is the recipe's.
+
+Under `runner watch` (a `Supervision`), the daemon owns the run folder and the state changes
+around the process: it made the run and set it running, and it writes how the run ended only
+after this process has exited. Here the end is then *reported* to an outcome file instead of
+written, so a terminal state never precedes the exit and the daemon can tell a cancel or a
+shutdown it asked for from a failure.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from runner.fsutil import atomic_write_json
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
@@ -23,6 +32,51 @@ from runner.spec.loader import LoadedJob
 
 if TYPE_CHECKING:
     from runner.train.context import RunContext, TrainOutcome
+
+OUTCOME_FILE = ".outcome.json"
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """A run driven by `runner watch`: the daemon created `run_dir` and set it running.
+
+    The process reports how the run ended to `outcome` (see `write_outcome`); the daemon applies
+    it through the one transition function once the process has exited.
+    """
+
+    run_dir: Path
+    outcome: Path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a supervised run ended, as its process saw it: the arguments of one transition."""
+
+    state: JobState
+    reason: FailureClass | None = None
+    error: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def write_outcome(path: Path, state: JobState, *, reason: FailureClass | str | None = None,
+                  error: str | None = None, **fields: Any) -> None:
+    """Report the end of a supervised run (atomically: the daemon reads it after the exit)."""
+    atomic_write_json(path, {"state": str(state), "reason": None if reason is None else str(reason),
+                             "error": error, "fields": fields})
+
+
+def read_outcome(path: Path) -> Outcome | None:
+    """The reported outcome, or None if the process died before reporting (or wrote nonsense)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return Outcome(
+            state=JobState(raw["state"]),
+            reason=FailureClass(raw["reason"]) if raw.get("reason") else None,
+            error=raw.get("error"),
+            fields=dict(raw.get("fields") or {}),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -60,14 +114,23 @@ def prepare_run(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto")
     return run_dir, status, False
 
 
-def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", command: list[str] | None = None) -> RunResult:
+def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", command: list[str] | None = None,
+            supervised: Supervision | None = None, registry: Path | None = None,
+            allow_remote_code: bool = False) -> RunResult:
+    """`registry`: the registry file for registry: sources and output.register_as (None: found from
+    the job file's folder, see runner.registry.store.find_registry); `allow_remote_code`: the
+    runner's --allow-remote-code (model.trust_remote_code is refused without it)."""
     from runner.data.report import DataError
-    from runner.registry.sources import SourceError, parse_source, resolve_source
+    from runner.lineage import ResumeRefused, register_job_result, resolve_job_model, verify_resume_base
+    from runner.registry.sources import SourceError
     from runner.train.context import RunContext
     from runner.train.hooks import StopRequest
     from runner.train.model import ModelSetupError
 
-    run_dir, status, resuming = prepare_run(job, runs_root, resume=resume)
+    if supervised is None:
+        run_dir, status, resuming = prepare_run(job, runs_root, resume=resume)
+    else:  # the daemon's run: resume from whatever complete checkpoint an earlier attempt left
+        run_dir, status, resuming = supervised.run_dir, StatusFile(run_paths(supervised.run_dir).status), True
     paths = run_paths(run_dir)
     resume_from = None
     if resuming:
@@ -77,24 +140,27 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         if point is not None:
             resume_from = point.path
             print(f"resuming run {run_dir} from {point.path.name}", flush=True)
-        else:
+        elif supervised is None:
             print(f"resuming run {run_dir} from the start (no complete checkpoint)", flush=True)
-    status.transition(JobState.RUNNING, pid=os.getpid(), resumed_from=str(resume_from) if resume_from else None)
+    resumed_from = str(resume_from) if resume_from else None
+    finish: Callable[..., object]
+    if supervised is None:
+        status.transition(JobState.RUNNING, pid=os.getpid(), resumed_from=resumed_from)
+        finish = status.transition
+    else:
+        status.update(pid=os.getpid(), resumed_from=resumed_from)
+        finish = partial(write_outcome, supervised.outcome)
     print(f"run {run_dir}", flush=True)
 
     stop = StopRequest()
     restore_signals = stop.install()
     try:
         recipe = _recipe_for(job.spec.model.kind)
-        # relative local:/gguf: paths in a job file are relative to the file, like its data paths
-        resolved = resolve_source(parse_source(job.spec.model.source, base_dir=job.path.parent))
-        model_info = {
-            "source": resolved.source,
-            "revision": resolved.revision,
-            "path": str(resolved.path),
-            "files": resolved.files,
-            "note": resolved.format_note,
-        }
+        # relative local:/gguf: paths in a job file are relative to the file, like its data paths;
+        # a resumed checkpoint trains on exactly the base it recorded (verified), or the run is refused
+        pinned = verify_resume_base(job, resume_from, runs_root=runs_root, registry=registry) if resume_from else None
+        resolved, model_info = resolve_job_model(job, runs_root=runs_root, registry=registry,
+                                                 allow_remote_code=allow_remote_code, pinned=pinned)
         write_manifest(paths.manifest, build_manifest(
             spec=job.spec.model_dump(mode="json"),
             spec_sha256=job.sha256,
@@ -107,34 +173,48 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         with MetricsLog(paths.metrics) as metrics:
             if resume_from is not None:
                 metrics.rewind_to(int(resume_from.name.rsplit("-", 1)[-1]))
-            outcome = recipe(RunContext(
+            context = RunContext(
                 job=job, run_dir=run_dir, model_path=resolved.path, model_info=model_info,
                 status=status, metrics=metrics, stop=stop, resume_from=resume_from,
-            ))
+            )
+            if job.spec.resources.nproc > 1:  # torchrun workers run the recipe; this process owns the run
+                from runner.train.launch import launch_workers
+
+                outcome = launch_workers(context, recipe)
+            else:
+                outcome = recipe(context)
     except DataError as exc:
-        return _fail(status, run_dir, FailureClass.DATA, str(exc))
+        return _fail(finish, run_dir, FailureClass.DATA, str(exc))
+    except ResumeRefused as exc:
+        return _fail(finish, run_dir, FailureClass.MODEL, str(exc))
     except (SourceError, ModelSetupError) as exc:
-        return _fail(status, run_dir, FailureClass.CONFIG, str(exc))
+        return _fail(finish, run_dir, FailureClass.CONFIG, str(exc))
     except MemoryError as exc:
-        return _fail(status, run_dir, FailureClass.OOM, f"out of memory: {exc}")
+        return _fail(finish, run_dir, FailureClass.OOM, f"out of memory: {exc}")
     except KeyboardInterrupt:
-        status.transition(JobState.INTERRUPTED, error="stopped before a checkpoint could be written")
+        finish(JobState.INTERRUPTED, error="stopped before a checkpoint could be written")
         return RunResult(run_dir, JobState.INTERRUPTED, "interrupted", "stopped")
     except Exception as exc:  # a crash: keep the traceback for the user, in the run folder
         if _is_oom(exc):
-            return _fail(status, run_dir, FailureClass.OOM, f"out of memory: {exc}")
+            return _fail(finish, run_dir, FailureClass.OOM, f"out of memory: {exc}")
         (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        return _fail(status, run_dir, FailureClass.CRASH, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.log'})")
+        return _fail(finish, run_dir, FailureClass.CRASH, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.log'})")
     finally:
         restore_signals()
 
     if outcome.interrupted:
-        status.transition(JobState.INTERRUPTED, error=f"{stop.signal_name}: checkpoint saved at step {outcome.global_step}")
-        print(f"interrupted at step {outcome.global_step}; `runner run {job.path}` resumes it", flush=True)
+        finish(JobState.INTERRUPTED, error=f"{stop.signal_name}: checkpoint saved at step {outcome.global_step}")
+        how = "the daemon resumes it when it runs again" if supervised else f"`runner run {job.path}` resumes it"
+        print(f"interrupted at step {outcome.global_step}; {how}", flush=True)
         return RunResult(run_dir, JobState.INTERRUPTED, "interrupted")
     summary = {"eval_loss_before": outcome.eval_loss_before, "eval_loss_after": outcome.eval_loss_after,
                "train_seconds": round(outcome.seconds, 1), **outcome.extra}
-    status.transition(JobState.SUCCEEDED, step=outcome.global_step, extra=summary)
+    if job.spec.output.register_as:  # before the success is recorded: a job: source may use the entry next
+        try:
+            print(register_job_result(job, run_dir, runs_root=runs_root, registry=registry), flush=True)
+        except Exception as exc:  # noqa: BLE001 - the adapter is kept; the run says why it is not registered
+            return _fail(finish, run_dir, FailureClass.MODEL, f"trained, but registering the result failed: {exc}")
+    finish(JobState.SUCCEEDED, step=outcome.global_step, extra=summary)
     if outcome.eval_loss_before is not None and outcome.eval_loss_after is not None:
         print(f"held-out loss: {outcome.eval_loss_before:.4f} -> {outcome.eval_loss_after:.4f}", flush=True)
     print(f"succeeded in {outcome.seconds:.0f} s; adapter in {paths.adapter}", flush=True)
@@ -156,8 +236,8 @@ def _recipe_for(kind: str) -> Callable[[RunContext], TrainOutcome]:
     return train_embedding
 
 
-def _fail(status: StatusFile, run_dir: Path, reason: FailureClass, message: str) -> RunResult:
-    status.transition(JobState.FAILED, reason=reason, error=message)
+def _fail(finish: Callable[..., object], run_dir: Path, reason: FailureClass, message: str) -> RunResult:
+    finish(JobState.FAILED, reason=reason, error=message)
     print(f"failed ({reason.value}): {message}", file=sys.stderr, flush=True)
     return RunResult(run_dir, JobState.FAILED, reason.value, message)
 

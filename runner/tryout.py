@@ -54,13 +54,18 @@ def load_result(adapter_dir: Path) -> tuple[Any, Any]:
         return AutoModelForCausalLM.from_pretrained(str(adapter_dir)), tokenizer
     from peft import PeftModel
 
+    base = AutoModelForCausalLM.from_pretrained(str(base_model_path(info)))
+    return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
+
+
+def base_model_path(info: dict[str, Any]) -> Path:
+    """The base model folder of a result (runner_adapter.json): where it was, or resolved again."""
     base_path = Path(info["base_model"]["path"])
     if not base_path.is_dir():
         from runner.registry.sources import resolve_source
 
         base_path = Path(resolve_source(info["base_model"]["source"]).path)
-    base = AutoModelForCausalLM.from_pretrained(str(base_path))
-    return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
+    return base_path
 
 
 def generate(job: str, runs_root: Path, *, prompt: str, max_new_tokens: int = 64, run_id: str | None = None) -> int:

@@ -33,6 +33,7 @@ from runner.fsutil import TMP_PREFIX, atomic_dir, atomic_write_json, is_tmp_name
 from runner.outputs.status import format_utc, utc_now
 
 __all__ = [
+    "BASE_RECORD",
     "COMPLETE_MARKER",
     "DEFAULT_PATTERN",
     "CheckpointInfo",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 COMPLETE_MARKER = "COMPLETE"
+# In every checkpoint: the base model it was trained on (alias, source, revision, file sha256,
+# fine_tuned_from), so a resume can insist on exactly that base.
+BASE_RECORD = "runner_base.json"
 DEFAULT_PATTERN = "step-*"
 MARKER_FORMAT = 1
 _TRAILING_INT = re.compile(r"(\d+)$")

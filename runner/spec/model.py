@@ -22,11 +22,11 @@ DataFormat = Literal[
 ]
 CANONICAL_FIELDS = (
     "instruction", "input", "output", "system", "history", "conversations", "messages", "text",
-    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "task", "tools",
+    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
 )
 CanonicalField = Literal[
     "instruction", "input", "output", "system", "history", "conversations", "messages", "text",
-    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "task", "tools",
+    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
 ]
 LossType = Literal["auto", "causal-lm", "contrastive", "matryoshka", "cosent", "multi-task"]
 BaseLossType = Literal["contrastive", "cosent"]
@@ -73,6 +73,15 @@ class ModelSection(Section):
     pooling: Literal["auto", "mean", "cls", "last-token"] = Field(
         "auto",
         description="Embedding pooling; 'auto' is mean for encoders and last-token for decoder LMs.",
+    )
+    projection_dim: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description=(
+            "Embedding models: add a trainable linear projection from the pooled hidden state to this many "
+            "dimensions (trained and saved with the adapter). Default: no projection."
+        ),
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
@@ -158,9 +167,19 @@ class AdapterSection(Section):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA: 4-bit quantisation type.")
     double_quant: bool = Field(True, description="QLoRA: quantise the quantisation constants too.")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "QLoRA: dtype the 4-bit weights are dequantised to for each matmul; 'auto' follows "
+            "resources.precision (bf16 -> bfloat16, fp16 -> float16, otherwise float32)."
+        ),
+    )
     allow_cpu: bool = Field(
         False,
-        description="QLoRA: permit running the 4-bit base on a CPU (slow; meant for tests and small trials).",
+        description=(
+            "QLoRA: permit running the 4-bit base on a CPU (needs bitsandbytes >= 0.49; slow; meant "
+            "for tests and small trials)."
+        ),
     )
 
 
@@ -235,8 +254,23 @@ class ResourcesSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision; 'auto' is fp32 on CPU and bf16 where the GPU supports it."
     )
-    nproc: int = Field(1, ge=1, le=64, description="Processes per job; above 1 the job is launched with torchrun (DDP).")
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Multi-process strategy.")
+    nproc: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes per job; above 1 the job is launched with torchrun (gloo on the CPU, nccl on "
+            "GPUs, one GPU per process). train.batch_size is per process."
+        ),
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description=(
+            "Multi-process strategy: 'ddp' keeps a full replica in every process; 'fsdp' shards "
+            "parameters, gradients and optimizer state across processes (CUDA only: on the CPU it "
+            "is refused, since the Trainer would silently run DDP)."
+        ),
+    )
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (default: the cores available).")
 
 

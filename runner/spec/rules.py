@@ -26,6 +26,18 @@ def _qlora_needs_cuda(spec: JobSpec) -> Iterator[Problem]:
         )
 
 
+def _qlora_settings(spec: JobSpec) -> Iterator[Problem]:
+    adapter, resources = spec.adapter, spec.resources
+    if adapter.compute_dtype != "auto" and adapter.method != "qlora":
+        yield ("adapter", "compute_dtype"), "compute_dtype only applies to method = \"qlora\""
+    elif adapter.compute_dtype == "float16" and resources.device == "cpu":
+        yield ("adapter", "compute_dtype"), "float16 compute needs a CUDA device; use \"float32\" on the CPU"
+    if adapter.method == "qlora" and resources.strategy == "fsdp":
+        yield ("resources", "strategy"), (
+            "fsdp does not shard a 4-bit (qlora) base here; use strategy = \"ddp\", or method = \"lora\" with fsdp"
+        )
+
+
 def _format_fits_model(spec: JobSpec) -> Iterator[Problem]:
     kind, fmt = spec.model.kind, spec.data.format
     if kind == "causal-lm" and fmt in EMBEDDING_FORMATS:
@@ -40,7 +52,8 @@ def _format_fits_model(spec: JobSpec) -> Iterator[Problem]:
         )
     if fmt == "image-text" and kind != "image-text-embedding":
         yield ("data", "format"), "image-text data needs model.kind = \"image-text-embedding\""
-    if kind == "image-text-embedding" and fmt not in ("auto", "image-text") and "image" not in spec.data.fields:
+    image_mapped = "image" in spec.data.fields or "query_image" in spec.data.fields
+    if kind == "image-text-embedding" and fmt not in ("auto", "image-text") and not image_mapped:
         yield ("data", "format"), (
             "an image-text-embedding model needs image-text data: set data.format = \"image-text\" "
             "or map the image field with data.fields = { image = \"...\" }"
@@ -67,6 +80,11 @@ def _matryoshka_dims(spec: JobSpec) -> Iterator[Problem]:
             yield ("loss", "type"), "matryoshka needs loss.dims, e.g. dims = [384, 256, 128, 64]"
         elif any(a <= b for a, b in zip(dims, dims[1:])):
             yield ("loss", "dims"), f"dims must be strictly descending, found {dims}"
+        projection = spec.model.projection_dim
+        if projection is not None and dims and dims[0] > projection:
+            yield ("loss", "dims"), (
+                f"dims cannot exceed the embedding size: the largest is {dims[0]} but model.projection_dim is {projection}"
+            )
         if spec.loss.dim_weights and len(spec.loss.dim_weights) != len(dims):
             yield ("loss", "dim_weights"), (
                 f"dim_weights needs one weight per dimension: {len(dims)} dims, "
@@ -86,8 +104,18 @@ def _multi_task(spec: JobSpec) -> Iterator[Problem]:
         )
     if spec.loss.type != "multi-task" and spec.loss.tasks:
         yield ("loss", "tasks"), "tasks only apply to loss.type = \"multi-task\""
+    for task in spec.loss.tasks:
+        if task in "lora_":  # peft matches adapter names inside parameter names; this one would collide
+            yield ("loss", "tasks", task), (
+                f"task name '{task}' cannot name a LoRA adapter (it is part of peft's 'lora_' prefix); use a longer name"
+            )
     if spec.loss.type == "multi-task" and spec.adapter.method == "full":
         yield ("adapter", "method"), "multi-task trains one LoRA adapter per task; use method = \"lora\" or \"qlora\""
+
+
+def _projection_embeddings_only(spec: JobSpec) -> Iterator[Problem]:
+    if spec.model.projection_dim is not None and spec.model.kind == "causal-lm":
+        yield ("model", "projection_dim"), "projection_dim applies to embedding models; remove it for a causal LM"
 
 
 def _packing_causal_only(spec: JobSpec) -> Iterator[Problem]:
@@ -111,6 +139,11 @@ def _device_precision(spec: JobSpec) -> Iterator[Problem]:
             yield ("model", "attn_implementation"), "flash_attention_2 needs a CUDA device; use \"sdpa\" on the CPU"
     if spec.resources.strategy == "fsdp" and spec.resources.nproc == 1:
         yield ("resources", "strategy"), "fsdp shards across processes: set resources.nproc > 1, or use \"ddp\""
+    elif spec.resources.strategy == "fsdp" and spec.resources.device == "cpu":
+        yield ("resources", "strategy"), (
+            "fsdp does not shard on the CPU (gloo): the Trainer would silently run DDP; "
+            "use strategy = \"ddp\" on the CPU, or device = \"cuda\""
+        )
 
 
 def _no_self_reference(spec: JobSpec) -> Iterator[Problem]:
@@ -120,10 +153,12 @@ def _no_self_reference(spec: JobSpec) -> Iterator[Problem]:
 
 RULES: tuple[Rule, ...] = (
     _qlora_needs_cuda,
+    _qlora_settings,
     _format_fits_model,
     _loss_fits_model,
     _matryoshka_dims,
     _multi_task,
+    _projection_embeddings_only,
     _packing_causal_only,
     _eval_needs_data,
     _device_precision,

@@ -20,8 +20,17 @@ from runner.data.pipeline import PreparedData, prepare_data
 from runner.fsutil import atomic_dir, atomic_write_json
 from runner.spec.loader import LoadedJob
 from runner.train.context import RunContext, TrainOutcome
-from runner.train.hooks import STAGING, ProgressReporter, RunTrainer, TokenCounter
-from runner.train.model import ModelSetupError, apply_adapter, choose_device, count_parameters, load_causal_lm
+from runner.train import distributed
+from runner.train.hooks import STAGING, RunTrainer, connect_outputs
+from runner.train.model import (
+    DeviceChoice,
+    ModelSetupError,
+    apply_adapter,
+    choose_device,
+    count_parameters,
+    load_causal_lm,
+    quantization_record,
+)
 
 
 def load_tokenizer(model_path: Path, trust_remote_code: bool = False) -> Any:
@@ -74,14 +83,16 @@ def check_trackers(report_to: list[str]) -> None:
         os.environ.setdefault("WANDB_MODE", "offline")  # runs never reach a service unless the user says so
 
 
-def training_arguments(job: LoadedJob, run_dir: Path, choice: DeviceChoice, *, has_eval: bool, plain_logs: bool) -> Any:
-    """The spec's [train]/[eval]/[tracking] settings in the Trainer's vocabulary."""
+def training_arguments(
+    job: LoadedJob, run_dir: Path, choice: DeviceChoice, *, has_eval: bool, plain_logs: bool, **overrides: Any
+) -> Any:
+    """The spec's [train]/[eval]/[tracking] settings in the Trainer's vocabulary (`overrides` win)."""
     from transformers import TrainingArguments
 
     spec = job.spec
     train, evaluation = spec.train, spec.eval
     every = evaluation.every if (has_eval and evaluation.every) else None
-    return TrainingArguments(
+    settings: dict[str, Any] = dict(
         output_dir=str(run_dir / STAGING),
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=evaluation.batch_size or train.batch_size,
@@ -115,20 +126,34 @@ def training_arguments(job: LoadedJob, run_dir: Path, choice: DeviceChoice, *, h
         dataloader_num_workers=0,
         label_names=["labels"],
     )
+    if spec.resources.nproc > 1:  # launched by torchrun (runner.train.launch): one process per rank
+        settings.update(ddp_backend="nccl" if choice.device == "cuda" else "gloo", ddp_find_unused_parameters=False)
+        if spec.resources.strategy == "fsdp":  # CUDA only (choose_device refuses it on the CPU)
+            settings.update(fsdp="full_shard auto_wrap", fsdp_config={"state_dict_type": "FULL_STATE_DICT"})
+    return TrainingArguments(**{**settings, **overrides})
 
 
-def train_causal_lm(ctx: RunContext) -> TrainOutcome:
-    from transformers import PrinterCallback, set_seed
+def start_run(ctx: RunContext) -> tuple[DeviceChoice, dict[str, Any]]:
+    """Every recipe's first steps: threads, seed, device choice and trackers checked, the runtime
+    printed and recorded in the manifest."""
+    from transformers import set_seed
 
-    started = time.perf_counter()
     spec = ctx.job.spec
     if spec.resources.threads:
         torch.set_num_threads(spec.resources.threads)
     set_seed(spec.train.seed)
-    choice = choose_device(spec.model, spec.resources)
+    choice = choose_device(spec.model, spec.resources, spec.adapter)
     check_trackers(list(spec.tracking.report_to))
-    print(f"device {choice.device}, weights {choice.dtype}, precision {choice.precision}, "
-          f"attention {choice.attn_implementation}", flush=True)
+    runtime = runtime_record(ctx, choice)
+    print(describe_runtime(runtime), flush=True)
+    record_runtime(ctx, runtime)
+    return choice, runtime
+
+
+def train_causal_lm(ctx: RunContext) -> TrainOutcome:
+    started = time.perf_counter()
+    spec = ctx.job.spec
+    choice, runtime = start_run(ctx)
 
     # 1. data: read, check, tokenise (bad records are reported before any weights load)
     tokenizer = load_tokenizer(ctx.model_path, spec.model.trust_remote_code)
@@ -157,12 +182,17 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
     print(f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%), "
           f"adapter {adapter_settings}", flush=True)
     ctx.status.update(trainable_params=trainable, total_params=total, adapter=adapter_settings,
-                      extra={"device": choice.to_dict()})
+                      extra={"device": runtime})
 
     # 3. the Trainer, wired to the run's outputs
     has_eval = bool(data.eval)
-    args = training_arguments(ctx.job, ctx.run_dir, choice, has_eval=has_eval, plain_logs=ctx.plain_logs)
-    counter = TokenCounter()
+    baseline = has_eval and spec.eval.at_start and ctx.resume_from is None
+    # Under DDP the baseline runs inside train() (eval_on_start): evaluating before train() makes
+    # accelerate mark the model prepared, and train() then skips the DDP wrap -- the ranks would
+    # train without syncing gradients (measured: transformers 5.23 + accelerate 1.15).
+    baseline_in_train = baseline and distributed.world_size() > 1
+    args = training_arguments(ctx.job, ctx.run_dir, choice, has_eval=has_eval, plain_logs=ctx.plain_logs,
+                              **({"eval_on_start": True} if baseline_in_train else {}))
     trainer = RunTrainer(
         model=model,
         args=args,
@@ -170,21 +200,23 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
         eval_dataset=data.eval or None,
         data_collator=make_collator(tokenizer, packing=spec.data.packing),
         processing_class=tokenizer,
-        callbacks=[ProgressReporter(ctx.status, ctx.metrics, ctx.stop, counter, ctx.plain_logs)],
     )
-    if ctx.plain_logs:  # ProgressReporter prints one line per log; Trainer's printer would repeat it
-        trainer.remove_callback(PrinterCallback)
-    trainer.checkpoints_dir = ctx.run_dir / "checkpoints"
-    trainer.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    trainer.keep_checkpoints = spec.train.keep_checkpoints
-    trainer.token_counter = counter
+    connect_outputs(trainer, ctx)
+    trainer.require_sharded = spec.resources.nproc > 1 and spec.resources.strategy == "fsdp"
 
     # 4. baseline, training, final evaluation
     eval_before = eval_after = None
-    if has_eval and spec.eval.at_start and ctx.resume_from is None:
+    if baseline and not baseline_in_train:
         eval_before = _evaluate(trainer, ctx, "before training")
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
-    interrupted = ctx.stop.requested
+    if baseline_in_train:
+        eval_before = next((float(h["eval_loss"]) for h in trainer.state.log_history
+                            if "eval_loss" in h and h.get("step") == 0), None)
+        if eval_before is not None:
+            print(f"held-out loss before training: {eval_before:.4f}", flush=True)
+            ctx.status.update(extra={"eval_loss_before": eval_before})
+    # agreed by every rank (a stop that arrives after the last step lets the run finish)
+    interrupted = ctx.stop.agreed() and trainer.state.global_step < trainer.state.max_steps
     if has_eval and spec.eval.at_end and not interrupted:
         last = trainer.state.log_history[-2:] if trainer.state.log_history else []
         evaluated_now = [h["eval_loss"] for h in last if "eval_loss" in h and h.get("step") == trainer.state.global_step]
@@ -192,9 +224,16 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
         if evaluated_now:
             print(f"held-out loss after training: {eval_after:.4f}", flush=True)
 
-    # 5. the final adapter (or full model) with its tokenizer, complete-or-absent
+    # 5. the final adapter (or full model) with its tokenizer, complete-or-absent; rank 0 writes it
+    extra: dict[str, Any] = {}
     if not interrupted:
-        save_final(trainer.model, tokenizer, ctx)
+        extra = compare_replicas(trainer)
+        state_dict = None
+        if getattr(trainer, "is_fsdp_enabled", False):  # gathering a sharded model is collective
+            state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+        if distributed.is_writer():
+            save_final(trainer.model, tokenizer, ctx, quantization=quantization_record(spec.adapter, choice),
+                       runtime=runtime, state_dict=state_dict)
     return TrainOutcome(
         interrupted=interrupted,
         global_step=trainer.state.global_step,
@@ -206,7 +245,65 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
         device=choice,
         data=data_summary,
         seconds=time.perf_counter() - started,
+        extra=extra,
     )
+
+
+train_causal_lm.supports_distributed = True  # type: ignore[attr-defined]  # rank-aware: runs under torchrun
+
+
+def runtime_record(ctx: RunContext, choice: DeviceChoice) -> dict[str, Any]:
+    """What this run trains with: device, dtypes, attention kernel, 4-bit settings, processes."""
+    spec = ctx.job.spec
+    record: dict[str, Any] = choice.to_dict()
+    if spec.adapter.method == "qlora":
+        record["quantization"] = quantization_record(spec.adapter, choice)
+    record["processes"] = distributed.world_size()
+    if record["processes"] > 1:
+        record["strategy"] = spec.resources.strategy
+        record["backend"] = "nccl" if choice.device == "cuda" else "gloo"
+    record["threads"] = torch.get_num_threads()
+    return record
+
+
+def describe_runtime(runtime: dict[str, Any]) -> str:
+    text = (f"device {runtime['device']}, weights {runtime['dtype']}, precision {runtime['precision']}, "
+            f"attention {runtime['attn_implementation']}")
+    quant = runtime.get("quantization")
+    if quant:
+        text += (f", 4-bit {quant['quant_type']}{' double-quant' if quant['double_quant'] else ''} "
+                 f"(compute {quant['compute_dtype']})")
+    if runtime["processes"] > 1:
+        text += f", {runtime['processes']} processes ({runtime['strategy']}, {runtime['backend']})"
+    return text
+
+
+def record_runtime(ctx: RunContext, runtime: dict[str, Any]) -> None:
+    """Add the runtime choice to the run's manifest.json (written by the pipeline at start)."""
+    from runner.outputs.manifest import read_manifest, write_manifest
+    from runner.outputs.runs import run_paths
+
+    path = run_paths(ctx.run_dir).manifest
+    if not distributed.is_writer() or not path.is_file():
+        return
+    manifest = read_manifest(path)
+    manifest["runtime"] = runtime
+    write_manifest(path, manifest)
+
+
+def compare_replicas(trainer: Any) -> dict[str, Any]:
+    """Under DDP every rank must end with the same weights: compare digests of the trainable
+    state across ranks (collective) and fail loudly if they differ."""
+    world = distributed.world_size()
+    if world <= 1:
+        return {}
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return {"processes": world, "sharding": distributed.sharding_report(trainer.model_wrapped)["kind"]}
+    digests = distributed.all_gather(distributed.state_digest(distributed.trainable_state(trainer.model)))
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"the {world} processes ended with different weights (digests {digests}); "
+                           "the replicas diverged")
+    return {"processes": world, "replica_sha256": digests}
 
 
 def _evaluate(trainer: Any, ctx: RunContext, when: str) -> float:
@@ -218,16 +315,34 @@ def _evaluate(trainer: Any, ctx: RunContext, when: str) -> float:
     return loss
 
 
-def save_final(model: Any, tokenizer: Any, ctx: RunContext) -> Path:
-    """adapter/ holds the adapter (or the full model), the tokenizer and where the base came from."""
+def save_final(model: Any, tokenizer: Any, ctx: RunContext, *, quantization: dict[str, Any] | None = None,
+               runtime: dict[str, Any] | None = None, state_dict: dict[str, Any] | None = None) -> Path:
+    """adapter/ holds the adapter (or the full model), the tokenizer and where the base came from.
+
+    A QLoRA adapter also records its 4-bit settings (`quantization`), so it can be put back on a
+    freshly quantised base (runner.train.model.load_for_inference).
+    """
     target = ctx.run_dir / "adapter"
     with atomic_dir(target, replace=True) as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        if state_dict is not None:
+            model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state_dict)
+        else:
+            model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / "runner_adapter.json", {
-            "job": ctx.job.name,
-            "method": ctx.job.spec.adapter.method,
-            "base_model": ctx.model_info,
-            "spec_sha256": ctx.job.sha256,
-        })
+        atomic_write_json(tmp / "runner_adapter.json", result_record(
+            ctx, **({"quantization": quantization} if quantization else {}), **({"runtime": runtime} if runtime else {}),
+        ))
     return target
+
+
+def result_record(ctx: RunContext, **extra: Any) -> dict[str, Any]:
+    """runner_adapter.json: which job and run made the result, from which base (every recipe)."""
+    return {
+        "job": ctx.job.name,
+        "run_id": ctx.run_dir.name,
+        "method": ctx.job.spec.adapter.method,
+        "base_model": ctx.model_info,  # alias, source, revision, file sha256, lineage of the base
+        "fine_tuned_from": ctx.model_info.get("alias") or ctx.model_info.get("source"),
+        "spec_sha256": ctx.job.sha256,
+        **extra,
+    }

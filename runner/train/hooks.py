@@ -4,6 +4,10 @@ The Trainer is the engine; these hooks are the only places where it touches our 
 - `RunTrainer._save_checkpoint` makes checkpoints complete-or-absent (Trainer writes in place),
 - `ProgressReporter` turns Trainer logs into metrics.jsonl lines and status progress,
 - `StopRequest` lets a signal handler ask for "checkpoint now, then stop".
+
+Under torchrun every rank runs these hooks; only rank 0 writes (status, metrics, checkpoints,
+including the other ranks' RNG states, gathered to it), and a stop is agreed on by all ranks at
+each step end, so they all stop after the same step and one checkpoint is written.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from runner.fsutil import atomic_write_json
 from runner.outputs.checkpoints import BASE_RECORD, mark_complete, prune
 from runner.outputs.metrics import MetricsLog
 from runner.outputs.status import StatusFile
+from runner.train import distributed
 
 if TYPE_CHECKING:
     from runner.train.context import RunContext
@@ -57,6 +62,14 @@ class StopRequest:
 
         return restore
 
+    def agreed(self) -> bool:
+        """Whether any rank was asked to stop; every rank must call it at the same point (one
+        all-reduce when several processes train, a plain read otherwise)."""
+        if distributed.any_rank(self.requested) and not self.requested:
+            self.requested = True
+            self.signal_name = self.signal_name or "SIGTERM (on another rank)"
+        return self.requested
+
 
 @dataclass
 class TokenCounter:
@@ -76,6 +89,10 @@ class TokenCounter:
     def tokens(self) -> int:
         return int(self._total)
 
+    def tokens_all_ranks(self) -> int:
+        """The total over every training process (collective when there are several)."""
+        return distributed.sum_over_ranks(self.tokens)
+
 
 class RunTrainer(Trainer):
     """Trainer whose checkpoints are complete-or-absent and named checkpoints/step-N.
@@ -92,10 +109,51 @@ class RunTrainer(Trainer):
     token_counter: TokenCounter | None = None
     base_model_info: dict[str, Any] | None = None  # written into every checkpoint (BASE_RECORD)
 
+    require_sharded: bool = False  # strategy = "fsdp": refuse to train a model that is only replicated
+    _sharding_checked: bool = False
+
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        if self.require_sharded and not self._sharding_checked:
+            self._check_sharded()
         if self.token_counter is not None:
             self.token_counter.add(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def _check_sharded(self) -> None:
+        """accelerate falls back to DDP where it cannot shard (e.g. on the CPU) without a word; a
+        job that asked for FSDP stops at its first step instead of training unsharded."""
+        from runner.train.model import ModelSetupError
+
+        self._sharding_checked = True
+        report = distributed.sharding_report(self.model_wrapped)
+        if not report["sharded"]:
+            raise ModelSetupError(
+                f"resources.strategy = \"fsdp\", but the model was prepared as {report['kind']} with every "
+                f"parameter in every process ({report['local_elements']:,} of {report['global_elements']:,}): "
+                "it is not sharded here; use strategy = \"ddp\""
+            )
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Every rank's RNG state goes into the checkpoint, but only rank 0 writes: the states are
+        gathered to it (Trainer would have each rank write its own file)."""
+        if self.args.world_size <= 1:
+            super()._save_rng_state(output_dir)
+            return
+        import random
+
+        import numpy as np
+        import torch
+
+        states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                                  "cpu": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.random.get_rng_state_all()
+        gathered = distributed.gather_to_writer(states)
+        if gathered is None:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        for index, rank_states in enumerate(gathered):
+            torch.save(rank_states, os.path.join(output_dir, f"rng_state_{index}.pth"))
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
@@ -128,31 +186,35 @@ class ProgressReporter(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._start_time = self._last_time = time.perf_counter()
         self._start_step = state.global_step
-        self._last_tokens = self.tokens.tokens
-        self.status.update(step=state.global_step, total_steps=state.max_steps)
+        self._last_tokens = self.tokens.tokens_all_ranks()
+        if state.is_world_process_zero:
+            self.status.update(step=state.global_step, total_steps=state.max_steps)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.stop.requested:
+        if self.stop.agreed():  # every rank asks at every step end, so all stop after the same step
             control.should_save = True
             control.should_training_stop = True
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # every rank logs the same lines; the token count is summed over ranks (a collective), then
+        # only rank 0 writes
+        tokens_now = self.tokens.tokens_all_ranks() if logs and "loss" in logs else None
         if not logs or not state.is_world_process_zero:
             return
         now = time.perf_counter()
         record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
                                   "time": round(time.time(), 3)}
-        if "loss" in logs:
-            tokens = self.tokens.tokens - self._last_tokens
+        if "loss" in logs and tokens_now is not None:
+            tokens = tokens_now - self._last_tokens
             elapsed = max(now - self._last_time, 1e-9)
             record.update(
                 loss=logs["loss"],
                 learning_rate=logs.get("learning_rate"),
                 grad_norm=logs.get("grad_norm"),
                 tokens_per_second=round(tokens / elapsed, 2),
-                tokens_seen=self.tokens.tokens,
+                tokens_seen=tokens_now,
             )
-            self._last_time, self._last_tokens = now, self.tokens.tokens
+            self._last_time, self._last_tokens = now, tokens_now
         else:
             record.update({k: v for k, v in logs.items() if k not in ("epoch",)})
         self.metrics.append(record)
@@ -180,7 +242,8 @@ def connect_outputs(trainer: RunTrainer, ctx: RunContext, counter: TokenCounter 
     if ctx.plain_logs:  # ProgressReporter prints one line per log; Trainer's printer would repeat it
         trainer.remove_callback(PrinterCallback)
     trainer.checkpoints_dir = ctx.run_dir / "checkpoints"
-    trainer.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_writer():  # under torchrun, rank 0 alone writes the run's files
+        trainer.checkpoints_dir.mkdir(parents=True, exist_ok=True)
     trainer.keep_checkpoints = ctx.job.spec.train.keep_checkpoints
     trainer.token_counter = counter
     trainer.base_model_info = ctx.model_info  # every checkpoint records the exact base (resume checks it)
