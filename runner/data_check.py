@@ -106,6 +106,7 @@ def _check(
     if tokenizer_source:
         from runner.data.pipeline import build_examples
         from runner.registry.sources import parse_source, resolve_source
+        import runner.lineage  # noqa: F401  (registers the resolver for job: sources)
         from runner.train.causal_lm import load_tokenizer
 
         tokenizer = load_tokenizer(Path(resolve_source(parse_source(tokenizer_source, base_dir=base_dir)).path))

@@ -45,17 +45,19 @@ def find_result(job: str, runs_root: Path, run_id: str | None = None) -> Path:
 
 
 def load_result(adapter_dir: Path) -> tuple[Any, Any]:
-    """The trained model (base + adapter, or the full model) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The trained model (base + adapter, or the full model) and its tokenizer.
+
+    Loading goes through the training side's `load_for_inference`, so a QLoRA adapter sits on a
+    base quantised exactly as it was during training.
+    """
+    from transformers import AutoTokenizer
+
+    from runner.train.model import load_for_inference
 
     info = json.loads((adapter_dir / "runner_adapter.json").read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    if info["method"] == "full":
-        return AutoModelForCausalLM.from_pretrained(str(adapter_dir)), tokenizer
-    from peft import PeftModel
-
-    base = AutoModelForCausalLM.from_pretrained(str(base_model_path(info)))
-    return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
+    base = None if info["method"] == "full" else base_model_path(info)
+    return load_for_inference(adapter_dir, base, device="cpu"), tokenizer
 
 
 def base_model_path(info: dict[str, Any]) -> Path:
@@ -63,6 +65,7 @@ def base_model_path(info: dict[str, Any]) -> Path:
     base_path = Path(info["base_model"]["path"])
     if not base_path.is_dir():
         from runner.registry.sources import resolve_source
+        import runner.lineage  # noqa: F401  (registers the resolver for job: sources)
 
         base_path = Path(resolve_source(info["base_model"]["source"]).path)
     return base_path

@@ -149,11 +149,14 @@ def prepare_data(
     train_on_prompt: bool = False,
     on_bad_record: str = "error",
     progress: bool | None = None,
+    max_records: int | None = None,
+    eval_max_records: int | None = None,
 ) -> PreparedData:
     """Read, split, normalise and tokenise; under "error" all bad records (train and eval) raise together.
 
     Eval comes from `eval_files` if given, else from `eval_fraction` of the train
-    records (format detected once on the train records), else there is none.
+    records (format detected once on the train records), else there is none. `max_records` and
+    `eval_max_records` keep the first N of each side (quick trials).
     """
     check_policy(on_bad_record)
     if eval_files and eval_fraction:
@@ -172,14 +175,17 @@ def prepare_data(
     train_records, eval_records = read.records, []
     if eval_fraction:
         train_records, eval_records = split_eval(read.records, eval_fraction, seed)
+    train_records = train_records[:max_records] if max_records else train_records
+    eval_records = eval_records[:eval_max_records] if eval_max_records else eval_records
     train, train_report = build_examples(train_records, format=format, read_errors=read.bad, **options)
 
     evaluation: list[Example] = []
     eval_report = None
     if eval_files:
         read_eval = read_records(eval_files)
+        kept = read_eval.records[:eval_max_records] if eval_max_records else read_eval.records
         evaluation, eval_report = build_examples(
-            read_eval.records, format=format, read_errors=read_eval.bad, **options
+            kept, format=format, read_errors=read_eval.bad, **options
         )
     elif eval_records:
         evaluation, eval_report = build_examples(eval_records, format=train_report.format, **options)

@@ -61,6 +61,8 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
         train_on_prompt=data.train_on_prompt,
         on_bad_record=data.on_bad_record,
         progress=progress,
+        max_records=data.max_records,
+        eval_max_records=spec.eval.max_records,
     )
 
 

@@ -149,3 +149,16 @@ def test_bad_records_of_train_and_eval_files_are_reported_together(tokenizer: An
         f"{train}[1]: missing 'output'",
         f"{evaluation}:2: missing 'instruction'",
     ]
+
+
+def test_max_records_keeps_the_first_n_of_train_and_of_eval(tokenizer: Any, tmp_path: Path) -> None:
+    train = write_json(tmp_path / "train.json", [qa(i) for i in range(10)])
+    evaluation = write_json(tmp_path / "eval.json", [qa(i) for i in range(100, 106)])
+    prepared = prepare_data([train], tokenizer, max_length=256, eval_files=[evaluation],
+                            max_records=3, eval_max_records=2)
+    assert len(prepared.train) == 3 and len(prepared.eval) == 2
+    assert tokenizer.decode(prepared.train[0]["input_ids"]).count("What is 0 plus 1?") == 1
+    assert "What is 100 plus 1?" in tokenizer.decode(prepared.eval[0]["input_ids"])
+
+    split = prepare_data([train], tokenizer, max_length=256, eval_fraction=0.5, max_records=2, eval_max_records=1)
+    assert (len(split.train), len(split.eval)) == (2, 1)
