@@ -1,0 +1,295 @@
+"""The FastAPI application: routes that call `runner.api.views` and `runner.api.dashboard`.
+
+`create_app(settings)` returns the ASGI app to serve: the FastAPI app inside `Guard` (Host
+allowlist, size limits, security headers), so no request reaches a route without those checks.
+Every route but `/livez`, the login form and the two static files needs a key; the interactive
+docs pages are off (they load their script from a CDN), the OpenAPI document is at
+`/openapi.json` behind the key like everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from runner.api import dashboard, views
+from runner.api.auth import COOKIE_NAME, presented_key
+from runner.api.guard import Guard
+from runner.api.settings import ApiSettings
+from runner.api.views import JOB_NAME, RUN_ID, ApiError
+
+__all__ = ["create_app"]
+
+STATIC = Path(__file__).with_name("static")
+_STATIC_TYPES = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+
+JobName = Annotated[str, PathParam(pattern=JOB_NAME, description="the job name (its `name`, else its file stem)")]
+RunId = Annotated[str | None, Query(pattern=RUN_ID, description="a run id; default: the job's newest run")]
+
+# Module level: the dependency's annotations are resolved in this module's globals.
+_bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
+_header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+HeaderKey = Annotated[str | None, Security(_header_key)]
+
+_UNAUTHORIZED = {401: {"description": "no key, or a wrong one: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"}}
+_ERRORS = {"description": "what is wrong, where (file, line, column, key path) and how to fix it"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("runner")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this server: never `//host` or a full URL (no open redirect)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+def create_app(settings: ApiSettings) -> Guard:
+    app = FastAPI(
+        title="runner API",
+        version=_version(),
+        description=("Jobs, runs, metrics and data checks of one `runner watch` jobs folder. Every endpoint but "
+                     "`/livez` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`. Non-finite numbers in "
+                     "metrics and statuses are given as the strings \"NaN\", \"Infinity\" and \"-Infinity\"."),
+        openapi_url=None, docs_url=None, redoc_url=None,
+    )
+    app.state.settings = settings
+    def require_key(request: Request, credentials: Bearer = None, api_key: HeaderKey = None) -> None:
+        """A key in a header; for reads, the dashboard's session cookie also does."""
+        token = credentials.credentials if credentials is not None else None
+        if settings.keys.check(token) or settings.keys.check(api_key):
+            return
+        if request.method in ("GET", "HEAD") and settings.keys.check_session(request.cookies.get(COOKIE_NAME)):
+            return
+        raise HTTPException(401, "an API key is needed: send Authorization: Bearer KEY or X-API-Key: KEY",
+                            headers={"WWW-Authenticate": 'Bearer realm="runner"'})
+
+    keyed = [Depends(require_key)]
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    # ---------------------------------------------------------------- health
+
+    @app.get("/livez", tags=["health"], summary="the process answers (no key needed, tells nothing)")
+    def livez() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], dependencies=keyed, responses={**_UNAUTHORIZED, 503: {"description": "not ready"}},
+             summary="a daemon holds the jobs folder's lock and the queue is readable")
+    def readyz() -> JSONResponse:
+        ready, body = views.readiness(settings)
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    # ------------------------------------------------------------------ jobs
+
+    @app.get("/jobs", tags=["jobs"], dependencies=keyed, responses=_UNAUTHORIZED,
+             summary="every job's newest run (and any older run still pending): state, progress, loss, ETA")
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [views.run_summary(run, status) for run, status in views.job_rows(settings)]}
+
+    @app.post("/jobs", tags=["jobs"], dependencies=keyed, status_code=201,
+              summary="submit a job file (TOML); validated like `runner validate`, written into the jobs folder",
+              responses={**_UNAUTHORIZED, 200: {"description": "the same file is already there: nothing changed"},
+                         403: {"description": "the job names paths outside the allowed data roots"},
+                         409: {"description": "the name clashes with another file of the jobs folder"},
+                         413: {"description": "the body is over the size limit"},
+                         422: _ERRORS},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/toml": {"schema": {"type": "string"}},
+                  "text/plain": {"schema": {"type": "string"}}}}})
+    async def submit(request: Request,
+                     name: Annotated[str | None, Query(description="the job name, when the file sets none")] = None
+                     ) -> JSONResponse:
+        data = await request.body()
+        status, body = await run_in_threadpool(views.submit_job, settings, data, name)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/jobs/{name}", tags=["jobs"], dependencies=keyed, responses={**_UNAUTHORIZED, 404: {"description": "no such job"}},
+             summary="a run's status: state, reason, attempt, progress, model, adapter / LoRA settings, errors")
+    def get_job(name: JobName, run: RunId = None) -> dict[str, Any]:
+        return views.job_detail(settings, name, run)
+
+    @app.get("/jobs/{name}/metrics", tags=["jobs"], dependencies=keyed,
+             responses={**_UNAUTHORIZED, 404: {"description": "no such job"}},
+             summary="the run's metrics.jsonl records; with since=STEP only those logged after that step")
+    def get_metrics(name: JobName, run: RunId = None,
+                    since: Annotated[int | None, Query(ge=0, description="only records with step > since")] = None
+                    ) -> dict[str, Any]:
+        return views.job_metrics(settings, name, since, run)
+
+    @app.post("/jobs/{name}/cancel", tags=["jobs"], dependencies=keyed, status_code=202,
+              responses={**_UNAUTHORIZED, 404: {"description": "no such job"},
+                         409: {"description": "the job has no queued, running or interrupted run"}},
+              summary="cancel the job's pending runs, as `runner cancel` does")
+    def cancel(name: JobName) -> JSONResponse:
+        status, body = views.cancel_job(settings, name)
+        return JSONResponse(body, status_code=status)
+
+    # -------------------------------------------------------------- datasets
+
+    @app.post("/datasets/validate", tags=["data"], dependencies=keyed,
+              summary="check a data file as a job would: format, record count, every bad record with its location",
+              responses={**_UNAUTHORIZED, 403: {"description": "the path is outside the allowed data roots"},
+                         404: {"description": "no such file"}, 413: {"description": "the upload is too large"},
+                         415: {"description": "neither JSON nor multipart/form-data"}, 422: _ERRORS},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"type": "object", "required": ["path"],
+                                                   "additionalProperties": False, "properties": {
+                      "path": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                               "description": "file(s) on the server, relative to the first data root"},
+                      "format": {"type": "string", "enum": list(views.DATA_FORMATS), "default": "auto"},
+                      "fields": {"type": "object", "additionalProperties": {"type": "string"}}}}},
+                  "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                                     "additionalProperties": False, "properties": {
+                      "file": {"type": "string", "format": "binary"},
+                      "format": {"type": "string", "enum": list(views.DATA_FORMATS), "default": "auto"},
+                      "fields": {"type": "string", "description": "a JSON object: canonical field -> your field"}}}}}}})
+    async def validate_dataset(request: Request) -> dict[str, Any]:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "application/json":
+            try:
+                payload = json.loads(await request.body())
+            except ValueError as exc:
+                raise ApiError(422, f"the body is not JSON: {exc}") from None
+            if not isinstance(payload, dict):
+                raise ApiError(422, 'send a JSON object: {"path": "data/train.jsonl", "format": "auto"}')
+            unknown = sorted(set(payload) - {"path", "format", "fields"})
+            if unknown:
+                raise ApiError(422, f"unknown key(s) {', '.join(map(repr, unknown))}; expected path, format, fields")
+            path = payload.get("path")
+            paths = [path] if isinstance(path, str) else path
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise ApiError(422, '"path" must be a string or a list of strings')
+            fields = payload.get("fields")
+            if fields is not None and not isinstance(fields, dict):
+                raise ApiError(422, '"fields" must be an object: {"instruction": "question"}')
+            data_format = payload.get("format", "auto")
+            if not isinstance(data_format, str):
+                raise ApiError(422, '"format" must be a string')
+            return await run_in_threadpool(views.validate_dataset_paths, settings, paths, data_format, fields)
+        if kind == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except HTTPException as exc:  # a malformed multipart body: the client's mistake, say which
+                raise ApiError(422, f"cannot read the multipart body: {exc.detail}") from None
+            try:
+                unknown = sorted(set(form.keys()) - {"file", "format", "fields"})
+                if unknown:
+                    raise ApiError(422, f"unknown part(s) {', '.join(map(repr, unknown))}; expected file, format, fields")
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ApiError(422, "multipart/form-data needs a file part named 'file'")
+                data_format = form.get("format") or "auto"
+                raw_fields = form.get("fields") or "{}"
+                if not isinstance(data_format, str) or not isinstance(raw_fields, str):
+                    raise ApiError(422, "'format' and 'fields' are text parts")
+                try:
+                    fields = json.loads(raw_fields)
+                except ValueError:
+                    raise ApiError(422, "'fields' must be a JSON object, e.g. {\"instruction\": \"question\"}") from None
+                if not isinstance(fields, dict):
+                    raise ApiError(422, "'fields' must be a JSON object, e.g. {\"instruction\": \"question\"}")
+                return await run_in_threadpool(views.validate_dataset_upload, settings, upload.filename, upload.file,
+                                               data_format, fields)
+            finally:
+                await form.close()
+        raise ApiError(415, 'send application/json {"path": ..., "format": ...} or multipart/form-data with a '
+                            "'file' part (and optionally 'format' and 'fields')")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    # ------------------------------------------------------------- dashboard
+
+    def browser_ok(request: Request) -> bool:
+        return (settings.keys.check(presented_key(request.headers))
+                or settings.keys.check_session(request.cookies.get(COOKIE_NAME)))
+
+    def login_needed(request: Request) -> HTMLResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return HTMLResponse(dashboard.login_page(_safe_next(target)), status_code=401)
+
+    def html(render: Callable[[], str]) -> Response:
+        try:
+            return HTMLResponse(render())
+        except ApiError as exc:  # an unknown job or run: a page that says so, not a JSON body
+            return HTMLResponse(dashboard.error_page(exc.status, exc.detail), status_code=exc.status)
+
+    @app.get("/", include_in_schema=False)
+    def index(request: Request) -> Response:
+        if not browser_ok(request):
+            return login_needed(request)
+        return HTMLResponse(dashboard.index_page(settings))
+
+    @app.get("/ui/jobs-table", include_in_schema=False)
+    def jobs_fragment(request: Request) -> Response:
+        if not browser_ok(request):
+            return Response("log in again", status_code=401, media_type="text/plain")
+        return HTMLResponse(dashboard.jobs_table(settings))
+
+    @app.get("/ui/jobs/{name}", include_in_schema=False)
+    def job_page(request: Request, name: JobName, run: RunId = None) -> Response:
+        if not browser_ok(request):
+            return login_needed(request)
+        return html(lambda: dashboard.job_page(settings, name, run))
+
+    @app.get("/ui/jobs/{name}/live", include_in_schema=False)
+    def job_fragment(request: Request, name: JobName, run: RunId = None) -> Response:
+        if not browser_ok(request):
+            return Response("log in again", status_code=401, media_type="text/plain")
+        return html(lambda: dashboard.job_live(settings, name, run))
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        """A key (header, or the login form's field) for the session cookie of the dashboard."""
+        key = presented_key(request.headers)
+        from_form = key is None
+        next_path = "/"
+        if from_form:
+            form = parse_qs((await request.body()).decode("utf-8", "replace"))
+            key = (form.get("key") or [""])[0]
+            next_path = _safe_next((form.get("next") or ["/"])[0])
+        session = settings.keys.session_for(key or "")
+        if session is None:
+            if from_form:
+                return HTMLResponse(dashboard.login_page(next_path, "That key was not accepted."), status_code=401)
+            return JSONResponse({"detail": "that key was not accepted"}, status_code=401)
+        response: Response = RedirectResponse(next_path, status_code=303) if from_form else JSONResponse({"ok": True})
+        response.set_cookie(COOKIE_NAME, session, httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.get("/static/{filename}", include_in_schema=False)
+    def static(filename: str) -> Response:
+        media = _STATIC_TYPES.get(filename)
+        if media is None:
+            raise HTTPException(404, "no such file")
+        return Response((STATIC / filename).read_bytes(), media_type=media, headers={"cache-control": "no-cache"})
+
+    return Guard(app, settings)

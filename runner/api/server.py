@@ -1,0 +1,77 @@
+"""uvicorn on a socket bound up front: in the foreground (`runner serve`) or beside the daemon.
+
+The socket is bound before anything starts, so a port in use is a clear error at once instead
+of a log line from a thread. Beside the daemon the server runs in a thread of the daemon's
+process: uvicorn installs no signal handlers outside the main thread, so SIGTERM and SIGINT
+keep going to the daemon's own handlers (which checkpoint the running job), and the API stops
+after the daemon has.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from runner.api.settings import ApiConfigError, ApiSettings
+
+__all__ = ["BackgroundServer", "bind", "serve_foreground"]
+
+
+def bind(settings: ApiSettings) -> socket.socket:
+    """A listening-ready socket on the settings' address; `ApiConfigError` says why it cannot be."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ApiConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+                             "is another process using the port? choose another with --api HOST:PORT") from None
+    sock.set_inheritable(False)  # the daemon's job processes must not hold the API's port
+    return sock
+
+
+def _config(app: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
+                          lifespan="off", timeout_keep_alive=5, limit_concurrency=64, timeout_graceful_shutdown=3)
+
+
+class BackgroundServer:
+    """The API in a thread of this process."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(_config(app))
+        self.sock = sock
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="runner-api",
+                                       daemon=True)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ApiConfigError("the API server did not start (see the messages above)")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def serve_foreground(app: Any, sock: socket.socket) -> int:
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers, in the main thread)."""
+    import uvicorn
+
+    try:
+        uvicorn.Server(_config(app)).run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
