@@ -56,3 +56,62 @@ def test_trainer_loss_equals_reference_and_hf_loss(tiny_model_dir: Path, tmp_pat
     all_tokens = [{**e, "labels": list(e["input_ids"])} for e in examples]
     with torch.no_grad():
         assert abs(float(_reference_loss(model, all_tokens)) - float(reference)) > 1e-3
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("count", [False, True], ids=["mean", "num_items_in_batch"])
+def test_loss_positions_only_equals_the_stock_loss_and_gradients(
+    tiny_model_dir: Path, tmp_path: Path, packing: bool, count: bool
+) -> None:
+    """The LM head applied only where a label counts gives the stock loss and the same gradients."""
+    from runner.train.attention import use_packed_sdpa
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    examples = [tokenize_conversation(tokenizer, conv, max_length=256) for conv in CONVERSATIONS]
+    batch = make_collator(tokenizer, packing=packing)(examples)
+    n_items = (batch["labels"][:, 1:] != -100).sum() if count else None
+    results = []
+    for fast in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
+        model.config.use_cache = False
+        if fast and packing:
+            use_packed_sdpa(model)
+        trainer = RunTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                 use_cpu=True))
+        trainer.loss_positions_only = fast
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_items)
+        loss.backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+        results.append((float(loss.detach()), grads))
+    assert abs(results[0][0] - results[1][0]) <= 1e-5
+    assert (results[0][1] - results[1][1]).abs().max() <= 1e-5
+    with torch.no_grad():
+        assert abs(results[1][0] - float(_reference_loss(model.eval(), examples))) <= 1e-4
+
+
+@pytest.mark.parametrize("budget", [1, 40, 10_000])
+def test_micro_batches_give_the_batch_loss_and_gradients(tiny_model_dir: Path, tmp_path: Path, budget: int) -> None:
+    """A packed batch cut into parts of at most `token_budget` tokens: same loss, same gradients."""
+    from runner.train.attention import use_packed_sdpa
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    examples = [tokenize_conversation(tokenizer, conv, max_length=256) for conv in CONVERSATIONS]
+    batch = make_collator(tokenizer, packing=True)(examples)
+    n_items = (batch["labels"][:, 1:] != -100).sum()
+    results = []
+    for cut in (None, budget):
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
+        model.config.use_cache = False
+        use_packed_sdpa(model)
+        trainer = RunTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
+                                                                 use_cpu=True))
+        trainer.loss_positions_only = True
+        trainer.token_budget = cut
+        parts = trainer._micro_batches(dict(batch), n_items)
+        if cut == 1:
+            assert len(parts) == len(examples)  # one part per sequence, none split
+        loss = trainer.training_step(model, dict(batch), num_items_in_batch=n_items)
+        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+        results.append((float(loss), grads))
+    assert abs(results[0][0] - results[1][0]) <= 1e-5
+    assert (results[0][1] - results[1][1]).abs().max() <= 1e-5
