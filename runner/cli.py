@@ -83,6 +83,12 @@ def _load_or_report(path: str) -> object | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from runner.outputs.runs import runs_root
 
+    if args.run_dir:  # what an sbatch script runs: the attempt its submitter set up (runner.slurm)
+        from runner.watch.child import run_supervised
+
+        return run_supervised(Path(args.run_dir).absolute(), Path(args.job).absolute(), runs_root(args.runs_dir),
+                              registry=Path(args.registry).absolute() if args.registry else None,
+                              allow_remote_code=args.allow_remote_code, command=list(sys.argv))
     job = _load_or_report(args.job)
     if job is None:
         return EXIT_INVALID
@@ -94,6 +100,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.fresh:
         resume = False
     try:
+        if args.executor == "slurm":
+            from runner.slurm.foreground import run_on_slurm
+
+            return run_on_slurm(job, runs_root(args.runs_dir), resume=resume,  # type: ignore[arg-type]
+                                registry=Path(args.registry).absolute() if args.registry else None,
+                                allow_remote_code=args.allow_remote_code)
         result = run_job(job, runs_root(args.runs_dir), resume=resume,  # type: ignore[arg-type]
                          registry=Path(args.registry).absolute() if args.registry else None,
                          allow_remote_code=args.allow_remote_code)
@@ -138,9 +150,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_watch(args: argparse.Namespace) -> int:
     from runner.watch.commands import watch_command
 
-    return watch_command(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
-                         max_attempts=args.max_attempts, on_change=args.on_change, debounce=args.debounce,
-                         settle=args.settle, registry=args.registry, allow_remote_code=args.allow_remote_code)
+    def run() -> int:
+        return watch_command(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
+                             max_attempts=args.max_attempts, on_change=args.on_change, debounce=args.debounce,
+                             settle=args.settle, registry=args.registry, allow_remote_code=args.allow_remote_code,
+                             executor=args.executor, slurm_poll=args.slurm_poll)
+
+    if args.api:  # the HTTP API and dashboard, served from the daemon's process
+        from runner.api.cli import with_api
+
+        return with_api(args, run)
+    return run()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -195,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "registry/registry.json above the job file or the current folder)")
     run.add_argument("--allow-remote-code", action="store_true",
                      help="let a job with model.trust_remote_code = true run the model's own Python code")
+    run.add_argument("--executor", choices=["local", "slurm"], default="local",
+                     help="run here (default), or submit it with sbatch to a Slurm cluster and follow it until it ends")
+    run.add_argument("--run-dir", help="continue this run folder as its submitter set it up (runner watch, "
+                                       "--executor slurm): what the sbatch script runs on the allocation")
     run.set_defaults(func=_cmd_run)
 
     plan = sub.add_parser("plan", help="estimate a job before running it: parameters, memory per method, data, "
@@ -272,7 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--registry", help="the model registry file, for every job (as for `runner run`)")
     watch.add_argument("--allow-remote-code", action="store_true",
                        help="honour model.trust_remote_code in the jobs (as for `runner run`)")
+    watch.add_argument("--executor", choices=["local", "slurm"], default="local",
+                       help="run each job here, one at a time (default), or submit each with sbatch to a Slurm cluster")
+    watch.add_argument("--slurm-poll", type=float, default=5.0, metavar="SECONDS",
+                       help="with --executor slurm: seconds between two squeue calls about the submitted jobs")
+    from runner.api.cli import add_api_options, add_serve_parser
+
+    add_api_options(watch)
     watch.set_defaults(func=_cmd_watch)
+    add_serve_parser(sub)
 
     status = sub.add_parser("status", help="show jobs' runs: state, attempt, progress, loss, ETA, reason")
     status.add_argument("job", nargs="?", help="one job: all its runs and the latest error")
@@ -309,6 +341,10 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.func in (_cmd_run, _cmd_watch):  # training processes: jemalloc if present
+        from runner.allocator import reexec_with_jemalloc
+
+        reexec_with_jemalloc()  # returns only when it is off, missing or already loaded
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -88,6 +88,20 @@ def check_data_command(
     return 1 if report["bad_records"] else 0
 
 
+def check_data_files(files: list[str], *, data_format: str = "auto",
+                     fields: dict[str, str] | None = None) -> dict[str, Any]:
+    """`runner data validate FILE...` as data, for callers that are not a terminal (the HTTP API).
+
+    The same reading, format detection and per-record checks; `bad_records` holds `BadRecord`s
+    (file, line or index, reason). Raises `DataError` when no record is readable at all.
+    """
+    from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
+
+    if data_format in EMBEDDING_FORMATS:
+        return _check_embedding(files, data_format, dict(fields or {}), image_root=None, tasks=None)
+    return _check(files, data_format, dict(fields) if fields else None, None, None, 512, False)
+
+
 def _check(
     files: list[str], data_format: str, columns: dict[str, str] | None, domain: DomainPrefix | None,
     tokenizer_source: str | None, max_length: int, train_on_prompt: bool, base_dir: Path | None = None,
@@ -116,7 +130,7 @@ def _check(
             domain_format=domain.format if domain else "[{value}] ",
             train_on_prompt=train_on_prompt, on_bad_record="skip", read_errors=read.bad, progress=None,
         )
-        report.update(records_ok=len(examples), bad_records=[str(b) for b in data_report.bad_records],
+        report.update(records_ok=len(examples), bad_records=list(data_report.bad_records),
                       lengths=asdict(data_report.lengths) if data_report.lengths else None,
                       truncated=data_report.truncated)
         return report
@@ -129,7 +143,7 @@ def _check(
             ok += 1
         except DataError as exc:
             bad.append(BadRecord(record.location, str(exc)))
-    report.update(records_ok=ok, bad_records=[str(b) for b in bad])
+    report.update(records_ok=ok, bad_records=bad)
     return report
 
 
@@ -143,4 +157,4 @@ def _check_embedding(files: list[str], data_format: str, columns: dict[str, str]
     report = data.train_report
     return {"files": files, "format": report.format, "format_reason": report.format_reason,
             "records_read": report.records_read, "records_ok": report.records_kept,
-            "bad_records": [str(b) for b in report.bad_records]}
+            "bad_records": list(report.bad_records)}

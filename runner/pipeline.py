@@ -143,12 +143,14 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         elif supervised is None:
             print(f"resuming run {run_dir} from the start (no complete checkpoint)", flush=True)
     resumed_from = str(resume_from) if resume_from else None
+    # A resumed attempt starts at its checkpoint's step, not where the interrupted one got to.
+    start: dict[str, Any] = {"step": point.step if point is not None else 0} if resuming else {}
     finish: Callable[..., object]
     if supervised is None:
-        status.transition(JobState.RUNNING, pid=os.getpid(), resumed_from=resumed_from)
+        status.transition(JobState.RUNNING, pid=os.getpid(), resumed_from=resumed_from, **start)
         finish = status.transition
     else:
-        status.update(pid=os.getpid(), resumed_from=resumed_from)
+        status.update(pid=os.getpid(), resumed_from=resumed_from, **start)
         finish = partial(write_outcome, supervised.outcome)
     print(f"run {run_dir}", flush=True)
 
@@ -177,7 +179,7 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
                 job=job, run_dir=run_dir, model_path=resolved.path, model_info=model_info,
                 status=status, metrics=metrics, stop=stop, resume_from=resume_from,
             )
-            if job.spec.resources.nproc > 1:  # torchrun workers run the recipe; this process owns the run
+            if job.spec.resources.world_size > 1:  # torchrun workers run the recipe; this process owns the run
                 from runner.train.launch import launch_workers
 
                 outcome = launch_workers(context, recipe)

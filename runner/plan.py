@@ -500,7 +500,7 @@ def data_stats(job: Any, tokenizer: Any, model_files: dict[str, str] | None = No
                 return DataStats(**raw), True
         except (OSError, ValueError, TypeError):
             pass
-    data = prepare_causal_data(job, tokenizer, progress=False)
+    data = prepare_causal_data(job, tokenizer, progress=False, cache=cache)
     report = data.train_report
     stats = DataStats(
         format=report.format,
@@ -780,7 +780,8 @@ def plan_job(
     stats, cached = data_stats(job, tokenizer, model_info.get("files") or {}, cache=use_cache)
 
     nproc, batch_size, accum = spec.resources.nproc, spec.train.batch_size, spec.train.grad_accum
-    steps, per_epoch = optimizer_steps(stats.train_examples, batch_size=batch_size, nproc=nproc, grad_accum=accum,
+    steps, per_epoch = optimizer_steps(stats.train_examples, batch_size=batch_size, nproc=spec.resources.world_size,
+                                       grad_accum=accum,
                                        epochs=spec.train.epochs, max_steps=spec.train.max_steps)
     batch = batch_shape(stats.train_lengths, batch_size, packing=spec.data.packing, seed=spec.train.seed)
     threads = spec.resources.threads or (max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else torch.get_num_threads())
@@ -861,7 +862,7 @@ def plan_job(
             "mean_batch_tokens": round(batch.mean_tokens, 1), "real_token_fraction": round(batch.real_fraction, 3),
         },
         steps={"total": steps, "per_epoch": per_epoch, "batch_size": batch_size, "processes": nproc,
-               "grad_accum": accum, "global_batch": batch_size * nproc * accum},
+               "grad_accum": accum, "global_batch": batch_size * spec.resources.world_size * accum},
         memory={
             "device": choice.device, "per_process": True, "processes_sharing_memory": per_node,
             "calibration": {"saved_bytes_per_token": calibration.saved_per_token,

@@ -175,7 +175,7 @@ def find_interrupted_run(root: Path | str, job: str, spec_sha256: str) -> Path |
     that no longer exists (its process was killed without a word).  An older
     interrupted run behind a newer one of the same spec is not resumed: the
     newer run superseded it.  ``running`` without a pid is not resumed either,
-    since we cannot prove nobody owns it.
+    since we cannot prove nobody owns it, nor one a Slurm job runs (``extra.slurm``).
     """
     for run in reversed(list_runs(root, job)):
         status = read_status(run)
@@ -183,6 +183,8 @@ def find_interrupted_run(root: Path | str, job: str, spec_sha256: str) -> Path |
             continue
         if status.state is JobState.INTERRUPTED:
             return run
+        if status.state is JobState.RUNNING and isinstance(status.extra.get("slurm"), dict):
+            return None  # a Slurm job runs it: its pid is on another machine
         if status.state is JobState.RUNNING and status.pid is not None:
             return None if is_pid_alive(status.pid) else run
         return None

@@ -249,6 +249,27 @@ class EvalSection(Section):
     )
 
 
+SLURM_TIME_PATTERN = r"^([0-9]+|[0-9]+:[0-9]{2}|[0-9]+:[0-9]{2}:[0-9]{2}|[0-9]+-[0-9]+(:[0-9]{2}){0,2})$"
+MEMORY_PATTERN = r"^[1-9][0-9]*\s*([KMGTkmgt](i?[Bb])?)?$"
+
+
+def _minutes_as_text(value: object) -> object:
+    """`time_limit = 90` (minutes) and `time_limit = "1:30:00"` mean what they mean to sbatch."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class SlurmSection(Section):
+    partition: str | None = Field(None, min_length=1, description="sbatch --partition: the partition (queue) to submit to.")
+    account: str | None = Field(None, min_length=1, description="sbatch --account: the account charged for the job.")
+    options: list[Annotated[str, Field(pattern=r"^-")]] = Field(
+        default_factory=list,
+        description=(
+            "More sbatch options, passed through as written, e.g. [\"--qos=high\", \"--constraint=a100\"]. "
+            "Options the runner sets from the other resources keys (nodes, time, memory, output, ...) are refused."
+        ),
+    )
+
+
 class ResourcesSection(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' uses a GPU when one is present.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -259,9 +280,47 @@ class ResourcesSection(Section):
         ge=1,
         le=64,
         description=(
-            "Processes per job; above 1 the job is launched with torchrun (gloo on the CPU, nccl on "
-            "GPUs, one GPU per process). train.batch_size is per process."
+            "Processes per machine (node); above 1, or with nodes above 1, the job is launched with torchrun "
+            "(gloo on the CPU, nccl on GPUs, one GPU per process). train.batch_size is per process."
         ),
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Machines per job, on a Slurm cluster (`--executor slurm`; sbatch --nodes): nproc processes on each, "
+            "with the torchrun rendezvous on the first node. Above 1 needs --executor slurm."
+        ),
+    )
+    gpus_per_node: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Slurm: GPUs to allocate on each node (sbatch --gpus-per-node); default nproc when device = 'cuda', else none.",
+    )
+    cpus_per_node: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Slurm: CPU cores to allocate on each node (sbatch --cpus-per-task, one task per node); default nproc x threads.",
+    )
+    memory: str | None = Field(
+        None,
+        pattern=MEMORY_PATTERN,
+        description="Slurm: memory to allocate on each node (sbatch --mem), e.g. '64G', '500M', '16GiB'.",
+        json_schema_extra={"x-hint": "a size such as '64G', '500M' or '16GiB'"},
+    )
+    time_limit: Annotated[str | None, BeforeValidator(_minutes_as_text)] = Field(
+        None,
+        pattern=SLURM_TIME_PATTERN,
+        description=(
+            "Slurm: wall-clock limit of each attempt (sbatch --time): minutes as a number, or 'MM:SS', 'HH:MM:SS', "
+            "'D-HH', 'D-HH:MM', 'D-HH:MM:SS'. A run that reaches it saves a checkpoint, is interrupted and "
+            "resumes from that checkpoint on a new allocation."
+        ),
+        json_schema_extra={"type": ["string", "integer"], "minimum": 1,
+                           "x-hint": "minutes as a number, or a Slurm time such as '2:00:00' or '1-12:00:00'"},
     )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
@@ -272,6 +331,14 @@ class ResourcesSection(Section):
         ),
     )
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (default: the cores available).")
+    slurm: SlurmSection = Field(
+        default_factory=SlurmSection, description="Slurm only: partition, account and more sbatch options."
+    )
+
+    @property
+    def world_size(self) -> int:
+        """All training processes of the job: nproc on each of `nodes` machines (> 1: torchrun)."""
+        return self.nproc * self.nodes
 
 
 class OutputSection(Section):

@@ -137,7 +137,7 @@ def _device_precision(spec: JobSpec) -> Iterator[Problem]:
             yield ("resources", "precision"), "fp16 needs a CUDA device; use \"fp32\" or \"bf16\" on the CPU"
         if spec.model.attn_implementation == "flash_attention_2":
             yield ("model", "attn_implementation"), "flash_attention_2 needs a CUDA device; use \"sdpa\" on the CPU"
-    if spec.resources.strategy == "fsdp" and spec.resources.nproc == 1:
+    if spec.resources.strategy == "fsdp" and spec.resources.world_size == 1:
         yield ("resources", "strategy"), "fsdp shards across processes: set resources.nproc > 1, or use \"ddp\""
     elif spec.resources.strategy == "fsdp" and spec.resources.device == "cpu":
         yield ("resources", "strategy"), (
@@ -149,6 +149,37 @@ def _device_precision(spec: JobSpec) -> Iterator[Problem]:
 def _no_self_reference(spec: JobSpec) -> Iterator[Problem]:
     if spec.name is not None and spec.model.source == f"job:{spec.name}":
         yield ("model", "source"), "a job cannot fine-tune its own output; name another job"
+
+
+# sbatch options the runner sets itself from [resources] (or that would break its one-job-per-run
+# model: arrays, blocking, requeueing behind its back); long name -> the key to use instead.
+SBATCH_RESERVED = {
+    "nodes": "resources.nodes", "ntasks": "resources.nproc", "ntasks-per-node": "resources.nproc",
+    "cpus-per-task": "resources.cpus_per_node", "gpus-per-node": "resources.gpus_per_node",
+    "mem": "resources.memory", "time": "resources.time_limit", "partition": "resources.slurm.partition",
+    "account": "resources.slurm.account", "output": None, "error": None, "open-mode": None, "array": None,
+    "requeue": None, "wrap": None, "parsable": None, "wait": None, "test-only": None,
+}
+SBATCH_SHORT = {"N": "nodes", "n": "ntasks", "c": "cpus-per-task", "t": "time", "p": "partition", "A": "account",
+                "o": "output", "e": "error", "a": "array", "W": "wait"}
+
+
+def sbatch_option_name(option: str) -> str:
+    """'--qos=high' -> 'qos', '-p gpu' / '-pgpu' -> 'partition' (short names that matter are expanded)."""
+    if option.startswith("--"):
+        return option[2:].split("=", 1)[0].strip()
+    letter = option[1:2]
+    return SBATCH_SHORT.get(letter, letter)
+
+
+def _slurm_options(spec: JobSpec) -> Iterator[Problem]:
+    for index, option in enumerate(spec.resources.slurm.options):
+        name = sbatch_option_name(option)
+        if name in SBATCH_RESERVED:
+            key = SBATCH_RESERVED[name]
+            yield ("resources", "slurm", "options", index), (
+                f"'{option}': the runner sets --{name} itself" + (f"; use {key} instead" if key else "; remove it")
+            )
 
 
 RULES: tuple[Rule, ...] = (
@@ -163,6 +194,7 @@ RULES: tuple[Rule, ...] = (
     _eval_needs_data,
     _device_precision,
     _no_self_reference,
+    _slurm_options,
 )
 
 

@@ -21,6 +21,7 @@ from runner.fsutil import atomic_dir, atomic_write_json
 from runner.spec.loader import LoadedJob
 from runner.train.context import RunContext, TrainOutcome
 from runner.train import distributed
+from runner.train.attention import PACKED_SDPA, use_packed_sdpa
 from runner.train.hooks import STAGING, RunTrainer, connect_outputs
 from runner.train.model import (
     DeviceChoice,
@@ -42,16 +43,18 @@ def load_tokenizer(model_path: Path, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None = None) -> PreparedData:
+def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None = None,
+                        cache: bool = True) -> PreparedData:
+    """Tokenised train/eval examples; from the content-addressed cache (runner.data.cache) when
+    the same data, tokenizer and settings were tokenised before."""
+    from runner.data.cache import cached
+
     spec = job.spec
     data = spec.data
     train_files = [job.resolve_path(p) for p in data.train]
     eval_files = [job.resolve_path(p) for p in data.eval]
-    return prepare_data(
-        train_files,
-        tokenizer,
+    settings: dict[str, Any] = dict(
         max_length=data.max_length,
-        eval_files=eval_files,
         eval_fraction=data.eval_fraction,
         seed=spec.train.seed,
         format=data.format,
@@ -60,10 +63,39 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
         domain_format=data.domain_format,
         train_on_prompt=data.train_on_prompt,
         on_bad_record=data.on_bad_record,
-        progress=progress,
         max_records=data.max_records,
         eval_max_records=spec.eval.max_records,
     )
+
+    def build() -> tuple[Any, Any, Any, Any]:
+        done = prepare_data(train_files, tokenizer, eval_files=eval_files, progress=progress, **settings)
+        return done.train, done.eval, done.train_report, done.eval_report
+
+    key_settings = {**settings, "train_files": len(train_files), "eval_files": len(eval_files)}
+    (train, evaluation, train_report, eval_report), _hit = cached(
+        [*train_files, *eval_files], tokenizer, key_settings, build, enabled=cache)
+    return PreparedData(train, evaluation, train_report, eval_report)
+
+
+def switched_on(variable: str) -> bool:
+    """Speed features are on unless their environment variable says 0/false/off: a way out should
+    one misbehave with some model, and how bench/ measures each one's effect."""
+    import os
+
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+DEFAULT_TOKEN_BUDGET = 1024
+
+
+def token_budget() -> int | None:
+    """Tokens per forward/backward pass of a packed batch (RunTrainer._micro_batches): peak memory
+    follows this instead of the batch. RUNNER_TOKEN_BUDGET overrides it; 0 turns the cut off."""
+    import os
+
+    raw = os.environ.get("RUNNER_TOKEN_BUDGET", "").strip()
+    value = int(raw) if raw.isdigit() else DEFAULT_TOKEN_BUDGET
+    return value or None
 
 
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -128,7 +160,7 @@ def training_arguments(
         dataloader_num_workers=0,
         label_names=["labels"],
     )
-    if spec.resources.nproc > 1:  # launched by torchrun (runner.train.launch): one process per rank
+    if spec.resources.world_size > 1:  # launched by torchrun (runner.train.launch): one process per rank
         settings.update(ddp_backend="nccl" if choice.device == "cuda" else "gloo", ddp_find_unused_parameters=False)
         if spec.resources.strategy == "fsdp":  # CUDA only (choose_device refuses it on the CPU)
             settings.update(fsdp="full_shard auto_wrap", fsdp_config={"state_dict_type": "FULL_STATE_DICT"})
@@ -178,6 +210,10 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
 
     # 2. model and adapter
     model = load_causal_lm(ctx.model_path, spec.model, spec.adapter, choice)
+    # packed batches: attention per sequence, not over a block-diagonal mask of the whole row
+    if spec.data.packing and switched_on("RUNNER_PACKED_ATTENTION") and use_packed_sdpa(model):
+        runtime["packed_attention"] = PACKED_SDPA
+        record_runtime(ctx, runtime)
     model = apply_adapter(model, spec.adapter, gradient_checkpointing=spec.train.gradient_checkpointing)
     trainable, total = count_parameters(model)
     adapter_settings = spec.adapter.model_dump(include={"method", "r", "alpha", "dropout", "target_modules"})
@@ -204,7 +240,11 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
         processing_class=tokenizer,
     )
     connect_outputs(trainer, ctx)
-    trainer.require_sharded = spec.resources.nproc > 1 and spec.resources.strategy == "fsdp"
+    # the LM head only where a label counts (RunTrainer.compute_loss)
+    trainer.loss_positions_only = switched_on("RUNNER_LOSS_POSITIONS_ONLY")
+    if spec.data.packing and not spec.train.gradient_checkpointing:  # checkpointing bounds memory already
+        trainer.token_budget = token_budget()
+    trainer.require_sharded = spec.resources.world_size > 1 and spec.resources.strategy == "fsdp"
 
     # 4. baseline, training, final evaluation
     eval_before = eval_after = None

@@ -81,10 +81,15 @@ def launch_workers(ctx: RunContext, recipe: Callable[[RunContext], TrainOutcome]
         "backend": backend,
     }
     atomic_write_json(workers_dir / LAUNCH_FILE, launch)
-    threads = spec.resources.threads or max(1, (os.cpu_count() or 1) // nproc)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "--max-restarts=0", "-m", "runner.train.launch", str(workers_dir / LAUNCH_FILE)]
-    print(f"launching {nproc} processes with torchrun ({backend}, {spec.resources.strategy}, "
+    threads = spec.resources.threads or max(1, _cpus_here() // nproc)
+    if spec.resources.nodes > 1:  # one torchrun per node (srun), rendezvous on the first node
+        command = multinode_command(sys.executable, spec.resources.nodes, nproc, workers_dir / LAUNCH_FILE,
+                                    **_slurm_rendezvous(spec.resources.nodes))
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "--max-restarts=0", "-m", "runner.train.launch", str(workers_dir / LAUNCH_FILE)]
+    where = f" on each of {spec.resources.nodes} nodes" if spec.resources.nodes > 1 else ""
+    print(f"launching {nproc} processes{where} with torchrun ({backend}, {spec.resources.strategy}, "
           f"{threads} thread(s) each)", flush=True)
     proc = subprocess.Popen(command, env=_worker_env(threads), start_new_session=True, preexec_fn=_die_with_parent)
     forwarded = False
@@ -101,6 +106,65 @@ def launch_workers(ctx: RunContext, recipe: Callable[[RunContext], TrainOutcome]
     if outcome.interrupted and ctx.stop.signal_name is None:  # the workers were signalled, not us
         ctx.stop.signal_name = "a signal to the workers"
     return outcome
+
+
+def multinode_command(python: str, nodes: int, nproc: int, launch_file: Path, *, head: str, port: int,
+                      rdzv_id: str, cpus_per_task: str | None = None) -> list[str]:
+    """srun starts one torchrun agent per node of the allocation; the agents meet at the c10d
+    rendezvous on the first node (where this process, the batch script's, runs)."""
+    srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    if cpus_per_task:  # srun inside sbatch does not inherit --cpus-per-task (Slurm >= 22.05)
+        srun.append(f"--cpus-per-task={cpus_per_task}")
+    return [*srun, python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
+            "--max-restarts=0", "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id={rdzv_id}",
+            "-m", "runner.train.launch", str(launch_file)]
+
+
+def _slurm_rendezvous(nodes: int) -> dict[str, Any]:
+    """The first node of this Slurm allocation, a free port on it (it is this machine) and the job id."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    have = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 0)
+    if not job_id or have < nodes:
+        raise ModelSetupError(
+            f"resources.nodes = {nodes} needs a Slurm allocation of {nodes} nodes "
+            + (f"(this one has {have})" if job_id else "(not inside one)")
+            + ": run it with `runner run --executor slurm` or `runner watch --executor slurm`, or set resources.nodes = 1")
+    try:
+        listed = subprocess.run(["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")],
+                                capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ModelSetupError(f"cannot list the allocation's nodes with `scontrol show hostnames`: {exc}") from exc
+    import socket
+
+    with socket.socket() as probe:  # a port free here: the batch script runs on the first node
+        probe.bind(("", 0))
+        port = int(probe.getsockname()[1])
+    return {"head": _resolvable(listed[0]) if listed else socket.gethostname(), "port": port, "rdzv_id": job_id,
+            "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK")}
+
+
+def _resolvable(node: str) -> str:
+    """The first node's Slurm name if it resolves (the usual case), else this machine's host name
+    (NodeName differs from the host name; this process runs on the first node). A name, not an
+    address: each node resolves it on its own network, where 127.0.1.1 from /etc/hosts would not do."""
+    import socket
+
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except OSError:
+        return socket.gethostname()
+
+
+def _cpus_here() -> int:
+    """Cores this process may use: its Slurm allocation's or affinity mask's, not the whole machine's."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK")
+    if allocated and allocated.isdigit():
+        return int(allocated)
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _backend(device: str) -> str:
@@ -267,7 +331,6 @@ def _classify(exc: BaseException) -> str:
 
 def worker_main(launch_file: str) -> int:
     """One torchrun worker: run the recipe; rank 0 reports the outcome, a failing rank reports why."""
-    from runner.spec import load_job
     from runner.train.hooks import StopRequest
 
     _die_with_parent()  # torchrun gone (even by SIGKILL): this worker goes too
@@ -283,7 +346,7 @@ def worker_main(launch_file: str) -> int:
     stop = StopRequest()
     restore = stop.install()
     try:
-        job = load_job(launch["job_path"])
+        job = _launched_job(launch)
         if job.sha256 != launch["spec_sha256"]:
             raise ModelSetupError(f"{job.path} changed after the run started; run it again")
         paths = run_paths(launch["run_dir"])
@@ -310,6 +373,20 @@ def worker_main(launch_file: str) -> int:
         atomic_write_json(workers_dir / OUTCOME_FILE, _outcome_to_dict(outcome))
     _shutdown_group()
     return 0
+
+
+def _launched_job(launch: dict[str, Any]) -> Any:
+    """The job as its parent runs it: the run folder's spec.toml when `runner watch` queued it (the
+    job file may have changed while the run waited, e.g. in a Slurm queue), else the job file."""
+    from runner.spec import load_job, parse_job
+
+    path = Path(launch["job_path"])
+    snapshot = Path(launch["run_dir"]) / "spec.toml"  # runner.watch.store.SPEC_SNAPSHOT
+    if snapshot.is_file():
+        job = parse_job(snapshot.read_bytes(), display=str(path), default_name=path.stem, path=path)
+        if job.sha256 == launch["spec_sha256"]:
+            return job
+    return load_job(path)
 
 
 def _shutdown_group() -> None:

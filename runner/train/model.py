@@ -80,7 +80,7 @@ def choose_device(
     elif attn == "flash_attention_2" and not flash_ok:
         raise ModelSetupError(f"attn_implementation = \"flash_attention_2\" cannot run here: {flash_why}; "
                               "use \"sdpa\" or \"auto\"")
-    if resources.strategy == "fsdp" and resources.nproc > 1 and device != "cuda":
+    if resources.strategy == "fsdp" and resources.world_size > 1 and device != "cuda":
         raise ModelSetupError(
             "strategy = \"fsdp\" does not shard on the CPU (gloo): the Trainer would silently run DDP; "
             "use strategy = \"ddp\" here, or run on CUDA devices"

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "run_supervised"]
 
 def _stop_with_parent(pipe_fd: int | None) -> None:
     """SIGTERM ourselves, once, when the daemon dies, so an orphan checkpoints and stops instead of
@@ -48,23 +48,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-remote-code", action="store_true", help="as `runner run --allow-remote-code`")
     args = parser.parse_args(argv)
     _stop_with_parent(args.parent_pipe)
+    return run_supervised(args.run_dir, args.spec_path, args.runs_root, registry=args.registry,
+                          allow_remote_code=args.allow_remote_code,
+                          command=[sys.executable, "-m", "runner.watch.child", *(argv if argv is not None else sys.argv[1:])])
 
+
+def run_supervised(run_dir: Path, spec_path: Path, runs_root: Path, *, registry: Path | None = None,
+                   allow_remote_code: bool = False, command: list[str] | None = None) -> int:
+    """Run the attempt a supervisor set up in `run_dir` (its spec.toml; the end is reported, not written).
+
+    Also what `runner run JOB --run-dir RUN` does on a Slurm node. There the run folder is reached
+    through a shared filesystem and the job may have waited in Slurm's queue: check both first.
+    """
+    from runner.outputs.runs import read_status
     from runner.outputs.status import FailureClass, JobState
     from runner.pipeline import OUTCOME_FILE, Supervision, run_job, write_outcome
     from runner.spec import JobSpecError, parse_job
     from runner.watch.store import SPEC_SNAPSHOT
 
-    outcome = args.run_dir / OUTCOME_FILE
-    data = (args.run_dir / SPEC_SNAPSHOT).read_bytes()
+    status = read_status(run_dir)
+    if status is None or not (run_dir / SPEC_SNAPSHOT).is_file():
+        print(f"error: no run folder at {run_dir} (status.json and {SPEC_SNAPSHOT}) on {os.uname().nodename}: on a "
+              "cluster, the runs folder (--runs-dir) must be on a filesystem every node sees at the same path",
+              file=sys.stderr)
+        return 1
+    if status.is_terminal:
+        print(f"run {run_dir} is already {status.state}; nothing to do", file=sys.stderr)
+        return 1
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job and isinstance(status.extra.get("slurm"), dict):
+        from runner.slurm.executor import check_allocation
+
+        problem = check_allocation(run_dir, slurm_job)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+    outcome = run_dir / OUTCOME_FILE
+    data = (run_dir / SPEC_SNAPSHOT).read_bytes()
     try:
-        job = parse_job(data, display=str(args.spec_path), default_name=args.spec_path.stem, path=args.spec_path)
+        job = parse_job(data, display=str(spec_path), default_name=spec_path.stem, path=spec_path)
     except JobSpecError as exc:  # the daemon validated these bytes; only a changed environment gets here
         write_outcome(outcome, JobState.FAILED, reason=FailureClass.CONFIG, error=str(exc))
         print(exc, file=sys.stderr)
         return 1
-    result = run_job(job, args.runs_root, supervised=Supervision(args.run_dir, outcome), registry=args.registry,
-                     allow_remote_code=args.allow_remote_code,
-                     command=[sys.executable, "-m", "runner.watch.child", *(argv if argv is not None else sys.argv[1:])])
+    result = run_job(job, runs_root, supervised=Supervision(run_dir, outcome), registry=registry,
+                     allow_remote_code=allow_remote_code, command=command)
     return result.exit_code
 
 

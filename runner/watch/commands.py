@@ -8,25 +8,31 @@ without a daemon and never import torch. A run made by the daemon names, in its 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from runner.outputs.runs import is_pid_alive, list_runs, read_status, run_paths
 from runner.outputs.status import JobState, Status, StatusFile
 
-__all__ = ["cancel_command", "logs_command", "status_command", "status_rows", "watch_command"]
+__all__ = ["CancelOutcome", "cancel_command", "cancel_runs", "logs_command", "status_command", "status_rows", "watch_command"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.INTERRUPTED)
 
 
+def _print_err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def watch_command(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, poll: float | None,
                   max_attempts: int, on_change: str, debounce: float, settle: float,
-                  registry: str | None = None, allow_remote_code: bool = False) -> int:
+                  registry: str | None = None, allow_remote_code: bool = False, executor: str = "local",
+                  slurm_poll: float = 5.0) -> int:
     from runner.outputs.runs import runs_root
     from runner.watch.daemon import Daemon, Locked, WatchConfig
     from runner.watch.store import default_state_dir
@@ -35,11 +41,19 @@ def watch_command(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None,
     if not folder.is_dir():
         print(f"error: jobs folder {folder} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    if executor == "slurm":
+        from runner.slurm.client import SlurmClient
+
+        if missing := SlurmClient.available():
+            print(f"error: --executor slurm needs the Slurm client commands on this machine; not found: {missing}",
+                  file=sys.stderr)
+            return EXIT_USAGE
     config = WatchConfig(
         jobs_dir=folder, runs_root=runs_root(runs_dir),
         state_dir=Path(state_dir).absolute() if state_dir else default_state_dir(folder),
         poll=poll, max_attempts=max_attempts, on_change=on_change, debounce=debounce, settle=settle,
         registry=Path(registry).absolute() if registry else None, allow_remote_code=allow_remote_code,
+        executor=executor, slurm_poll=slurm_poll,
     )
     try:
         return Daemon(config).run()
@@ -67,10 +81,11 @@ def status_rows(root: Path, job: str | None = None) -> list[tuple[Path, Status]]
     return rows
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
+def short_duration(seconds: float | None) -> str:
+    """`42s`, `3m05s`, `2h10m`: how `runner status` and the dashboard show ETAs and ages."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
-    seconds = int(seconds)
+    seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -92,7 +107,7 @@ def _row(status: Status) -> list[str]:
     step = f"{status.step}/{status.total_steps}" if status.step is not None and status.total_steps else (
         str(status.step) if status.step is not None else "-")
     started = status.started.astimezone().strftime("%m-%d %H:%M:%S") if status.started else "-"
-    eta = _ago(status.eta_seconds) if status.state is JobState.RUNNING else "-"
+    eta = short_duration(status.eta_seconds) if status.state is JobState.RUNNING else "-"
     loss = f"{status.loss:.4g}" if isinstance(status.loss, (int, float)) else "-"
     return [status.job, str(status.state), str(status.attempt), step, loss, eta, started, _reason(status)]
 
@@ -126,6 +141,9 @@ def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> i
     if job:
         run, status = rows[-1]
         print(f"\nrun {run}\nlog {run / 'train.log'}")
+        if isinstance(slurm := status.extra.get("slurm"), dict):  # runner.slurm: the run's Slurm job
+            print("slurm: " + " ".join(f"{key}={slurm[key]}" for key in ("job_id", "state", "reason", "exit_code",
+                                                                           "nodes") if slurm.get(key)))
         if status.error:
             print(f"\n{status.error}")
     return EXIT_OK
@@ -134,28 +152,42 @@ def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> i
 # ------------------------------------------------------------------------------ cancel
 
 
-def cancel_command(job: str, *, runs_dir: str | None, wait: float | None) -> int:
-    """Cancel the job's pending runs: through its daemon if one runs, else directly."""
-    from runner.outputs.runs import runs_root
+class CancelOutcome(NamedTuple):
+    code: int  # EXIT_OK, or EXIT_FAILED when nothing was pending or a run could not be reached
+    pending: int  # the job's queued, running or interrupted runs when asked
+    targets: list[Path]  # runs left to the daemon (a request was filed): watch them to see the end
+
+
+def cancel_runs(job: str, root: Path, *, say: Callable[[str], None] = print,
+                warn: Callable[[str], None] = _print_err) -> CancelOutcome:
+    """Cancel the job's pending runs: through its daemon if one runs, else directly.
+
+    Messages go to `say` / `warn` (stdout / stderr for the CLI; collected by the HTTP API)."""
     from runner.watch.daemon import cancel_waiting_run
     from runner.watch.store import DaemonLock, request_cancel
 
-    root = runs_root(runs_dir)
     pending = [(run, status) for run in list_runs(root, job)
                if (status := read_status(run)) is not None and status.state in _PENDING]
     if not pending:
         runs = list_runs(root, job)
         latest = read_status(runs[-1]) if runs else None
-        print(f"nothing to cancel: job '{job}' " + (f"has no pending run (latest: {latest.state})" if latest
-                                                   else f"has no runs under {root}"), file=sys.stderr)
-        return EXIT_FAILED
+        warn(f"nothing to cancel: job '{job}' " + (f"has no pending run (latest: {latest.state})" if latest
+                                                  else f"has no runs under {root}"))
+        return CancelOutcome(EXIT_FAILED, 0, [])
     code = EXIT_OK
     targets: list[Path] = []
     for run, status in pending:
         watch = status.extra.get("watch")
         if not isinstance(watch, dict) or not watch.get("state_dir"):
-            print(f"{job}/{run.name} is not managed by `runner watch`; stop its process"
-                  + (f" (pid {status.pid}) with kill -TERM" if status.pid else ""), file=sys.stderr)
+            sent = _scancel(job, run, status, say, warn, "the `runner run --executor slurm` following it records the end")
+            if sent is not None:
+                if sent:
+                    targets.append(run)
+                else:
+                    code = EXIT_FAILED
+                continue
+            warn(f"{job}/{run.name} is not managed by `runner watch`; stop its process"
+                 + (f" (pid {status.pid}) with kill -TERM" if status.pid else ""))
             code = EXIT_FAILED
             continue
         lock = DaemonLock(Path(watch["state_dir"]))
@@ -165,18 +197,26 @@ def cancel_command(job: str, *, runs_dir: str | None, wait: float | None) -> int
                 current = status_file.read()
                 if current is None or current.is_terminal:
                     continue
+                sent = _scancel(job, run, current, say, warn, "`runner watch` records the end when it runs again")
+                if sent is not None:  # a Slurm job: its next daemon follows it and records `cancelled`
+                    if sent:
+                        request_cancel(lock.state_dir, job, run.name)
+                        targets.append(run)
+                    else:
+                        code = EXIT_FAILED
+                    continue
                 if current.state is JobState.RUNNING and is_pid_alive(current.pid):
                     # a process that outlived its daemon: the next daemon stops it
                     request_cancel(lock.state_dir, job, run.name)
-                    print(f"{job}/{run.name} is running without a daemon (pid {current.pid}); "
-                          "the cancel is applied when `runner watch` starts")
+                    say(f"{job}/{run.name} is running without a daemon (pid {current.pid}); "
+                        "the cancel is applied when `runner watch` starts")
                     targets.append(run)
                     continue
                 if current.state is JobState.RUNNING:  # its process is gone and no daemon noticed yet
                     status_file.transition(JobState.CANCELLED, error="cancelled with `runner cancel` (its process was gone)")
                 else:
                     cancel_waiting_run(status_file, "cancelled with `runner cancel`")
-                print(f"cancelled {job}/{run.name}")
+                say(f"cancelled {job}/{run.name}")
             finally:
                 lock.release()
             continue
@@ -189,8 +229,36 @@ def cancel_command(job: str, *, runs_dir: str | None, wait: float | None) -> int
             except (PermissionError, ProcessLookupError):
                 pass
         what = "stops it after saving a checkpoint" if status.state is JobState.RUNNING else "drops it"
-        print(f"cancel requested for {job}/{run.name}: the daemon (pid {pid}) {what}")
+        say(f"cancel requested for {job}/{run.name}: the daemon (pid {pid}) {what}")
         targets.append(run)
+    return CancelOutcome(code, len(pending), targets)
+
+
+def _scancel(job: str, run: Path, status: Status, say: Callable[[str], None], warn: Callable[[str], None],
+             then: str) -> bool | None:
+    """scancel the Slurm job working on a run with no daemon to ask: True if sent, False if scancel
+    failed, None if no Slurm job works on it (runner.slurm)."""
+    from runner.slurm.executor import live_job
+
+    job_id = live_job(status)
+    if job_id is None:
+        return None
+    from runner.slurm.client import SlurmClient, SlurmError
+
+    try:
+        SlurmClient().cancel(job_id)
+    except SlurmError as exc:
+        warn(f"{job}/{run.name}: {exc}")
+        return False
+    say(f"scancel {job_id} ({job}/{run.name}): it saves a checkpoint and stops; {then}")
+    return True
+
+
+def cancel_command(job: str, *, runs_dir: str | None, wait: float | None) -> int:
+    """`runner cancel`: cancel_runs, then (with --wait) wait until the runs have stopped."""
+    from runner.outputs.runs import runs_root
+
+    code, _, targets = cancel_runs(job, runs_root(runs_dir))
     if wait and targets:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

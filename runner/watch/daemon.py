@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.fsutil import atomic_write_bytes
 from runner.outputs.runs import is_pid_alive, list_runs, new_run_dir, read_status, run_paths
@@ -53,7 +53,7 @@ from runner.outputs.status import (
 from runner.pipeline import OUTCOME_FILE, read_outcome
 from runner.spec import SpecIssue
 from runner.watch.exits import Final, Intent, classify_exit
-from runner.watch.queue import DepState, Item, decide, queue_order
+from runner.watch.queue import Decision, DepState, Item, decide, queue_order
 from runner.watch.scan import Settler, SpecFile, SpecInfo, fallback_job_name, inspect_spec, scan_folder
 from runner.watch.store import (
     LOG_FILE,
@@ -67,6 +67,9 @@ from runner.watch.store import (
     pending_requests,
     save_state,
 )
+
+if TYPE_CHECKING:
+    from runner.slurm.executor import SlurmExecutor, Submission
 
 __all__ = ["Daemon", "Locked", "WatchConfig", "cancel_waiting_run", "process_start_ticks"]
 
@@ -87,6 +90,8 @@ class WatchConfig:
     registry: Path | None = None  # passed to every job, as `runner run --registry`
     allow_remote_code: bool = False  # passed to every job, as `runner run --allow-remote-code`
     python: str = field(default_factory=lambda: sys.executable)
+    executor: str = "local"  # "local": one child process at a time | "slurm": every ready run is an sbatch job
+    slurm_poll: float = 5.0  # seconds between two squeue calls about the submitted jobs
 
 
 @dataclass
@@ -125,6 +130,7 @@ class Active:
     signalled: bool = False
     killed: bool = False
     lifeline: int | None = None  # write end of the child's parent pipe: closed by the kernel if we die
+    slurm: Submission | None = None  # a Slurm job instead of a process (pid 0, proc None): runner.slurm
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -187,6 +193,9 @@ class Daemon:
         self._state_dirty = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._observer: Any = None
+        self.slurm: SlurmExecutor | None = None  # made on first use: --executor slurm, or Slurm runs to follow
+        if config.executor == "slurm":
+            self._slurm_executor()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -279,7 +288,10 @@ class Daemon:
     def _begin_shutdown(self) -> None:
         """First SIGTERM/SIGINT: the running job checkpoints and is marked interrupted; then exit 0."""
         self._stopping = True
-        self._log("stopping: the running job saves a checkpoint first" if self.active else "stopping")
+        self._log("stopping: the running job saves a checkpoint first"
+                  if any(a.proc is not None for a in self.active) else "stopping")
+        if any(a.slurm is not None for a in self.active):
+            self._log("the submitted Slurm jobs carry on; the next `runner watch` follows them")
         for active in self.active:
             if active.proc is not None:
                 if active.intent is None:
@@ -300,6 +312,9 @@ class Daemon:
     def _signal_child(self, active: Active) -> None:
         """Exactly one SIGTERM per process, to its pid only: the child is in its own session, so a
         Ctrl-C in the daemon's terminal never reaches it, and its own handler saves a checkpoint."""
+        if active.slurm is not None:  # scancel: Slurm sends SIGTERM (a checkpoint), then SIGKILL after KillWait
+            self._slurm_executor().cancel(active.slurm)
+            return
         if active.signalled:
             return
         active.signalled = True
@@ -390,8 +405,12 @@ class Daemon:
             deadlines.append(self._recheck_at)
         if self._first_event is not None:
             deadlines.append(min(self._last_event + self.config.debounce, self._first_event + self.config.max_delay))
-        if any(a.pidfd is None for a in self.active):
+        if any(a.pidfd is None and a.slurm is None for a in self.active):
             deadlines.append(now + 0.5)  # no pidfd (old kernel): poll the process
+        if self.slurm is not None and any(a.slurm is not None for a in self.active):
+            deadlines.append(self.slurm.next_poll)
+        if self.slurm is not None and self.slurm.retry_at > now:
+            deadlines.append(self.slurm.retry_at)
         return max(0.0, min(deadlines) - now)
 
     def _wait(self, timeout: float) -> None:
@@ -510,6 +529,13 @@ class Daemon:
             if status is None:
                 continue
             fresh = _never_started(status)
+            active = self._active_for(tracked)
+            if active is not None and active.slurm is not None:  # scancel; the poll records the end
+                if (fresh or restart) and active.intent is None:
+                    active.intent = Intent.SUPERSEDE
+                    self._log(f"{tracked.key}: cancelling its Slurm job: {why}")
+                    self._signal_child(active)
+                continue
             if status.state in (JobState.QUEUED, JobState.INTERRUPTED) and (fresh or restart):
                 cancel_waiting_run(tracked.status_file, why + (" before it started" if fresh else " (--on-change restart)"))
                 self._forget(tracked, why)
@@ -527,6 +553,12 @@ class Daemon:
         """A deleted file: its runs that never started are cancelled; started ones finish."""
         for tracked in self._runs_of_file(path):
             status = read_status(tracked.run_dir)  # None if unreadable: skipped, not fatal
+            active = self._active_for(tracked)
+            if active is not None and active.slurm is not None:  # submitted: scancel it if it never started
+                if status is not None and _never_started(status) and active.intent is None:
+                    active.intent = Intent.DROP
+                    self._signal_child(active)
+                continue
             if status is not None and status.state is JobState.QUEUED and _never_started(status):
                 cancel_waiting_run(tracked.status_file, f"its job file {path} was deleted before it started")
                 self._forget(tracked, "dropped: its job file was deleted")
@@ -563,7 +595,7 @@ class Daemon:
                 self.state.next_seq = max(self.state.next_seq, tracked.seq + 1)
         for tracked in sorted(self.tracked.values(), key=lambda t: t.seq):
             status = read_status(tracked.run_dir)  # None if unreadable: skipped, not fatal
-            if status is None:
+            if status is None or self._adopt_slurm(tracked, status):
                 continue
             if status.state is JobState.RUNNING:
                 ticks = status.extra.get("pid_start")
@@ -600,8 +632,8 @@ class Daemon:
             queued = []
             for tracked in list(self.tracked.values()):
                 status = read_status(tracked.run_dir)  # None if unreadable: skipped, not fatal
-                if status is not None and status.state is JobState.QUEUED:
-                    queued.append(tracked)
+                if status is not None and status.state is JobState.QUEUED and self._active_for(tracked) is None:
+                    queued.append(tracked)  # (a submitted Slurm job's run is queued while Slurm keeps it pending)
                 elif status is not None and status.is_terminal:  # finished by someone else: not ours to wait on
                     self._forget(tracked, f"{status.state} (recorded by another process)")
             if not queued:
@@ -623,8 +655,8 @@ class Daemon:
             waiting = {blocked.item.key: f"waiting for {blocked.why}" for blocked in decision.wait}
             for tracked in queued:
                 self._note_waiting(tracked, waiting.get(tracked.key))
-            if decision.start is not None and not self.active:
-                self._launch(self.tracked[decision.start.key])
+            for item in self._to_start(decision):
+                self._launch(self.tracked[item.key])
             self._snapshot_queue(decision.start, queued)
             return
 
@@ -642,6 +674,9 @@ class Daemon:
             self._state_dirty = True
 
     def _launch(self, tracked: Tracked) -> None:
+        if self.config.executor == "slurm":
+            self._submit(tracked)
+            return
         status_file = tracked.status_file
         status = read_status(tracked.run_dir)
         if status is None:
@@ -682,6 +717,8 @@ class Daemon:
 
     def _reap(self) -> None:
         for active in list(self.active):
+            if active.slurm is not None:
+                continue  # followed by _poll_slurm
             if active.proc is not None:
                 returncode = active.proc.poll()
                 if returncode is None:
@@ -689,6 +726,73 @@ class Daemon:
                 self._finish(active, returncode)
             elif not is_pid_alive(active.pid) or _pidfd_ready(active.pidfd):
                 self._finish(active, returncode=None)
+        self._poll_slurm()
+
+    # ------------------------------------------------------------------ Slurm (runner.slurm)
+
+    def _slurm_executor(self) -> SlurmExecutor:
+        if self.slurm is None:
+            from runner.slurm.executor import SlurmExecutor
+
+            self.slurm = SlurmExecutor(runs_root=self.runs_root, python=self.config.python,
+                                       registry=self.config.registry, allow_remote_code=self.config.allow_remote_code,
+                                       poll=self.config.slurm_poll, log=self._log)
+        return self.slurm
+
+    def _to_start(self, decision: Decision) -> list[Item]:
+        """Local: the first ready run, when none runs. Slurm: every ready run (the cluster queues them),
+        one per job at a time, so a newer version of a file still runs after the older one."""
+        if self.config.executor != "slurm":
+            busy = any(active.slurm is None for active in self.active)  # Slurm jobs it follows do not count
+            return [decision.start] if decision.start is not None and not busy else []
+        if not self._slurm_executor().can_submit():
+            return []
+        running_jobs = {active.tracked.job for active in self.active}
+        chosen = []
+        for item in decision.ready:
+            if item.job not in running_jobs:
+                running_jobs.add(item.job)
+                chosen.append(item)
+        return chosen
+
+    def _submit(self, tracked: Tracked) -> None:
+        """sbatch the run's attempt; the run stays queued while Slurm keeps the job pending."""
+        result = self._slurm_executor().submit(tracked.run_dir, self.jobs_dir / tracked.spec_path)
+        if result is None:
+            return  # Slurm cannot be reached now: submitted again after a pause
+        self._waiting.pop(tracked.key, None)
+        self._state_dirty = True
+        if isinstance(result, Final):  # refused by sbatch: the job file must change
+            self._apply(tracked, result)
+            self._forget(tracked, f"failed ({result.reason}): not submitted")
+            return
+        self.active.append(Active(tracked, 0, None, None, slurm=result))
+
+    def _adopt_slurm(self, tracked: Tracked, status: Status) -> bool:
+        """At start: follow the Slurm job a previous daemon submitted for this run (it ran on meanwhile)."""
+        if not isinstance(status.extra.get("slurm"), dict):
+            return False
+        submission = self._slurm_executor().adopt(tracked.run_dir, status)
+        if submission is None:
+            return False
+        self.active.append(Active(tracked, 0, None, None, slurm=submission))
+        self._log(f"{tracked.key}: following its Slurm job {submission.job_id} ({status.state})")
+        return True
+
+    def _poll_slurm(self) -> None:
+        """Ask Slurm about the submitted jobs (every --slurm-poll seconds); record the ones that are over."""
+        followed = [active for active in self.active if active.slurm is not None]
+        if self.slurm is None or not followed or not self.slurm.poll_due():
+            return
+        for active in followed:  # a scancel that failed (controller down) is sent again
+            if active.intent is not None and active.slurm is not None and not active.slurm.cancel_sent:
+                self.slurm.cancel(active.slurm)
+        for submission, final in self.slurm.poll([(a.slurm, a.intent) for a in followed if a.slurm is not None]):
+            active = next(a for a in followed if a.slurm is submission)
+            self.active.remove(active)
+            self._apply(active.tracked, final)
+            self.slurm.done(submission)
+            self._state_dirty = True
 
     def _finish(self, active: Active, returncode: int | None) -> None:
         """Write the run's state now that its process has exited (never before)."""

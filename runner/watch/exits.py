@@ -29,6 +29,7 @@ class Intent(StrEnum):
     SHUTDOWN = "shutdown"  # the daemon is stopping; the run resumes at its next start
     CANCEL = "cancel"  # `runner cancel`
     SUPERSEDE = "supersede"  # --on-change=restart: a newer version of the spec replaces it
+    DROP = "drop"  # its job file was deleted before it started (a pending Slurm job is scancelled)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Final:
 _CANCEL_TEXT = {
     Intent.CANCEL: "cancelled with `runner cancel`",
     Intent.SUPERSEDE: "stopped and replaced by a newer version of its job file (--on-change=restart)",
+    Intent.DROP: "cancelled: its job file was deleted before it started",
 }
 
 

@@ -58,6 +58,8 @@ class Decision:
     start: Item | None  # the run to start now (when no run is active)
     fail: tuple[Blocked, ...]  # fail now with reason `dependency`
     wait: tuple[Blocked, ...]  # stay queued; `why` is shown by `runner status`
+    ready: tuple[Item, ...] = ()  # every run that could start now, in order (`start` is the first): a
+    # cluster executor (Slurm) submits them all; the local one runs `start` only
 
 
 def queue_order(items: Iterable[Item]) -> list[Item]:
@@ -134,7 +136,7 @@ def decide(
     items = queue_order(queued)
     notes = notes or {}
     cycles = dependency_cycles(items)
-    start: Item | None = None
+    ready: list[Item] = []
     fail: list[Blocked] = []
     wait: list[Blocked] = []
     for item in items:
@@ -152,6 +154,6 @@ def decide(
         if waiting:
             wait.append(Blocked(item, ", ".join(
                 f"job:{dep}" + (" (no run of it yet)" if states[dep] is DepState.MISSING else "") for dep in waiting)))
-        elif start is None:
-            start = item
-    return Decision(start, tuple(fail), tuple(wait))
+        else:
+            ready.append(item)
+    return Decision(ready[0] if ready else None, tuple(fail), tuple(wait), tuple(ready))
