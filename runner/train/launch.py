@@ -394,6 +394,9 @@ def _shutdown_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         try:
+            # Leave together: a rank that destroys the group while a peer's gloo work is still in
+            # flight aborts ("terminate called without an active exception"; seen under load).
+            dist.barrier()
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - the run is over; a teardown hiccup must not fail it
             pass

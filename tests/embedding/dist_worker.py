@@ -70,6 +70,7 @@ def main(out_path: str) -> None:
     if rank == 0:
         with open(out_path, "w", encoding="utf-8") as handle:
             json.dump(result, handle)
+    dist.barrier()  # leave together: destroying the group under a peer's in-flight gloo work aborts it
     dist.destroy_process_group()
 
 

@@ -73,6 +73,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         grads_sharded = all(p.grad.to_local().numel() <= p.numel() // 2 + 64 for p in model.parameters())
         with open(os.path.join(out, f"rank-{rank}.json"), "w") as handle:
             json.dump({"ddp": ddp, "fsdp": fsdp, "grads_sharded": grads_sharded, "loss": loss.item()}, handle)
+        dist.barrier()  # leave together: destroying the group under a peer's in-flight gloo work aborts it
     finally:
         dist.destroy_process_group()
 
