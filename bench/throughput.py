@@ -409,7 +409,7 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
 def describe(runs: dict[str, list[dict[str, Any]]], records: int, repeats: int, threads: int) -> str:
     ceilings = [r["ceiling_gflops"] for rs in runs.values() for r in rs]
     loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
-    return (f"{records} records, {repeats} runs per variant, {threads} threads; medians. "
+    return (f"{records or '?'} records, {repeats} runs per variant, {threads or '?'} threads; medians. "
             f"fp32 matmul ceiling measured after each run: best {max(ceilings):.0f} GFLOP/s (the MFU "
             f"denominator), median {statistics.median(ceilings):.0f}, lowest {min(ceilings):.0f}. "
             f"1-min load average before/after the runs: {min(loads):.2f}-{max(loads):.2f}.")
@@ -420,7 +420,8 @@ def report(path: Path) -> None:
     saved = json.loads(path.read_text(encoding="utf-8"))
     runs = {v: rs for v, rs in saved["runs"].items() if rs}
     repeats = max(len(rs) for rs in runs.values())
-    print(describe(runs, saved.get("records", 0), repeats, saved.get("threads", 0)) + "\n" + table(runs))
+    note = " PARTIAL (interrupted) run." if saved.get("partial") else ""
+    print(describe(runs, saved.get("records", 0), repeats, saved.get("threads", 0)) + note + "\n" + table(runs))
 
 
 def main() -> None:
@@ -464,7 +465,8 @@ def main() -> None:
                   f"rss {result['peak_rss_mb']:.0f} MB, held-out loss {result['heldout_loss']:.4f}, "
                   f"load {result['load_before']:.2f}->{result['load_after']:.2f}", flush=True)
             if args.json:  # partial results survive an interrupted benchmark
-                Path(args.json).write_text(json.dumps({"runs": runs, "partial": True}, indent=2), encoding="utf-8")
+                Path(args.json).write_text(json.dumps({"runs": runs, "partial": True, "records": args.records,
+                                                       "threads": args.threads}, indent=2), encoding="utf-8")
     text, summary = table(runs), describe(runs, args.records, args.repeats, args.threads)
     print("\n" + summary + "\n" + text)
     if args.json:
