@@ -88,6 +88,17 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+def digest_file(digest: Any, path: Path) -> None:
+    """Feed a file's bytes to a hashlib digest in 1 MiB chunks; a file that cannot be read feeds
+    `<missing>`, so a fingerprint still changes (and nothing raises) when a data file goes away."""
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        digest.update(b"<missing>")
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Replace ``path`` with ``data`` all-or-nothing.
 

@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from runner.fsutil import atomic_write_json
+from runner.fsutil import atomic_write_json, digest_file
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
@@ -258,10 +258,5 @@ def _data_fingerprint(job: LoadedJob) -> str:
     for name in [*job.spec.data.train, *job.spec.data.eval]:
         path = job.resolve_path(name)
         digest.update(name.encode())
-        try:
-            with path.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-        except OSError:
-            digest.update(b"<missing>")
+        digest_file(digest, path)
     return digest.hexdigest()

@@ -48,6 +48,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from runner.fsutil import digest_file
+
 MiB = 2**20
 GiB = 2**30
 METHODS = ("full", "lora", "qlora")
@@ -529,12 +531,7 @@ def _data_key(job: Any, model_files: dict[str, str]) -> str:
     for name in [*data.train, *data.eval]:
         path = job.resolve_path(name)
         digest.update(str(path).encode())
-        try:
-            with path.open("rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-        except OSError:
-            digest.update(b"<missing>")
+        digest_file(digest, path)
     tokenizer_files = {k: v for k, v in sorted(model_files.items()) if "token" in k or "template" in k or k == "config.json"}
     settings = data.model_dump(mode="json", exclude={"train", "eval", "shuffle", "packing", "image_root", "image_size"})
     digest.update(json.dumps({"tokenizer": tokenizer_files, "settings": settings, "seed": job.spec.train.seed},

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from runner.data.causal import Example
+from runner.fsutil import digest_file
 from runner.data.report import BadRecord, DataReport, LengthStats, Location
 
 FORMAT_VERSION = 1
@@ -51,12 +52,7 @@ def _hash_file(digest: Any, path: Path, *, with_path: bool = True) -> None:
     if with_path:
         digest.update(str(path.resolve()).encode())
     digest.update(b"\0file\0")
-    try:
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        digest.update(b"<missing>")
+    digest_file(digest, path)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
