@@ -28,14 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.data.formats import RecordError
+from runner.data.formats import RecordError, vote_on_format
 from runner.data.images import image_problem, resolve_image
 from runner.data.pipeline import split_eval
 from runner.data.records import Record, read_records
 from runner.data.report import BadRecord, DataError, DataReport, check_policy, enforce_policy, in_file_order
 
 FORMATS: tuple[str, ...] = ("pairs", "triplets", "scored-pairs", "image-text")
-DETECT_SAMPLE = 100
 
 # canonical field -> names tried, in order, when data.fields does not map it
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -131,22 +130,13 @@ def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str,
 
 def detect_format(records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Guess the embedding format from the first records; return (format, reason)."""
-    columns = dict(columns or {})
-    votes: Counter[tuple[str, str]] = Counter()
-    sample = records[:DETECT_SAMPLE]
-    for data in sample:
-        guess = _classify(data, columns)
-        if guess is not None:
-            votes[guess] += 1
-    if not votes:
-        keys = sorted({k for data in sample for k in data})
-        raise DataError(
-            f"cannot detect the embedding data format: the first records have keys {keys}; expected "
-            "query + positive (pairs), + negative (triplets), sentence1 + sentence2 + score (scored-pairs) "
-            "or image / query_image + text (image-text). Set data.format and map your field names with data.fields."
-        )
-    (fmt, reason), count = votes.most_common(1)[0]
-    return fmt, f"{reason} ({count} of {len(sample)} sampled records)"
+    given = dict(columns or {})
+    return vote_on_format(
+        records, lambda data: _classify(data, given),
+        "embedding data format: the first records have keys {keys}; expected "
+        "query + positive (pairs), + negative (triplets), sentence1 + sentence2 + score (scored-pairs) "
+        "or image / query_image + text (image-text). Set data.format and map your field names with data.fields.",
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,30 +109,38 @@ class DomainPrefix:
 # detection and column resolution
 
 
-def detect_format(
-    records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None
+def vote_on_format(
+    records: Sequence[Mapping[str, Any]],
+    classify: Callable[[Mapping[str, Any]], tuple[str, str] | None],
+    expected: str,
 ) -> tuple[str, str]:
-    """Guess the format from the first records; return (format, human-readable reason).
-
-    Each of the first DETECT_SAMPLE records votes; the most common answer wins, so a
-    few stray records do not flip the decision (they fail later as bad records).
-    """
-    columns = _canonical(columns)
+    """Each of the first DETECT_SAMPLE records votes with `classify`; the most common answer wins,
+    so a few stray records do not flip the decision (they fail later as bad records). `expected`
+    completes the error when no record matches ("cannot detect ...: the first records have keys ...")."""
     votes: Counter[tuple[str, str]] = Counter()
     sample = records[:DETECT_SAMPLE]
     for data in sample:
-        guess = _classify(data, columns)
+        guess = classify(data)
         if guess is not None:
             votes[guess] += 1
     if not votes:
         keys = sorted({k for data in sample for k in data})
-        raise DataError(
-            f"cannot detect the data format: the first records have keys {keys}; expected "
-            "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca) or 'text'. "
-            "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.columns."
-        )
+        raise DataError(f"cannot detect the {expected.format(keys=keys)}")
     (fmt, reason), count = votes.most_common(1)[0]
     return fmt, f"{reason} ({count} of {len(sample)} sampled records)"
+
+
+def detect_format(
+    records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """Guess the format from the first records; return (format, human-readable reason)."""
+    canonical = _canonical(columns)
+    return vote_on_format(
+        records, lambda data: _classify(data, canonical),
+        "data format: the first records have keys {keys}; expected "
+        "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca) or 'text'. "
+        "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.columns.",
+    )
 
 
 def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str, str] | None:
