@@ -262,3 +262,19 @@ def test_the_list_key_may_be_mapped_as_messages_or_conversations() -> None:
         assert resolve_columns("messages", [record], {name: "chat"})["conversations"] == "chat"
         assert detect_format([record], {name: "chat"})[1].startswith("'chat' key with 'role'/'content' turns")
     assert roles(normalize(record, {"messages": "chat"})) == ["user", "assistant"]
+
+
+def test_records_no_format_fits_are_refused_naming_their_keys_and_the_fix() -> None:
+    from runner.data.formats import detect_format
+    from runner.data.report import DataError
+
+    with pytest.raises(DataError, match=r"cannot detect the data format: the first records have keys \['body', 'id'\].*data.format"):
+        detect_format([{"id": 1, "body": "x"}, {"id": 2, "body": "y"}])
+
+
+def test_the_majority_of_sampled_records_decides_the_format() -> None:
+    from runner.data.formats import detect_format
+
+    records = [{"instruction": "q", "output": "a"}] * 3 + [{"text": "t"}]
+    fmt, reason = detect_format(records)
+    assert fmt == "alpaca" and reason.endswith("(3 of 4 sampled records)")

@@ -119,3 +119,13 @@ def test_data_validate_checks_an_embedding_job_with_the_recipe_checks(
     out = capsys.readouterr().out
     assert "format: pairs" in out and "2 read, 1 usable, 1 bad" in out
     assert f"{tmp_path / 'train.jsonl'}:2: task 'chat' is not one of loss.tasks (search)" in out
+
+
+def test_embedding_records_no_format_fits_are_refused_naming_their_keys_and_the_fix() -> None:
+    from runner.data.embedding import detect_format
+    from runner.data.report import DataError
+
+    with pytest.raises(DataError, match=r"cannot detect the embedding data format: .*\['body', 'id'\].*data.fields"):
+        detect_format([{"id": 1, "body": "x"}])
+    fmt, reason = detect_format([{"query": "q", "positive": "p"}] * 2 + [{"sentence1": "a", "sentence2": "b"}])
+    assert fmt == "pairs" and reason.endswith("(2 of 3 sampled records)")
