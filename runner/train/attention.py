@@ -38,6 +38,22 @@ def sequence_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
+_last_bounds: tuple[torch.Tensor, int, list[tuple[int, int]]] | None = None
+
+
+def _bounds_for_layer(position_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """`sequence_bounds`, computed once per forward pass rather than once per layer: every layer
+    receives the same position-ids tensor, and reading the bounds to the host is a device sync on
+    a GPU. Keyed on the tensor itself and its version counter, so a new or modified tensor is
+    read again."""
+    global _last_bounds
+    if _last_bounds is not None and _last_bounds[0] is position_ids and _last_bounds[1] == position_ids._version:
+        return _last_bounds[2]
+    bounds = sequence_bounds(position_ids)
+    _last_bounds = (position_ids, position_ids._version, bounds)
+    return bounds
+
+
 def packed_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -60,7 +76,7 @@ def packed_sdpa_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # kv heads shared by several query heads
-    bounds = sequence_bounds(position_ids)
+    bounds = _bounds_for_layer(position_ids)
     if len(bounds) == 1:
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
                                              enable_gqa=gqa)
