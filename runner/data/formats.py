@@ -139,7 +139,7 @@ def detect_format(
         records, lambda data: _classify(data, canonical),
         "data format: the first records have keys {keys}; expected "
         "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca) or 'text'. "
-        "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.columns.",
+        "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.fields.",
     )
 
 
