@@ -30,6 +30,7 @@ from runner.paths import adapters_dir, merged_dir, runner_home
 from runner.registry.checksums import ADAPTER_FILE_PATTERNS, folder_checksums
 from runner.registry.derived import ensure_merged, locate_recorded_base
 from runner.registry.entries import Lineage, ModelEntry
+from runner.registry.folder_facts import count_parameters
 from runner.registry.gguf_convert import CHECKSUMS_FILE
 from runner.registry.sources import (
     JobSource,
@@ -41,7 +42,7 @@ from runner.registry.sources import (
     register_resolver,
     resolve_in,
 )
-from runner.registry.store import Registry, RegistryError, count_parameters, find_registry, utc_now_iso
+from runner.registry.registry_file import Registry, RegistryError, find_registry, utc_now_iso
 from runner.spec.loader import LoadedJob
 
 __all__ = [

@@ -51,7 +51,7 @@ def human_count(n: int | None) -> str:
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from runner.registry.store import Registry, find_registry
+    from runner.registry.registry_file import Registry, find_registry
 
     return Registry(find_registry(args.registry))
 

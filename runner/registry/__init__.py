@@ -4,7 +4,13 @@ Data flows spec -> registry -> data -> train -> outputs: this package takes plai
 paths, and imports none of the later layers (the runs layer plugs in the ``job:`` resolver
 through :func:`register_resolver`).
 
-Importing this package installs the ``registry:`` resolver (:mod:`runner.registry.store`);
+The rooms: :mod:`.sources` (parse and resolve ``hf:``, ``local:``, ``gguf:``, ``pkg:``),
+:mod:`.registry_file` (the registry file, its lock and atomic writes), :mod:`.folder_facts` and
+:mod:`.licenses` (what a model folder is), :mod:`.store` (import, validate, delete, lineage),
+:mod:`.lookup` (resolving ``registry:ALIAS``), :mod:`.derived` (adapters merged into their base),
+:mod:`.checksums` and :mod:`.gguf_convert` below them all.
+
+Importing this package installs the ``registry:`` resolver (:mod:`runner.registry.lookup`);
 ``job:`` is installed by :mod:`runner.lineage`, which knows about runs.
 
 Heavy libraries (transformers, huggingface_hub) are imported only when a source is resolved, so
@@ -19,7 +25,10 @@ from runner.registry.checksums import (
     model_files,
     sha256_file,
 )
+from runner.registry.folder_facts import WeightsHeaderError, count_parameters, read_safetensors_headers
+from runner.registry import lookup as _lookup  # noqa: F401 - installs the registry: resolver
 from runner.registry.gguf_convert import GGUFSnapshot, ensure_gguf_snapshot, gguf_quant_name, gguf_sha256
+from runner.registry.registry_file import ENV_REGISTRY, Registry, RegistryError, find_registry
 from runner.registry.sources import (
     SCHEMES,
     GGUFSource,
@@ -39,13 +48,7 @@ from runner.registry.sources import (
     resolve_in,
     resolve_source,
 )
-from runner.registry.store import (
-    ENV_REGISTRY,
-    Registry,
-    RegistryError,
-    find_registry,
-    import_model,
-)
+from runner.registry.store import delete_model, import_model, lineage_chain, validate_entry
 
 __all__ = [
     "ADAPTER_FILE_PATTERNS",
@@ -65,8 +68,11 @@ __all__ = [
     "ResolveContext",
     "ResolvedModel",
     "SourceError",
+    "WeightsHeaderError",
     "cached_sha256",
     "check_model_folder",
+    "count_parameters",
+    "delete_model",
     "ensure_gguf_snapshot",
     "find_registry",
     "folder_checksums",
@@ -74,10 +80,13 @@ __all__ = [
     "gguf_sha256",
     "hub_offline",
     "import_model",
+    "lineage_chain",
     "model_files",
     "parse_source",
+    "read_safetensors_headers",
     "register_resolver",
     "resolve_in",
     "resolve_source",
     "sha256_file",
+    "validate_entry",
 ]

@@ -21,6 +21,7 @@ from runner.registry import (
     resolve_source,
 )
 from runner.registry import sources as sources_mod
+from runner.registry.sources import resolve as resolve_mod
 
 
 @pytest.mark.parametrize(
@@ -130,7 +131,7 @@ def test_sources_are_immutable_and_hashable() -> None:
 
 def test_a_resolver_can_be_plugged_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """How the registry:/job: issue will extend resolution without this package importing it."""
-    monkeypatch.setattr(sources_mod, "_RESOLVERS", dict(sources_mod._RESOLVERS))
+    monkeypatch.setattr(resolve_mod, "_RESOLVERS", dict(resolve_mod._RESOLVERS))
     seen: list[tuple[RegistrySource, Path]] = []
 
     def resolve_alias(src: RegistrySource, ctx: sources_mod.ResolveContext) -> ResolvedModel:

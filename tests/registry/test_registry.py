@@ -16,7 +16,7 @@ import torch
 from runner.registry import Registry, RegistryError, SourceError, find_registry, import_model, resolve_source, sha256_file
 from runner.registry.entries import ModelEntry
 from runner.registry.schema import SCHEMA_PATH, registry_schema, render_schema
-from runner.registry.store import count_parameters
+from runner.registry.folder_facts import count_parameters
 
 from .tiny_models import copy_model
 
@@ -184,7 +184,7 @@ def test_gguf_import_uses_the_converted_snapshot(registry: Registry, tiny_gguf: 
 _WRITER = """
 import sys, time
 from pathlib import Path
-from runner.registry.store import Registry
+from runner.registry.registry_file import Registry
 from runner.registry.entries import ModelEntry
 path, prefix, count, start = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 while not start.exists():
