@@ -14,27 +14,32 @@ run*.  Re-queueing a finished job -- typically after its spec changed -- starts 
 NEW run (new run id, fresh :func:`new_status`), so each run folder describes
 exactly one spec and one outcome.  Only ``interrupted`` goes back to ``queued``
 in the same run, with ``attempt + 1``, so training resumes from its checkpoints.
+
+What a status holds (states, failure classes, fields, JSON form, UTC times) is
+:mod:`runner.outputs.status_record`; its names are importable from here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner.fsutil import atomic_write_text
-
-try:  # POSIX; elsewhere StatusFile falls back to unlocked read-modify-write.
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from runner.fsutil import atomic_write_text, file_lock
+from runner.outputs.status_record import (
+    TERMINAL_STATES,
+    FailureClass,
+    HistoryEntry,
+    JobState,
+    Status,
+    StatusFormatError,
+    as_utc,
+    format_utc,
+    parse_utc,
+    utc_now,
+)
 
 __all__ = [
     "DEFAULT_REASON",
@@ -57,39 +62,6 @@ __all__ = [
     "with_progress",
 ]
 
-SCHEMA_VERSION = 1
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-    INVALID = "invalid"
-
-
-class FailureClass(StrEnum):
-    """Why a run is in the state it is in; the CLI groups and explains by this.
-
-    Free-form detail (exception text, offending file) goes in ``error``.
-    """
-
-    CONFIG = "config"  # spec does not validate / contradicts itself
-    DATA = "data"  # dataset missing, unreadable, too many bad records
-    MODEL = "model"  # base model missing, checksum mismatch, cannot load
-    OOM = "oom"  # out of (GPU or host) memory
-    CRASH = "crash"  # unexpected exception or child died without a word
-    TIMEOUT = "timeout"  # exceeded a configured time budget
-    INTERRUPTED = "interrupted"  # signal / shutdown; resumable
-    DEPENDENCY = "dependency"  # a job this one depends on did not succeed
-    CANCELLED_BY_USER = "cancelled-by-user"
-
-
-TERMINAL_STATES: frozenset[JobState] = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INVALID}
-)
 INITIAL_STATES: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.INVALID})
 
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
@@ -130,151 +102,6 @@ class IllegalTransition(ValueError):
             allowed = ", ".join(sorted(TRANSITIONS[from_state])) or "nothing (terminal)"
             msg = f"illegal transition {from_state} -> {to_state}; {from_state} may go to: {allowed}"
         super().__init__(f"{msg}. {hint}" if hint else msg)
-
-
-class StatusFormatError(ValueError):
-    """status.json exists but is not a status we can read."""
-
-
-# --------------------------------------------------------------------------- time
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _as_utc(dt: datetime) -> datetime:
-    if dt.tzinfo is None:
-        raise ValueError(f"naive datetime {dt!r}: pass a timezone-aware time (UTC)")
-    return dt.astimezone(UTC)
-
-
-def format_utc(dt: datetime) -> str:
-    """ISO-8601 in UTC with a ``Z``; microseconds so round trips compare equal."""
-    return _as_utc(dt).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_utc(text: str) -> datetime:
-    """Inverse of :func:`format_utc`; a zone-less stamp is taken as UTC."""
-    dt = datetime.fromisoformat(text)
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-# ------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True, kw_only=True)
-class HistoryEntry:
-    """One state change, kept so a run's story survives in its own folder."""
-
-    from_state: JobState | None
-    to_state: JobState
-    at: datetime
-    reason: FailureClass | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "from": None if self.from_state is None else str(self.from_state),
-            "to": str(self.to_state),
-            "at": format_utc(self.at),
-            "reason": None if self.reason is None else str(self.reason),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> HistoryEntry:
-        return cls(
-            from_state=None if d.get("from") is None else JobState(d["from"]),
-            to_state=JobState(d["to"]),
-            at=parse_utc(d["at"]),
-            reason=None if d.get("reason") is None else FailureClass(d["reason"]),
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Status:
-    """Immutable snapshot of a run; change it with :func:`transition` / :func:`with_progress`."""
-
-    job: str
-    run_id: str
-    state: JobState
-    created: datetime
-    updated: datetime
-    reason: FailureClass | None = None
-    error: str | None = None
-    attempt: int = 1
-    pid: int | None = None
-    started: datetime | None = None  # start of the current attempt
-    finished: datetime | None = None  # set iff state is terminal
-    # progress
-    step: int | None = None
-    total_steps: int | None = None
-    epoch: float | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    eta_seconds: float | None = None
-    tokens_per_second: float | None = None
-    # what is being trained
-    trainable_params: int | None = None
-    total_params: int | None = None
-    adapter: Mapping[str, Any] | None = None
-    spec_sha256: str | None = None
-    resumed_from: str | None = None  # checkpoint the current attempt started from
-    extra: Mapping[str, Any] = field(default_factory=dict)  # free-form counters
-    history: tuple[HistoryEntry, ...] = ()
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, datetime):
-                value = format_utc(value)
-            elif isinstance(value, StrEnum):
-                value = str(value)
-            elif f.name == "history":
-                value = [h.to_dict() for h in value]
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            d[f.name] = value
-        return d
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Status:
-        """Parse; unknown keys (a newer writer) are kept in ``extra``, not dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            kwargs: dict[str, Any] = {k: v for k, v in d.items() if k in known}
-            kwargs["state"] = JobState(d["state"])
-            if d.get("reason") is not None:
-                kwargs["reason"] = FailureClass(d["reason"])
-            for name in ("created", "updated", "started", "finished"):
-                if d.get(name) is not None:
-                    kwargs[name] = parse_utc(d[name])
-            kwargs["history"] = tuple(HistoryEntry.from_dict(h) for h in d.get("history", ()))
-            extra = dict(d.get("extra") or {})
-            for k, v in d.items():
-                if k not in known and k != "schema_version":
-                    extra.setdefault(k, v)
-            kwargs["extra"] = extra
-            return cls(**kwargs)
-        except (KeyError, TypeError, ValueError) as e:
-            raise StatusFormatError(f"not a valid status: {e}") from e
-
-    @classmethod
-    def from_json(cls, text: str) -> Status:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise StatusFormatError(f"status is not valid JSON: {e}") from e
-        if not isinstance(d, dict):
-            raise StatusFormatError("status JSON is not an object")
-        return cls.from_dict(d)
 
 
 # Fields only transition()/new_status() may set.  Everything else is "data
@@ -358,7 +185,7 @@ def new_status(
     state = JobState(state)
     if state not in INITIAL_STATES:
         raise IllegalTransition(None, state)
-    now = _as_utc(now) if now is not None else utc_now()
+    now = as_utc(now) if now is not None else utc_now()
     why = _coerce_reason(reason) or DEFAULT_REASON.get(state)
     changes = _settable(fields, what="new_status")
     base = Status(
@@ -400,7 +227,7 @@ def transition(
         if status.state in TERMINAL_STATES and to is JobState.QUEUED:
             hint = "A finished run is never re-queued: start a new run (new run id, new_status())."
         raise IllegalTransition(status.state, to, hint)
-    now = _as_utc(now) if now is not None else utc_now()
+    now = as_utc(now) if now is not None else utc_now()
     why = _coerce_reason(reason) or DEFAULT_REASON.get(to)
     changes = _settable(fields, what="transition")
     if to is not JobState.RUNNING:
@@ -432,7 +259,7 @@ def with_progress(status: Status, *, now: datetime | None = None, **fields: Any)
     the transition table.
     """
     changes = _settable(fields, what="a progress update")
-    now = _as_utc(now) if now is not None else utc_now()
+    now = as_utc(now) if now is not None else utc_now()
     return _apply(status, changes, updated=now)
 
 
@@ -443,9 +270,9 @@ class StatusFile:
     """The one reader/writer of a run's ``status.json``.
 
     Writes are atomic (readers never see a torn file) and read-modify-write
-    operations hold an ``flock`` on a sibling lock file, so the trainer's
-    progress updates and the daemon's transitions serialise instead of
-    overwriting each other.
+    operations hold an ``flock`` on a sibling lock file (:func:`runner.fsutil.file_lock`),
+    so the trainer's progress updates and the daemon's transitions serialise
+    instead of overwriting each other.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -454,19 +281,6 @@ class StatusFile:
 
     def __repr__(self) -> str:
         return f"StatusFile({str(self.path)!r})"
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def read(self) -> Status | None:
         """The current status, or None if the run has none yet."""
@@ -487,14 +301,14 @@ class StatusFile:
 
     def write(self, status: Status) -> None:
         """Overwrite unconditionally (atomic); prefer create/update/transition."""
-        with self._locked():
+        with file_lock(self.lock_path):
             atomic_write_text(self.path, status.to_json())
 
     def create(self, status: Status) -> Status:
         """Write the first status; ``FileExistsError`` rather than clobber an existing run."""
         if status.state not in INITIAL_STATES:
             raise ValueError(f"a new status file must start in {sorted(INITIAL_STATES)}")
-        with self._locked():
+        with file_lock(self.lock_path):
             if self.path.exists():
                 raise FileExistsError(f"{self.path} already exists")
             atomic_write_text(self.path, status.to_json())
@@ -502,7 +316,7 @@ class StatusFile:
 
     def update(self, *, now: datetime | None = None, **fields: Any) -> Status:
         """Progress update (step, loss, eta_seconds, extra=...); cannot change state."""
-        with self._locked():
+        with file_lock(self.lock_path):
             status = with_progress(self._require(), now=now, **fields)
             atomic_write_text(self.path, status.to_json())
         return status
@@ -517,7 +331,7 @@ class StatusFile:
         **fields: Any,
     ) -> Status:
         """Read, apply :func:`transition`, write -- atomically with respect to other writers."""
-        with self._locked():
+        with file_lock(self.lock_path):
             status = transition(
                 self._require(), to, reason=reason, error=error, now=now, **fields
             )
