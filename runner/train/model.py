@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from packaging.version import InvalidVersion, Version
 
 from runner.spec.model import AdapterSection, ModelSection, ResourcesSection
 
@@ -119,11 +120,11 @@ def flash_attention_usable(device: str) -> tuple[bool, str]:
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    """The release numbers of a PEP 440 version ("0.49.1.dev0" -> (0, 49, 1)); () if it is not one."""
+    try:
+        return Version(text).release
+    except InvalidVersion:
+        return ()
 
 
 def quantization_problem(device: str) -> str | None:
