@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runner.data.formats import DomainPrefix, detect_format, normalize_record, resolve_columns
+from runner.data.formats import DomainPrefix, detect_format, normalize_record, resolve_fields
 from runner.data.records import read_records
 from runner.data.report import BadRecord, DataError
 
@@ -125,7 +125,7 @@ def _check(
 
         tokenizer = load_tokenizer(Path(resolve_source(parse_source(tokenizer_source, base_dir=base_dir)).path))
         examples, data_report = build_examples(
-            read.records, tokenizer, max_length=max_length, format=fmt, columns=columns,
+            read.records, tokenizer, max_length=max_length, format=fmt, fields=columns,
             domain_field=domain.field if domain else None,
             domain_format=domain.format if domain else "[{value}] ",
             train_on_prompt=train_on_prompt, on_bad_record="skip", read_errors=read.bad, progress=None,
@@ -135,7 +135,7 @@ def _check(
                       truncated=data_report.truncated)
         return report
     bad: list[BadRecord] = list(read.bad)
-    resolved = resolve_columns(fmt, records, columns)
+    resolved = resolve_fields(fmt, records, columns)
     ok = 0
     for record in read.records:
         try:

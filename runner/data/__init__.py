@@ -29,7 +29,7 @@ from runner.data.formats import (
     RecordError,
     detect_format,
     normalize_record,
-    resolve_columns,
+    resolve_fields,
 )
 from runner.data.pipeline import PreparedData, build_examples, prepare_data, split_eval
 from runner.data.records import DataFileError, ReadResult, Record, read_file, read_records
@@ -102,7 +102,7 @@ __all__ = [
     "read_file",
     "read_records",
     "require_trainable_tokens",
-    "resolve_columns",
+    "resolve_fields",
     "split_eval",
     "to_example",
     "tokenize_conversation",

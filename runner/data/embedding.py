@@ -106,16 +106,16 @@ class EmbeddingData:
 # fields and detection
 
 
-def _field(data: Mapping[str, Any], canonical: str, columns: Mapping[str, str]) -> str | None:
+def _field(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str]) -> str | None:
     """The record key holding `canonical`: the mapped name if data.fields maps it, else an alias."""
-    if canonical in columns:
-        return columns[canonical] if columns[canonical] in data else None
+    if canonical in fields:
+        return fields[canonical] if fields[canonical] in data else None
     return next((name for name in ALIASES[canonical] if name in data), None)
 
 
-def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str, str] | None:
+def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, str] | None:
     def has(canonical: str) -> str | None:
-        return _field(data, canonical, columns)
+        return _field(data, canonical, fields)
 
     if has("sentence1") and has("sentence2"):
         return "scored-pairs", f"'{has('sentence1')}'/'{has('sentence2')}' keys"
@@ -128,9 +128,9 @@ def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str,
     return None
 
 
-def detect_format(records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None) -> tuple[str, str]:
+def detect_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Guess the embedding format from the first records; return (format, reason)."""
-    given = dict(columns or {})
+    given = dict(fields or {})
     return vote_on_format(
         records, lambda data: _classify(data, given),
         "embedding data format: the first records have keys {keys}; expected "
@@ -152,10 +152,10 @@ def _text(data: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _required(data: Mapping[str, Any], canonical: str, columns: Mapping[str, str], fmt: str) -> str:
-    key = _field(data, canonical, columns)
+def _required(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str], fmt: str) -> str:
+    key = _field(data, canonical, fields)
     if key is None:
-        names = [columns[canonical]] if canonical in columns else list(ALIASES[canonical])
+        names = [fields[canonical]] if canonical in fields else list(ALIASES[canonical])
         raise RecordError(f"missing field {' / '.join(repr(n) for n in names)} ({canonical}) required by format '{fmt}'")
     return key
 
@@ -190,7 +190,7 @@ def to_example(
     data: Mapping[str, Any],
     fmt: str,
     *,
-    columns: Mapping[str, str],
+    fields: Mapping[str, str],
     image_root: Path,
     tasks: Sequence[str] | None = None,
 ) -> EmbeddingExample:
@@ -198,18 +198,18 @@ def to_example(
     negatives: tuple[Item, ...] = ()
     score = None
     if fmt == "scored-pairs":
-        query = Item(text=_text(data, _required(data, "sentence1", columns, fmt)))
-        positive = Item(text=_text(data, _required(data, "sentence2", columns, fmt)))
-        key = _required(data, "score", columns, fmt)
+        query = Item(text=_text(data, _required(data, "sentence1", fields, fmt)))
+        positive = Item(text=_text(data, _required(data, "sentence2", fields, fmt)))
+        key = _required(data, "score", fields, fmt)
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RecordError(f"'{key}' must be a finite number, found {value!r}")
         score = float(value)
     elif fmt == "image-text":
-        image_key, query_image_key = _field(data, "image", columns), _field(data, "query_image", columns)
+        image_key, query_image_key = _field(data, "image", fields), _field(data, "query_image", fields)
         if (image_key is None) == (query_image_key is None):
             raise RecordError("an image-text record needs exactly one of 'image' (image document) or 'query_image' (image query)")
-        text_key = _field(data, "query", columns) or _field(data, "positive", columns)
+        text_key = _field(data, "query", fields) or _field(data, "positive", fields)
         text_key = text_key or next((k for k in _IMAGE_TEXT if k in data), None)
         if text_key is None:
             raise RecordError("an image-text record needs a text field: query, positive, text or caption")
@@ -219,18 +219,18 @@ def to_example(
         else:
             assert query_image_key is not None
             query, positive = _image(data[query_image_key], query_image_key, image_root), text
-        negative_key = _field(data, "negative", columns)
+        negative_key = _field(data, "negative", fields)
         if negative_key is not None:
             negatives = _negatives(data, negative_key, image_root if positive.image is not None else None)
     else:
-        query = Item(text=_text(data, _required(data, "query", columns, fmt)))
-        positive = Item(text=_text(data, _required(data, "positive", columns, fmt)))
-        negative_key = _required(data, "negative", columns, fmt) if fmt == "triplets" else _field(data, "negative", columns)
+        query = Item(text=_text(data, _required(data, "query", fields, fmt)))
+        positive = Item(text=_text(data, _required(data, "positive", fields, fmt)))
+        negative_key = _required(data, "negative", fields, fmt) if fmt == "triplets" else _field(data, "negative", fields)
         if negative_key is not None:
             negatives = _negatives(data, negative_key, None)
     task = None
     if tasks is not None:
-        key = _field(data, "task", columns)
+        key = _field(data, "task", fields)
         if key is None:
             raise RecordError(f"missing 'task' label; multi-task training needs one of {', '.join(tasks)}")
         task = data[key]
@@ -243,7 +243,7 @@ def build_examples(
     records: Sequence[Record],
     fmt: str,
     *,
-    columns: Mapping[str, str],
+    fields: Mapping[str, str],
     image_root: Path | None,
     tasks: Sequence[str] | None,
 ) -> tuple[list[EmbeddingExample], list[BadRecord]]:
@@ -251,7 +251,7 @@ def build_examples(
     for record in records:
         root = image_root if image_root is not None else Path(record.location.file).parent
         try:
-            example = to_example(record.data, fmt, columns=columns, image_root=root, tasks=tasks)
+            example = to_example(record.data, fmt, fields=fields, image_root=root, tasks=tasks)
         except RecordError as exc:
             bad.append(BadRecord(record.location, str(exc)))
             continue
@@ -283,13 +283,13 @@ def prepare_embedding_data(
     (`BadRecordsError`); under "skip" they are dropped and counted in the reports.
     """
     check_policy(on_bad_record)
-    columns = dict(fields or {})
+    fields = dict(fields or {})
     read = read_records(train_files)
     records = read.records[:max_records] if max_records else read.records
     if not records:
         raise DataError("no usable records in " + ", ".join(map(str, train_files)))
     if format == "auto":
-        fmt, reason = detect_format([r.data for r in records], columns)
+        fmt, reason = detect_format([r.data for r in records], fields)
     elif format in FORMATS:
         fmt, reason = format, "set by data.format"
     else:
@@ -302,8 +302,8 @@ def prepare_embedding_data(
     elif eval_fraction > 0:
         records, eval_records = split_eval(records, eval_fraction, seed)
 
-    train, bad = build_examples(records, fmt, columns=columns, image_root=image_root, tasks=tasks)
-    evaluation, eval_bad = build_examples(eval_records, fmt, columns=columns, image_root=image_root, tasks=tasks)
+    train, bad = build_examples(records, fmt, fields=fields, image_root=image_root, tasks=tasks)
+    evaluation, eval_bad = build_examples(eval_records, fmt, fields=fields, image_root=image_root, tasks=tasks)
     files = [str(f) for f in [*train_files, *eval_files]]
     bad = in_file_order([*read.bad, *bad], files)
     eval_bad = in_file_order([*eval_read_bad, *eval_bad], files)

@@ -29,7 +29,7 @@ FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "text")
 TEXT_ROLE = "text"  # marker role: the record is plain text, not a conversation
 DETECT_SAMPLE = 100  # records looked at by detect_format
 
-# canonical column -> names tried, in order, when no mapping is given
+# canonical field -> names tried, in order, when data.fields does not map it
 ALIASES: dict[str, tuple[str, ...]] = {
     "instruction": ("instruction", "question", "prompt", "query"),
     "input": ("input", "context"),
@@ -42,7 +42,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "content": ("value", "content"),
     "text": ("text",),
 }
-COLUMNS: dict[str, tuple[str, ...]] = {
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "input", "output", "system", "history"),
     "sharegpt": ("conversations", "role", "content", "system", "tools"),
     "messages": ("conversations", "role", "content", "system", "tools"),
@@ -59,8 +59,8 @@ ROLES: dict[str, str] = {
     "observation": "tool",
     "tool": "tool",
 }
-# synonyms accepted in a columns mapping
-_COLUMN_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
+# synonyms accepted as keys of data.fields
+_FIELD_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
 # OpenAI tool-calling fields passed through to the chat template untouched
 _PASSTHROUGH = ("tool_calls", "tool_call_id", "name")
 
@@ -106,7 +106,7 @@ class DomainPrefix:
 
 
 # ---------------------------------------------------------------------------------------
-# detection and column resolution
+# detection and field resolution
 
 
 def vote_on_format(
@@ -131,10 +131,10 @@ def vote_on_format(
 
 
 def detect_format(
-    records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None
+    records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
 ) -> tuple[str, str]:
     """Guess the format from the first records; return (format, human-readable reason)."""
-    canonical = _canonical(columns)
+    canonical = _canonical(fields)
     return vote_on_format(
         records, lambda data: _classify(data, canonical),
         "data format: the first records have keys {keys}; expected "
@@ -143,12 +143,12 @@ def detect_format(
     )
 
 
-def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str, str] | None:
-    conv_key = _present(data, "conversations", columns)
+def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, str] | None:
+    conv_key = _present(data, "conversations", fields)
     if conv_key is not None and isinstance(data[conv_key], list):
         turns = [t for t in data[conv_key] if isinstance(t, dict)]
         if turns:
-            role, content = _present(turns[0], "role", columns), _present(turns[0], "content", columns)
+            role, content = _present(turns[0], "role", fields), _present(turns[0], "content", fields)
             if (role, content) == ("from", "value"):
                 return "sharegpt", f"'{conv_key}' key with 'from'/'value' turns"
             if (role, content) == ("role", "content"):
@@ -156,42 +156,42 @@ def _classify(data: Mapping[str, Any], columns: Mapping[str, str]) -> tuple[str,
             if role and content:
                 fmt = "messages" if conv_key == "messages" else "sharegpt"
                 return fmt, f"'{conv_key}' key with mapped '{role}'/'{content}' turns"
-    instruction, output = _present(data, "instruction", columns), _present(data, "output", columns)
+    instruction, output = _present(data, "instruction", fields), _present(data, "output", fields)
     if instruction and output:
         return "alpaca", f"'{instruction}' and '{output}' keys"
-    text = _present(data, "text", columns)
+    text = _present(data, "text", fields)
     if text and isinstance(data[text], str):
         return "text", f"'{text}' key holding a string"
     return None
 
 
-def _present(data: Mapping[str, Any], canonical: str, columns: Mapping[str, str]) -> str | None:
-    """The record's key for a canonical column: the mapped name, else the first alias present."""
-    if canonical in columns:
-        return columns[canonical] if columns[canonical] in data else None
+def _present(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str]) -> str | None:
+    """The record's key for a canonical field: the mapped name, else the first alias present."""
+    if canonical in fields:
+        return fields[canonical] if fields[canonical] in data else None
     return next((alias for alias in ALIASES[canonical] if alias in data), None)
 
 
-def resolve_columns(
-    fmt: str, records: Sequence[Mapping[str, Any]], columns: Mapping[str, str] | None = None
+def resolve_fields(
+    fmt: str, records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Map every canonical column of `fmt` to the record key that holds it.
+    """Map every canonical field of `fmt` to the record key that holds it.
 
-    Explicit `columns` win; the rest are auto-detected from the first records using
-    ALIASES (so "question"/"answer" work without a mapping); a column nobody uses keeps
+    Explicit `fields` win; the rest are auto-detected from the first records using
+    ALIASES (so "question"/"answer" work without a mapping); a field nobody uses keeps
     its canonical name.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
-    columns = _canonical(columns)
-    unknown = sorted(set(columns) - set(COLUMNS[fmt]))
+    fields = _canonical(fields)
+    unknown = sorted(set(fields) - set(FORMAT_FIELDS[fmt]))
     if unknown:
-        raise ValueError(f"unknown column(s) {unknown} for format {fmt!r}; expected some of {list(COLUMNS[fmt])}")
+        raise ValueError(f"unknown field(s) {unknown} for format {fmt!r}; expected some of {list(FORMAT_FIELDS[fmt])}")
     sample = records[:DETECT_SAMPLE]
     resolved: dict[str, str] = {}
-    for canonical in COLUMNS[fmt]:  # "conversations" comes before "role"/"content"
-        if canonical in columns:
-            resolved[canonical] = columns[canonical]
+    for canonical in FORMAT_FIELDS[fmt]:  # "conversations" comes before "role"/"content"
+        if canonical in fields:
+            resolved[canonical] = fields[canonical]
             continue
         aliases = ALIASES[canonical]
         if fmt == "messages" and canonical in ("conversations", "role", "content"):
@@ -201,8 +201,8 @@ def resolve_columns(
     return resolved
 
 
-def _canonical(columns: Mapping[str, str] | None) -> dict[str, str]:
-    return {_COLUMN_SYNONYMS.get(k, k): v for k, v in (columns or {}).items()}
+def _canonical(fields: Mapping[str, str] | None) -> dict[str, str]:
+    return {_FIELD_SYNONYMS.get(k, k): v for k, v in (fields or {}).items()}
 
 
 def _first_turns(sample: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
@@ -221,18 +221,18 @@ def _first_turns(sample: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[
 def normalize_record(
     data: Mapping[str, Any],
     fmt: str,
-    columns: Mapping[str, str],
+    fields: Mapping[str, str],
     domain: DomainPrefix | None = None,
 ) -> Conversation:
-    """One record -> Conversation, or RecordError with the reason. `columns` from resolve_columns."""
+    """One record -> Conversation, or RecordError with the reason. `fields` from resolve_fields."""
     if fmt == "alpaca":
-        conv = _alpaca(data, columns)
+        conv = _alpaca(data, fields)
     elif fmt in ("sharegpt", "messages"):
-        conv = _chat(data, columns)
+        conv = _chat(data, fields)
     elif fmt == "text":
-        text = _string(data, columns["text"], required=True)
+        text = _string(data, fields["text"], required=True)
         if not text.strip():
-            raise RecordError(f"empty '{columns['text']}'")
+            raise RecordError(f"empty '{fields['text']}'")
         conv = Conversation([{"role": TEXT_ROLE, "content": text}])
     else:
         raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
@@ -241,42 +241,42 @@ def normalize_record(
     return conv
 
 
-def _alpaca(data: Mapping[str, Any], columns: Mapping[str, str]) -> Conversation:
-    instruction = _string(data, columns["instruction"], required=True)
-    extra = _string(data, columns["input"])
-    output = _string(data, columns["output"], required=True)
-    system = _string(data, columns["system"])
+def _alpaca(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
+    instruction = _string(data, fields["instruction"], required=True)
+    extra = _string(data, fields["input"])
+    output = _string(data, fields["output"], required=True)
+    system = _string(data, fields["system"])
     prompt = "\n".join(part for part in (instruction, extra) if part.strip())
     if not prompt.strip():
-        raise RecordError(f"empty '{columns['instruction']}' (and no '{columns['input']}')")
+        raise RecordError(f"empty '{fields['instruction']}' (and no '{fields['input']}')")
     if not output.strip():
-        raise RecordError(f"empty assistant turn: '{columns['output']}' is empty")
+        raise RecordError(f"empty assistant turn: '{fields['output']}' is empty")
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system.strip() else []
-    history = data.get(columns["history"])
+    history = data.get(fields["history"])
     if history is not None:
         if not isinstance(history, list):
             raise RecordError(
-                f"'{columns['history']}' is a {type(history).__name__}; expected a list of [user, assistant] pairs"
+                f"'{fields['history']}' is a {type(history).__name__}; expected a list of [user, assistant] pairs"
             )
         for i, pair in enumerate(history, start=1):
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
-                raise RecordError(f"'{columns['history']}' item {i} is not a [user, assistant] pair of strings")
+                raise RecordError(f"'{fields['history']}' item {i} is not a [user, assistant] pair of strings")
             if not pair[1].strip():
-                raise RecordError(f"empty assistant turn in '{columns['history']}' item {i}")
+                raise RecordError(f"empty assistant turn in '{fields['history']}' item {i}")
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return Conversation(messages)
 
 
-def _chat(data: Mapping[str, Any], columns: Mapping[str, str]) -> Conversation:
-    key, role_key, content_key = columns["conversations"], columns["role"], columns["content"]
+def _chat(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
+    key, role_key, content_key = fields["conversations"], fields["role"], fields["content"]
     if key not in data:
         raise RecordError(f"missing '{key}'")
     turns = data[key]
     if not isinstance(turns, list) or not turns:
         raise RecordError(f"'{key}' is empty" if isinstance(turns, list) else f"'{key}' is not a list")
     messages: list[dict[str, Any]] = []
-    system = _string(data, columns["system"])
+    system = _string(data, fields["system"])
     if system.strip():
         messages.append({"role": "system", "content": system})
     for n, turn in enumerate(turns, start=1):
@@ -308,7 +308,7 @@ def _chat(data: Mapping[str, Any], columns: Mapping[str, str]) -> Conversation:
         raise RecordError("conversation does not start with a user turn")
     if messages[-1]["role"] != "assistant":
         raise RecordError("conversation does not end with an assistant turn")
-    return Conversation(messages, _tools(data, columns["tools"]))
+    return Conversation(messages, _tools(data, fields["tools"]))
 
 
 def _tools(data: Mapping[str, Any], key: str) -> list[dict[str, Any]] | None:

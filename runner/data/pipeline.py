@@ -16,7 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from runner.data.causal import IGNORE_INDEX, Example, chat_template_for, encode_conversation, to_example
-from runner.data.formats import DomainPrefix, detect_format, normalize_record, resolve_columns
+from runner.data.formats import DomainPrefix, detect_format, normalize_record, resolve_fields
 from runner.data.records import Record, read_records
 from runner.data.report import (
     BadRecord,
@@ -65,7 +65,7 @@ def build_examples(
     *,
     max_length: int,
     format: str = "auto",
-    columns: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
     domain_field: str | None = None,
     domain_format: str = "[{value}] ",
     train_on_prompt: bool = False,
@@ -84,10 +84,10 @@ def build_examples(
     if format == "auto":
         if not data:
             raise DataError("no readable records: every record in the data files is bad\n" + _lines(read_errors))
-        fmt, reason = detect_format(data, columns)
+        fmt, reason = detect_format(data, fields)
     else:
         fmt, reason = format, "set by data.format"
-    resolved = resolve_columns(fmt, data, columns)
+    resolved = resolve_fields(fmt, data, fields)
     domain = DomainPrefix(domain_field, domain_format) if domain_field else None
 
     examples: list[Example] = []
@@ -143,7 +143,7 @@ def prepare_data(
     eval_fraction: float = 0.0,
     seed: int = 0,
     format: str = "auto",
-    columns: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
     domain_field: str | None = None,
     domain_format: str = "[{value}] ",
     train_on_prompt: bool = False,
@@ -164,7 +164,7 @@ def prepare_data(
     options: dict[str, Any] = dict(
         tokenizer=tokenizer,
         max_length=max_length,
-        columns=columns,
+        fields=fields,
         domain_field=domain_field,
         domain_format=domain_format,
         train_on_prompt=train_on_prompt,

@@ -58,7 +58,7 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
         eval_fraction=data.eval_fraction,
         seed=spec.train.seed,
         format=data.format,
-        columns=dict(data.fields) or None,
+        fields=dict(data.fields) or None,
         domain_field=data.domain_field,
         domain_format=data.domain_format,
         train_on_prompt=data.train_on_prompt,

@@ -14,13 +14,13 @@ from runner.data import (
     RecordError,
     detect_format,
     normalize_record,
-    resolve_columns,
+    resolve_fields,
 )
 
 
-def normalize(record: dict[str, Any], columns: dict[str, str] | None = None, **kw: Any):
-    fmt, _ = detect_format([record], columns)
-    return normalize_record(record, fmt, resolve_columns(fmt, [record], columns), **kw)
+def normalize(record: dict[str, Any], fields: dict[str, str] | None = None, **kw: Any):
+    fmt, _ = detect_format([record], fields)
+    return normalize_record(record, fmt, resolve_fields(fmt, [record], fields), **kw)
 
 
 def roles(conv) -> list[str]:
@@ -135,11 +135,11 @@ def test_undetectable_records_raise_with_the_keys_seen_and_the_fix() -> None:
 # --- field names -------------------------------------------------------------------------
 
 
-def test_field_mapping_renames_columns() -> None:
+def test_the_field_mapping_renames_record_keys() -> None:
     record = {"q": "What is 2+2?", "a": "4", "sys": "Math tutor."}
-    columns = {"instruction": "q", "output": "a", "system": "sys"}
-    assert detect_format([record], columns)[0] == "alpaca"
-    assert normalize(record, columns).messages == [
+    fields = {"instruction": "q", "output": "a", "system": "sys"}
+    assert detect_format([record], fields)[0] == "alpaca"
+    assert normalize(record, fields).messages == [
         {"role": "system", "content": "Math tutor."},
         {"role": "user", "content": "What is 2+2?"},
         {"role": "assistant", "content": "4"},
@@ -148,12 +148,12 @@ def test_field_mapping_renames_columns() -> None:
 
 def test_field_mapping_for_chat_turn_keys() -> None:
     record = {"dialog": [{"speaker": "human", "text": "q"}, {"speaker": "gpt", "text": "a"}]}
-    columns = {"conversations": "dialog", "role": "speaker", "content": "text"}
-    assert detect_format([record], columns) == (
+    fields = {"conversations": "dialog", "role": "speaker", "content": "text"}
+    assert detect_format([record], fields) == (
         "sharegpt",
         "'dialog' key with mapped 'speaker'/'text' turns (1 of 1 sampled records)",
     )
-    assert roles(normalize(record, columns)) == ["user", "assistant"]
+    assert roles(normalize(record, fields)) == ["user", "assistant"]
 
 
 @pytest.mark.parametrize(
@@ -162,17 +162,17 @@ def test_field_mapping_for_chat_turn_keys() -> None:
 )
 def test_common_field_names_are_found_without_a_mapping(prompt_key: str, response_key: str, input_key: str) -> None:
     record = {prompt_key: "Summarise:", input_key: "long text", response_key: "short"}
-    columns = resolve_columns("alpaca", [record])
-    assert (columns["instruction"], columns["input"], columns["output"]) == (prompt_key, input_key, response_key)
+    fields = resolve_fields("alpaca", [record])
+    assert (fields["instruction"], fields["input"], fields["output"]) == (prompt_key, input_key, response_key)
     assert normalize(record).messages[-2:] == [
         {"role": "user", "content": "Summarise:\nlong text"},
         {"role": "assistant", "content": "short"},
     ]
 
 
-def test_an_unknown_column_name_in_the_mapping_is_rejected() -> None:
-    with pytest.raises(ValueError, match=r"unknown column\(s\) \['answer'\] for format 'alpaca'"):
-        resolve_columns("alpaca", [], {"answer": "a"})
+def test_an_unknown_canonical_field_in_the_mapping_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['answer'\] for format 'alpaca'"):
+        resolve_fields("alpaca", [], {"answer": "a"})
 
 
 # --- domain prefix -----------------------------------------------------------------------
@@ -250,16 +250,16 @@ def chat(*turns: tuple[str, str]) -> dict[str, Any]:
     ],
 )
 def test_unusable_records_raise_a_precise_reason(fmt: str, record: dict[str, Any], reason: str) -> None:
-    columns = resolve_columns(fmt, [record])
+    fields = resolve_fields(fmt, [record])
     with pytest.raises(RecordError) as info:
-        normalize_record(record, fmt, columns)
+        normalize_record(record, fmt, fields)
     assert str(info.value) == reason
 
 
 def test_the_list_key_may_be_mapped_as_messages_or_conversations() -> None:
     record = {"chat": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     for name in ("messages", "conversations"):
-        assert resolve_columns("messages", [record], {name: "chat"})["conversations"] == "chat"
+        assert resolve_fields("messages", [record], {name: "chat"})["conversations"] == "chat"
         assert detect_format([record], {name: "chat"})[1].startswith("'chat' key with 'role'/'content' turns")
     assert roles(normalize(record, {"messages": "chat"})) == ["user", "assistant"]
 
