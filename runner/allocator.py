@@ -19,6 +19,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from runner.machine import machine_switch
+
 ENV_SWITCH = "RUNNER_JEMALLOC"
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 _MARK = "RUNNER_JEMALLOC_ACTIVE"  # set in the re-executed process: never re-execute twice
@@ -28,10 +30,10 @@ _SEARCH = ("/usr/lib/*-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2
 
 def find_jemalloc(env: Mapping[str, str] = os.environ) -> str | None:
     """The jemalloc library to preload, or None when it is switched off or not installed."""
-    setting = env.get(ENV_SWITCH, "").strip()
-    if setting.lower() in ("0", "false", "no", "off"):
+    setting = machine_switch(ENV_SWITCH, env)
+    if setting is False:
         return None
-    if setting and setting.lower() not in ("1", "true", "yes", "on"):
+    if isinstance(setting, str):  # the library's path
         return setting if Path(setting).is_file() else None
     for pattern in _SEARCH:
         found = sorted(glob.glob(pattern))

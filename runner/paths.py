@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from runner.machine import machine_setting
+
 __all__ = [
     "ENV_HOME",
     "adapters_dir",
@@ -49,7 +51,7 @@ def runner_home(home: Path | str | None = None, *, create: bool = True) -> Path:
     if home is not None:
         path = Path(home).expanduser()
     else:
-        env = os.environ.get(ENV_HOME)
+        env = machine_setting(ENV_HOME)
         path = Path(env).expanduser() if env else _user_cache_root() / "runner"
     path = path.absolute()
     if create:

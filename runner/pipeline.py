@@ -31,7 +31,8 @@ from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.spec.loader import LoadedJob
 
 if TYPE_CHECKING:
-    from runner.train.context import RunContext, TrainOutcome
+    from runner.train.context import TrainOutcome
+    from runner.train.stop import StopRequest
 
 OUTCOME_FILE = ".outcome.json"
 
@@ -114,6 +115,17 @@ def prepare_run(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto")
     return run_dir, status, False
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt at a run: its folder, status, the checkpoint it resumes from, and how it ends
+    (a transition, or an outcome reported to the daemon)."""
+
+    run_dir: Path
+    status: StatusFile
+    resume_from: Path | None
+    finish: Callable[..., object]
+
+
 def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", command: list[str] | None = None,
             supervised: Supervision | None = None, registry: Path | None = None,
             allow_remote_code: bool = False) -> RunResult:
@@ -121,70 +133,18 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     the job file's folder, see runner.registry.store.find_registry); `allow_remote_code`: the
     runner's --allow-remote-code (model.trust_remote_code is refused without it)."""
     from runner.data.report import DataError
-    from runner.lineage import ResumeRefused, register_job_result, resolve_job_model, verify_resume_base
+    from runner.lineage import ResumeRefused
     from runner.registry.sources import SourceError
-    from runner.train.context import RunContext
-    from runner.train.hooks import StopRequest
     from runner.train.model import ModelSetupError
+    from runner.train.stop import StopRequest
 
-    if supervised is None:
-        run_dir, status, resuming = prepare_run(job, runs_root, resume=resume)
-    else:  # the daemon's run: resume from whatever complete checkpoint an earlier attempt left
-        run_dir, status, resuming = supervised.run_dir, StatusFile(run_paths(supervised.run_dir).status), True
-    paths = run_paths(run_dir)
-    resume_from = None
-    if resuming:
-        point, skipped = find_resume_point(paths.checkpoints)
-        for info in skipped:
-            print(f"skipping incomplete checkpoint {info.path.name}: {info.why_incomplete}", file=sys.stderr)
-        if point is not None:
-            resume_from = point.path
-            print(f"resuming run {run_dir} from {point.path.name}", flush=True)
-        elif supervised is None:
-            print(f"resuming run {run_dir} from the start (no complete checkpoint)", flush=True)
-    resumed_from = str(resume_from) if resume_from else None
-    # A resumed attempt starts at its checkpoint's step, not where the interrupted one got to.
-    start: dict[str, Any] = {"step": point.step if point is not None else 0} if resuming else {}
-    finish: Callable[..., object]
-    if supervised is None:
-        status.transition(JobState.RUNNING, pid=os.getpid(), resumed_from=resumed_from, **start)
-        finish = status.transition
-    else:
-        status.update(pid=os.getpid(), resumed_from=resumed_from, **start)
-        finish = partial(write_outcome, supervised.outcome)
-    print(f"run {run_dir}", flush=True)
-
+    attempt = _begin_attempt(job, runs_root, resume=resume, supervised=supervised)
+    run_dir, finish = attempt.run_dir, attempt.finish
     stop = StopRequest()
     restore_signals = stop.install()
     try:
-        recipe = _recipe_for(job.spec.model.kind)
-        # relative local:/gguf: paths in a job file are relative to the file, like its data paths;
-        # a resumed checkpoint trains on exactly the base it recorded (verified), or the run is refused
-        pinned = verify_resume_base(job, resume_from, runs_root=runs_root, registry=registry) if resume_from else None
-        resolved, model_info = resolve_job_model(job, runs_root=runs_root, registry=registry,
-                                                 allow_remote_code=allow_remote_code, pinned=pinned)
-        write_manifest(paths.manifest, build_manifest(
-            spec=job.spec.model_dump(mode="json"),
-            spec_sha256=job.sha256,
-            model=model_info,
-            data_fingerprint=_data_fingerprint(job),
-            seed=job.spec.train.seed,
-            command=command or sys.argv,
-            cwd=job.path.parent,
-        ))
-        with MetricsLog(paths.metrics) as metrics:
-            if resume_from is not None:
-                metrics.rewind_to(int(resume_from.name.rsplit("-", 1)[-1]))
-            context = RunContext(
-                job=job, run_dir=run_dir, model_path=resolved.path, model_info=model_info,
-                status=status, metrics=metrics, stop=stop, resume_from=resume_from,
-            )
-            if job.spec.resources.world_size > 1:  # torchrun workers run the recipe; this process owns the run
-                from runner.train.launch import launch_workers
-
-                outcome = launch_workers(context, recipe)
-            else:
-                outcome = recipe(context)
+        outcome = _train(job, attempt, stop, runs_root=runs_root, registry=registry,
+                         allow_remote_code=allow_remote_code, command=command)
     except DataError as exc:
         return _fail(finish, run_dir, FailureClass.DATA, str(exc))
     except ResumeRefused as exc:
@@ -203,7 +163,85 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         return _fail(finish, run_dir, FailureClass.CRASH, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.log'})")
     finally:
         restore_signals()
+    return _conclude(job, attempt, outcome, stop, runs_root=runs_root, registry=registry, supervised=supervised)
 
+
+def _begin_attempt(job: LoadedJob, runs_root: Path, *, resume: bool | str,
+                   supervised: Supervision | None) -> _Attempt:
+    """The run folder (new, or an interrupted run to resume), its resume point, and the run set running."""
+    if supervised is None:
+        run_dir, status, resuming = prepare_run(job, runs_root, resume=resume)
+    else:  # the daemon's run: resume from whatever complete checkpoint an earlier attempt left
+        run_dir, status, resuming = supervised.run_dir, StatusFile(run_paths(supervised.run_dir).status), True
+    resume_from = None
+    if resuming:
+        point, skipped = find_resume_point(run_paths(run_dir).checkpoints)
+        for info in skipped:
+            print(f"skipping incomplete checkpoint {info.path.name}: {info.why_incomplete}", file=sys.stderr)
+        if point is not None:
+            resume_from = point.path
+            print(f"resuming run {run_dir} from {point.path.name}", flush=True)
+        elif supervised is None:
+            print(f"resuming run {run_dir} from the start (no complete checkpoint)", flush=True)
+    resumed_from = str(resume_from) if resume_from else None
+    # A resumed attempt starts at its checkpoint's step, not where the interrupted one got to.
+    start: dict[str, Any] = {"step": point.step if point is not None else 0} if resuming else {}
+    finish: Callable[..., object]
+    if supervised is None:
+        status.transition(JobState.RUNNING, pid=os.getpid(), resumed_from=resumed_from, **start)
+        finish = status.transition
+    else:
+        status.update(pid=os.getpid(), resumed_from=resumed_from, **start)
+        finish = partial(write_outcome, supervised.outcome)
+    print(f"run {run_dir}", flush=True)
+    return _Attempt(run_dir, status, resume_from, finish)
+
+
+def _train(job: LoadedJob, attempt: _Attempt, stop: StopRequest, *, runs_root: Path, registry: Path | None,
+           allow_remote_code: bool, command: list[str] | None) -> TrainOutcome:
+    """Resolve the model, write the manifest, and run the job's recipe (in torchrun workers when
+    the job has several processes: this process owns the run)."""
+    from runner.lineage import resolve_job_model, verify_resume_base
+    from runner.train.context import RunContext
+    from runner.train.recipes import recipe_for
+
+    recipe = recipe_for(job.spec)
+    train = recipe.load()  # an import problem shows before any model is resolved
+    paths, resume_from = run_paths(attempt.run_dir), attempt.resume_from
+    # relative local:/gguf: paths in a job file are relative to the file, like its data paths;
+    # a resumed checkpoint trains on exactly the base it recorded (verified), or the run is refused
+    pinned = verify_resume_base(job, resume_from, runs_root=runs_root, registry=registry) if resume_from else None
+    resolved, model_info = resolve_job_model(job, runs_root=runs_root, registry=registry,
+                                             allow_remote_code=allow_remote_code, pinned=pinned)
+    write_manifest(paths.manifest, build_manifest(
+        spec=job.spec.model_dump(mode="json"),
+        spec_sha256=job.sha256,
+        model=model_info,
+        data_fingerprint=_data_fingerprint(job),
+        seed=job.spec.train.seed,
+        command=command or sys.argv,
+        cwd=job.path.parent,
+    ))
+    with MetricsLog(paths.metrics) as metrics:
+        if resume_from is not None:
+            metrics.rewind_to(int(resume_from.name.rsplit("-", 1)[-1]))
+        context = RunContext(
+            job=job, run_dir=attempt.run_dir, model_path=resolved.path, model_info=model_info,
+            status=attempt.status, metrics=metrics, stop=stop, resume_from=resume_from,
+        )
+        if job.spec.resources.world_size > 1:
+            from runner.train.launch import launch_workers
+
+            return launch_workers(context, recipe)
+        return train(context)
+
+
+def _conclude(job: LoadedJob, attempt: _Attempt, outcome: TrainOutcome, stop: StopRequest, *, runs_root: Path,
+              registry: Path | None, supervised: Supervision | None) -> RunResult:
+    """How the run ended: interrupted (resumable), or succeeded once its result is registered."""
+    from runner.lineage import register_job_result
+
+    run_dir, finish = attempt.run_dir, attempt.finish
     if outcome.interrupted:
         finish(JobState.INTERRUPTED, error=f"{stop.signal_name}: checkpoint saved at step {outcome.global_step}")
         how = "the daemon resumes it when it runs again" if supervised else f"`runner run {job.path}` resumes it"
@@ -219,23 +257,8 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     finish(JobState.SUCCEEDED, step=outcome.global_step, extra=summary)
     if outcome.eval_loss_before is not None and outcome.eval_loss_after is not None:
         print(f"held-out loss: {outcome.eval_loss_before:.4f} -> {outcome.eval_loss_after:.4f}", flush=True)
-    print(f"succeeded in {outcome.seconds:.0f} s; adapter in {paths.adapter}", flush=True)
+    print(f"succeeded in {outcome.seconds:.0f} s; adapter in {run_paths(run_dir).adapter}", flush=True)
     return RunResult(run_dir, JobState.SUCCEEDED)
-
-
-def _recipe_for(kind: str) -> Callable[[RunContext], TrainOutcome]:
-    """The training recipe of a model kind, imported only when a job needs it."""
-    if kind == "causal-lm":
-        from runner.train.causal_lm import train_causal_lm
-
-        return train_causal_lm
-    from runner.train.model import ModelSetupError
-
-    try:
-        from runner.train.embedding import train_embedding
-    except ImportError as exc:
-        raise ModelSetupError(f"model.kind '{kind}' cannot be trained: {exc}") from exc
-    return train_embedding
 
 
 def _fail(finish: Callable[..., object], run_dir: Path, reason: FailureClass, message: str) -> RunResult:

@@ -8,8 +8,9 @@ version is a miss, never a stale hit.
 
 An entry is one .npz under ``RUNNER_HOME/data-cache/`` (token ids and labels as int32 arrays
 with offsets, the data reports as JSON; no pickle), written to a temp name and renamed, so a
-reader sees a whole entry or none. The newest `KEEP_ENTRIES` entries are kept.
-``RUNNER_DATA_CACHE=0`` turns the cache off.
+reader sees a whole entry or none. The newest `KEEP_ENTRIES` entries are kept. A job turns the
+cache off with ``train.speed.data_cache = false`` (the caller passes ``enabled``); where the cache
+lives is the machine's business (``RUNNER_HOME``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,10 @@ from runner.data.report import BadRecord, DataReport, LengthStats, Location
 
 FORMAT_VERSION = 1
 KEEP_ENTRIES = 32
-ENV_SWITCH = "RUNNER_DATA_CACHE"
 _CODE_FILES = ("causal.py", "formats.py", "pipeline.py", "records.py", "report.py", "cache.py")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
                     "chat_template.json")
-
-
-def cache_enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
@@ -196,7 +192,7 @@ def cached(files: Sequence[Path], tokenizer: Any, settings: Mapping[str, Any], b
            enabled: bool = True, folder: Path | None = None) -> tuple[Loaded, bool]:
     """`build()`'s result from the cache when an entry with this key exists, else built and stored.
     Returns (result, whether it came from the cache). A cache that cannot be written is skipped."""
-    if not (enabled and cache_enabled()):
+    if not enabled:
         return build(), False
     folder = folder or cache_dir()
     path = folder / f"{cache_key(files, tokenizer, settings)}.npz"

@@ -214,6 +214,45 @@ class LossSection(Section):
     )
 
 
+# Each switch keeps the loss and the gradients of the plain path (tests check them) and is on by
+# default; turning one off is a way out should it misbehave with some model, and how
+# bench/throughput.py measures its effect. A new switch is a field here, its use where the run
+# reads `spec.train.speed`, and an ablation variant in bench/throughput.py.
+class SpeedSection(Section):
+    """Switches that change how fast a run trains, never what it learns; all on by default."""
+
+    packed_attention: bool = Field(
+        True,
+        description=(
+            "Causal LMs with data.packing: attention runs per sequence (variable-length SDPA) instead of over a "
+            "block-diagonal mask of the whole packed row."
+        ),
+    )
+    loss_positions_only: bool = Field(
+        True,
+        description=(
+            "Causal LMs: the LM head is applied only at the positions whose next token counts in the loss (the "
+            "responses), not over the whole sequence."
+        ),
+    )
+    token_budget: int = Field(
+        1024,
+        ge=0,
+        description=(
+            "Causal LMs with data.packing and without train.gradient_checkpointing: a packed batch is forwarded and "
+            "backpropagated in parts of at most this many tokens (cut between sequences, never inside one), so peak "
+            "memory follows the budget instead of the batch. 0 forwards the whole batch at once."
+        ),
+    )
+    data_cache: bool = Field(
+        True,
+        description=(
+            "Causal LMs: reuse the tokenised data from the cache under RUNNER_HOME/data-cache/ when the data files, "
+            "the tokenizer and the data settings are unchanged."
+        ),
+    )
+
+
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0.0, le=1000.0, description="Passes over the training data.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
@@ -234,6 +273,10 @@ class TrainSection(Section):
     log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
     save_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
+    speed: SpeedSection = Field(
+        default_factory=SpeedSection,
+        description="Speed switches: how fast the run trains, not what it learns (all on by default).",
+    )
 
 
 class EvalSection(Section):

@@ -1,7 +1,7 @@
 """What the pipeline hands a training recipe, and what a recipe hands back.
 
-Every recipe (causal LM, embedding) takes a RunContext and returns a TrainOutcome, so the
-pipeline drives them all the same way and owns the state transitions around them.
+Every recipe (runner.train.recipes lists them) takes a RunContext and returns a TrainOutcome, so
+the pipeline drives them all the same way and owns the state transitions around them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 from runner.outputs.metrics import MetricsLog
 from runner.outputs.status import StatusFile
 from runner.spec.loader import LoadedJob
-from runner.train.hooks import StopRequest
 from runner.train.model import DeviceChoice
+from runner.train.stop import StopRequest
 
 
 @dataclass

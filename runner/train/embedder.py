@@ -31,7 +31,6 @@ from runner.data.embedding import EmbeddingExample, Item
 from runner.data.images import load_image
 from runner.data.report import DataError
 from runner.spec.model import JobSpec
-from runner.train.hooks import TokenCounter
 from runner.train.model import DeviceChoice, ModelSetupError, apply_adapter, load_pretrained
 
 PROJECTION_FILE = "projection.safetensors"
@@ -247,18 +246,6 @@ class EmbeddingCollator:
         return batch
 
 
-class EmbeddingTokenCounter(TokenCounter):
-    """Real tokens of every side of an embedding batch: texts, and VLM image prompts (image pads
-    included); a dual encoder's images have no tokens."""
-
-    def add(self, inputs: dict[str, Any]) -> None:
-        for side in ("query", "positive", "negative"):
-            for modality in ("text", "image"):
-                mask = ((inputs.get(side) or {}).get(modality) or {}).get("attention_mask")
-                if mask is not None:
-                    self._total = self._total + mask.sum()
-
-
 # ---------------------------------------------------------------------------------------
 # loading
 
@@ -305,7 +292,7 @@ def _image_processor(path: Path) -> Any:
 
 
 def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
-    from runner.train.causal_lm import load_tokenizer
+    from runner.train.common import load_tokenizer
 
     try:
         return load_tokenizer(path, trust_remote_code)

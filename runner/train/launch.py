@@ -33,7 +33,7 @@ import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from runner.fsutil import atomic_write_json
 from runner.outputs.metrics import MetricsLog
@@ -42,6 +42,7 @@ from runner.outputs.status import Status, StatusFile
 from runner.train import distributed
 from runner.train.context import RunContext, TrainOutcome
 from runner.train.model import DeviceChoice, ModelSetupError, choose_device
+from runner.train.recipes import Recipe
 
 WORKERS = ".workers"  # inside the run folder: launch.json (parent), outcome.json (rank 0), errors
 LAUNCH_FILE = "launch.json"
@@ -56,11 +57,11 @@ class WorkerCrashed(RuntimeError):
 # ------------------------------------------------------------------------------------ parent
 
 
-def launch_workers(ctx: RunContext, recipe: Callable[[RunContext], TrainOutcome]) -> TrainOutcome:
+def launch_workers(ctx: RunContext, recipe: Recipe) -> TrainOutcome:
     """Run `recipe` in resources.nproc torchrun workers and return rank 0's outcome."""
     spec = ctx.job.spec
     nproc = spec.resources.nproc
-    if not getattr(recipe, "supports_distributed", False):
+    if not recipe.distributed:
         raise ModelSetupError(f"resources.nproc > 1 is not supported for model.kind '{spec.model.kind}' yet; "
                               "set resources.nproc = 1")
     device = choose_device(spec.model, spec.resources, spec.adapter).device  # fails here, before any worker starts
@@ -77,7 +78,7 @@ def launch_workers(ctx: RunContext, recipe: Callable[[RunContext], TrainOutcome]
         "model_info": ctx.model_info,
         "resume_from": str(ctx.resume_from) if ctx.resume_from else None,
         "plain_logs": ctx.plain_logs,
-        "recipe": f"{recipe.__module__}:{recipe.__qualname__}",
+        "recipe": recipe.target,
         "backend": backend,
     }
     atomic_write_json(workers_dir / LAUNCH_FILE, launch)
@@ -331,7 +332,7 @@ def _classify(exc: BaseException) -> str:
 
 def worker_main(launch_file: str) -> int:
     """One torchrun worker: run the recipe; rank 0 reports the outcome, a failing rank reports why."""
-    from runner.train.hooks import StopRequest
+    from runner.train.stop import StopRequest
 
     _die_with_parent()  # torchrun gone (even by SIGKILL): this worker goes too
     launch = json.loads(Path(launch_file).read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ PACKAGE = Path(runner.__file__).parent
 
 # Lower number = lower layer. Modules of one layer may use each other.
 LAYERS: dict[str, int] = {
-    "paths": 0, "fsutil": 0, "allocator": 0,
+    "paths": 0, "fsutil": 0, "allocator": 0, "machine": 0,
     "spec": 1, "outputs": 1, "registry": 1,
     "data": 2,
     "train": 3, "lineage": 3,

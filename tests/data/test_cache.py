@@ -71,10 +71,14 @@ def test_any_change_is_a_miss(tmp_path: Path, tokenizer: Any, change: str) -> No
     assert cache_key([data], other_tokenizer, settings) != before
 
 
-def test_switched_off_by_environment(tmp_path: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNNER_DATA_CACHE", "0")
+def test_switched_off_by_the_caller_it_neither_reads_nor_writes(tmp_path: Path, tokenizer: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNNER_DATA_CACHE", "1")  # no longer read: the job's train.speed.data_cache decides
     data = write(tmp_path / "d.jsonl", ROWS)
     build = build_for([data], tokenizer, SETTINGS)
-    cached([data], tokenizer, SETTINGS, build, folder=tmp_path / "cache")
-    _, hit = cached([data], tokenizer, SETTINGS, build, folder=tmp_path / "cache")
-    assert not hit and not (tmp_path / "cache").exists()
+    cached([data], tokenizer, SETTINGS, build, folder=tmp_path / "cache")  # an entry exists
+    _, hit = cached([data], tokenizer, SETTINGS, build, enabled=False, folder=tmp_path / "cache")
+    assert not hit
+    other = tmp_path / "other-cache"
+    cached([data], tokenizer, SETTINGS, build, enabled=False, folder=other)
+    assert not other.exists()

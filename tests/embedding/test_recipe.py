@@ -122,16 +122,14 @@ def test_sigterm_checkpoints_and_the_resumed_run_ends_where_an_uninterrupted_one
 
     import runner.train.embedding as recipe
 
-    connect = recipe.connect_outputs
+    class SignalledAtStep3(recipe.EmbeddingTrainer):  # type: ignore[misc]
+        def __init__(self, *args: Any, callbacks: Any = None, **kwargs: Any) -> None:
+            super().__init__(*args, callbacks=[*(callbacks or []), _SigtermAt(3)], **kwargs)
 
-    def connect_and_interrupt(trainer: Any, ctx: Any, counter: Any = None) -> Any:
-        if ctx.resume_from is None:
-            trainer.add_callback(_SigtermAt(3))
-        return connect(trainer, ctx, counter)
-
-    monkeypatch.setattr(recipe, "connect_outputs", connect_and_interrupt)
     runs = tmp_path / "runs"
-    assert main(["run", str(job), "--runs-dir", str(runs)]) == 3  # interrupted, checkpoint at step 3
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe, "EmbeddingTrainer", SignalledAtStep3)
+        assert main(["run", str(job), "--runs-dir", str(runs)]) == 3  # interrupted, checkpoint at step 3
     run = only_run(runs)
     assert status_of(run)["state"] == "interrupted"
     assert [c.step for c in list_checkpoints(run / "checkpoints")] == [3]

@@ -163,7 +163,7 @@ def test_remote_code_needs_the_job_and_the_runner_to_allow_it(
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     """Make the next training stop (with a checkpoint) after `step`, as a SIGTERM would."""
-    from runner.train.hooks import ProgressReporter
+    from runner.train.trainers.base import ProgressReporter
 
     real = ProgressReporter.on_step_end
 

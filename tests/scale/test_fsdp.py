@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import pytest
@@ -29,12 +28,11 @@ def test_fsdp_on_the_cpu_is_refused_when_the_job_is_validated(write_job: Callabl
 
 
 def test_a_model_that_is_only_replicated_stops_the_run_at_its_first_step() -> None:
-    from runner.train.hooks import RunTrainer
     from runner.train.model import ModelSetupError
+    from runner.train.trainers.causal import check_sharded
 
-    trainer = SimpleNamespace(model_wrapped=torch.nn.Linear(4, 4), _sharding_checked=False)
     with pytest.raises(ModelSetupError, match="it is not sharded here"):
-        RunTrainer._check_sharded(trainer)  # type: ignore[arg-type]
+        check_sharded(torch.nn.Linear(4, 4))
 
 
 class _Block(torch.nn.Module):
