@@ -116,7 +116,8 @@ class RunTrainer(Trainer):
                     CompleteCheckpoints(run.checkpoints, run.keep_checkpoints, run.base_model)]
             if distributed.is_writer():  # under torchrun, rank 0 alone writes the run's files
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
-        super().__init__(*args, callbacks=[*ours, *(callbacks or [])], **kwargs)
+        # the caller's callbacks first: a stop one of them asks for at a step end is seen at that step
+        super().__init__(*args, callbacks=[*(callbacks or []), *ours], **kwargs)
         if run is not None and run.plain_logs:  # ProgressReporter prints one line per log; the printer would repeat it
             self.remove_callback(PrinterCallback)
 
