@@ -14,6 +14,7 @@ import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import transformers
@@ -181,3 +182,28 @@ def test_a_job_that_asks_for_fsdp_stops_at_its_first_step_when_the_model_is_only
     batch = {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[1, 2, 3]])}
     with pytest.raises(ModelSetupError, match="it is not sharded here"):
         trainer.training_step(model, batch)
+
+
+def test_a_trainers_own_step_metrics_reach_the_metrics_log(
+    write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How a new kind of trainer reports what it measures per step (say, preference rewards): it
+    adds them to the logs in `log`, a public method, and they land in metrics.jsonl."""
+    import json
+
+    import runner.train.causal_lm as recipe
+    from runner.cli import main
+    from runner.outputs.runs import list_runs
+
+    class Measuring(recipe.CausalTrainer):  # type: ignore[misc]
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs:
+                logs = {**logs, "rewards/margin": 0.25 * self.state.global_step}
+            super().log(logs, start_time)
+
+    monkeypatch.setattr(recipe, "CausalTrainer", Measuring)
+    job = write_job(train={"max_steps": 2})
+    assert main(["run", str(job), "--runs-dir", str(tmp_path / "runs")]) == 0
+    (run,) = list_runs(tmp_path / "runs", "tiny")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["rewards/margin"]) for m in lines if "loss" in m] == [(1, 0.25), (2, 0.5)]

@@ -230,6 +230,8 @@ class ProgressReporter(TrainerCallback):
             record.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
                           tokens_per_second=round((tokens_now - self._last_tokens) / elapsed, 2),
                           tokens_seen=tokens_now)
+            # a trainer's own metrics of the step (added to the logs by its `log`) go along
+            record.update({k: v for k, v in logs.items() if k not in record and k != "epoch"})
             self._last_time, self._last_tokens = now, tokens_now
         else:
             record.update({k: v for k, v in logs.items() if k not in ("epoch",)})
