@@ -5,11 +5,14 @@ environment only says where things are on this machine and how this machine runs
 - ``RUNNER_HOME``: the state folder (downloads, converted snapshots, the tokenisation cache;
   runner.paths);
 - ``RUNNER_JEMALLOC``: the allocator (``0`` turns it off, or the path of the library;
-  runner.allocator).
+  runner.allocator);
+- defaults of the command line and the API (``RUNNER_RUNS``, ``RUNNER_REGISTRY``,
+  ``RUNNER_API_KEY``), read where those options are.
 
-`machine_setting` and `machine_switch` read them, one way for all. Switches that once were environment variables
-are job settings now (``[train.speed]``); `retired_settings` names any still set, so a machine
-that sets one learns where it went instead of seeing it silently ignored.
+`machine_setting` (a value) and `machine_switch` (off / on, or a value) read them one way.
+Switches that once were environment variables are job settings now (``[train.speed]``);
+`retired_settings` names any still set, so a machine that sets one learns where it went instead
+of seeing it silently ignored.
 """
 
 from __future__ import annotations
