@@ -22,18 +22,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from runner.spec import JobSpecError, find_job_files, load_job
+    from runner.spec import find_job_files
+    from runner.spec.filechecks import Surroundings, validate_job_file
 
+    if _missing_paths(args.paths, "runner validate"):
+        return EXIT_USAGE
     files = find_job_files(args.paths)
-    missing_dirs = [p for p in args.paths if not Path(p).exists()]
+    where = None if args.no_files else Surroundings(folders=[Path(p) for p in args.paths if Path(p).is_dir()])
     results: list[dict[str, object]] = []
     for path in files:
-        try:
-            job = load_job(path)
+        job, issues = validate_job_file(path, where)
+        if job is not None and not issues:
             results.append({"file": str(path), "valid": True, "name": job.name, "errors": []})
-        except JobSpecError as exc:
-            results.append({"file": str(path), "valid": False, "errors": [i.to_dict() for i in exc.issues]})
-    if not files and not missing_dirs:
+        else:
+            results.append({"file": str(path), "valid": False, "errors": [i.to_dict() for i in issues]})
+    if not files:
         print("no job files (*.toml) found in: " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return EXIT_USAGE
     invalid = [r for r in results if not r["valid"]]
@@ -56,6 +59,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             summary += f"; {bad_issues} problem(s) in {len(invalid)} file(s)"
         print(summary, file=sys.stderr)
     return EXIT_INVALID if invalid else EXIT_OK
+
+
+def _missing_paths(paths: Sequence[str], prog: str) -> bool:
+    """Report paths named on the command line that do not exist (a usage error, exit 2)."""
+    missing = [p for p in paths if not Path(p).exists()]
+    for path in missing:
+        print(f"{prog}: error: {path}: no such file or folder", file=sys.stderr)
+    return bool(missing)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -89,6 +100,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return run_supervised(Path(args.run_dir).absolute(), Path(args.job).absolute(), runs_root(args.runs_dir),
                               registry=Path(args.registry).absolute() if args.registry else None,
                               allow_remote_code=args.allow_remote_code, command=list(sys.argv))
+    if _missing_paths([args.job], "runner run"):
+        return EXIT_USAGE
     job = _load_or_report(args.job)
     if job is None:
         return EXIT_INVALID
@@ -198,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("paths", nargs="+", help="job files or folders (searched for *.toml)")
     validate.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    validate.add_argument("--no-files", "--offline-only", dest="no_files", action="store_true",
+                          help="check the specs only: skip the checks of data files, model sources, registry "
+                               "aliases and job names (for specs validated away from their data)")
     validate.set_defaults(func=_cmd_validate)
 
     init = sub.add_parser("init", help="write a starter jobs/ folder with a commented example")

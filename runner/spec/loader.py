@@ -1,7 +1,9 @@
 """TOML job file -> validated, typed JobSpec, or a JobSpecError listing every problem at once.
 
-Order: TOML syntax, then the JSON Schema (the public contract; every violation collected), then
-the typed model (defaults applied), then cross-field rules. Each problem is located in the source
+Order: the size and shape limits (`runner.spec.limits`, checked by a pre-scan before any parser
+recurses), TOML syntax, numbers no schema can judge (nan, inf, integers beyond 64 bits), then the
+JSON Schema (the public contract; every violation collected), then the typed model (defaults
+applied), then cross-field rules. Each problem is located in the source
 with `SourceMap` so users see `jobs/x.toml:12:3: adapter.rnak: unknown key 'rnak' (did you mean 'r'?)`.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -21,12 +24,14 @@ import jsonschema
 import pydantic
 
 from runner.spec.errors import JobSpecError, SpecIssue, dotted
+from runner.spec.limits import INT64_MAX, INT64_MIN, MAX_JOB_FILE_BYTES
 from runner.spec.model import JobSpec
 from runner.spec.positions import SourceMap
+from runner.spec.prescan import prescan
 from runner.spec.rules import check_rules
 from runner.spec.schema import job_schema
+from runner.spec.toml_errors import explain
 
-_TOML_ERROR = re.compile(r"^(?P<msg>.*?) \(at line (?P<line>\d+), column (?P<col>\d+)\)$")
 _TYPE_NAMES = {
     "string": "a string",
     "integer": "an integer",
@@ -67,31 +72,60 @@ def load_job(path: str | Path) -> LoadedJob:
     path = Path(path)
     display = str(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_JOB_FILE_BYTES + 1)  # a larger file is refused unread
     except FileNotFoundError:
         raise JobSpecError(display, [SpecIssue(display, 1, 1, "", "file not found")]) from None
+    except IsADirectoryError:
+        raise JobSpecError(display, [SpecIssue(display, 1, 1, "", "is a folder, not a job file")]) from None
     except OSError as exc:
         raise JobSpecError(display, [SpecIssue(display, 1, 1, "", f"cannot read the file: {exc.strerror}")]) from None
     return parse_job(data, display=display, default_name=path.stem, path=path)
 
 
-def parse_job(data: bytes | str, *, display: str, default_name: str, path: Path | None = None) -> LoadedJob:
-    """Validate job text; `display` names the file in messages, `default_name` is the job name fallback."""
-    raw_bytes = data.encode("utf-8") if isinstance(data, str) else data
+def read_toml(data: bytes | str, *, display: str) -> tuple[dict[str, Any], str]:
+    """Job-file bytes -> (the TOML document, its text), or JobSpecError naming the place and the fix.
+
+    Bounded before anything recurses (see `runner.spec.limits`): size, nesting depth, key and
+    item counts and the length of unquoted values are measured by a non-recursive pre-scan, so a
+    hostile file costs milliseconds. A UTF-8 byte-order mark at the start is accepted.
+    """
+    raw_bytes = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if len(raw_bytes) > MAX_JOB_FILE_BYTES:
+        raise JobSpecError(display, [SpecIssue(
+            display, 1, 1, "", f"the file is larger than {MAX_JOB_FILE_BYTES // 1024} KiB; a job file is a few "
+                               "kilobytes of settings: keep data in data files")])
     try:
-        text = raw_bytes.decode("utf-8")
+        text = raw_bytes.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = raw_bytes[: exc.start].count(b"\n") + 1
         column = exc.start - (raw_bytes.rfind(b"\n", 0, exc.start) + 1) + 1
         raise JobSpecError(display, [SpecIssue(display, line, column, "", "the file is not valid UTF-8; save it as UTF-8")]) from None
+    shape = prescan(text)
+    if shape.problem is not None:
+        line, column = _position(text, shape.problem[0])
+        raise JobSpecError(display, [SpecIssue(display, line, column, "", shape.problem[1])])
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
-        raise JobSpecError(display, [_toml_issue(display, exc)]) from None
+        line, column, message = explain(text, exc, shape)
+        raise JobSpecError(display, [SpecIssue(display, line, column, "", message)]) from None
+    except (RecursionError, ValueError) as exc:  # the pre-scan should make this unreachable
+        raise JobSpecError(display, [SpecIssue(display, 1, 1, "", f"cannot parse the file: {exc}")]) from None
 
+
+def parse_job(data: bytes | str, *, display: str, default_name: str, path: Path | None = None) -> LoadedJob:
+    """Validate job text; `display` names the file in messages, `default_name` is the job name fallback."""
+    raw_bytes = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    raw, text = read_toml(raw_bytes, display=display)
     positions = SourceMap(text)
+    # Values no schema keyword can judge (nan compares false with every bound, and an integer
+    # beyond 64 bits is not TOML) are reported first and removed, so they hide no other problem.
+    odd = odd_numbers(raw)
+    if odd:  # an array loses the whole array, so no later index shifts
+        raw = _without(raw, [p[: next((i for i in range(len(p)) if isinstance(p[i], int)), len(p))] for p, _ in odd])
     located = [_schema_issue(display, positions, error) for error in _validator().iter_errors(raw)]
-    issues = [issue for issue, _ in located]
+    issues = [SpecIssue(display, *_at(positions, p), dotted(p), m) for p, m in odd] + [issue for issue, _ in located]
     spec: JobSpec | None = None
     try:
         # With schema errors, the rules still run on the file minus its bad values, so a user
@@ -117,6 +151,35 @@ def parse_job(data: bytes | str, *, display: str, default_name: str, path: Path 
     return LoadedJob(spec=spec, path=path or Path(display), sha256=hashlib.sha256(raw_bytes).hexdigest(), raw=raw)
 
 
+def odd_numbers(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """(path, message) of every non-finite float and every integer beyond 64 bits in a document."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), raw)]
+    while stack:  # iterative: depth is bounded by the pre-scan, but a walk need not rely on it
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append((path, f"{value} is not a finite number; write a number such as 0.1 "
+                                "(nan and inf are not settings)"))
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            found.append((path, f"integer {value} is out of range: TOML integers are 64-bit "
+                                f"(at most {INT64_MAX})"))
+        elif isinstance(value, dict):
+            stack.extend((path + (key,), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((path + (index,), item) for index, item in enumerate(value))
+    return sorted(found, key=lambda found_item: str(found_item[0]))
+
+
+def _at(positions: SourceMap, path: tuple[str | int, ...]) -> tuple[int, int]:
+    where = positions.value(path)
+    return where.line, where.column
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    line = text.count("\n", 0, offset) + 1
+    return line, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
 class _CannotPrune(Exception):
     """A missing required key: no partial spec can be built, so rules wait for the next pass."""
 
@@ -140,13 +203,6 @@ def _without(raw: dict[str, Any], paths: list[tuple[str | int, ...] | None]) -> 
         except (KeyError, IndexError, TypeError):
             raise _CannotPrune from None
     return pruned
-
-
-def _toml_issue(display: str, exc: tomllib.TOMLDecodeError) -> SpecIssue:
-    match = _TOML_ERROR.match(str(exc))
-    if match:
-        return SpecIssue(display, int(match["line"]), int(match["col"]), "", f"TOML syntax error: {match['msg']}")
-    return SpecIssue(display, 1, 1, "", f"TOML syntax error: {exc}")
 
 
 def _describe(value: Any) -> str:
@@ -234,6 +290,8 @@ def _schema_issue(
             message = f"expected a value > {error.validator_value}, found {_describe(instance)}"
         case "exclusiveMaximum":
             message = f"expected a value < {error.validator_value}, found {_describe(instance)}"
+        case "minLength":
+            message = f"expected a non-empty string, found {_describe(instance)}"
         case "minItems":
             message = f"expected at least {error.validator_value} item(s), found {_describe(instance)}"
         case _:

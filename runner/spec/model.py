@@ -13,7 +13,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-SOURCE_PATTERN = r"^(hf|local|gguf|pkg|registry|job):.+$"
+SOURCE_PATTERN = r"^(hf|local|gguf|pkg|registry|job):[^\x00-\x1f\x7f]+$"
+PATH_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: no file system takes NUL, none should take the rest
+BIG = 1_000_000_000  # the upper bound of counts (steps, records): large enough for any run, small enough to be sane
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
 
 ModelKind = Literal["causal-lm", "embedding", "image-text-embedding"]
@@ -43,12 +45,20 @@ StrList = Annotated[
     BeforeValidator(_one_or_many),
     Field(json_schema_extra={"x-one-or-many": True}),
 ]
+PathStr = Annotated[
+    str, Field(min_length=1, pattern=PATH_PATTERN, json_schema_extra={"x-hint": "a file path (no control characters)"})
+]
+PathList = Annotated[
+    list[PathStr],
+    BeforeValidator(_one_or_many),
+    Field(json_schema_extra={"x-one-or-many": True}),
+]
 
 
 class Section(BaseModel):
     """Strict base: unknown keys are errors, fields are documented, instances are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -101,11 +111,11 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    train: StrList = Field(
+    train: PathList = Field(
         description="Training data files (JSON, JSONL). A list is merged in order. Relative paths are relative to the job file.",
         min_length=1,
     )
-    eval: StrList = Field(
+    eval: PathList = Field(
         default_factory=list,
         description="Held-out evaluation files. Leave empty and set eval_fraction to split the training data instead.",
     )
@@ -135,7 +145,7 @@ class DataSection(Section):
         description="How the domain tag is rendered; '{value}' is replaced by the field's value.",
     )
     max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example; longer examples are truncated.")
-    max_records: int | None = Field(None, ge=1, description="Use only the first N training records (quick trials).")
+    max_records: int | None = Field(None, ge=1, le=BIG, description="Use only the first N training records (quick trials).")
     packing: bool = Field(
         False,
         description="Padding-free batches: sequences concatenated into one row with position ids restarting per sequence. Causal LMs only.",
@@ -145,7 +155,7 @@ class DataSection(Section):
         "error",
         description="'error' stops before training and lists every bad record; 'skip' drops them and reports the count.",
     )
-    image_root: str | None = Field(
+    image_root: PathStr | None = Field(
         None, description="Folder that relative image paths are resolved against (default: the data file's folder)."
     )
     image_size: int = Field(448, ge=16, le=4096, description="Images are resized to image_size x image_size pixels.")
@@ -158,7 +168,7 @@ class AdapterSection(Section):
         description="'lora' trains low-rank adapters; 'qlora' does so on a 4-bit quantised base; 'full' trains every weight.",
     )
     r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
-    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r).")
+    alpha: int = Field(32, ge=1, le=65536, description="LoRA scaling numerator (the update is scaled by alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target_modules: StrList = Field(
         default_factory=lambda: ["all-linear"],
@@ -202,7 +212,7 @@ class LossSection(Section):
     temperature: float = Field(0.05, gt=0.0, le=10.0, description="Softmax temperature for contrastive losses.")
     symmetric: bool = Field(False, description="Contrastive: score documents against queries as well as queries against documents.")
     base: BaseLossType = Field("contrastive", description="Matryoshka: the loss applied at each dimension.")
-    dims: list[Annotated[int, Field(ge=1)]] = Field(
+    dims: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=list, description="Matryoshka: embedding sizes, descending, e.g. [384, 256, 128, 64]."
     )
     dim_weights: list[Annotated[float, Field(gt=0.0)]] = Field(
@@ -255,9 +265,9 @@ class SpeedSection(Section):
 
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0.0, le=1000.0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, ge=1, description="Examples per device per step.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    max_steps: int | None = Field(None, ge=1, le=BIG, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, le=65536, description="Examples per device per step.")
+    grad_accum: int = Field(1, ge=1, le=65536, description="Micro-batches accumulated per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule after warm-up."
@@ -268,11 +278,11 @@ class TrainSection(Section):
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
         "adamw_torch", description="Optimizer."
     )
-    seed: int = Field(42, ge=0, description="Seed for weights of new layers, data order and dropout.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for weights of new layers, data order and dropout.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
-    log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
-    save_every: int = Field(100, ge=1, description="Write a checkpoint every N optimizer steps.")
-    keep_checkpoints: int = Field(2, ge=1, description="Keep the newest N checkpoints.")
+    log_every: int = Field(10, ge=1, le=BIG, description="Log metrics every N optimizer steps.")
+    save_every: int = Field(100, ge=1, le=BIG, description="Write a checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="Keep the newest N checkpoints.")
     speed: SpeedSection = Field(
         default_factory=SpeedSection,
         description="Speed switches: how fast the run trains, not what it learns (all on by default).",
@@ -281,13 +291,13 @@ class TrainSection(Section):
 
 class EvalSection(Section):
     every: int | None = Field(
-        None, ge=1, description="Evaluate every N optimizer steps (needs data.eval or data.eval_fraction)."
+        None, ge=1, le=BIG, description="Evaluate every N optimizer steps (needs data.eval or data.eval_fraction)."
     )
     at_start: bool = Field(True, description="Evaluate before training, as a baseline (when eval data exists).")
     at_end: bool = Field(True, description="Evaluate after training (when eval data exists).")
-    batch_size: int | None = Field(None, ge=1, description="Eval batch size (default: train.batch_size).")
-    max_records: int | None = Field(None, ge=1, description="Evaluate on at most N records.")
-    recall_at: list[Annotated[int, Field(ge=1)]] = Field(
+    batch_size: int | None = Field(None, ge=1, le=65536, description="Eval batch size (default: train.batch_size).")
+    max_records: int | None = Field(None, ge=1, le=BIG, description="Evaluate on at most N records.")
+    recall_at: list[Annotated[int, Field(ge=1, le=BIG)]] = Field(
         default_factory=lambda: [1, 5, 10], description="Embedding retrieval: the k values of recall@k."
     )
 
@@ -362,7 +372,7 @@ class ResourcesSection(Section):
             "'D-HH', 'D-HH:MM', 'D-HH:MM:SS'. A run that reaches it saves a checkpoint, is interrupted and "
             "resumes from that checkpoint on a new allocation."
         ),
-        json_schema_extra={"type": ["string", "integer"], "minimum": 1,
+        json_schema_extra={"type": ["string", "integer"], "minimum": 1, "maximum": 10_000_000,
                            "x-hint": "minutes as a number, or a Slurm time such as '2:00:00' or '1-12:00:00'"},
     )
     strategy: Literal["ddp", "fsdp"] = Field(

@@ -18,6 +18,9 @@ PathKey = tuple[str | int, ...]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR_END = re.compile(r"[,\]}\n#]")
+# Arrays and inline tables are scanned recursively; deeper than any job file may be (see
+# runner.spec.limits), far from Python's recursion limit. Positions found so far stay usable.
+_MAX_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -36,18 +39,38 @@ class _ScanStop(Exception):
     """The scanner met something it does not model; positions found so far are kept."""
 
 
+class _Node:
+    """One key of the document: where it and its value are written, and its children.
+
+    A tree rather than a dict keyed by full paths: a key 30,000 parts deep would otherwise store
+    30,000 tuples of up to 30,000 parts (quadratic memory, gigabytes); here each part is one node.
+    """
+
+    __slots__ = ("children", "key", "value")
+
+    def __init__(self) -> None:
+        self.children: dict[str | int, _Node] = {}
+        self.key: Position | None = None
+        self.value: Position | None = None
+
+    def child(self, name: str | int) -> _Node:
+        node = self.children.get(name)
+        if node is None:
+            node = self.children[name] = _Node()
+        return node
+
+
 class SourceMap:
     """Positions of keys and values by path, e.g. ("adapter", "r") or ("data", "train", 1)."""
 
     def __init__(self, text: str) -> None:
         self._text = text
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        self._keys: dict[PathKey, Position] = {}
-        self._values: dict[PathKey, Position] = {}
+        self._root = _Node()
         self._i = 0
         try:
             self._scan()
-        except (_ScanStop, IndexError, tomllib.TOMLDecodeError):
+        except (_ScanStop, IndexError, ValueError, tomllib.TOMLDecodeError):
             pass
 
     # lookups -----------------------------------------------------------------------------
@@ -62,16 +85,27 @@ class SourceMap:
 
     def has(self, path: Iterable[str | int]) -> bool:
         path = tuple(path)
-        return path in self._keys or path in self._values
+        nodes = self._walk(path)
+        return len(nodes) == len(path) + 1 and (nodes[-1].key is not None or nodes[-1].value is not None)
+
+    def _walk(self, path: PathKey) -> list[_Node]:
+        """The nodes along `path` from the root, as far as the document has them."""
+        nodes = [self._root]
+        for part in path:
+            node = nodes[-1].children.get(part)
+            if node is None:
+                break
+            nodes.append(node)
+        return nodes
 
     def _nearest(self, path: PathKey, *, prefer_value: bool) -> Position:
-        while path:
-            first, second = (self._values, self._keys) if prefer_value else (self._keys, self._values)
-            if path in first:
-                return first[path]
-            if path in second:
-                return second[path]
-            path = path[:-1]
+        nodes = self._walk(path)
+        for node in reversed(nodes[1:]):
+            first, second = (node.value, node.key) if prefer_value else (node.key, node.value)
+            if first is not None:
+                return first
+            if second is not None:
+                return second
         return Position(1, 1)
 
     # scanning ------------------------------------------------------------------------------
@@ -101,8 +135,8 @@ class SourceMap:
         self._i += len(token)
 
     def _scan(self) -> None:
-        table: PathKey = ()
-        array_tables: dict[PathKey, int] = {}
+        table = self._root
+        array_tables: dict[_Node, int] = {}  # an array of tables -> the index of its last [[header]]
         text = self._text
         while True:
             self._skip_space(newlines=True)
@@ -112,47 +146,46 @@ class SourceMap:
             if self._peek(2) == "[[":
                 self._i += 2
                 self._skip_space(newlines=False)
-                keys = self._resolve_header(self._parse_key(), array_tables, start)
+                array = self._resolve_header(self._parse_key(), array_tables, start)
                 self._skip_space(newlines=False)
                 self._expect("]]")
-                index = array_tables.get(keys, -1) + 1
-                array_tables[keys] = index
-                table = keys + (index,)
-                self._keys.setdefault(keys, self._pos(start))
-                self._keys[table] = self._pos(start)
+                index = array_tables.get(array, -1) + 1
+                array_tables[array] = index
+                table = array.child(index)
+                array.key = array.key or self._pos(start)
+                table.key = self._pos(start)
             elif self._peek() == "[":
                 self._i += 1
                 self._skip_space(newlines=False)
                 table = self._resolve_header(self._parse_key(), array_tables, start)
                 self._skip_space(newlines=False)
                 self._expect("]")
-                self._keys.setdefault(table, self._pos(start))
+                table.key = table.key or self._pos(start)
             else:
-                self._key_value(table)
+                self._key_value(table, 0)
 
-    def _resolve_header(self, keys: list[tuple[str, int]], array_tables: dict[PathKey, int], start: int) -> PathKey:
-        """Header keys with the current index of any enclosing array of tables inserted.
+    def _resolve_header(self, keys: list[tuple[str, int]], array_tables: dict[_Node, int], start: int) -> _Node:
+        """The header's node, through the current element of any enclosing array of tables.
 
         Every prefix is recorded too: `[a.b]` defines table `a` implicitly, at that header.
         """
-        path: PathKey = ()
+        node = self._root
         for name, _ in keys:
-            path = path + (name,)
-            self._keys.setdefault(path, self._pos(start))
-            if path in array_tables:
-                path = path + (array_tables[path],)
-        return path
+            node = node.child(name)
+            node.key = node.key or self._pos(start)
+            if node in array_tables:
+                node = node.child(array_tables[node])
+        return node
 
-    def _key_value(self, table: PathKey) -> None:
-        keys = self._parse_key()
-        path = table
-        for name, index in keys:
-            path = path + (name,)
-            self._keys.setdefault(path, self._pos(index))
+    def _key_value(self, table: _Node, depth: int) -> None:
+        node = table
+        for name, index in self._parse_key():
+            node = node.child(name)
+            node.key = node.key or self._pos(index)
         self._skip_space(newlines=False)
         self._expect("=")
         self._skip_space(newlines=False)
-        self._parse_value(path)
+        self._parse_value(node, depth)
 
     def _parse_key(self) -> list[tuple[str, int]]:
         keys: list[tuple[str, int]] = []
@@ -187,8 +220,10 @@ class SourceMap:
             i += 2 if text[i] == "\\" else 1
         return i + 1
 
-    def _parse_value(self, path: PathKey) -> None:
-        self._values[path] = self._pos(self._i)
+    def _parse_value(self, node: _Node, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            raise _ScanStop("too deep")
+        node.value = self._pos(self._i)
         text = self._text
         if text.startswith('"""', self._i) or text.startswith("'''", self._i):
             quote = text[self._i : self._i + 3]
@@ -216,7 +251,7 @@ class SourceMap:
                 if self._peek() == "]":
                     self._i += 1
                     return
-                self._parse_value(path + (index,))
+                self._parse_value(node.child(index), depth + 1)
                 self._skip_space(newlines=True)
                 if self._peek() == ",":
                     self._i += 1
@@ -228,7 +263,7 @@ class SourceMap:
                 if self._peek() == "}":
                     self._i += 1
                     return
-                self._key_value(path)
+                self._key_value(node, depth + 1)
                 self._skip_space(newlines=True)
                 if self._peek() == ",":
                     self._i += 1

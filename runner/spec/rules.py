@@ -125,10 +125,24 @@ def _packing_causal_only(spec: JobSpec) -> Iterator[Problem]:
 
 def _eval_needs_data(spec: JobSpec) -> Iterator[Problem]:
     has_eval = bool(spec.data.eval) or spec.data.eval_fraction > 0
-    if spec.eval.every is not None and not has_eval:
-        yield ("eval", "every"), "evaluation needs data: set data.eval (files) or data.eval_fraction"
+    if not has_eval:
+        for key in sorted(spec.eval.model_fields_set):
+            if key in ("at_start", "at_end") and not getattr(spec.eval, key):
+                continue  # turning evaluation off needs no data
+            what = "evaluation needs data" if key == "every" else f"eval.{key} has no effect without eval data"
+            yield ("eval", key), f"{what}: set data.eval (files) or data.eval_fraction, or remove it"
     if spec.data.eval and spec.data.eval_fraction > 0:
         yield ("data", "eval_fraction"), "set either data.eval or data.eval_fraction, not both"
+
+
+def _source_well_formed(spec: JobSpec) -> Iterator[Problem]:
+    """The source's own syntax (hf: repo ids, gguf: file names, pkg: import names), without the disk."""
+    from runner.registry import SourceError, parse_source  # pure parsing; imported when first needed
+
+    try:
+        parse_source(spec.model.source)
+    except SourceError as exc:
+        yield ("model", "source"), str(exc)
 
 
 def _device_precision(spec: JobSpec) -> Iterator[Problem]:
@@ -192,6 +206,7 @@ RULES: tuple[Rule, ...] = (
     _projection_embeddings_only,
     _packing_causal_only,
     _eval_needs_data,
+    _source_well_formed,
     _device_precision,
     _no_self_reference,
     _slurm_options,

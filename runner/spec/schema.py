@@ -37,6 +37,10 @@ def _simplify(node: Any) -> Any:
                 del node["default"]
     if node.pop("x-one-or-many", False):
         node["type"] = ["string", "array"]
+        # a single string is checked like an item (string keywords ignore arrays)
+        for key in ("minLength", "pattern", "x-hint"):
+            if key in node.get("items", {}):
+                node.setdefault(key, node["items"][key])
     pattern_properties = node.pop("patternProperties", None)
     if pattern_properties:
         ((pattern, value_schema),) = pattern_properties.items()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.spec import JobSpecError, SpecIssue, parse_job
+from runner.spec import JobSpecError, SpecIssue, parse_job, read_toml
+from runner.spec.limits import MAX_JOB_FILE_BYTES
 
 __all__ = ["Settler", "SpecFile", "SpecInfo", "fallback_job_name", "inspect_spec", "is_spec_path", "job_dependencies", "scan_folder"]
 
@@ -74,7 +74,7 @@ def scan_folder(jobs_dir: Path) -> dict[str, SpecFile]:
                 continue
             try:
                 with open(full, "rb") as handle:
-                    data = handle.read()
+                    data = handle.read(MAX_JOB_FILE_BYTES + 1)  # a larger file is invalid: not read whole
             except (FileNotFoundError, IsADirectoryError, PermissionError):
                 continue
             found[relative] = SpecFile(relative, hashlib.sha256(data).hexdigest(), data)
@@ -101,8 +101,8 @@ def inspect_spec(jobs_dir: Path, spec: SpecFile) -> SpecInfo:
 def fallback_job_name(data: bytes, stem: str) -> str:
     """A run folder name for an invalid spec: its `name` if readable and valid, else the file stem."""
     try:
-        name = tomllib.loads(data.decode("utf-8")).get("name")
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        name = read_toml(data, display=stem)[0].get("name")  # bounded: never the parser's worst case
+    except JobSpecError:
         name = None
     if isinstance(name, str) and _JOB_NAME.fullmatch(name):
         return name

@@ -38,9 +38,9 @@ def test_usage_errors_exit_two(capsys: pytest.CaptureFixture[str]) -> None:
     assert exited.value.code == 2
 
 
-def test_missing_file_is_reported_not_raised(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["validate", str(tmp_path / "nope.toml")]) == 1
-    assert "nope.toml:1:1: file not found" in capsys.readouterr().out
+def test_missing_file_is_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["validate", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml: no such file or folder" in capsys.readouterr().err
 
 
 def test_json_format_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> None:
