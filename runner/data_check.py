@@ -12,9 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runner.data.formats import DomainPrefix, detect_format, normalize_record, resolve_fields
+from runner.data.formats import DomainPrefix, detect_format, guess_format, normalize_record, resolve_fields, usage_problems
 from runner.data.records import read_records
-from runner.data.report import BadRecord, DataError
+from runner.data.report import BadRecord, DataError, all_bad_message
 
 
 def _parse_fields(pairs: list[str]) -> dict[str, str]:
@@ -57,6 +57,12 @@ def check_data_command(
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        problems = usage_problems(data_format, columns) + [f"{f}: no such file or folder" for f in files
+                                                          if not Path(f).exists()]
+        for problem in problems:
+            print(f"runner data validate: error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
     if not files:
         print("error: name data files, or a job with --job", file=sys.stderr)
         return 2
@@ -85,6 +91,10 @@ def check_data_command(
                   + f"; {report['truncated']} truncated at max_length={max_length}")
         for bad in report["bad_records"]:
             print(f"  {bad}")
+        if report.get("summary"):
+            print(report["summary"])
+        for warning in report.get("warnings", []):
+            print(f"warning: {warning}")
     return 1 if report["bad_records"] else 0
 
 
@@ -144,6 +154,9 @@ def _check(
         except DataError as exc:
             bad.append(BadRecord(record.location, str(exc)))
     report.update(records_ok=ok, bad_records=bad)
+    if not ok:
+        report["summary"] = all_bad_message(report["records_read"], bad, fmt=fmt, forced=data_format != "auto",
+                                            looks_like=guess_format(records, columns) if data_format != "auto" else None)
     return report
 
 
@@ -157,4 +170,4 @@ def _check_embedding(files: list[str], data_format: str, columns: dict[str, str]
     report = data.train_report
     return {"files": files, "format": report.format, "format_reason": report.format_reason,
             "records_read": report.records_read, "records_ok": report.records_kept,
-            "bad_records": list(report.bad_records)}
+            "bad_records": list(report.bad_records), "warnings": list(report.warnings)}

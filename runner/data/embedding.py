@@ -28,11 +28,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.data.formats import RecordError, vote_on_format
+from runner.data.formats import RecordError, guess_format, vote_on_format
 from runner.data.images import image_problem, resolve_image
 from runner.data.pipeline import split_eval
 from runner.data.records import Record, read_records
-from runner.data.report import BadRecord, DataError, DataReport, check_policy, enforce_policy, in_file_order
+from runner.data.report import (
+    BadRecord,
+    DataError,
+    DataReport,
+    all_bad_message,
+    check_policy,
+    enforce_policy,
+    in_file_order,
+    score_scale_warning,
+)
+from runner.spec.limits import MAX_ABS_SCORE
 
 FORMATS: tuple[str, ...] = ("pairs", "triplets", "scored-pairs", "image-text")
 
@@ -99,6 +109,8 @@ class EmbeddingData:
         }
         if self.tasks:
             out["tasks"] = dict(self.tasks)
+        if report.warnings:
+            out["warnings"] = list(report.warnings)
         return out
 
 
@@ -163,8 +175,11 @@ def _required(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str]
 def _image(value: Any, key: str, root: Path) -> Item:
     if not isinstance(value, str) or not value.strip():
         raise RecordError(f"'{key}' must be an image path (a string), found {type(value).__name__}")
-    path = resolve_image(value, root)
-    problem = image_problem(path)
+    try:
+        path = resolve_image(value, root)
+    except RecordError as exc:
+        raise RecordError(f"'{key}': {exc}") from None
+    problem = image_problem(path, shown=value)
     if problem is not None:
         raise RecordError(f"'{key}': {problem}")
     return Item(image=path)
@@ -204,6 +219,9 @@ def to_example(
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RecordError(f"'{key}' must be a finite number, found {value!r}")
+        if abs(value) > MAX_ABS_SCORE:
+            raise RecordError(f"'{key}' is {value:g}, outside the range of scores (-{MAX_ABS_SCORE:g} to "
+                              f"{MAX_ABS_SCORE:g}); put the scores on a scale such as 0 to 1 or 0 to 5")
         score = float(value)
     elif fmt == "image-text":
         image_key, query_image_key = _field(data, "image", fields), _field(data, "query_image", fields)
@@ -307,12 +325,20 @@ def prepare_embedding_data(
     files = [str(f) for f in [*train_files, *eval_files]]
     bad = in_file_order([*read.bad, *bad], files)
     eval_bad = in_file_order([*eval_read_bad, *eval_bad], files)
-    enforce_policy([*bad, *eval_bad], on_bad_record)
+    summary = None
     if not train:
-        raise DataError(f"no usable training examples: all {len(records)} records are bad")
+        looks_like = guess_format([r.data for r in records], fields) if format != "auto" else None
+        summary = all_bad_message(len(records) + len(read.bad), bad, fmt=fmt, forced=format != "auto",
+                                  looks_like=looks_like)
+    enforce_policy([*bad, *eval_bad], on_bad_record, summary)
+    if summary is not None:
+        raise DataError(f"no usable training examples: {summary}")
     if eval_max_records:
         evaluation = evaluation[:eval_max_records]
     train_report = _report(fmt, reason, len(records) + len(read.bad), len(train), bad)
+    if fmt == "scored-pairs":
+        warning = score_scale_warning([(e.score, e.location) for e in train if e.score is not None])
+        train_report.warnings.extend([warning] if warning else [])
     eval_report = _report(fmt, reason, len(eval_records), len(evaluation), eval_bad) if eval_records else None
     counts = Counter(e.task for e in train if e.task is not None)
     return EmbeddingData(train, evaluation, train_report, eval_report, tasks={t: counts.get(t, 0) for t in tasks or ()})

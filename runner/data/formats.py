@@ -17,12 +17,14 @@ the caller attaches the record's location.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runner.data.records import loads_bounded
 from runner.data.report import DataError
 
 FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "text")
@@ -67,6 +69,10 @@ _PASSTHROUGH = ("tool_calls", "tool_call_id", "name")
 
 class RecordError(DataError):
     """A record that cannot be normalised; the message is the reason, without location."""
+
+
+class FieldsError(DataError, ValueError):
+    """A format name or a field mapping that does not fit the data (a setting, not a record)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,45 @@ def detect_format(
     )
 
 
+def guess_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """What the records look like, causal or embedding format (None: nothing fits): for the message
+    that explains why every record failed under a format set by hand."""
+    from runner.data.embedding import detect_format as detect_embedding  # imports this module
+
+    for detect in (detect_format, detect_embedding):
+        try:
+            return detect(records, fields)
+        except (DataError, ValueError):
+            continue
+    return None
+
+
+def usage_problems(data_format: str, fields: Mapping[str, str]) -> list[str]:
+    """What is wrong with a format and a field mapping given by hand (a command line, a request),
+    worded with the valid choices; empty when both are usable."""
+    from runner.data.embedding import ALIASES as EMBEDDING_FIELDS, FORMATS as EMBEDDING_FORMATS
+
+    formats = ("auto", *FORMATS, *EMBEDDING_FORMATS)
+    problems = []
+    if data_format not in formats:
+        close = difflib.get_close_matches(data_format, formats, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(f"--format {data_format!r}: expected one of {', '.join(formats)}{hint}")
+    if data_format in FORMATS:
+        valid = [*FORMAT_FIELDS[data_format], *(k for k, v in _FIELD_SYNONYMS.items() if v in FORMAT_FIELDS[data_format])]
+    elif data_format in EMBEDDING_FORMATS:
+        valid = list(EMBEDDING_FIELDS)
+    else:
+        valid = sorted({*(c for names in FORMAT_FIELDS.values() for c in names), *_FIELD_SYNONYMS, *EMBEDDING_FIELDS})
+    for canonical, name in fields.items():
+        if canonical not in valid:
+            swapped = f" (did you mean {name}={canonical}? the field name comes first)" if name in valid else ""
+            problems.append(f"--fields {canonical}={name}: {canonical!r} is not a field of "
+                            f"{'format ' + repr(data_format) if data_format != 'auto' else 'any format'}{swapped}; "
+                            f"expected one of {', '.join(valid)}")
+    return problems
+
+
 def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, str] | None:
     conv_key = _present(data, "conversations", fields)
     if conv_key is not None and isinstance(data[conv_key], list):
@@ -182,11 +227,11 @@ def resolve_fields(
     its canonical name.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
+        raise FieldsError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
     fields = _canonical(fields)
     unknown = sorted(set(fields) - set(FORMAT_FIELDS[fmt]))
     if unknown:
-        raise ValueError(f"unknown field(s) {unknown} for format {fmt!r}; expected some of {list(FORMAT_FIELDS[fmt])}")
+        raise FieldsError(f"unknown field(s) {unknown} for format {fmt!r}; expected some of {list(FORMAT_FIELDS[fmt])}")
     sample = records[:DETECT_SAMPLE]
     resolved: dict[str, str] = {}
     for canonical in FORMAT_FIELDS[fmt]:  # "conversations" comes before "role"/"content"
@@ -228,7 +273,7 @@ def normalize_record(
     if fmt == "alpaca":
         conv = _alpaca(data, fields)
     elif fmt in ("sharegpt", "messages"):
-        conv = _chat(data, fields)
+        conv = _chat(data, fields, fmt)
     elif fmt == "text":
         text = _string(data, fields["text"], required=True)
         if not text.strip():
@@ -268,7 +313,7 @@ def _alpaca(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
     return Conversation(messages)
 
 
-def _chat(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
+def _chat(data: Mapping[str, Any], fields: Mapping[str, str], fmt: str) -> Conversation:
     key, role_key, content_key = fields["conversations"], fields["role"], fields["content"]
     if key not in data:
         raise RecordError(f"missing '{key}'")
@@ -302,6 +347,8 @@ def _chat(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
             raise RecordError(f"empty user turn ({where})")
         elif role == "tool" and (not messages or messages[-1]["role"] not in ("assistant", "tool")):
             raise RecordError(f"{where} is a tool result ({turn[role_key]!r}) that does not follow an assistant turn")
+        if messages and role != "system":
+            _check_turn_order(messages[-1]["role"], role, where, n, fmt)
         messages.append(message)
     first = next((m for m in messages if m["role"] != "system"), None)
     if first is None or first["role"] != "user":
@@ -311,6 +358,24 @@ def _chat(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
     return Conversation(messages, _tools(data, fields["tools"]))
 
 
+def _check_turn_order(previous: str, role: str, where: str, n: int, fmt: str) -> None:
+    """Turns alternate: user (or a tool result) then assistant, as LLaMA-Factory's sharegpt converter
+    requires (user/observation in odd places, gpt/function_call in even ones). OpenAI-style
+    `messages` may hold several tool results in a row (parallel tool calls), as there."""
+    if role == "user" and previous == "user":
+        raise RecordError(f"{where} is a second user turn in a row (after turn {n - 1}); merge them, "
+                          "or put the assistant's reply between them")
+    if role == "user" and previous == "tool":
+        raise RecordError(f"{where} is a user turn right after a tool result (turn {n - 1}); the assistant's "
+                          "answer to the tool result goes between them")
+    if role == "assistant" and previous == "assistant":
+        raise RecordError(f"{where} is a second assistant turn in a row (after turn {n - 1}); merge them, "
+                          "or put the user's turn between them")
+    if role == "tool" and previous == "tool" and fmt == "sharegpt":
+        raise RecordError(f"{where} is a second tool result in a row (after turn {n - 1}); sharegpt turns "
+                          "alternate (user or observation, then gpt or function_call): merge the results")
+
+
 def _tools(data: Mapping[str, Any], key: str) -> list[dict[str, Any]] | None:
     """Tool schemas, given as a list or as a JSON string holding one (as in glaive data)."""
     tools = data.get(key)
@@ -318,9 +383,11 @@ def _tools(data: Mapping[str, Any], key: str) -> list[dict[str, Any]] | None:
         return None
     if isinstance(tools, str):
         try:
-            tools = json.loads(tools)
+            tools = loads_bounded(tools)
         except json.JSONDecodeError as e:
             raise RecordError(f"'{key}' is a string but not valid JSON ({e.msg} at column {e.colno})") from None
+        except ValueError as e:
+            raise RecordError(f"'{key}' holds JSON that cannot be used: {e}") from None
     if isinstance(tools, dict):
         tools = [tools]
     if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):

@@ -16,13 +16,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from runner.data.causal import IGNORE_INDEX, Example, chat_template_for, encode_conversation, to_example
-from runner.data.formats import DomainPrefix, detect_format, normalize_record, resolve_fields
+from runner.data.formats import DomainPrefix, detect_format, guess_format, normalize_record, resolve_fields
 from runner.data.records import Record, read_records
 from runner.data.report import (
     BadRecord,
     DataError,
     DataReport,
     LengthStats,
+    all_bad_message,
     check_policy,
     enforce_policy,
     in_file_order,
@@ -128,9 +129,14 @@ def build_examples(
             f"{tools_unused} records define tools, but the chat template does not render `tools`: "
             "the model will not see the tool schemas (use a tool-aware template, or put them in the system prompt)"
         )
-    enforce_policy(report.bad_records, on_bad_record)
+    summary = None
     if not examples:
-        raise DataError("no usable examples: every record is bad\n" + _lines(report.bad_records))
+        looks_like = guess_format(data, fields) if format != "auto" else None
+        summary = all_bad_message(report.records_read, report.bad_records, fmt=fmt, forced=format != "auto",
+                                  looks_like=looks_like)
+    enforce_policy(report.bad_records, on_bad_record, summary)
+    if summary is not None:
+        raise DataError(f"no usable examples: {summary}")
     return examples, report
 
 

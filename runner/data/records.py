@@ -10,12 +10,20 @@ A file that cannot be read at all (missing, empty, not UTF-8, broken JSON) raise
 `DataFileError` naming file, line and column and how to fix it. Inside a readable file,
 a JSONL line that is not valid JSON, or an element that is not an object, is a *bad
 record*: it is returned with its location and handled by the on_bad_record policy.
+
+Every value is decoded within bounds (`runner.spec.limits`), checked before the decoder
+recurses: nesting deeper than MAX_RECORD_DEPTH, integers longer than MAX_RECORD_INT_DIGITS,
+NaN / Infinity / numbers that overflow to infinity, and lone UTF-16 surrogates ("\\ud800",
+which no tokenizer can encode) make the record bad, with the reason, instead of raising from
+deep inside `json` or a tokenizer later.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,10 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from runner.data.report import BadRecord, DataError, Location
+from runner.spec.limits import MAX_RECORD_DEPTH, MAX_RECORD_INT_DIGITS
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _WS = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (the unrolled form: fast in `re`)
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{\]}]')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class DataFileError(DataError):
@@ -78,13 +90,133 @@ def read_file(path: str | Path) -> ReadResult:
         raise DataFileError(name, "file is empty", "add records to it, or remove it from the list of data files", 1, 1)
     if Path(path).suffix.lower() in JSONL_SUFFIXES:
         return _read_jsonl(name, text)
+    deep = too_deep(text, MAX_RECORD_DEPTH + 2)  # + the array and an object holding it
     try:
-        top = json.loads(text)
+        top = BoundedJSON().decoder.decode(text) if deep is None else None
     except json.JSONDecodeError as e:
         if _looks_like_jsonl(text, e):
             return _read_jsonl(name, text)
         raise _json_error(name, text, e) from None
+    if deep is not None:
+        if text.lstrip().startswith("{") and "\n{" in text and _jsonl_shaped(text):
+            return _read_jsonl(name, text)
+        line, column = _line_column(text, deep)
+        raise DataFileError(name, f"JSON nested more than {MAX_RECORD_DEPTH} levels deep inside a record",
+                            "records are objects of text fields (and turns, tools); flatten this value", line, column)
     return _read_json(name, text, top)
+
+
+class BoundedJSON:
+    """A JSON decoder that refuses what a data record must not hold, and says why.
+
+    Its hooks cannot raise through the C scanner with a position, so they note the reason and
+    return a placeholder; the caller checks `take()` after each value it decodes.
+    """
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.decoder = json.JSONDecoder(parse_int=self._int, parse_float=self._float, parse_constant=self._constant)
+
+    def take(self) -> str | None:
+        """The first reason noted since the last call (None: the value is clean)."""
+        reasons, self.reasons = self.reasons, []
+        return reasons[0] if reasons else None
+
+    def _int(self, digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_RECORD_INT_DIGITS:
+            self.reasons.append(f"an integer of {len(digits.lstrip('-'))} digits (at most {MAX_RECORD_INT_DIGITS}); "
+                                "write large numbers as strings")
+            return 0
+        return int(digits)
+
+    def _float(self, text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            self.reasons.append(f"the number {text[:40]} overflows to infinity; numbers must be finite")
+        return value
+
+    def _constant(self, name: str) -> float:
+        self.reasons.append(f"{name} is not a JSON number; numbers must be finite (write null or a number)")
+        return float("nan")
+
+
+def too_deep(text: str, limit: int) -> int | None:
+    """Offset of the first bracket nested deeper than `limit` in JSON `text` (strings ignored), or None.
+
+    The common case costs two C-speed regex passes; the slow scan that finds the offset runs only
+    when the limit is exceeded.
+    """
+    if text.count("[") + text.count("{") <= limit:  # an upper bound: brackets in strings count too
+        return None
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0) <= limit:
+        return None
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        char = text[match.start()]
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return match.start()
+        elif char in "]}":
+            depth -= 1
+    return None
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where `value` holds a string with a lone UTF-16 surrogate ("'field' turn 2"), or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"{where or 'a value'} holds a lone surrogate ({item[e.start]!r})"
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                stack.append((where or "a key", key))
+                stack.append((f"{where}.{key}" if where else repr(key), inner))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", inner) for i, inner in enumerate(item))
+    return None
+
+
+def loads_bounded(text: str) -> Any:
+    """One JSON value held in a string field (tool schemas written as JSON text), within the record
+    bounds; raises json.JSONDecodeError for bad syntax and ValueError with the reason otherwise."""
+    if too_deep(text, MAX_RECORD_DEPTH) is not None:
+        raise ValueError(f"nested more than {MAX_RECORD_DEPTH} levels deep")
+    bounded = BoundedJSON()
+    value = bounded.decoder.decode(text)
+    reason = _refusal(bounded, value, text)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+def _refusal(decoder: BoundedJSON, value: Any, raw: str) -> str | None:
+    """Why a decoded record must not be used (bounds, surrogates), or None."""
+    reason = decoder.take()
+    if reason is None and _SURROGATE_ESCAPE.search(raw):
+        where = lone_surrogate(value)
+        if where is not None:
+            reason = (f"{where}: half of a UTF-16 pair is not a character; write both halves "
+                      "(e.g. \\ud83d\\ude00) or the character itself")
+    return reason
+
+
+def _line_column(text: str, offset: int) -> tuple[int, int]:
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
+
+
+def _jsonl_shaped(text: str) -> bool:
+    """One object per line (a .json file holding JSONL), judged by the first line alone."""
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        return isinstance(BoundedJSON().decoder.decode(first), dict) if too_deep(first, MAX_RECORD_DEPTH) is None else True
+    except json.JSONDecodeError:
+        return False
 
 
 def _read_text(path: Path) -> str:
@@ -130,15 +262,26 @@ def _json_error(name: str, text: str, e: json.JSONDecodeError) -> DataFileError:
 
 def _read_jsonl(name: str, text: str) -> ReadResult:
     result = ReadResult()
+    bounded = BoundedJSON()
     # split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         location = Location(name, line=lineno)
+        deep = too_deep(line, MAX_RECORD_DEPTH)
+        if deep is not None:
+            result.bad.append(BadRecord(location, f"nested more than {MAX_RECORD_DEPTH} levels deep at column "
+                                                  f"{deep + 1}; records are objects of text fields: flatten it"))
+            continue
         try:
-            value = json.loads(line)
+            value = bounded.decoder.decode(line)
         except json.JSONDecodeError as e:
+            bounded.take()
             result.bad.append(BadRecord(location, f"invalid JSON at column {e.colno}: {e.msg}"))
+            continue
+        reason = _refusal(bounded, value, line)
+        if reason is not None:
+            result.bad.append(BadRecord(location, reason))
             continue
         _append(result, value, location)
     if not result.records and not result.bad:
@@ -178,8 +321,12 @@ def _read_json(name: str, text: str, top: Any) -> ReadResult:
     if not elements:
         raise DataFileError(name, "holds an empty list of records", "add records, or remove the file", 1, start + 1)
     result = ReadResult()
-    for index, (value, offset) in enumerate(elements):
-        _append(result, value, Location(name, line=line_of(offset), index=index))
+    for index, (value, offset, reason) in enumerate(elements):
+        location = Location(name, line=line_of(offset), index=index)
+        if reason is not None:
+            result.bad.append(BadRecord(location, reason))
+        else:
+            _append(result, value, location)
     return result
 
 
@@ -191,19 +338,21 @@ def _append(result: ReadResult, value: Any, location: Location) -> None:
         result.bad.append(BadRecord(location, f"record is a JSON {kind}; expected an object {{...}}"))
 
 
-# The two scanners below walk text that json.loads already accepted, only to learn
-# where each element starts (for line numbers); they never see invalid JSON.
+# The two scanners below walk text that the bounded decoder already accepted, only to learn
+# where each element starts (for line numbers); they never see invalid or too-deep JSON.
 
 
-def _array_elements(text: str, pos: int) -> list[tuple[Any, int]]:
-    """(value, start offset) of each element of the array starting at text[pos] == '['."""
+def _array_elements(text: str, pos: int) -> list[tuple[Any, int, str | None]]:
+    """(value, start offset, reason to refuse it) of each element of the array at text[pos] == '['."""
     pos = _WS.match(text, pos + 1).end()
-    out: list[tuple[Any, int]] = []
+    out: list[tuple[Any, int, str | None]] = []
     if text[pos] == "]":
         return out
+    bounded = BoundedJSON()
+    surrogates = _SURROGATE_ESCAPE.search(text) is not None
     while True:
-        value, end = _DECODER.raw_decode(text, pos)
-        out.append((value, pos))
+        value, end = bounded.decoder.raw_decode(text, pos)
+        out.append((value, pos, _refusal(bounded, value, text[pos:end] if surrogates else "")))
         pos = _WS.match(text, end).end()
         if text[pos] == "]":
             return out
@@ -216,12 +365,14 @@ def _object_value_offsets(text: str, pos: int) -> dict[str, int]:
     out: dict[str, int] = {}
     if text[pos] == "}":
         return out
+    skipper = BoundedJSON()  # decodes values only to skip them
     while True:
         key, end = json.decoder.scanstring(text, pos + 1)
         pos = _WS.match(text, end).end()  # at ":"
         pos = _WS.match(text, pos + 1).end()
         out[key] = pos
-        _, end = _DECODER.raw_decode(text, pos)
+        _, end = skipper.decoder.raw_decode(text, pos)
+        skipper.take()
         pos = _WS.match(text, end).end()
         if text[pos] == "}":
             return out

@@ -10,6 +10,8 @@ per run.
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,16 +55,49 @@ class BadRecord:
 
 
 class BadRecordsError(DataError):
-    """Raised under on_bad_record="error"; carries (and prints) every bad record."""
+    """Raised under on_bad_record="error"; carries every bad record and prints the first
+    MAX_LISTED, with the most common reasons (and `summary`, e.g. why every record failed)."""
 
-    def __init__(self, bad_records: Sequence[BadRecord]) -> None:
+    MAX_LISTED = 100
+
+    def __init__(self, bad_records: Sequence[BadRecord], summary: str | None = None) -> None:
         self.bad_records = list(bad_records)
-        lines = "\n".join(str(b) for b in self.bad_records)
         n = len(self.bad_records)
+        lines = "\n".join(str(b) for b in self.bad_records[: self.MAX_LISTED])
+        if n > self.MAX_LISTED:
+            lines += f"\n... and {n - self.MAX_LISTED} more; most common reasons: {common_reasons(self.bad_records)}"
+        head = f"{summary}\n" if summary else ""
         super().__init__(
-            f"{n} bad record{'s' if n != 1 else ''}:\n{lines}\n"
+            f"{head}{n} bad record{'s' if n != 1 else ''}:\n{lines}\n"
             'Fix them, or set data.on_bad_record = "skip" to drop them (they are counted in the data report).'
         )
+
+
+def common_reasons(bad_records: Sequence[BadRecord], top: int = 3) -> str:
+    """The most common reasons with their counts; numbers are folded, so "turn 3" and "turn 5" of
+    the same mistake count together (the first one seen stands for the group)."""
+    counts: Counter[str] = Counter()
+    example: dict[str, str] = {}
+    for bad in bad_records:
+        group = re.sub(r"\d+", "N", bad.reason)
+        counts[group] += 1
+        example.setdefault(group, bad.reason)
+    parts = [f"{example[group]} ({n} record{'s' if n != 1 else ''})" for group, n in counts.most_common(top)]
+    if len(counts) > top:
+        parts.append(f"{len(counts) - top} other reason(s)")
+    return "; ".join(parts)
+
+
+def all_bad_message(total: int, bad_records: Sequence[BadRecord], *, fmt: str, forced: bool,
+                    looks_like: tuple[str, str] | None = None) -> str:
+    """Why no record at all is usable: the common reasons and, when the format was set by hand
+    and the records look like another one, that format and how to choose it."""
+    message = f"all {total} records are bad as format '{fmt}'; most common reasons: {common_reasons(bad_records)}"
+    if forced and looks_like is not None and looks_like[0] != fmt:
+        other, why = looks_like
+        message += (f". The records look like {other} ({why}): set data.format = \"{other}\" "
+                    f"(--format {other}), or \"auto\"")
+    return message
 
 
 def in_file_order(bad_records: Sequence[BadRecord], files: Sequence[str]) -> list[BadRecord]:
@@ -76,11 +111,11 @@ def in_file_order(bad_records: Sequence[BadRecord], files: Sequence[str]) -> lis
     return sorted(bad_records, key=key)
 
 
-def enforce_policy(bad_records: Sequence[BadRecord], on_bad_record: str) -> None:
+def enforce_policy(bad_records: Sequence[BadRecord], on_bad_record: str, summary: str | None = None) -> None:
     """Raise `BadRecordsError` with the full list under "error"; do nothing under "skip"."""
     check_policy(on_bad_record)
     if bad_records and on_bad_record == "error":
-        raise BadRecordsError(bad_records)
+        raise BadRecordsError(bad_records, summary)
 
 
 def check_policy(on_bad_record: str) -> None:
@@ -161,3 +196,27 @@ class DataReport:
         d = asdict(self)
         d["bad_records"] = [str(b) for b in self.bad_records]
         return d
+
+
+# Score scales of scored-pair datasets, narrowest first: STS-B is 0-5, most others 0-1 or -1-1.
+SCORE_SCALES: tuple[tuple[float, float], ...] = ((0.0, 1.0), (-1.0, 1.0), (0.0, 5.0), (1.0, 5.0), (0.0, 10.0),
+                                                 (0.0, 100.0))
+
+
+def score_scale_warning(scores: Sequence[tuple[float, Location | None]], share: float = 0.9) -> str | None:
+    """A warning when most scores (`share`) lie on one common scale and a few do not: two files on
+    different scales merged, or a typo. CoSENT ranks every pair of scores, so an outlier pushes its
+    pairs above all others."""
+    if not scores:
+        return None
+    for low, high in SCORE_SCALES:
+        outside = [(value, where) for value, where in scores if not low <= value <= high]
+        if len(scores) - len(outside) >= share * len(scores):
+            if not outside:
+                return None
+            value, where = outside[0]
+            inside = 100 * (len(scores) - len(outside)) / len(scores)
+            return (f"{len(outside)} of {len(scores)} scores lie outside {low:g} to {high:g}, where the other "
+                    f"{inside:.0f}% lie (first: {where}, score {value:g}); do the files mix scales? "
+                    "put every score on one scale")
+    return None

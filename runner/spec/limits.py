@@ -40,3 +40,7 @@ MAX_RECORD_DEPTH = 64
 
 MAX_RECORD_INT_DIGITS = 30
 """Digits of one integer in a data record (a score, an id); larger ones are refused, not parsed."""
+
+MAX_ABS_SCORE = 1_000.0
+"""Scored pairs: a score is a finite number within ±1,000 (0-1, 0-5, -1-1, 0-100 all fit; only
+their order matters to CoSENT). A dataset whose scores mix scales gets a warning."""
