@@ -22,7 +22,9 @@ keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(min_size=1, max_size=12))
 scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False),
+    st.integers(min_value=-(10**40), max_value=10**40),  # beyond 64 bits: TOML refuses them
+    st.floats(),  # nan and inf included: refused with their own message
+    st.sampled_from([float("nan"), float("inf"), float("-inf")]),
     st.text(max_size=20),
     st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)),
     st.dates(),
@@ -108,3 +110,44 @@ def test_source_map_locates_every_key(doc: dict[str, Any]) -> None:
     source_map = SourceMap(text)
     for path in _key_paths(doc):
         assert source_map.has(path), (path, text)
+
+
+# ---- hostile shapes: nesting, huge numbers, surrogates, non-finite values --------------------------
+
+_OPENERS = st.sampled_from(["[", "{a = ", "{b.c = ", "[1, "])
+_CLOSERS = {"[": "]", "{a = ": "}", "{b.c = ": "}", "[1, ": "]"}
+
+
+@st.composite
+def deeply_nested_documents(draw: st.DrawFn) -> str:
+    """A valid job with a value nested up to thousands of levels (arrays, inline tables, dotted keys)."""
+    depth = draw(st.integers(1, 3_000))
+    openers = draw(st.lists(_OPENERS, min_size=depth, max_size=depth))
+    value = "".join(openers) + draw(st.sampled_from(["1", '"x"', "nan", "[]", "{}"])) + "".join(
+        _CLOSERS[o] for o in reversed(openers))
+    key = ".".join(["k"] * draw(st.integers(1, 2_000)))
+    table = draw(st.sampled_from(["", "[train]\n", "[" + ".".join(["t"] * draw(st.integers(1, 100))) + "]\n"]))
+    return 'name = "deep"\n[model]\nsource = "pkg:x"\n[data]\ntrain = "t.jsonl"\n' + table + f"{key} = {value}\n"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(deeply_nested_documents())
+def test_deeply_nested_documents_never_escape_the_project_error(text: str) -> None:
+    _check(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None, categories=("Cs", "Lu", "Nd", "Po", "Zs")), max_size=40),
+       st.sampled_from(["name = ", "description = ", "[data]\ntrain = "]))
+def test_surrogates_raw_or_escaped_never_escape_the_project_error(text: str, prefix: str) -> None:
+    _check(prefix + '"' + text + '"')  # raw surrogates: not UTF-8 once encoded
+    escaped = "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text if c not in '"\\')
+    _check(prefix + '"' + escaped + '"')  # escaped: not a Unicode scalar value
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 6_000), st.sampled_from(["", "-", "+", "0x", "0o", "0b"]),
+       st.sampled_from(["seed", "batch_size", "max_steps", "unknown"]))
+def test_huge_integers_never_escape_the_project_error(digits: int, sign: str, key: str) -> None:
+    body = "1" * digits
+    _check(f'[model]\nsource = "pkg:x"\n[data]\ntrain = "t.jsonl"\n[train]\n{key} = {sign}{body}\n')
