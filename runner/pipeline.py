@@ -135,6 +135,7 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     from runner.data.report import DataError
     from runner.lineage import ResumeRefused
     from runner.registry.sources import SourceError
+    from runner.train.health import TrainingDiverged
     from runner.train.model import ModelSetupError
     from runner.train.stop import StopRequest
 
@@ -147,6 +148,8 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
                          allow_remote_code=allow_remote_code, command=command)
     except DataError as exc:
         return _fail(finish, run_dir, FailureClass.DATA, str(exc))
+    except TrainingDiverged as exc:
+        return _fail(finish, run_dir, FailureClass.DIVERGED, str(exc))
     except ResumeRefused as exc:
         return _fail(finish, run_dir, FailureClass.MODEL, str(exc))
     except (SourceError, ModelSetupError) as exc:

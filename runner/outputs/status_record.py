@@ -57,6 +57,7 @@ class FailureClass(StrEnum):
     TIMEOUT = "timeout"  # exceeded a configured time budget
     INTERRUPTED = "interrupted"  # signal / shutdown; resumable
     DEPENDENCY = "dependency"  # a job this one depends on did not succeed
+    DIVERGED = "diverged"  # the loss or the gradients became nan or infinite
     CANCELLED_BY_USER = "cancelled-by-user"
 
 

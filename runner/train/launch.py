@@ -41,6 +41,7 @@ from runner.outputs.runs import run_paths
 from runner.outputs.status import Status, StatusFile
 from runner.train import distributed
 from runner.train.context import RunContext, TrainOutcome
+from runner.train.health import TrainingDiverged
 from runner.train.model import DeviceChoice, ModelSetupError, choose_device
 from runner.train.recipes import Recipe
 
@@ -269,6 +270,8 @@ def _exception_for(report: dict[str, Any]) -> BaseException:
         exc = ModelSetupError(message)
     elif kind == "oom":
         exc = MemoryError(message)
+    elif kind == "diverged":
+        exc = TrainingDiverged(message)
     else:
         exc = WorkerCrashed(f"{report.get('type')}: {message}")
     exc.add_note(f"traceback of rank {report.get('rank')}:\n{report.get('traceback', '')}")
@@ -323,6 +326,8 @@ def _classify(exc: BaseException) -> str:
         return "data"
     if isinstance(exc, ModelSetupError):
         return "config"
+    if isinstance(exc, TrainingDiverged):
+        return "diverged"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():

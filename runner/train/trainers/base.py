@@ -6,7 +6,8 @@ into the Trainer's private methods.
 - checkpoints complete-or-absent under checkpoints/step-N (`CompleteCheckpoints`, on `on_save`);
 - a checkpoint-then-stop when the run is asked to stop (`StopRequest`, agreed by every rank at
   each step end, so all ranks stop after the same step and one checkpoint is written);
-- every rank's RNG state in the checkpoint, written by rank 0 alone.
+- every rank's RNG state in the checkpoint, written by rank 0 alone;
+- a stop with `TrainingDiverged` at the first nan or infinite gradient or loss (`HealthCheck`).
 
 Under torchrun every rank runs these hooks; only rank 0 writes the run's files.
 
@@ -48,6 +49,7 @@ from runner.outputs.checkpoints import BASE_RECORD, mark_complete, prune
 from runner.outputs.metrics import MetricsLog
 from runner.outputs.status import StatusFile
 from runner.train import distributed
+from runner.train.health import HealthCheck, likely_setting
 from runner.train.stop import StopRequest
 
 if TYPE_CHECKING:
@@ -72,12 +74,13 @@ class RunOutputs:
     keep_checkpoints: int = 2
     base_model: dict[str, Any] | None = None  # written into every checkpoint (BASE_RECORD); resume checks it
     plain_logs: bool = True
+    divergence_hint: str = "lower train.learning_rate"  # what a `diverged` failure suggests (runner.train.health)
 
     @classmethod
     def of(cls, ctx: RunContext) -> RunOutputs:
         return cls(status=ctx.status, metrics=ctx.metrics, stop=ctx.stop, checkpoints=ctx.run_dir / "checkpoints",
                    keep_checkpoints=ctx.job.spec.train.keep_checkpoints, base_model=ctx.model_info,
-                   plain_logs=ctx.plain_logs)
+                   plain_logs=ctx.plain_logs, divergence_hint=likely_setting(ctx.job.spec))
 
 
 @dataclass
@@ -113,7 +116,8 @@ class RunTrainer(Trainer):
         ours: list[TrainerCallback] = []
         if run is not None:
             ours = [ProgressReporter(run.status, run.metrics, run.stop, self.token_counter, run.plain_logs),
-                    CompleteCheckpoints(run.checkpoints, run.keep_checkpoints, run.base_model)]
+                    CompleteCheckpoints(run.checkpoints, run.keep_checkpoints, run.base_model),
+                    HealthCheck(run.divergence_hint)]  # a nan loss or gradient stops the run as diverged
             if distributed.is_writer():  # under torchrun, rank 0 alone writes the run's files
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
         # the caller's callbacks first: a stop one of them asks for at a step end is seen at that step
