@@ -28,7 +28,8 @@ def main() -> None:
         start = time.perf_counter()
         from runner.cli import main as cli_main
 
-        rc = cli_main(["validate", "--quiet", str(folder)])
+        # the copies name data files relative to jobs/, which do not resolve from the temporary folder
+        rc = cli_main(["validate", "--quiet", "--no-files", str(folder)])
         elapsed = time.perf_counter() - start
         shutil.rmtree(folder)
     print(f"validated {count} job files in {elapsed:.2f} s ({1000 * elapsed / count:.2f} ms per file, imports included); exit {rc}")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SOURCE_PATTERN = r"^(hf|local|gguf|pkg|registry|job):[^\x00-\x1f\x7f]+$"
-PATH_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: no file system takes NUL, none should take the rest
+PATH_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no control characters: no file system takes NUL, none should take the rest
 BIG = 1_000_000_000  # the upper bound of counts (steps, records): large enough for any run, small enough to be sane
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
 
