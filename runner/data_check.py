@@ -12,7 +12,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from runner.data.formats import DomainPrefix, detect_format, guess_format, normalize_record, resolve_fields, usage_problems
+from runner.data.formats import (
+    DomainPrefix,
+    detect_format,
+    guess_format,
+    normalize_record,
+    resolve_fields,
+    usage_problems,
+)
 from runner.data.records import read_records
 from runner.data.report import BadRecord, DataError, all_bad_message
 
@@ -128,9 +135,9 @@ def _check(
     report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason,
                               "records_read": len(read.records) + len(read.bad)}
     if tokenizer_source:
+        import runner.lineage  # noqa: F401  (registers the resolver for job: sources)
         from runner.data.pipeline import build_examples
         from runner.registry.sources import parse_source, resolve_source
-        import runner.lineage  # noqa: F401  (registers the resolver for job: sources)
         from runner.train.causal_lm import load_tokenizer
 
         tokenizer = load_tokenizer(Path(resolve_source(parse_source(tokenizer_source, base_dir=base_dir)).path))

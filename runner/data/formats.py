@@ -165,7 +165,8 @@ def guess_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str]
 def usage_problems(data_format: str, fields: Mapping[str, str]) -> list[str]:
     """What is wrong with a format and a field mapping given by hand (a command line, a request),
     worded with the valid choices; empty when both are usable."""
-    from runner.data.embedding import ALIASES as EMBEDDING_FIELDS, FORMATS as EMBEDDING_FORMATS
+    from runner.data.embedding import ALIASES as EMBEDDING_FIELDS
+    from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
 
     formats = ("auto", *FORMATS, *EMBEDDING_FORMATS)
     problems = []

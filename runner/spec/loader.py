@@ -158,11 +158,9 @@ def odd_numbers(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
     while stack:  # iterative: depth is bounded by the pre-scan, but a walk need not rely on it
         path, value = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            found.append((path, f"{value} is not a finite number; write a number such as 0.1 "
-                                "(nan and inf are not settings)"))
+            found.append((path, f"{value} is not a finite number; write a number such as 0.1 (nan and inf are not settings)"))
         elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-            found.append((path, f"integer {value} is out of range: TOML integers are 64-bit "
-                                f"(at most {INT64_MAX})"))
+            found.append((path, f"integer {value} is out of range: TOML integers are 64-bit (at most {INT64_MAX})"))
         elif isinstance(value, dict):
             stack.extend((path + (key,), item) for key, item in value.items())
         elif isinstance(value, list):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import bisect
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 PathKey = tuple[str | int, ...]
 

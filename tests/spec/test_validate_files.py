@@ -44,8 +44,8 @@ def test_missing_data_files_folders_and_image_roots_are_located(tmp_path: Path, 
     assert code == 1
     assert lines == [
         f"{job}:4:22: data.train[1]: data file not found: {tmp_path / 'nope.jsonl'}",
-        f"{job}:4:36: data.train[2]: data file is a folder, not a data file: {tmp_path / 'data'}; "
-        "list the .json/.jsonl files inside it",
+        (f"{job}:4:36: data.train[2]: data file is a folder, not a data file: {tmp_path / 'data'}; "
+         "list the .json/.jsonl files inside it"),
         f"{job}:5:8: data.eval: data file not found: {tmp_path / 'gone.jsonl'}",
         f"{job}:6:14: data.image_root: image folder is not a folder: {tmp_path / 'ok.jsonl'}",
     ]
@@ -101,8 +101,8 @@ def test_a_malformed_hub_source_is_refused_even_without_file_checks(tmp_path: Pa
     job = _write(tmp_path, "job.toml", '[model]\nsource = "hf:just-a-name"\n[data]\ntrain = "t.jsonl"\n')
     code, lines = _validate(capsys, "--no-files", str(job))
     assert code == 1
-    assert lines == [f"{job}:2:10: model.source: model source 'hf:just-a-name': 'just-a-name' is not ORG/NAME; "
-                     "write 'hf:ORG/NAME[@REVISION]', e.g. 'hf:HuggingFaceTB/SmolLM2-135M-Instruct'"]
+    assert lines == [(f"{job}:2:10: model.source: model source 'hf:just-a-name': 'just-a-name' is not ORG/NAME; "
+                      "write 'hf:ORG/NAME[@REVISION]', e.g. 'hf:HuggingFaceTB/SmolLM2-135M-Instruct'")]
 
 
 def test_eval_settings_without_eval_data_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,10 +111,10 @@ def test_eval_settings_without_eval_data_are_errors(tmp_path: Path, capsys: pyte
     code, lines = _validate(capsys, "--no-files", str(job))
     assert code == 1
     assert lines == [
-        f"{job}:6:14: eval.batch_size: eval.batch_size has no effect without eval data: set data.eval (files) "
-        "or data.eval_fraction, or remove it",
-        f"{job}:7:15: eval.max_records: eval.max_records has no effect without eval data: set data.eval (files) "
-        "or data.eval_fraction, or remove it",
+        (f"{job}:6:14: eval.batch_size: eval.batch_size has no effect without eval data: set data.eval (files) "
+         "or data.eval_fraction, or remove it"),
+        (f"{job}:7:15: eval.max_records: eval.max_records has no effect without eval data: set data.eval (files) "
+         "or data.eval_fraction, or remove it"),
     ]
 
 
