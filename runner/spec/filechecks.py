@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.spec.errors import JobSpecError, SpecIssue, dotted
+from runner.spec.limits import MAX_JOB_FILE_BYTES
 from runner.spec.loader import LoadedJob, find_job_files, load_job, read_toml
 from runner.spec.model import NAME_PATTERN, JobSpec
 from runner.spec.positions import SourceMap
@@ -57,7 +58,7 @@ class Surroundings:
             for path in find_job_files([folder]):
                 try:
                     with path.open("rb") as handle:
-                        name = read_toml(handle.read(), display=str(path))[0].get("name")
+                        name = read_toml(handle.read(MAX_JOB_FILE_BYTES + 1), display=str(path))[0].get("name")
                 except Exception:  # noqa: BLE001 - an unreadable neighbour only names no job here
                     name = None
                 names.setdefault(name if isinstance(name, str) else path.stem, path)
