@@ -26,7 +26,7 @@ def main() -> None:
             text = "\n".join(line for line in text.splitlines() if not line.startswith("name ="))
             (folder / f"job-{i:05d}.toml").write_text(text, encoding="utf-8")
         start = time.perf_counter()
-        from runner.cli import main as cli_main
+        from runner.commands import main as cli_main
 
         # the copies name data files relative to jobs/, which do not resolve from the temporary folder
         rc = cli_main(["validate", "--quiet", "--no-files", str(folder)])

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from runner.outputs.runs import list_runs, read_status  # noqa: E402
 from runner.outputs.status import JobState  # noqa: E402
-from runner.watch.commands import cancel_command  # noqa: E402
+from runner.commands.watch import cancel_command  # noqa: E402
 
 SPEC = """\
 [model]

@@ -19,10 +19,10 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "train": 3, "lineage": 3,
     "pipeline": 4,
-    "plan": 5, "tryout": 5, "data_check": 5, "embed_cli": 5, "models_cli": 5, "scaffold": 5,
+    "plan": 5, "scaffold": 5,
     "watch": 6, "slurm": 6,
-    "api": 7,
-    "cli": 8, "__main__": 9,
+    "api": 7, "commands": 7,
+    "__main__": 9,
 }
 
 

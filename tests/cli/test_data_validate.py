@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -111,7 +111,7 @@ def test_each_batch_holds_one_task_and_all_ranks_share_the_task_of_a_step(tmp_pa
 def test_data_validate_checks_an_embedding_job_with_the_recipe_checks(
     write_job, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
 ) -> None:
-    from runner.cli import main
+    from runner.commands import main
 
     rows = [{"query": "a", "positive": "b", "task": "search"}, {"query": "c", "positive": "d", "task": "chat"}]
     job = write_job(rows=rows, loss={"type": "multi-task", "tasks": {"search": {}}})

@@ -11,7 +11,7 @@ import pytest
 import tomli_w
 import torch
 
-from runner.cli import main
+from runner.commands import main
 
 from .helpers import metrics_of, only_run, status_of
 

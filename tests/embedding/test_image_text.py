@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from runner.cli import main
+from runner.commands import main
 
 from .helpers import metrics_of, only_run, status_of
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import set_seed
 
-from runner.cli import main
+from runner.commands import main
 from runner.data.embedding import EmbeddingBatchSampler
 from runner.spec.loader import load_job
 from runner.train.embedder import EmbeddingCollator, build_embedder

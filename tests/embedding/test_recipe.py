@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from runner.cli import main
+from runner.commands import main
 from runner.data.embedding import Item
 from runner.outputs.checkpoints import list_checkpoints
 from runner.train.embedder import load_trained_embedder

@@ -131,7 +131,7 @@ def test_outputs_package_does_not_import_torch() -> None:
     code = (
         "import sys, runner.outputs as o\n"
         "o.build_manifest(spec={}, spec_sha256='', model={}, data_fingerprint='', seed=0, command=[])\n"
-        "bad = sorted(m for m in ('torch', 'transformers', 'runner.train', 'runner.cli',"
+        "bad = sorted(m for m in ('torch', 'transformers', 'runner.train', 'runner.commands',"
         " 'runner.data', 'runner.registry') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.checkpoints import BASE_RECORD, list_checkpoints
 from runner.outputs.runs import latest_run, list_runs
 from runner.registry import Registry, resolve_source

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.cli import main
+from runner.commands import main
 from runner.registry import Registry, resolve_source, sha256_file
 
 

@@ -1,4 +1,4 @@
-"""`runner models import|list|info|delete|validate` through runner.cli.main, offline."""
+"""`runner models import|list|info|delete|validate` through runner.commands.main, offline."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import huggingface_hub
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.runs import new_run_dir
 from runner.outputs.status import StatusFile, new_status
 from runner.registry import Registry, sha256_file
@@ -129,7 +129,7 @@ def test_delete_frees_the_hub_blobs(hub_repo: Path, registry: Registry, env_home
     capsys.readouterr()
     assert main(["models", "delete", "tiny"]) == 0
     out = capsys.readouterr().out
-    from runner.models_cli import human_size
+    from runner.commands.models import human_size
 
     assert f"freed {human_size(size)}" in out
     assert not (env_home / "hub" / "models--org--tiny").exists()
@@ -165,7 +165,7 @@ def test_delete_refuses_while_an_entry_or_a_queued_job_depends_on_it(
     assert main(["models", "delete", "base", "--force", "--runs-dir", str(runs)]) == 0
     assert "kept" in capsys.readouterr().out and store.is_dir()
     assert main(["models", "delete", "child"]) == 0
-    from runner.models_cli import human_size
+    from runner.commands.models import human_size
 
     assert f"freed {human_size(size)}" in capsys.readouterr().out
     assert not store.exists() and registry.entries() == {}

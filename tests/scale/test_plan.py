@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from runner.cli import main
+from runner.commands import main
 from runner.plan import (
     BatchShape,
     Calibration,

@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 import torch
 
-from runner.cli import main
+from runner.commands import main
 from runner.fsutil import atomic_write_json
 from runner.outputs.runs import list_runs
 from runner.spec.model import AdapterSection, ModelSection, ResourcesSection

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = Path(__file__).parent / "invalid"
@@ -56,7 +56,7 @@ def test_json_format_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_console_script_runs_without_importing_torch() -> None:
     code = (
-        "import sys; from runner.cli import main; rc = main(['validate', '-q', 'jobs']);"
+        "import sys; from runner.commands import main; rc = main(['validate', '-q', 'jobs']);"
         "assert 'torch' not in sys.modules, 'validate must stay light'; sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.checkpoints import list_checkpoints
 from runner.outputs.runs import list_runs
 
@@ -121,7 +121,7 @@ def test_generate_and_export_use_the_latest_successful_run(
     # the merged weights compute what base + adapter compute
     import torch
 
-    from runner.tryout import find_result, load_result
+    from runner.commands.results import find_result, load_result
 
     adapted, _ = load_result(find_result("tiny", runs))
     ids = torch.tensor([[1, 5, 9, 12, 40]])

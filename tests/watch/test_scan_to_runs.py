@@ -87,7 +87,7 @@ def test_the_queue_survives_a_restart_and_a_lost_state_file_queues_nothing_twice
 def test_cancel_without_a_daemon_changes_the_run_itself_and_with_one_leaves_a_request(
     tmp_path: Path, make, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
 ) -> None:
-    from runner.watch.commands import cancel_command
+    from runner.commands.watch import cancel_command
     from runner.watch.store import DaemonLock, pending_requests
 
     (tmp_path / "jobs" / "a.toml").write_text(SPEC)

@@ -72,7 +72,7 @@ def embed_items(adapter_dir: Path, items: list[Item], *, dim: int | None, task: 
     import torch.nn.functional as F
 
     from runner.train.embedder import load_trained_embedder
-    from runner.tryout import base_model_path
+    from runner.commands.results import base_model_path
 
     info = json.loads((adapter_dir / "runner_adapter.json").read_text(encoding="utf-8"))
     if "embedder" not in info:
@@ -101,7 +101,7 @@ def embed_items(adapter_dir: Path, items: list[Item], *, dim: int | None, task: 
 
 def embed_command(job: str, runs_root: Path, *, texts: list[str], images: list[str], input_file: str | None,
                   out: str | None, dim: int | None, task: str | None, run_id: str | None) -> int:
-    from runner.tryout import TryoutError, find_result
+    from runner.commands.results import TryoutError, find_result
 
     try:
         if out is not None and Path(out).suffix.lower() not in (".npy", ".jsonl"):

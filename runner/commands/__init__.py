@@ -137,7 +137,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_validate(args: argparse.Namespace) -> int:
-    from runner.data_check import check_data_command
+    from runner.commands.data import check_data_command
 
     return check_data_command(
         files=args.files, job_path=args.job, data_format=args.format, fields=args.fields,
@@ -147,7 +147,7 @@ def _cmd_data_validate(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from runner.outputs.runs import runs_root
-    from runner.tryout import generate
+    from runner.commands.results import generate
 
     return generate(args.job, runs_root(args.runs_dir), prompt=args.prompt, max_new_tokens=args.max_new_tokens,
                     run_id=args.run)
@@ -155,13 +155,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from runner.outputs.runs import runs_root
-    from runner.tryout import export
+    from runner.commands.results import export
 
     return export(args.job, runs_root(args.runs_dir), out=args.out, merge=args.merge, run_id=args.run)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from runner.watch.commands import watch_command
+    from runner.commands.watch import watch_command
 
     def run() -> int:
         return watch_command(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
@@ -170,32 +170,32 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                              executor=args.executor, slurm_poll=args.slurm_poll)
 
     if args.api:  # the HTTP API and dashboard, served from the daemon's process
-        from runner.api.cli import with_api
+        from runner.commands.serve import with_api
 
         return with_api(args, run)
     return run()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from runner.watch.commands import status_command
+    from runner.commands.watch import status_command
 
     return status_command(args.job, runs_dir=args.runs_dir, as_json=args.json)
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from runner.watch.commands import cancel_command
+    from runner.commands.watch import cancel_command
 
     return cancel_command(args.job, runs_dir=args.runs_dir, wait=args.wait)
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from runner.watch.commands import logs_command
+    from runner.commands.watch import logs_command
 
     return logs_command(args.job, runs_dir=args.runs_dir, follow=args.follow, run_id=args.run)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from runner.embed_cli import embed_command
+    from runner.commands.embed import embed_command
     from runner.outputs.runs import runs_root
 
     return embed_command(args.job, runs_root(args.runs_dir), texts=args.text, images=args.image,
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="let a job with model.trust_remote_code = true load the model's own config code")
     plan.set_defaults(func=_cmd_plan)
 
-    from runner.models_cli import add_models_parser
+    from runner.commands.models import add_models_parser
 
     add_models_parser(sub)
 
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run each job here, one at a time (default), or submit each with sbatch to a Slurm cluster")
     watch.add_argument("--slurm-poll", type=float, default=5.0, metavar="SECONDS",
                        help="with --executor slurm: seconds between two squeue calls about the submitted jobs")
-    from runner.api.cli import add_api_options, add_serve_parser
+    from runner.commands.serve import add_api_options, add_serve_parser
 
     add_api_options(watch)
     watch.set_defaults(func=_cmd_watch)
