@@ -22,7 +22,7 @@ from runner.api.views import job_rows, pick_run, run_spec_text
 from runner.outputs.metrics import MetricsFormatError, MetricsLog
 from runner.outputs.runs import run_paths
 from runner.outputs.status import JobState, Status
-from runner.commands.watch import short_duration
+from runner.units import short_duration
 
 __all__ = ["error_page", "index_page", "job_live", "job_page", "jobs_table", "login_page"]
 

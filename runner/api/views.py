@@ -105,7 +105,7 @@ def readiness(settings: ApiSettings) -> tuple[bool, dict[str, Any]]:
         if state_file.exists():
             state = json.loads(state_file.read_text(encoding="utf-8"))
             queue["queued"] = len(state.get("queue") or [])
-        from runner.commands.watch import status_rows
+        from runner.outputs.runs import status_rows
 
         queue["jobs"] = len({status.job for _, status in status_rows(settings.runs_root)})
     except (OSError, ValueError, AttributeError) as exc:
@@ -159,7 +159,7 @@ def _time(value: Any) -> str | None:
 
 
 def job_rows(settings: ApiSettings) -> list[tuple[Path, Status]]:
-    from runner.commands.watch import status_rows
+    from runner.outputs.runs import status_rows
 
     return status_rows(settings.runs_root)
 
@@ -376,7 +376,7 @@ def submit_job(settings: ApiSettings, data: bytes, name: str | None) -> tuple[in
 
 def cancel_job(settings: ApiSettings, name: str) -> tuple[int, dict[str, Any]]:
     """`runner cancel NAME`: 202 with what was done, 404 without runs, 409 with nothing pending."""
-    from runner.commands.watch import cancel_runs
+    from runner.watch.cancel import cancel_runs
 
     if not list_runs(settings.runs_root, name):
         raise ApiError(404, f"no runs of job '{name}' under {settings.runs_root}")
@@ -426,8 +426,8 @@ def _report(report: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _run_check(files: list[str], data_format: str, fields: dict[str, str], names: Mapping[str, str]) -> dict[str, Any]:
+    from runner.data.check import check_data_files
     from runner.data.report import DataError
-    from runner.commands.data import check_data_files
 
     try:
         report = check_data_files(files, data_format=data_format, fields=fields or None)

@@ -1,7 +1,7 @@
 """`runner models ...`: import, list, info, delete and validate entries of the model registry.
 
-Thin: the work is in :mod:`runner.registry.store` (and :mod:`runner.lineage` for the runs a
-delete must not pull the rug from).  Heavy imports happen inside the commands, so `runner
+Thin: the work is in :mod:`runner.registry.store` (and :mod:`runner.outputs.runs` for the pending
+runs a delete must not pull the rug from).  Heavy imports happen inside the commands, so `runner
 validate` (which builds the same parser) stays fast.
 """
 
@@ -9,56 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-EXIT_OK, EXIT_FAIL = 0, 1
+from runner.commands.common import EXIT_FAILED, EXIT_OK, SIZE_HELP, Subparsers, error, size_argument
+from runner.units import format_count, format_size
+
+if TYPE_CHECKING:
+    from runner.registry.entries import ModelEntry
+    from runner.registry.registry_file import Registry
+
 DEFAULT_CONFIRM_ABOVE = 5_000_000_000  # bytes: a Hub download above this asks first
 _KINDS = ("causal-lm", "embedding", "image-text-embedding")
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
-          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def parse_size(text: str) -> int:
-    """'5GB', '500 MB', '1.5GiB', '1234' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
-    if not match or match.group(2).upper() not in _UNITS:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (write e.g. 5GB, 800MB, 1.5GiB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover
-
-
-def human_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f}{unit}"
-    return str(n)
-
-
-def _registry(args: argparse.Namespace) -> Any:
+def _registry(args: argparse.Namespace) -> Registry:
     from runner.registry.registry_file import Registry, find_registry
 
     return Registry(find_registry(args.registry))
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return EXIT_FAIL
 
 
 # ---- import ---------------------------------------------------------------------------------
@@ -76,17 +45,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
     def before_download(source: str, nbytes: int, nfiles: int) -> None:
         where = hub_cache_dir(registry.home)
         if nbytes <= threshold:
-            print(f"{source}: downloading {human_size(nbytes)} ({nfiles} files) into {where}", file=sys.stderr)
+            print(f"{source}: downloading {format_size(nbytes)} ({nfiles} files) into {where}", file=sys.stderr)
             return
-        print(f"warning: {source} is {human_size(nbytes)} to download ({nfiles} files) into {where}, "
-              f"more than {human_size(threshold)}", file=sys.stderr, flush=True)
+        print(f"warning: {source} is {format_size(nbytes)} to download ({nfiles} files) into {where}, "
+              f"more than {format_size(threshold)}", file=sys.stderr, flush=True)
         if args.yes:
             return
         if sys.stdin.isatty():
             answer = input("download it? [y/N] ").strip().lower()
             if answer in ("y", "yes"):
                 return
-        raise SourceError(f"{source}: not downloaded ({human_size(nbytes)}); pass --yes to download it anyway "
+        raise SourceError(f"{source}: not downloaded ({format_size(nbytes)}); pass --yes to download it anyway "
                           f"or raise --confirm-above")
 
     try:
@@ -95,14 +64,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
             progress=not args.quiet, before_download=before_download,
         )
     except SourceError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     entry = result.entry
     if result.action == "unchanged":
         print(f"'{result.alias}' is already registered with these files ({entry.source}); nothing to do")
     else:
         print(f"{result.action} '{result.alias}' in {registry.path}: {entry.source}")
     print(f"  {entry.kind}, {entry.architecture or 'unknown architecture'}, "
-          f"{human_count(entry.parameters)} parameters, {human_size(entry.size_bytes)} in {len(entry.files)} files")
+          f"{format_count(entry.parameters)} parameters, {format_size(entry.size_bytes)} in {len(entry.files)} files")
     if entry.license:
         print(f"  license: {entry.license} (from the {entry.license_from})")
     else:
@@ -115,7 +84,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 # ---- list / info ----------------------------------------------------------------------------
 
 
-def _entry_json(registry: Any, alias: str, entry: Any) -> dict[str, Any]:
+def _entry_json(registry: Registry, alias: str, entry: ModelEntry) -> dict[str, Any]:
     data = entry.model_dump(mode="json")
     data["alias"] = alias
     data["path"] = str(registry.store_path(entry))
@@ -129,7 +98,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     try:
         models = registry.entries()
     except SourceError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     if args.json:
         print(json.dumps([_entry_json(registry, a, e) for a, e in sorted(models.items())], indent=2))
         return EXIT_OK
@@ -144,8 +113,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             parent = e.lineage.fine_tuned_from or e.lineage.base_source
         source = e.source + (f" (run {e.revision})" if e.lineage is not None else "")
         rows.append((alias, e.kind, e.architecture or "-",
-                     human_count(e.parameters) + (" (adapter)" if e.lineage is not None and e.lineage.form == "adapter" else ""),
-                     human_size(e.size_bytes), e.license or "unknown", parent, source))
+                     format_count(e.parameters) + (" (adapter)" if e.lineage is not None and e.lineage.form == "adapter" else ""),
+                     format_size(e.size_bytes), e.license or "unknown", parent, source))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -173,7 +142,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         entry = registry.get(args.alias)
         chain = lineage_chain(registry, args.alias)
     except SourceError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     if args.json:
         print(json.dumps({**_entry_json(registry, args.alias, entry), "chain": chain}, indent=2))
         return EXIT_OK
@@ -186,7 +155,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("architecture", f"{entry.architecture or '-'} ({entry.model_type or '-'})"),
         ("parameters", f"{entry.parameters:,}" if entry.parameters is not None else "-"),
         ("license", f"{entry.license} (from the {entry.license_from})" if entry.license else "unknown"),
-        ("size", f"{human_size(entry.size_bytes)} ({entry.size_bytes:,} bytes)"),
+        ("size", f"{format_size(entry.size_bytes)} ({entry.size_bytes:,} bytes)"),
         ("imported at", entry.imported_at),
         ("note", entry.format_note or "-"),
         ("store", f"{path}" + ("" if path.is_dir() else "  (MISSING)")),
@@ -218,48 +187,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 # ---- delete ---------------------------------------------------------------------------------
 
 
-def _run_source(run_dir: Path, jobs_dir: Path | None, job: str) -> str | None:
-    """model.source of the spec a pending run will train: its queued spec copy, manifest, or job file."""
-    for name in ("spec.toml", "job.toml"):
-        try:
-            return str(tomllib.loads((run_dir / name).read_text(encoding="utf-8"))["model"]["source"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    try:
-        return str(json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["spec"]["model"]["source"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    if jobs_dir is not None:
-        for candidate in (jobs_dir / f"{job}.toml",):
-            try:
-                return str(tomllib.loads(candidate.read_text(encoding="utf-8"))["model"]["source"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-    return None
-
-
-def pending_jobs_using(alias: str, runs_root: Path, jobs_dir: Path | None = None) -> list[str]:
-    """Jobs whose newest run is queued, running or interrupted and trains on ``registry:alias``."""
-    from runner.outputs.runs import list_runs, read_status
-    from runner.outputs.status import JobState
-
-    pending = (JobState.QUEUED, JobState.RUNNING, JobState.INTERRUPTED)
-    found: list[str] = []
-    if not runs_root.is_dir():
-        return found
-    for job_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
-        runs = list_runs(runs_root, job_dir.name)
-        status = read_status(runs[-1]) if runs else None
-        if status is None or status.state not in pending:
-            continue
-        source = _run_source(runs[-1], jobs_dir, job_dir.name)
-        if source is not None and source.strip() == f"registry:{alias}":
-            found.append(f"{job_dir.name} ({status.state.value})")
-    return found
-
-
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from runner.outputs.runs import runs_root
+    from runner.outputs.runs import pending_jobs_training_on, runs_root
     from runner.registry.sources import SourceError
     from runner.registry.store import delete_model
 
@@ -268,10 +197,10 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     jobs_dir = Path(args.jobs_dir) if args.jobs_dir else registry.path.parent.parent / "jobs"
     try:
         result = delete_model(registry, args.alias, force=args.force,
-                              blocking_jobs=lambda alias: pending_jobs_using(alias, root, jobs_dir))
+                              blocking_jobs=lambda alias: pending_jobs_training_on(f"registry:{alias}", root, jobs_dir))
     except SourceError as exc:
-        return _error(str(exc))
-    print(f"deleted '{args.alias}' from {registry.path}; freed {human_size(result.freed_bytes)}")
+        return error(str(exc))
+    print(f"deleted '{args.alias}' from {registry.path}; freed {format_size(result.freed_bytes)}")
     for path in result.removed:
         print(f"  removed {path}")
     for path in result.kept:
@@ -291,7 +220,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         models = registry.entries()
         targets = {args.alias: registry.get(args.alias)} if args.alias else models
     except SourceError as exc:
-        return _error(str(exc))
+        return error(str(exc))
     if not targets:
         print(f"no models in {registry.path}")
         return EXIT_OK
@@ -304,18 +233,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             for problem in problems:
                 print(f"  {problem.file + ': ' if problem.file else ''}{problem.problem}")
         else:
-            print(f"ok      {alias} ({len(entry.files)} files, {human_size(entry.size_bytes)})")
+            print(f"ok      {alias} ({len(entry.files)} files, {format_size(entry.size_bytes)})")
     if bad:
         print(f"{bad} of {len(targets)} model(s) do not match the registry; re-import them "
               f"(runner models import SOURCE --as ALIAS --force)", file=sys.stderr)
-        return EXIT_FAIL
+        return EXIT_FAILED
     return EXIT_OK
 
 
 # ---- the parser -----------------------------------------------------------------------------
 
 
-def add_models_parser(sub: Any) -> None:
+def add_models(sub: Subparsers) -> None:
     """Add `runner models` with its sub-commands to the top-level sub-parsers."""
     models = sub.add_parser("models", help="the model registry: import, list, info, delete, validate")
     msub = models.add_subparsers(dest="models_command", required=True, parser_class=type(models))
@@ -330,8 +259,8 @@ def add_models_parser(sub: Any) -> None:
     imp.add_argument("--license", help="record this license (default: read from the model card, config or metadata)")
     imp.add_argument("--force", action="store_true", help="replace an entry registered under ALIAS for another model")
     imp.add_argument("-y", "--yes", action="store_true", help="download without asking, whatever the size")
-    imp.add_argument("--confirm-above", type=parse_size, default=DEFAULT_CONFIRM_ABOVE, metavar="SIZE",
-                     help="ask before a Hub download larger than this (default 5GB)")
+    imp.add_argument("--confirm-above", type=size_argument, default=DEFAULT_CONFIRM_ABOVE, metavar="SIZE",
+                     help=f"ask before a Hub download larger than this (default 5GB; {SIZE_HELP})")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     imp.set_defaults(func=_cmd_import)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -18,20 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.api.settings import DEFAULT_LISTEN, MAX_UPLOAD, ApiConfigError, ApiSettings
+from runner.commands.common import EXIT_USAGE, SIZE_HELP, Subparsers, size_argument
 
-__all__ = ["add_api_options", "add_serve_parser", "serve_command", "with_api"]
-
-EXIT_USAGE = 2
-_SIZE = re.compile(r"^\s*(\d+)\s*(|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
-
-
-def _size(text: str) -> int:
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 64MiB or 1000000")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+__all__ = ["add_api_options", "add_serve", "serve_command", "with_api"]
 
 
 def add_api_options(parser: argparse.ArgumentParser, *, with_switch: bool = True) -> None:
@@ -48,8 +36,8 @@ def add_api_options(parser: argparse.ArgumentParser, *, with_switch: bool = True
     parser.add_argument("--api-data-root", action="append", default=[], metavar="DIR",
                         help="paths in requests must lie under these folders (repeatable; default: the jobs "
                              "folder's parent)")
-    parser.add_argument("--api-max-upload", type=_size, default=MAX_UPLOAD, metavar="SIZE",
-                        help="largest data file accepted by /datasets/validate (default 64MiB)")
+    parser.add_argument("--api-max-upload", type=size_argument, default=MAX_UPLOAD, metavar="SIZE",
+                        help=f"largest data file accepted by /datasets/validate (default 64MiB; {SIZE_HELP})")
 
 
 def _log(message: str) -> None:
@@ -113,7 +101,7 @@ def serve_command(args: argparse.Namespace) -> int:
     return serve_foreground(app, sock)
 
 
-def add_serve_parser(sub: Any) -> None:
+def add_serve(sub: Subparsers) -> None:
     """Add `runner serve` to the top-level sub-parsers."""
     serve = sub.add_parser("serve", help="serve the HTTP API and dashboard of a jobs folder (beside `runner watch`)")
     serve.add_argument("jobs_dir", help="the jobs folder a `runner watch` daemon watches")

@@ -1,38 +1,108 @@
-"""`runner watch`, `runner status`, `runner cancel`, `runner logs`: what the CLI calls.
+"""`runner watch`, `runner status`, `runner cancel`, `runner logs`.
 
 Everything but `watch` reads only the runs root (status.json, train.log), so they work with or
-without a daemon and never import torch. A run made by the daemon names, in its status's
-`extra.watch`, the daemon state folder that owns it: that is how `cancel` finds the daemon.
+without a daemon and never import torch. The work is in runner.watch (the daemon, cancelling)
+and runner.outputs.runs (which runs to show).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
-from runner.outputs.runs import is_pid_alive, list_runs, read_status, run_paths
-from runner.outputs.status import JobState, Status, StatusFile
+from runner.commands.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers
+from runner.outputs.runs import list_runs, read_status
+from runner.outputs.status import JobState, Status
+from runner.units import short_duration
 
-__all__ = ["CancelOutcome", "cancel_command", "cancel_runs", "logs_command", "status_command", "status_rows", "watch_command"]
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-_PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.INTERRUPTED)
-
-
-def _print_err(message: str) -> None:
-    print(message, file=sys.stderr)
+__all__ = ["add_cancel", "add_logs", "add_status", "add_watch", "cancel_command", "logs_command", "run_daemon",
+           "status_command", "watch_command"]
 
 
-def watch_command(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, poll: float | None,
-                  max_attempts: int, on_change: str, debounce: float, settle: float,
-                  registry: str | None = None, allow_remote_code: bool = False, executor: str = "local",
-                  slurm_poll: float = 5.0) -> int:
+def add_watch(sub: Subparsers) -> None:
+    from runner.commands.serve import add_api_options
+
+    watch = sub.add_parser("watch", help="run every new or changed job file of a folder, one at a time (a daemon)")
+    watch.add_argument("jobs_dir", help="the jobs folder to watch")
+    watch.add_argument("--runs-dir", help="where runs are written (default: $RUNNER_RUNS or ./runs)")
+    watch.add_argument("--state-dir", help="the daemon's own state (default: JOBS_DIR/../.runner/watch-<name>)")
+    watch.add_argument("--poll", nargs="?", type=float, const=1.0, metavar="SECONDS",
+                       help="poll the folder instead of using filesystem events (network filesystems); default 1 s")
+    watch.add_argument("--max-attempts", type=int, default=5,
+                       help="attempts of an interrupted run before it fails (default 5)")
+    watch.add_argument("--on-change", choices=["queue", "restart"], default="queue",
+                       help="a running job's file changed: let it finish and queue the new version (default), "
+                            "or stop it and run the new version")
+    watch.add_argument("--debounce", type=float, default=0.1, help="quiet seconds after events before a rescan")
+    watch.add_argument("--settle", type=float, default=0.3, help="seconds a new file must stay unchanged")
+    watch.add_argument("--registry", help="the model registry file, for every job (as for `runner run`)")
+    watch.add_argument("--allow-remote-code", action="store_true",
+                       help="honour model.trust_remote_code in the jobs (as for `runner run`)")
+    watch.add_argument("--executor", choices=["local", "slurm"], default="local",
+                       help="run each job here, one at a time (default), or submit each with sbatch to a Slurm cluster")
+    watch.add_argument("--slurm-poll", type=float, default=5.0, metavar="SECONDS",
+                       help="with --executor slurm: seconds between two squeue calls about the submitted jobs")
+    add_api_options(watch)
+    watch.set_defaults(func=watch_command)
+
+
+def add_status(sub: Subparsers) -> None:
+    status = sub.add_parser("status", help="show jobs' runs: state, attempt, progress, loss, ETA, reason")
+    status.add_argument("job", nargs="?", help="one job: all its runs and the latest error")
+    status.add_argument("--json", action="store_true", help="machine-readable output (the status files)")
+    status.add_argument("--runs-dir")
+    status.set_defaults(func=lambda args: status_command(args.job, runs_dir=args.runs_dir, as_json=args.json))
+
+
+def add_cancel(sub: Subparsers) -> None:
+    cancel = sub.add_parser("cancel", help="cancel a job's queued or running run (through its daemon)")
+    cancel.add_argument("job")
+    cancel.add_argument("--wait", type=float, nargs="?", const=600.0, metavar="SECONDS",
+                        help="wait until the run has stopped (default up to 600 s)")
+    cancel.add_argument("--runs-dir")
+    cancel.set_defaults(func=lambda args: cancel_command(args.job, runs_dir=args.runs_dir, wait=args.wait))
+
+
+def add_logs(sub: Subparsers) -> None:
+    logs = sub.add_parser("logs", help="print a run's train.log (the job process's stdout and stderr)")
+    logs.add_argument("job")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run finishes")
+    logs.add_argument("--run", help="run id (default: the newest run)")
+    logs.add_argument("--runs-dir")
+    logs.set_defaults(func=lambda args: logs_command(args.job, runs_dir=args.runs_dir, follow=args.follow,
+                                                     run_id=args.run))
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    """The daemon, with the HTTP API and dashboard served from its process when --api is given."""
+
+    def run() -> int:
+        return run_daemon(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
+                           max_attempts=args.max_attempts, on_change=args.on_change, debounce=args.debounce,
+                           settle=args.settle, registry=args.registry, allow_remote_code=args.allow_remote_code,
+                           executor=args.executor, slurm_poll=args.slurm_poll)
+
+    if args.api:
+        from runner.commands.serve import with_api
+
+        return with_api(args, run)
+    return run()
+
+
+# ------------------------------------------------------------------------------- watch
+
+
+def run_daemon(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, poll: float | None,
+               max_attempts: int, on_change: str, debounce: float, settle: float,
+               registry: str | None = None, allow_remote_code: bool = False, executor: str = "local",
+               slurm_poll: float = 5.0) -> int:
+    """Run the daemon until it is stopped; its exit code, or 1 if another daemon holds the folder, 2 when
+    the folder or the Slurm client commands are missing."""
     from runner.outputs.runs import runs_root
     from runner.watch.daemon import Daemon, Locked, WatchConfig
     from runner.watch.store import default_state_dir
@@ -65,34 +135,6 @@ def watch_command(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None,
 # ------------------------------------------------------------------------------ status
 
 
-def status_rows(root: Path, job: str | None = None) -> list[tuple[Path, Status]]:
-    """`runner status` rows: every run of `job`; without one, each job's newest run plus any other
-    run still pending (an older version still running while a newer one waits)."""
-    jobs = [job] if job else sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if root.is_dir() else []
-    rows: list[tuple[Path, Status]] = []
-    for name in jobs:
-        runs = [(run, status) for run in list_runs(root, name) if (status := read_status(run)) is not None]
-        if job:
-            rows.extend(runs)
-            continue
-        rows.extend((run, status) for i, (run, status) in enumerate(runs)
-                    if i == len(runs) - 1 or status.state in _PENDING)
-    return rows
-
-
-def short_duration(seconds: float | None) -> str:
-    """`42s`, `3m05s`, `2h10m`: how `runner status` and the dashboard show ETAs and ages."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def _reason(status: Status) -> str:
     waiting = status.extra.get("waiting")
     if status.state is JobState.QUEUED and waiting:
@@ -122,7 +164,7 @@ def _table(rows: list[list[str]], headers: list[str], width: int) -> str:
 
 
 def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> int:
-    from runner.outputs.runs import runs_root
+    from runner.outputs.runs import runs_root, status_rows
 
     root = runs_root(runs_dir)
     rows = status_rows(root, job)
@@ -152,111 +194,10 @@ def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> i
 # ------------------------------------------------------------------------------ cancel
 
 
-class CancelOutcome(NamedTuple):
-    code: int  # EXIT_OK, or EXIT_FAILED when nothing was pending or a run could not be reached
-    pending: int  # the job's queued, running or interrupted runs when asked
-    targets: list[Path]  # runs left to the daemon (a request was filed): watch them to see the end
-
-
-def cancel_runs(job: str, root: Path, *, say: Callable[[str], None] = print,
-                warn: Callable[[str], None] = _print_err) -> CancelOutcome:
-    """Cancel the job's pending runs: through its daemon if one runs, else directly.
-
-    Messages go to `say` / `warn` (stdout / stderr for the CLI; collected by the HTTP API)."""
-    from runner.watch.daemon import cancel_waiting_run
-    from runner.watch.store import DaemonLock, request_cancel
-
-    pending = [(run, status) for run in list_runs(root, job)
-               if (status := read_status(run)) is not None and status.state in _PENDING]
-    if not pending:
-        runs = list_runs(root, job)
-        latest = read_status(runs[-1]) if runs else None
-        warn(f"nothing to cancel: job '{job}' " + (f"has no pending run (latest: {latest.state})" if latest
-                                                  else f"has no runs under {root}"))
-        return CancelOutcome(EXIT_FAILED, 0, [])
-    code = EXIT_OK
-    targets: list[Path] = []
-    for run, status in pending:
-        watch = status.extra.get("watch")
-        if not isinstance(watch, dict) or not watch.get("state_dir"):
-            sent = _scancel(job, run, status, say, warn, "the `runner run --executor slurm` following it records the end")
-            if sent is not None:
-                if sent:
-                    targets.append(run)
-                else:
-                    code = EXIT_FAILED
-                continue
-            warn(f"{job}/{run.name} is not managed by `runner watch`; stop its process"
-                 + (f" (pid {status.pid}) with kill -TERM" if status.pid else ""))
-            code = EXIT_FAILED
-            continue
-        lock = DaemonLock(Path(watch["state_dir"]))
-        if lock.try_acquire():  # no daemon: nobody can start it meanwhile, so change it here
-            try:
-                status_file = StatusFile(run_paths(run).status)
-                current = status_file.read()
-                if current is None or current.is_terminal:
-                    continue
-                sent = _scancel(job, run, current, say, warn, "`runner watch` records the end when it runs again")
-                if sent is not None:  # a Slurm job: its next daemon follows it and records `cancelled`
-                    if sent:
-                        request_cancel(lock.state_dir, job, run.name)
-                        targets.append(run)
-                    else:
-                        code = EXIT_FAILED
-                    continue
-                if current.state is JobState.RUNNING and is_pid_alive(current.pid):
-                    # a process that outlived its daemon: the next daemon stops it
-                    request_cancel(lock.state_dir, job, run.name)
-                    say(f"{job}/{run.name} is running without a daemon (pid {current.pid}); "
-                        "the cancel is applied when `runner watch` starts")
-                    targets.append(run)
-                    continue
-                if current.state is JobState.RUNNING:  # its process is gone and no daemon noticed yet
-                    status_file.transition(JobState.CANCELLED, error="cancelled with `runner cancel` (its process was gone)")
-                else:
-                    cancel_waiting_run(status_file, "cancelled with `runner cancel`")
-                say(f"cancelled {job}/{run.name}")
-            finally:
-                lock.release()
-            continue
-        request_cancel(lock.state_dir, job, run.name)
-        holder = lock.holder() or {}
-        pid = holder.get("pid")
-        if isinstance(pid, int) and is_pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGUSR1)  # wake it; it reads the request at once
-            except (PermissionError, ProcessLookupError):
-                pass
-        what = "stops it after saving a checkpoint" if status.state is JobState.RUNNING else "drops it"
-        say(f"cancel requested for {job}/{run.name}: the daemon (pid {pid}) {what}")
-        targets.append(run)
-    return CancelOutcome(code, len(pending), targets)
-
-
-def _scancel(job: str, run: Path, status: Status, say: Callable[[str], None], warn: Callable[[str], None],
-             then: str) -> bool | None:
-    """scancel the Slurm job working on a run with no daemon to ask: True if sent, False if scancel
-    failed, None if no Slurm job works on it (runner.slurm)."""
-    from runner.slurm.executor import live_job
-
-    job_id = live_job(status)
-    if job_id is None:
-        return None
-    from runner.slurm.client import SlurmClient, SlurmError
-
-    try:
-        SlurmClient().cancel(job_id)
-    except SlurmError as exc:
-        warn(f"{job}/{run.name}: {exc}")
-        return False
-    say(f"scancel {job_id} ({job}/{run.name}): it saves a checkpoint and stops; {then}")
-    return True
-
-
 def cancel_command(job: str, *, runs_dir: str | None, wait: float | None) -> int:
     """`runner cancel`: cancel_runs, then (with --wait) wait until the runs have stopped."""
     from runner.outputs.runs import runs_root
+    from runner.watch.cancel import cancel_runs
 
     code, _, targets = cancel_runs(job, runs_root(runs_dir))
     if wait and targets:

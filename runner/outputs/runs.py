@@ -7,9 +7,11 @@ two runs of one job started within the same second.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,7 @@ from runner.outputs.status import JobState, Status, StatusFile, StatusFormatErro
 
 __all__ = [
     "ENV_RUNS",
+    "PENDING_STATES",
     "RUN_ID_RE",
     "RunPaths",
     "find_interrupted_run",
@@ -27,13 +30,16 @@ __all__ = [
     "list_runs",
     "new_run_dir",
     "new_run_id",
+    "pending_jobs_training_on",
     "read_status",
     "run_paths",
     "runs_root",
+    "status_rows",
 ]
 
 ENV_RUNS = "RUNNER_RUNS"
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
+PENDING_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -189,3 +195,65 @@ def find_interrupted_run(root: Path | str, job: str, spec_sha256: str) -> Path |
             return None if is_pid_alive(status.pid) else run
         return None
     return None
+
+
+def status_rows(root: Path, job: str | None = None) -> list[tuple[Path, Status]]:
+    """What `runner status` shows: every run of `job`; without one, each job's newest run plus any
+    other run still pending (an older version still running while a newer one waits)."""
+    if job:
+        jobs = [job]
+    else:
+        jobs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    rows: list[tuple[Path, Status]] = []
+    for name in jobs:
+        runs = [(run, status) for run in list_runs(root, name) if (status := read_status(run)) is not None]
+        if job:
+            rows.extend(runs)
+            continue
+        rows.extend((run, status) for i, (run, status) in enumerate(runs)
+                    if i == len(runs) - 1 or status.state in PENDING_STATES)
+    return rows
+
+
+def pending_jobs_training_on(source: str, root: Path, jobs_dir: Path | None = None) -> list[str]:
+    """`job (state)` for each job whose newest run is queued, running or interrupted and trains on
+    the model `source` (e.g. ``registry:alias``), read from the run's spec copy, its manifest, or
+    the job file in `jobs_dir`."""
+    found: list[str] = []
+    if not root.is_dir():
+        return found
+    for job_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        runs = list_runs(root, job_dir.name)
+        status = read_status(runs[-1]) if runs else None
+        if status is None or status.state not in PENDING_STATES:
+            continue
+        model = _model_source(runs[-1], jobs_dir, job_dir.name)
+        if model is not None and model.strip() == source:
+            found.append(f"{job_dir.name} ({status.state.value})")
+    return found
+
+
+def _model_source(run_dir: Path, jobs_dir: Path | None, job: str) -> str | None:
+    """model.source of the spec a pending run will train: its queued spec copy, manifest, or job file."""
+    readers = [(_toml_source, run_dir / "spec.toml"), (_toml_source, run_dir / "job.toml"),
+               (_manifest_source, run_paths(run_dir).manifest)]
+    if jobs_dir is not None:
+        readers.append((_toml_source, jobs_dir / f"{job}.toml"))
+    for read, path in readers:
+        if (source := read(path)) is not None:
+            return source
+    return None
+
+
+def _toml_source(path: Path) -> str | None:
+    try:
+        return str(tomllib.loads(path.read_text(encoding="utf-8"))["model"]["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _manifest_source(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["spec"]["model"]["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -14,18 +14,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.spec.model import ResourcesSection
+from runner.units import SIZE_WITH_UNIT_PATTERN, parse_size
 
 __all__ = ["batch_script", "memory_option", "node_command", "sbatch_options"]
 
-_MEMORY = re.compile(r"^([1-9][0-9]*)\s*([KMGTkmgt]?)(?:i?[Bb])?$")
-
-
 def memory_option(text: str) -> str:
-    """'16GiB', '16GB', '16g', '16G' -> '16G' (sbatch --mem units are binary K/M/G/T; plain number: MB)."""
-    match = _MEMORY.match(text.strip())
-    if match is None:
+    """resources.memory (runner.units: 16GB = 16 x 10^9 bytes, 16GiB = 16G = 16 x 2^30) as sbatch
+    --mem reads it (its K/M/G/T are powers of 1024): '16GiB' and '16G' -> '16G'; '16GB' -> '15259M'
+    (whole MiB, rounded up). A size without a unit is refused: sbatch would read it as megabytes."""
+    if re.fullmatch(SIZE_WITH_UNIT_PATTERN, text.strip()) is None:
         raise ValueError(f"resources.memory = {text!r} is not a size such as '64G', '500M' or '16GiB'")
-    return match.group(1) + match.group(2).upper()
+    size = parse_size(text)
+    for suffix, scale in (("T", 2**40), ("G", 2**30), ("M", 2**20)):
+        if size % scale == 0:
+            return f"{size // scale}{suffix}"
+    return f"{-(-size // 2**20)}M"
 
 
 def sbatch_options(resources: ResourcesSection, *, job_name: str, log_path: Path) -> list[str]:

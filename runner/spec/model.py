@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from runner.units import SIZE_WITH_UNIT_PATTERN
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SOURCE_PATTERN = r"^(hf|local|gguf|pkg|registry|job):[^\x00-\x1f\x7f]+$"
@@ -303,7 +305,7 @@ class EvalSection(Section):
 
 
 SLURM_TIME_PATTERN = r"^([0-9]+|[0-9]+:[0-9]{2}|[0-9]+:[0-9]{2}:[0-9]{2}|[0-9]+-[0-9]+(:[0-9]{2}){0,2})$"
-MEMORY_PATTERN = r"^[1-9][0-9]*\s*([KMGTkmgt](i?[Bb])?)?$"
+MEMORY_PATTERN = SIZE_WITH_UNIT_PATTERN  # a unit is required: a bare number would be megabytes to sbatch
 
 
 def _minutes_as_text(value: object) -> object:
@@ -361,8 +363,12 @@ class ResourcesSection(Section):
     memory: str | None = Field(
         None,
         pattern=MEMORY_PATTERN,
-        description="Slurm: memory to allocate on each node (sbatch --mem), e.g. '64G', '500M', '16GiB'.",
-        json_schema_extra={"x-hint": "a size such as '64G', '500M' or '16GiB'"},
+        description=(
+            "Slurm: memory to allocate on each node (sbatch --mem), e.g. '64G', '500M', '16GiB'. "
+            "GB and MB are powers of 1000 (16GB = 16 x 10^9 bytes); GiB, MiB and the bare G and M "
+            "powers of 1024 (16GiB = 16G = 16 x 2^30 bytes), as everywhere in the runner."
+        ),
+        json_schema_extra={"x-hint": "a size with its unit, such as '64G', '500M', '16GiB' or '16GB'"},
     )
     time_limit: Annotated[str | None, BeforeValidator(_minutes_as_text)] = Field(
         None,

@@ -14,15 +14,16 @@ PACKAGE = Path(runner.__file__).parent
 
 # Lower number = lower layer. Modules of one layer may use each other.
 LAYERS: dict[str, int] = {
-    "paths": 0, "fsutil": 0, "allocator": 0, "machine": 0,
+    "paths": 0, "fsutil": 0, "allocator": 0, "machine": 0, "units": 0,
     "spec": 1, "outputs": 1, "registry": 1,
     "data": 2,
     "train": 3, "lineage": 3,
-    "pipeline": 4,
+    "pipeline": 4, "results": 4,
     "plan": 5, "scaffold": 5,
     "watch": 6, "slurm": 6,
-    "api": 7, "commands": 7,
-    "__main__": 9,
+    "api": 7,
+    "commands": 8,
+    "__main__": 9, "cli": 9,
 }
 
 

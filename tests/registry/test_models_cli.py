@@ -129,9 +129,9 @@ def test_delete_frees_the_hub_blobs(hub_repo: Path, registry: Registry, env_home
     capsys.readouterr()
     assert main(["models", "delete", "tiny"]) == 0
     out = capsys.readouterr().out
-    from runner.commands.models import human_size
+    from runner.units import format_size
 
-    assert f"freed {human_size(size)}" in out
+    assert f"freed {format_size(size)}" in out
     assert not (env_home / "hub" / "models--org--tiny").exists()
     assert registry.entries() == {}
 
@@ -165,9 +165,9 @@ def test_delete_refuses_while_an_entry_or_a_queued_job_depends_on_it(
     assert main(["models", "delete", "base", "--force", "--runs-dir", str(runs)]) == 0
     assert "kept" in capsys.readouterr().out and store.is_dir()
     assert main(["models", "delete", "child"]) == 0
-    from runner.commands.models import human_size
+    from runner.units import format_size
 
-    assert f"freed {human_size(size)}" in capsys.readouterr().out
+    assert f"freed {format_size(size)}" in capsys.readouterr().out
     assert not store.exists() and registry.entries() == {}
 
 

@@ -14,16 +14,15 @@ from runner.commands import main
 from runner.plan import (
     BatchShape,
     Calibration,
-    _saved_bytes,
     batch_shape,
     calibrate,
     estimate_memory,
     model_shape,
     optimizer_steps,
-    parse_size,
     quantized_bytes_per_weight,
     trainable_parameters,
 )
+from runner.plan.calibration import _saved_bytes
 from runner.spec.model import AdapterSection, JobSpec, ModelSection, ResourcesSection
 from runner.train.model import apply_adapter, choose_device, count_parameters
 
@@ -96,11 +95,15 @@ def test_steps_and_batches_are_counted_like_the_trainer() -> None:
     assert (packed.peak_rows, packed.peak_columns, packed.real_fraction) == (1, 16, 1.0)
 
 
-def test_sizes_parse() -> None:
-    assert parse_size("8GiB") == parse_size("8G") == parse_size("8 GB") == 8 * 2**30
-    assert parse_size("512MiB") == 512 * 2**20 and parse_size("1024") == 1024
-    with pytest.raises(ValueError):
-        parse_size("lots")
+def test_sizes_parse(write_job: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """--memory reads sizes as every command does (runner.units): GB = 10^9 bytes, GiB = G = 2^30."""
+    job = write_job("tiny")
+    for memory, budget in (("8GiB", 8 * 2**30), ("8G", 8 * 2**30), ("8 GB", 8 * 10**9), ("512MiB", 512 * 2**20)):
+        assert main(["plan", str(job), "--json", "--no-calibrate", "--memory", memory]) in (0, 4)
+        assert json.loads(capsys.readouterr().out)["budget"]["bytes"] == budget
+    with pytest.raises(SystemExit) as usage:
+        main(["plan", str(job), "--memory", "lots"])
+    assert usage.value.code == 2 and "'lots' is not a size" in capsys.readouterr().err
 
 
 def test_the_calibration_extrapolates_activation_memory_to_the_full_depth(tmp_path: Path) -> None:

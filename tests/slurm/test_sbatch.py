@@ -48,10 +48,20 @@ def test_cuda_jobs_get_one_gpu_per_process_unless_gpus_per_node_says_otherwise()
     assert "--cpus-per-task=8" in options(nproc=2, threads=4), "cpus default to nproc x threads"
 
 
-@pytest.mark.parametrize(("written", "sbatch"), [("64G", "64G"), ("64GB", "64G"), ("16GiB", "16G"), ("500m", "500M"),
-                                                 ("2048", "2048"), ("1 T", "1T")])
+@pytest.mark.parametrize(("written", "sbatch"), [("64G", "64G"), ("64GiB", "64G"), ("16gib", "16G"), ("500m", "500M"),
+                                                 ("1 T", "1T"), ("1.5G", "1536M"), ("16GB", "15259M"),
+                                                 ("500MB", "477M"), ("2048MiB", "2G")])
 def test_memory_sizes_are_written_the_way_sbatch_reads_them(written: str, sbatch: str) -> None:
+    """GB is 10^9 bytes and GiB (or G) 2^30, as everywhere in the runner; sbatch's G is 2^30, so a
+    GB size becomes whole MiB, rounded up (never less memory than was written)."""
     assert memory_option(written) == sbatch
+
+
+@pytest.mark.parametrize("written", ["2048", "lots", "0G", "16Gi"])
+def test_a_memory_size_without_a_unit_or_unreadable_is_refused(written: str) -> None:
+    with pytest.raises(ValueError, match="resources.memory"):
+        memory_option(written)
+    assert any("resources.memory" in p for p in problems(f'memory = "{written}"'))
 
 
 def test_time_limit_takes_minutes_as_a_number_or_a_slurm_time_string() -> None:

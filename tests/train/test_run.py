@@ -121,7 +121,7 @@ def test_generate_and_export_use_the_latest_successful_run(
     # the merged weights compute what base + adapter compute
     import torch
 
-    from runner.commands.results import find_result, load_result
+    from runner.results import find_result, load_result
 
     adapted, _ = load_result(find_result("tiny", runs))
     ids = torch.tensor([[1, 5, 9, 12, 40]])

@@ -1,0 +1,89 @@
+"""Data files checked on their own, exactly as a job reads them (`runner data validate`, the HTTP
+API's dataset check): read, detect the format, normalise every record, and tokenise when a
+tokenizer is at hand, so a file that passes here does not fail at the start of training.
+
+Each check returns a report (a JSON-ready dict): `files`, `format`, `format_reason`,
+`records_read`, `records_ok`, `bad_records` (`BadRecord`s: file, line or index, reason); with a
+tokenizer `lengths` (token length statistics) and `truncated`; `summary` when no record is usable
+(the common reasons); `warnings` (embedding data). A `DataError` means no record is readable at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
+from runner.data.formats import DomainPrefix, detect_format, guess_format, normalize_record, resolve_fields
+from runner.data.records import read_records
+from runner.data.report import BadRecord, DataError, all_bad_message
+
+__all__ = ["EMBEDDING_FORMATS", "check_causal_files", "check_data_files", "check_embedding_files"]
+
+
+def check_data_files(files: list[str], *, data_format: str = "auto",
+                     fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Files of either model family, told apart by `data_format` (auto-detection: causal formats)."""
+    if data_format in EMBEDDING_FORMATS:
+        return check_embedding_files(files, data_format, fields or {})
+    return check_causal_files(files, data_format, fields)
+
+
+def check_causal_files(
+    files: list[str], data_format: str, fields: Mapping[str, str] | None, *, domain: DomainPrefix | None = None,
+    load_tokenizer: Callable[[], Any] | None = None, max_length: int = 512, train_on_prompt: bool = False,
+) -> dict[str, Any]:
+    """Causal-LM data (alpaca, sharegpt, messages, text). `load_tokenizer` is called once the
+    records are read; with it, the examples are built as the run builds them (token statistics)."""
+    mapping = dict(fields) if fields else None
+    read = read_records(files)
+    records = [r.data for r in read.records]
+    if not records:
+        raise DataError("no readable records in: " + ", ".join(files)
+                        + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else ""))
+    fmt, reason = detect_format(records, mapping) if data_format == "auto" else (data_format, "given")
+    report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason,
+                              "records_read": len(read.records) + len(read.bad)}
+    if load_tokenizer is not None:
+        from runner.data.pipeline import build_examples
+
+        examples, data_report = build_examples(
+            read.records, load_tokenizer(), max_length=max_length, format=fmt, fields=mapping,
+            domain_field=domain.field if domain else None,
+            domain_format=domain.format if domain else "[{value}] ",
+            train_on_prompt=train_on_prompt, on_bad_record="skip", read_errors=read.bad, progress=None,
+        )
+        report.update(records_ok=len(examples), bad_records=list(data_report.bad_records),
+                      lengths=asdict(data_report.lengths) if data_report.lengths else None,
+                      truncated=data_report.truncated)
+        return report
+    bad: list[BadRecord] = list(read.bad)
+    resolved = resolve_fields(fmt, records, mapping)
+    ok = 0
+    for record in read.records:
+        try:
+            normalize_record(record.data, fmt, resolved, domain)
+            ok += 1
+        except DataError as exc:
+            bad.append(BadRecord(record.location, str(exc)))
+    report.update(records_ok=ok, bad_records=bad)
+    if not ok:
+        forced = data_format != "auto"
+        report["summary"] = all_bad_message(report["records_read"], bad, fmt=fmt, forced=forced,
+                                            looks_like=guess_format(records, mapping) if forced else None)
+    return report
+
+
+def check_embedding_files(files: list[str], data_format: str, fields: Mapping[str, str], *,
+                          image_root: Path | None = None, tasks: list[str] | None = None) -> dict[str, Any]:
+    """Embedding data (pairs, triplets, scored pairs, image-text): fields, types, images, task labels."""
+    from runner.data.embedding import prepare_embedding_data
+
+    data = prepare_embedding_data(files, format=data_format, fields=dict(fields), image_root=image_root,
+                                  on_bad_record="skip", tasks=tasks)
+    report = data.train_report
+    return {"files": files, "format": report.format, "format_reason": report.format_reason,
+            "records_read": report.records_read, "records_ok": report.records_kept,
+            "bad_records": list(report.bad_records), "warnings": list(report.warnings)}
