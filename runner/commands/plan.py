@@ -34,6 +34,7 @@ def plan_command(args: argparse.Namespace) -> int:
     from runner.data.report import DataError
     from runner.outputs.runs import runs_root
     from runner.plan import plan_job, render
+    from runner.registry.folder_facts import WeightsHeaderError
     from runner.registry.sources import SourceError
     from runner.spec import JobSpecError, load_job
     from runner.train.model import ModelSetupError
@@ -47,7 +48,7 @@ def plan_command(args: argparse.Namespace) -> int:
         plan = plan_job(job, runs_root=runs_root(args.runs_dir), registry=optional_path(args.registry),
                         allow_remote_code=args.allow_remote_code, memory_budget=args.memory,
                         calibrate_device=not args.no_calibrate, use_cache=not args.no_cache)
-    except (ModelSetupError, SourceError, DataError) as exc:
+    except (ModelSetupError, SourceError, DataError, WeightsHeaderError) as exc:
         print(f"{args.job}: cannot plan this job here: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan))

@@ -57,7 +57,6 @@ from runner.plan.shape import (
     lora_targets,
     model_shape,
     quantized_bytes_per_weight,
-    read_safetensors_headers,
     shape_of,
     trainable_parameters,
 )
@@ -66,6 +65,6 @@ __all__ = [
     "ALLOCATOR_RETENTION", "METHODS", "BatchShape", "Calibration", "DataStats", "Linear", "MemoryEstimate",
     "ModelShape", "Plan", "TimeEstimate", "analytic_calibration", "available_memory", "batch_shape", "calibrate",
     "data_stats", "estimate_memory", "estimate_time", "lora_targets", "model_shape", "optimizer_state_bytes",
-    "optimizer_steps", "plan_job", "quantized_bytes_per_weight", "read_safetensors_headers", "render", "rss_bytes",
+    "optimizer_steps", "plan_job", "quantized_bytes_per_weight", "render", "rss_bytes",
     "shape_of", "suggest", "trainable_parameters",
 ]

@@ -1,17 +1,19 @@
 """The model's shape, from its config and safetensors headers (no weights): parameters, linear
-layers, what full fine-tuning, LoRA and QLoRA train, and how QLoRA packs the frozen weights."""
+layers, what full fine-tuning, LoRA and QLoRA train, and how QLoRA packs the frozen weights.
+The headers come from the registry's reader (runner.registry.folder_facts, safetensors.safe_open)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from runner.registry.folder_facts import read_safetensors_headers
+
 __all__ = ["Linear", "ModelShape", "lora_targets", "model_shape", "quantized_bytes_per_weight",
-           "read_safetensors_headers", "shape_of", "trainable_parameters"]
+           "shape_of", "trainable_parameters"]
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,6 @@ def quantized_bytes_per_weight(double_quant: bool, blocksize: int = 64) -> float
     if double_quant:
         return 0.5 + 1 / blocksize + 4 / (blocksize * 256)
     return 0.5 + 4 / blocksize
-
-
-def read_safetensors_headers(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """name -> (dtype, shape) for every tensor of every *.safetensors file (headers only)."""
-    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                tensors[name] = (meta["dtype"], tuple(meta["shape"]))
-    return tensors
 
 
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
