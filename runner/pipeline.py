@@ -13,20 +13,20 @@ shutdown it asked for from a failure.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from runner.fsutil import atomic_write_json, digest_file
+from runner.fsutil import digest_file
+from runner.outputs.attempts import Outcome, read_outcome, write_outcome
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
-from runner.outputs.runs import find_interrupted_run, new_run_dir, run_paths
+from runner.outputs.runs import OUTCOME_FILE, find_interrupted_run, new_run_dir, run_paths
 from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.spec.loader import LoadedJob
 
@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from runner.train.context import TrainOutcome
     from runner.train.stop import StopRequest
 
-OUTCOME_FILE = ".outcome.json"
+# How a supervised run reports its end; defined with the outputs (runner.outputs.attempts).
+__all__ = ["OUTCOME_FILE", "Outcome", "RunResult", "Supervision", "prepare_run", "read_outcome", "run_job",
+           "write_outcome"]
 
 
 @dataclass(frozen=True)
@@ -47,37 +49,6 @@ class Supervision:
 
     run_dir: Path
     outcome: Path
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a supervised run ended, as its process saw it: the arguments of one transition."""
-
-    state: JobState
-    reason: FailureClass | None = None
-    error: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-
-
-def write_outcome(path: Path, state: JobState, *, reason: FailureClass | str | None = None,
-                  error: str | None = None, **fields: Any) -> None:
-    """Report the end of a supervised run (atomically: the daemon reads it after the exit)."""
-    atomic_write_json(path, {"state": str(state), "reason": None if reason is None else str(reason),
-                             "error": error, "fields": fields})
-
-
-def read_outcome(path: Path) -> Outcome | None:
-    """The reported outcome, or None if the process died before reporting (or wrote nonsense)."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return Outcome(
-            state=JobState(raw["state"]),
-            reason=FailureClass(raw["reason"]) if raw.get("reason") else None,
-            error=raw.get("error"),
-            fields=dict(raw.get("fields") or {}),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)

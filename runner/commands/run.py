@@ -33,9 +33,9 @@ def run_command(args: argparse.Namespace) -> int:
 
     registry = optional_path(args.registry)
     if args.run_dir:  # what an sbatch script runs: the attempt its submitter set up (runner.slurm)
-        from runner.watch.child import run_supervised
+        from runner.slurm.node import run_allocation
 
-        return run_supervised(Path(args.run_dir).absolute(), Path(args.job).absolute(), runs_root(args.runs_dir),
+        return run_allocation(Path(args.run_dir).absolute(), Path(args.job).absolute(), runs_root(args.runs_dir),
                               registry=registry, allow_remote_code=args.allow_remote_code, command=list(sys.argv))
     if missing_paths([args.job], "runner run"):
         return EXIT_USAGE

@@ -21,7 +21,11 @@ from runner.outputs.status import JobState, Status, StatusFile, StatusFormatErro
 
 __all__ = [
     "ENV_RUNS",
+    "LOG_FILE",
+    "OUTCOME_FILE",
     "PENDING_STATES",
+    "SPEC_SNAPSHOT",
+    "STAGING_DIR",
     "RUN_ID_RE",
     "RunPaths",
     "find_interrupted_run",
@@ -40,6 +44,13 @@ __all__ = [
 ENV_RUNS = "RUNNER_RUNS"
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{4}$")
 PENDING_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.INTERRUPTED)
+
+# The files of a run folder that every supervisor (the daemon, a Slurm submitter, the process
+# doing the work) agrees on.
+SPEC_SNAPSHOT = "spec.toml"  # the exact bytes of the job file version the run is for
+LOG_FILE = "train.log"  # the attempts' stdout and stderr, appended attempt after attempt
+OUTCOME_FILE = ".outcome.json"  # how a supervised attempt ended, as its process saw it (runner.outputs.attempts)
+STAGING_DIR = ".trainer"  # the Trainer's output_dir: checkpoint-N is written here, then renamed into checkpoints/
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,22 @@ class RunPaths:
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"
+
+    @property
+    def spec_snapshot(self) -> Path:
+        return self.root / SPEC_SNAPSHOT
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG_FILE
+
+    @property
+    def outcome(self) -> Path:
+        return self.root / OUTCOME_FILE
+
+    @property
+    def staging(self) -> Path:
+        return self.root / STAGING_DIR
 
 
 def run_paths(run_dir: Path | str) -> RunPaths:

@@ -1,5 +1,5 @@
 """Submit runs to Slurm, follow them, stop them: what `runner watch --executor slurm` and
-`runner run --executor slurm` share.
+`runner run --executor slurm` share (the `runner.executors.base.Executor` interface).
 
 Each attempt of a run is one Slurm job (`sbatch --no-requeue`): an interruption ends it, the run
 is queued again (attempt + 1) and submitted again, and the new allocation resumes from the run's
@@ -25,38 +25,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.executors.base import Attempt, Executor
 from runner.fsutil import atomic_write_text
-from runner.outputs.runs import read_status, run_paths
+from runner.outputs.attempts import Final, log_tail, read_outcome
+from runner.outputs.runs import LOG_FILE, OUTCOME_FILE, SPEC_SNAPSHOT, run_paths
 from runner.outputs.status import FailureClass, JobState, Status, StatusFile, format_utc, utc_now
-from runner.pipeline import OUTCOME_FILE, read_outcome
 from runner.slurm.client import SbatchRefused, SlurmClient, SlurmError
 from runner.slurm.sbatch import batch_script, node_command, sbatch_options
-from runner.slurm.states import UNKNOWN, JobInfo, Phase
+from runner.slurm.states import SLURM_KEY, UNKNOWN, JobInfo, Phase, live_job
 from runner.slurm.states import classify_end as _classify_end
-from runner.watch.exits import Final, Intent
-from runner.watch.store import LOG_FILE, SPEC_SNAPSHOT
 
-__all__ = ["SLURM_KEY", "SlurmExecutor", "Submission", "check_allocation", "live_job"]
+__all__ = ["SLURM_KEY", "SlurmExecutor", "Submission", "live_job"]
 
-SLURM_KEY = "slurm"  # in status.extra
 OUTCOME_GRACE = 15.0  # s: Slurm says COMPLETED/FAILED but the node's report is not visible yet (NFS caches)
 FORGET_AFTER = 3  # polls in which Slurm does not know a job before it counts as gone
 RETRY_AFTER = 30.0  # s: sbatch could not reach the controller; submit again after this
 
 
-def live_job(status: Status) -> str | None:
-    """The Slurm job working on this run now: submitted for its current attempt and not over."""
-    record = status.extra.get(SLURM_KEY)
-    if status.state not in (JobState.QUEUED, JobState.RUNNING) or not isinstance(record, dict):
-        return None
-    if not record.get("job_id") or record.get("attempt") != status.attempt or record.get("ended"):
-        return None
-    return str(record["job_id"])
+@dataclass(eq=False)
+class Submission(Attempt):
+    """One submitted attempt the submitter follows (it carries on when the submitter stops)."""
 
-
-@dataclass
-class Submission:
-    """One submitted attempt the submitter follows."""
+    outlives_supervisor = True
 
     job_id: str
     run_dir: Path
@@ -74,16 +64,6 @@ class Submission:
         return StatusFile(run_paths(self.run_dir).status)
 
 
-def _log_tail(path: Path, lines: int = 15, limit: int = 64 * 1024) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(max(0, os.fstat(handle.fileno()).st_size - limit))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join([line for line in text.replace("\r", "\n").splitlines() if line.strip()][-lines:])
-
-
 def _size(path: Path) -> int | None:
     try:
         return path.stat().st_size
@@ -91,8 +71,10 @@ def _size(path: Path) -> int | None:
         return None
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     """Submits, polls and cancels the Slurm jobs of runs under one runs root."""
+
+    name = "slurm"
 
     def __init__(self, *, runs_root: Path, python: str = sys.executable, registry: Path | None = None,
                  allow_remote_code: bool = False, poll: float = 5.0, client: SlurmClient | None = None,
@@ -110,10 +92,18 @@ class SlurmExecutor:
 
     # ------------------------------------------------------------------ submit
 
+    @classmethod
+    def claims(cls, status: Status) -> bool:
+        return live_job(status) is not None
+
     def can_submit(self) -> bool:
         return time.monotonic() >= self.retry_at
 
-    def submit(self, run_dir: Path, spec_path: Path) -> Submission | Final | None:
+    def capacity(self, active: Sequence[Attempt]) -> int | None:
+        """Every ready run (the cluster queues them), unless sbatch could not reach the controller."""
+        return None if self.can_submit() else 0
+
+    def start(self, run_dir: Path, spec_path: Path) -> Submission | Final | None:
         """sbatch the run's current attempt: a `Submission` to follow; a `Final` (failed, config) if
         the job cannot be submitted as written; None if Slurm cannot be reached now (retried later)."""
         from runner.spec import JobSpecError, parse_job
@@ -166,6 +156,7 @@ class SlurmExecutor:
         if job_id is None:
             return None
         record = status.extra[SLURM_KEY]
+        self.log(f"{status.job}/{status.run_id}: following its Slurm job {job_id} ({status.state})")
         return Submission(job_id, run_dir, status.attempt, state=str(record.get("state") or "PENDING"),
                           reason=record.get("reason"), ran=status.state is JobState.RUNNING)
 
@@ -174,19 +165,29 @@ class SlurmExecutor:
     def poll_due(self) -> bool:
         return time.monotonic() >= self.next_poll
 
-    def poll(self, followed: Sequence[tuple[Submission, Intent | None]]) -> list[tuple[Submission, Final]]:
-        """Ask Slurm about the followed jobs once; record pending reasons and starts; return the ones
-        that are over with the transition to apply (then call `done`)."""
-        self.next_poll = time.monotonic() + self.poll_every
-        if not followed:
+    def deadline(self, attempts: Sequence[Attempt], now: float) -> float | None:
+        times = [self.next_poll] if attempts else []
+        if self.retry_at > now:
+            times.append(self.retry_at)
+        return min(times) if times else None
+
+    def poll(self, attempts: Sequence[Attempt]) -> list[tuple[Attempt, Final]]:
+        """Every --slurm-poll seconds, ask Slurm about the followed jobs once; record pending reasons
+        and starts; return the ones that are over with the transition to apply (then call `done`)."""
+        followed = [sub for sub in attempts if isinstance(sub, Submission)]
+        if not followed or not self.poll_due():
             return []
+        self.next_poll = time.monotonic() + self.poll_every
+        for sub in followed:  # a scancel that failed (controller down) is sent again
+            if sub.intent is not None:
+                self.stop(sub)
         try:
-            infos = self.client.query(sub.job_id for sub, _ in followed)
+            infos = self.client.query(sub.job_id for sub in followed)
         except SlurmError as exc:
             self.log(f"cannot ask Slurm about its jobs ({exc}); asking again in {self.poll_every:g} s")
             return []
-        ended = []
-        for sub, intent in followed:
+        ended: list[tuple[Attempt, Final]] = []
+        for sub in followed:
             info = infos.get(sub.job_id)
             if info is None:
                 sub.missing += 1
@@ -194,12 +195,12 @@ class SlurmExecutor:
                     continue
                 info = JobInfo(sub.job_id, UNKNOWN, source="none")
             sub.missing = 0
-            final = self.observe(sub, info, intent)
+            final = self.observe(sub, info)
             if final is not None:
                 ended.append((sub, final))
         return ended
 
-    def observe(self, sub: Submission, info: JobInfo, intent: Intent | None) -> Final | None:
+    def observe(self, sub: Submission, info: JobInfo) -> Final | None:
         """Record what Slurm says about one followed job: its pending reason, its start; once it is
         over, the transition to apply (None while it is not, or while its report may still arrive)."""
         status_file = sub.status_file
@@ -210,7 +211,7 @@ class SlurmExecutor:
         if phase is Phase.REQUEUED or (phase is Phase.PENDING and sub.ran):
             # Slurm put the job back in its queue: this allocation is over; the run is queued again by
             # us (its attempt count, a new sbatch), so this copy must not run as well.
-            self.cancel(sub)
+            self.stop(sub)
             info = JobInfo(info.job_id, "REQUEUED", info.reason, info.exit_code, info.nodes, info.start, info.end,
                            info.time_limit, info.source)
             phase = Phase.ENDED
@@ -231,8 +232,11 @@ class SlurmExecutor:
                 status_file.update(extra={SLURM_KEY: self._record(status, info)})
             sub.state = info.state
             return None
+        return self._ended(sub, status, info)
+
+    def _ended(self, sub: Submission, status: Status, info: JobInfo) -> Final | None:
         outcome = read_outcome(sub.run_dir / OUTCOME_FILE)
-        if outcome is None and intent is None and info.state in ("COMPLETED", "FAILED"):
+        if outcome is None and sub.intent is None and info.state in ("COMPLETED", "FAILED"):
             now = time.monotonic()  # the node's report may not be visible here yet (NFS attribute caches)
             sub.ended_seen = sub.ended_seen if sub.ended_seen is not None else now
             if now - sub.ended_seen < OUTCOME_GRACE:
@@ -243,19 +247,15 @@ class SlurmExecutor:
                 return None
         log_path = sub.run_dir / LOG_FILE
         size = _size(log_path)
-        final = _classify_end(info, outcome, intent, log_tail=_log_tail(log_path), python=self.python,
+        final = _classify_end(info, outcome, sub.intent, log_tail=log_tail(log_path), python=self.python,
                               log_missing=sub.log_size is not None and size is not None and size <= sub.log_size)
         ran = sub.ran or bool(info.nodes)
         if status.state is JobState.QUEUED and (ran or final.state in (JobState.SUCCEEDED, JobState.INTERRUPTED)):
-            status_file.transition(JobState.RUNNING, extra={"waiting": None})  # it ran between two polls
+            sub.status_file.transition(JobState.RUNNING, extra={"waiting": None})  # it ran between two polls
         fields: dict[str, Any] = dict(final.fields)
         fields["extra"] = {**dict(fields.get("extra") or {}), SLURM_KEY: self._record(status, info, ended=True),
                            "waiting": None}
         return Final(final.state, final.reason, final.error, fields)
-
-    def done(self, sub: Submission) -> None:
-        """The end of `sub` is recorded: its report is spent."""
-        (sub.run_dir / OUTCOME_FILE).unlink(missing_ok=True)
 
     def _record(self, status: Status, info: JobInfo, *, ended: bool = False) -> dict[str, Any]:
         record = dict(status.extra.get(SLURM_KEY) or {})
@@ -270,9 +270,11 @@ class SlurmExecutor:
 
     # ---------------------------------------------------------------------- stop
 
-    def cancel(self, sub: Submission) -> None:
+    def stop(self, attempt: Attempt) -> None:
         """scancel the job once: Slurm sends SIGTERM (the run saves a checkpoint), then SIGKILL after
         its KillWait. The end is recorded by `poll` once Slurm says the job is over."""
+        sub = attempt
+        assert isinstance(sub, Submission)
         if sub.cancel_sent:
             return
         try:
@@ -282,20 +284,3 @@ class SlurmExecutor:
             return
         sub.cancel_sent = True
         self.log(f"scancel {sub.job_id} ({sub.run_dir.parent.name}/{sub.run_dir.name})")
-
-
-def check_allocation(run_dir: Path, job_id: str, *, wait: float = 30.0) -> str | None:
-    """On the node: None if this Slurm job is the submission the run's status records, else why it
-    must not run (a duplicate: its submitter died between sbatch and recording the job id, and the
-    run was submitted again). The submitter records the id right after sbatch returns: wait for it."""
-    deadline = time.monotonic() + wait
-    while True:
-        status = read_status(run_dir)
-        record = status.extra.get(SLURM_KEY) if status is not None else None
-        current = str(record.get("job_id")) if isinstance(record, dict) and record.get("job_id") else None
-        if current == job_id:
-            return None
-        if time.monotonic() >= deadline:
-            return (f"Slurm job {job_id} is not the submission that {run_paths(run_dir).status} records "
-                    f"({current or 'none'}); not running the same run twice")
-        time.sleep(1.0)

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from runner.fsutil import atomic_write_bytes
+from runner.outputs.attempts import Final, Intent
+from runner.outputs.runs import LOG_FILE, SPEC_SNAPSHOT
 from runner.outputs.status import JobState, StatusFile
 from runner.pipeline import RunResult, prepare_run
 from runner.slurm.client import SlurmClient
 from runner.slurm.executor import SlurmExecutor, Submission
 from runner.spec.loader import LoadedJob
-from runner.watch.exits import Final, Intent
-from runner.watch.store import LOG_FILE, SPEC_SNAPSHOT
 
 __all__ = ["run_on_slurm"]
 
@@ -48,10 +48,10 @@ def run_on_slurm(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto"
     executor = SlurmExecutor(runs_root=runs_root, registry=registry, allow_remote_code=allow_remote_code, poll=poll,
                              log=_say, submitter="runner run")
     try:
-        submitted = executor.submit(run_dir, job.path.absolute())
+        submitted = executor.start(run_dir, job.path.absolute())
         while submitted is None:  # the controller cannot be reached: keep trying, like the daemon
             time.sleep(max(0.0, executor.retry_at - time.monotonic()))
-            submitted = executor.submit(run_dir, job.path.absolute())
+            submitted = executor.start(run_dir, job.path.absolute())
     except KeyboardInterrupt:  # nothing reached Slurm: leave no queued run behind that nobody submits
         status_file.transition(JobState.CANCELLED, error="stopped with Ctrl-C before Slurm accepted the job")
         _say(f"cancelled {run_dir}: Slurm never accepted it")
@@ -59,24 +59,23 @@ def run_on_slurm(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto"
     if isinstance(submitted, Final):
         return _record(status_file, submitted, run_dir)
     sub: Submission = submitted
-    intent: Intent | None = None
     offset = sub.log_size or 0
     while True:
         try:
             time.sleep(max(0.0, executor.next_poll - time.monotonic()))
             offset = _print_new(run_dir / LOG_FILE, offset, out)
-            ended = executor.poll([(sub, intent)])
+            ended = executor.poll([sub])
             if ended:
                 offset = _print_new(run_dir / LOG_FILE, offset, out)
                 executor.done(sub)
                 return _record(status_file, ended[0][1], run_dir)
         except KeyboardInterrupt:
-            if intent is not None:
+            if sub.intent is not None:
                 _say(f"no longer following Slurm job {sub.job_id}; `runner status {job.name}` shows the run")
                 return 130
-            intent = Intent.SHUTDOWN
+            sub.intent = Intent.SHUTDOWN
             _say(f"stopping: scancel {sub.job_id}; the run saves a checkpoint first (Ctrl-C again to stop waiting)")
-            executor.cancel(sub)
+            executor.stop(sub)
 
 
 def _print_new(path: Path, offset: int, out: BinaryIO) -> int:

@@ -22,16 +22,17 @@ import signal
 from dataclasses import dataclass
 from enum import StrEnum
 
-from runner.outputs.status import FailureClass, JobState
-from runner.pipeline import Outcome
-from runner.watch.exits import Final, Intent
+from runner.outputs.attempts import STOP_SIGNALS, Final, Intent, Outcome, signal_name
+from runner.outputs.status import FailureClass, JobState, Status
 
 __all__ = [
+    "SLURM_KEY",
     "SQUEUE_FORMAT",
     "SACCT_FIELDS",
     "JobInfo",
     "Phase",
     "classify_end",
+    "live_job",
     "parse_exit_code",
     "parse_sacct",
     "parse_scontrol",
@@ -39,6 +40,7 @@ __all__ = [
     "phase_of",
 ]
 
+SLURM_KEY = "slurm"  # in status.extra: what Slurm says about the run's jobs (runner.slurm.executor)
 SQUEUE_FORMAT = "%i|%T|%N|%S|%e|%l|%r"  # reason last: it is free text
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Timelimit"
 
@@ -70,6 +72,16 @@ ENDED_STATES: dict[str, JobState] = {
     "REQUEUED": JobState.INTERRUPTED,  # (its phase is REQUEUED: the submitter scancels it and resubmits)
 }
 UNKNOWN = "UNKNOWN"  # our name for a job Slurm no longer knows (purged from squeue, no accounting)
+
+
+def live_job(status: Status) -> str | None:
+    """The Slurm job working on this run now: submitted for its current attempt and not over."""
+    record = status.extra.get(SLURM_KEY)
+    if status.state not in (JobState.QUEUED, JobState.RUNNING) or not isinstance(record, dict):
+        return None
+    if not record.get("job_id") or record.get("attempt") != status.attempt or record.get("ended"):
+        return None
+    return str(record["job_id"])
 
 
 def normalize_state(text: str) -> str:
@@ -182,7 +194,6 @@ _CANCEL_TEXT = {
     Intent.SUPERSEDE: "cancelled: a newer version of its job file replaces it",
     Intent.DROP: "cancelled: its job file was deleted before it started",
 }
-_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
 
 def _label(info: JobInfo) -> str:
@@ -195,13 +206,6 @@ def _label(info: JobInfo) -> str:
     if info.exit_code and info.exit_code != "0:0":
         details.append(f"exit code {info.exit_code}")
     return text + (f" ({', '.join(details)})" if details else "")
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def classify_end(info: JobInfo, outcome: Outcome | None, intent: Intent | None, *, log_tail: str = "",
@@ -257,11 +261,11 @@ def classify_end(info: JobInfo, outcome: Outcome | None, intent: Intent | None, 
             return Final(JobState.FAILED, FailureClass.OOM,
                          f"{label}: killed by SIGKILL, most likely for using too much memory; raise "
                          "resources.memory or use a smaller batch" + tail)
-        if number in _STOP_SIGNALS:
+        if number in STOP_SIGNALS:
             return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                         f"{label}: stopped by {_signal_name(number)} before it could save a checkpoint; "
+                         f"{label}: stopped by {signal_name(number)} before it could save a checkpoint; "
                          "it resumes from its last complete checkpoint")
-        return Final(JobState.FAILED, FailureClass.CRASH, f"{label}: died from {_signal_name(number)}" + tail)
+        return Final(JobState.FAILED, FailureClass.CRASH, f"{label}: died from {signal_name(number)}" + tail)
     if code is not None and code[0] in (126, 127):
         return Final(JobState.FAILED, FailureClass.CRASH,
                      f"{label}: the node could not start {python}; install the project at the same path on "

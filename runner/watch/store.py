@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.fsutil import atomic_write_json
+from runner.outputs.runs import LOG_FILE, SPEC_SNAPSHOT  # the run folder's names, kept importable from here
 
 try:
     import fcntl
@@ -52,8 +53,6 @@ __all__ = [
 ]
 
 STATE_FORMAT = 1
-SPEC_SNAPSHOT = "spec.toml"  # in each run folder: the exact bytes of the version that was queued
-LOG_FILE = "train.log"  # in each run folder: the child's stdout and stderr, all attempts
 
 
 def default_state_dir(jobs_dir: Path) -> Path:
@@ -148,10 +147,12 @@ class WatchState:
     files: dict[str, KnownFile] = field(default_factory=dict)
     next_seq: int = 1
     queue: list[dict[str, Any]] = field(default_factory=list)  # informational snapshot
+    dirty: bool = field(default=False, compare=False, repr=False)  # changed since last saved (not saved itself)
 
     def take_seq(self) -> int:
         seq = self.next_seq
         self.next_seq += 1
+        self.dirty = True
         return seq
 
 

@@ -10,8 +10,10 @@ import pytest
 
 from runner.outputs.runs import find_interrupted_run, new_run_dir, run_paths
 from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
-from runner.pipeline import OUTCOME_FILE, write_outcome
-from runner.slurm.executor import SLURM_KEY, SlurmExecutor, Submission, check_allocation, live_job
+from runner.outputs.attempts import Final, write_outcome
+from runner.outputs.runs import OUTCOME_FILE
+from runner.slurm.executor import SLURM_KEY, SlurmExecutor, Submission, live_job
+from runner.slurm.node import check_allocation
 from runner.slurm.states import JobInfo
 from runner.watch.queue import DepState, Item, decide
 
@@ -40,14 +42,12 @@ def states(sub: Submission) -> list[str]:
 
 
 def apply(sub: Submission, final: object) -> None:
-    from runner.watch.exits import Final
-
     assert isinstance(final, Final)
     sub.status_file.transition(final.state, reason=final.reason, error=final.error, **final.fields)
 
 
 def test_a_pending_job_keeps_the_run_queued_and_shows_slurms_reason(executor: SlurmExecutor, run: Submission) -> None:
-    assert executor.observe(run, JobInfo(JOB_ID, "PENDING", "Priority"), None) is None
+    assert executor.observe(run, JobInfo(JOB_ID, "PENDING", "Priority")) is None
     status = run.status_file.read()
     assert status is not None and status.state is JobState.QUEUED
     assert status.extra["waiting"] == f"slurm job {JOB_ID}: pending (Priority)"  # shown by `runner status`
@@ -55,7 +55,7 @@ def test_a_pending_job_keeps_the_run_queued_and_shows_slurms_reason(executor: Sl
 
 
 def test_a_started_job_sets_the_run_running_with_its_nodes(executor: SlurmExecutor, run: Submission) -> None:
-    assert executor.observe(run, JobInfo(JOB_ID, "RUNNING", None, None, "gpu-07"), None) is None
+    assert executor.observe(run, JobInfo(JOB_ID, "RUNNING", None, None, "gpu-07")) is None
     status = run.status_file.read()
     assert status is not None and status.state is JobState.RUNNING and status.extra["waiting"] is None
     assert status.extra[SLURM_KEY]["nodes"] == "gpu-07" and status.extra[SLURM_KEY]["state"] == "RUNNING"
@@ -63,7 +63,7 @@ def test_a_started_job_sets_the_run_running_with_its_nodes(executor: SlurmExecut
 
 def test_a_job_that_ran_and_ended_between_two_polls_still_shows_it_ran(executor: SlurmExecutor, run: Submission) -> None:
     write_outcome(run.run_dir / OUTCOME_FILE, JobState.SUCCEEDED, step=12, extra={"train_seconds": 3.0})
-    final = executor.observe(run, JobInfo(JOB_ID, "COMPLETED", None, "0:0", "gpu-07"), None)
+    final = executor.observe(run, JobInfo(JOB_ID, "COMPLETED", None, "0:0", "gpu-07"))
     apply(run, final)
     executor.done(run)
     status = run.status_file.read()
@@ -76,15 +76,15 @@ def test_a_job_that_ran_and_ended_between_two_polls_still_shows_it_ran(executor:
 
 
 def test_a_job_cancelled_before_it_started_never_shows_running(executor: SlurmExecutor, run: Submission) -> None:
-    apply(run, executor.observe(run, JobInfo(JOB_ID, "CANCELLED", "Resources", "0:0", None), None))
+    apply(run, executor.observe(run, JobInfo(JOB_ID, "CANCELLED", "Resources", "0:0")))
     assert states(run) == ["queued", "cancelled"]
 
 
 def test_an_end_without_the_runs_report_waits_for_it_a_moment(executor: SlurmExecutor, run: Submission) -> None:
     ended = JobInfo(JOB_ID, "FAILED", "NonZeroExitCode", "1:0", "gpu-07")
-    assert executor.observe(run, ended, None) is None, "a network filesystem may show the report late"
+    assert executor.observe(run, ended) is None, "a network filesystem may show the report late"
     run.ended_seen = time.monotonic() - 60
-    final = executor.observe(run, ended, None)
+    final = executor.observe(run, ended)
     assert final is not None and (final.state, final.reason) == (JobState.FAILED, FailureClass.CRASH)
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from runner.outputs.attempts import Intent, Outcome
 from runner.outputs.status import FailureClass, JobState
-from runner.pipeline import Outcome
 from runner.slurm.states import (
     UNKNOWN,
     JobInfo,
@@ -21,7 +21,6 @@ from runner.slurm.states import (
     parse_squeue,
     phase_of,
 )
-from runner.watch.exits import Intent
 
 SQUEUE = """\
 4|PENDING||N/A|N/A|UNLIMITED|Resources

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.outputs.status import FailureClass, JobState
-from runner.pipeline import Outcome
-from runner.watch.exits import Intent, classify_exit
+from runner.outputs.attempts import Intent, Outcome, classify_exit
 from runner.watch.scan import Settler, SpecFile, inspect_spec, scan_folder
 from runner.watch.store import DaemonLock, KnownFile, Locked, WatchState, load_state, pending_requests, request_cancel, save_state
 
@@ -107,9 +106,9 @@ def test_a_childs_end_maps_to_one_state_and_class(returncode: int | None, outcom
 
 
 def test_log_tail_is_kept_short(tmp_path: Path) -> None:
-    from runner.watch.daemon import _log_tail
+    from runner.outputs.attempts import log_tail
 
     log = tmp_path / "train.log"
     log.write_bytes(b"".join(f"line {i}\r\n".encode() for i in range(1000)) + os.urandom(0))
-    tail = _log_tail(log, lines=3)
+    tail = log_tail(log, lines=3)
     assert tail.splitlines() == ["line 997", "line 998", "line 999"]

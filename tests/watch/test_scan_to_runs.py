@@ -10,6 +10,7 @@ import pytest
 from runner.outputs.runs import list_runs, read_status
 from runner.outputs.status import JobState, Status
 from runner.watch.daemon import Daemon, WatchConfig
+from runner.watch.recover import recover
 
 SPEC = '[model]\nsource = "local:/m"\n[data]\ntrain = "t.jsonl"\n'
 
@@ -29,6 +30,10 @@ def make(tmp_path: Path) -> Iterator[object]:
         d.close()
 
 
+def scan(daemon: Daemon, now: float) -> None:
+    daemon.intake.scan(now, daemon.wakeups)
+
+
 def runs(tmp_path: Path, job: str) -> list[Status]:
     return [s for r in list_runs(tmp_path / "runs", job) if (s := read_status(r)) is not None]
 
@@ -38,28 +43,28 @@ def test_new_versions_supersede_waiting_runs_and_deleting_drops_them(tmp_path: P
     daemon = make()
     (jobs / "a.toml").write_text(SPEC)
     (jobs / "b.toml").write_text('name = "a"\n' + SPEC)  # claims a's name
-    daemon._scan(now=0.0)
+    scan(daemon, 0.0)
     (first,) = runs(tmp_path, "a")
     assert first.state is JobState.QUEUED and first.extra["watch"]["spec"] == "a.toml"
     (conflict,) = runs(tmp_path, "b")  # recorded under its own file name, not as a's latest run
     assert conflict.state is JobState.INVALID and "already used by" in (conflict.error or "")
 
-    daemon._scan(now=1.0)  # nothing changed: nothing new
+    scan(daemon, 1.0)  # nothing changed: nothing new
     assert len(runs(tmp_path, "a")) == 1 and len(runs(tmp_path, "b")) == 1
 
     (jobs / "a.toml").write_text(SPEC + "# v2\n")
-    daemon._scan(now=2.0)
+    scan(daemon, 2.0)
     a_runs = runs(tmp_path, "a")
     assert [r.state for r in a_runs] == [JobState.CANCELLED, JobState.QUEUED]
     assert "superseded" in (a_runs[0].error or "") and a_runs[0].attempt == 1
 
     (jobs / "a.toml").unlink()
-    daemon._scan(now=3.0)
+    scan(daemon, 3.0)
     assert runs(tmp_path, "a")[-1].state is JobState.CANCELLED and "deleted" in (runs(tmp_path, "a")[-1].error or "")
-    assert "a.toml" not in daemon.state.files and not daemon.tracked
+    assert "a.toml" not in daemon.state.files and not daemon.supervisor.tracked
 
     (jobs / "a.toml").write_text(SPEC)  # back to the first content: a change, so queued again
-    daemon._scan(now=4.0)
+    scan(daemon, 4.0)
     assert runs(tmp_path, "a")[-1].state is JobState.QUEUED and len(runs(tmp_path, "a")) == 3
 
 
@@ -68,18 +73,18 @@ def test_the_queue_survives_a_restart_and_a_lost_state_file_queues_nothing_twice
     (jobs / "a.toml").write_text("priority = 5\n" + SPEC)
     (jobs / "b.toml").write_text(SPEC.replace("local:/m", "job:a"))
     first = make()
-    first._scan(now=0.0)
+    scan(first, 0.0)
     first._save_state()
 
     second = make()  # a restart: the queue comes back from the run folders, order included
-    second._recover()
-    assert {(t.job, t.priority, t.depends_on) for t in second.tracked.values()} == {("a", 5, ()), ("b", 0, ("a",))}
-    assert second.state.next_seq > max(t.seq for t in second.tracked.values())
+    recover(second.supervisor, second.state_dir)
+    assert {(t.job, t.priority, t.depends_on) for t in second.supervisor.tracked.values()} == {("a", 5, ()), ("b", 0, ("a",))}
+    assert second.state.next_seq > max(t.seq for t in second.supervisor.tracked.values())
 
     (tmp_path / ".runner" / "watch-jobs" / "state.json").unlink()
     third = make()
-    third._recover()
-    third._scan(now=0.0)
+    recover(third.supervisor, third.state_dir)
+    scan(third, 0.0)
     assert len(runs(tmp_path, "a")) == 1 and len(runs(tmp_path, "b")) == 1
     assert set(third.state.files) == {"a.toml", "b.toml"}
 
@@ -92,7 +97,7 @@ def test_cancel_without_a_daemon_changes_the_run_itself_and_with_one_leaves_a_re
 
     (tmp_path / "jobs" / "a.toml").write_text(SPEC)
     (tmp_path / "jobs" / "b.toml").write_text(SPEC)
-    make()._scan(now=0.0)
+    scan(make(), 0.0)
     assert cancel_command("a", runs_dir=str(tmp_path / "runs"), wait=None) == 0  # no daemon holds the lock
     assert runs(tmp_path, "a")[-1].state is JobState.CANCELLED
 
@@ -114,10 +119,10 @@ def test_a_run_finished_by_another_process_is_not_waited_on(tmp_path: Path, make
 
     (tmp_path / "jobs" / "a.toml").write_text(SPEC)
     daemon = make()
-    daemon._scan(now=0.0)
-    assert daemon._dep_state("a")[0] is DepState.PENDING
-    (tracked,) = daemon.tracked.values()
+    scan(daemon, 0.0)
+    assert daemon.supervisor._dep_state("a")[0] is DepState.PENDING
+    (tracked,) = daemon.supervisor.tracked.values()
     tracked.status_file.transition(JobState.RUNNING)  # e.g. `runner run` resumed this very run and finished it
     tracked.status_file.transition(JobState.SUCCEEDED)
-    daemon._schedule()
-    assert not daemon.tracked and daemon._dep_state("a")[0] is DepState.SUCCEEDED
+    daemon.supervisor.schedule()
+    assert not daemon.supervisor.tracked and daemon.supervisor._dep_state("a")[0] is DepState.SUCCEEDED

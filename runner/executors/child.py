@@ -1,4 +1,4 @@
-"""`python -m runner.watch.child`: one job of the daemon, in its own process.
+"""`python -m runner.executors.child`: one attempt of a supervised run, in its own process.
 
 A fresh interpreter (not a fork of the daemon) so that an exception, an OOM kill or a segfault
 in torch takes down only this process, and the daemon never imports torch at all. It runs the
@@ -39,7 +39,7 @@ def _stop_with_parent(pipe_fd: int | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runner.watch.child", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m runner.executors.child", description=__doc__)
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--spec-path", required=True, type=Path, help="the job file (relative paths resolve from here)")
     parser.add_argument("--runs-root", required=True, type=Path)
@@ -50,21 +50,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_with_parent(args.parent_pipe)
     return run_supervised(args.run_dir, args.spec_path, args.runs_root, registry=args.registry,
                           allow_remote_code=args.allow_remote_code,
-                          command=[sys.executable, "-m", "runner.watch.child", *(argv if argv is not None else sys.argv[1:])])
+                          command=[sys.executable, "-m", "runner.executors.child", *(argv if argv is not None else sys.argv[1:])])
 
 
 def run_supervised(run_dir: Path, spec_path: Path, runs_root: Path, *, registry: Path | None = None,
                    allow_remote_code: bool = False, command: list[str] | None = None) -> int:
     """Run the attempt a supervisor set up in `run_dir` (its spec.toml; the end is reported, not written).
 
-    Also what `runner run JOB --run-dir RUN` does on a Slurm node. There the run folder is reached
-    through a shared filesystem and the job may have waited in Slurm's queue: check both first.
+    Also what `runner run JOB --run-dir RUN` does on a Slurm node (runner.slurm.node), where the run
+    folder is reached through a shared filesystem: check it is there first.
     """
-    from runner.outputs.runs import read_status
+    from runner.outputs.attempts import write_outcome
+    from runner.outputs.runs import OUTCOME_FILE, SPEC_SNAPSHOT, read_status
     from runner.outputs.status import FailureClass, JobState
-    from runner.pipeline import OUTCOME_FILE, Supervision, run_job, write_outcome
+    from runner.pipeline import Supervision, run_job
     from runner.spec import JobSpecError, parse_job
-    from runner.watch.store import SPEC_SNAPSHOT
 
     status = read_status(run_dir)
     if status is None or not (run_dir / SPEC_SNAPSHOT).is_file():
@@ -75,14 +75,6 @@ def run_supervised(run_dir: Path, spec_path: Path, runs_root: Path, *, registry:
     if status.is_terminal:
         print(f"run {run_dir} is already {status.state}; nothing to do", file=sys.stderr)
         return 1
-    slurm_job = os.environ.get("SLURM_JOB_ID")
-    if slurm_job and isinstance(status.extra.get("slurm"), dict):
-        from runner.slurm.executor import check_allocation
-
-        problem = check_allocation(run_dir, slurm_job)
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 1
     outcome = run_dir / OUTCOME_FILE
     data = (run_dir / SPEC_SNAPSHOT).read_bytes()
     try:
