@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from runner.fsutil import digest_file
 from runner.outputs.attempts import Outcome, read_outcome, write_outcome
 from runner.outputs.checkpoints import find_resume_point
+from runner.outputs.leftovers import remove_leftovers
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
 from runner.outputs.runs import OUTCOME_FILE, find_interrupted_run, new_run_dir, run_paths
@@ -78,6 +79,7 @@ def prepare_run(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto")
         assert current is not None
         if current.state is JobState.RUNNING:  # its process died without a word (SIGKILL, power loss)
             status.transition(JobState.INTERRUPTED, reason=FailureClass.INTERRUPTED, error="the run's process died")
+        remove_leftovers(previous)  # what the dead attempt left half-written
         status.transition(JobState.QUEUED)
         return previous, status, True
     run_dir = new_run_dir(runs_root, job.name)
@@ -137,6 +139,7 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
         return _fail(finish, run_dir, FailureClass.CRASH, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.log'})")
     finally:
         restore_signals()
+        remove_leftovers(run_dir)  # nothing half-written outlives the attempt (a torn save, the staging folder)
     return _conclude(job, attempt, outcome, stop, runs_root=runs_root, registry=registry, supervised=supervised)
 
 

@@ -35,6 +35,9 @@ def add_watch(sub: Subparsers) -> None:
                        help="poll the folder instead of using filesystem events (network filesystems); default 1 s")
     watch.add_argument("--max-attempts", type=int, default=5,
                        help="attempts of an interrupted run before it fails (default 5)")
+    watch.add_argument("--retry-killed", action="store_true",
+                       help="queue again a run whose process was killed with SIGKILL (not by the OOM killer), "
+                            "like an interrupted one; by default it waits for `runner run` or `runner cancel`")
     watch.add_argument("--on-change", choices=["queue", "restart"], default="queue",
                        help="a running job's file changed: let it finish and queue the new version (default), "
                             "or stop it and run the new version")
@@ -85,7 +88,7 @@ def watch_command(args: argparse.Namespace) -> int:
         return run_daemon(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
                            max_attempts=args.max_attempts, on_change=args.on_change, debounce=args.debounce,
                            settle=args.settle, registry=args.registry, allow_remote_code=args.allow_remote_code,
-                           executor=args.executor, slurm_poll=args.slurm_poll)
+                           executor=args.executor, slurm_poll=args.slurm_poll, retry_killed=args.retry_killed)
 
     if args.api:
         from runner.commands.serve import with_api
@@ -100,7 +103,7 @@ def watch_command(args: argparse.Namespace) -> int:
 def run_daemon(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, poll: float | None,
                max_attempts: int, on_change: str, debounce: float, settle: float,
                registry: str | None = None, allow_remote_code: bool = False, executor: str = "local",
-               slurm_poll: float = 5.0) -> int:
+               slurm_poll: float = 5.0, retry_killed: bool = False) -> int:
     """Run the daemon until it is stopped; its exit code, or 1 if another daemon holds the folder, 2 when
     the folder or the Slurm client commands are missing."""
     from runner.outputs.runs import runs_root
@@ -123,7 +126,7 @@ def run_daemon(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, po
         state_dir=Path(state_dir).absolute() if state_dir else default_state_dir(folder),
         poll=poll, max_attempts=max_attempts, on_change=on_change, debounce=debounce, settle=settle,
         registry=Path(registry).absolute() if registry else None, allow_remote_code=allow_remote_code,
-        executor=executor, slurm_poll=slurm_poll,
+        executor=executor, slurm_poll=slurm_poll, retry_killed=retry_killed,
     )
     try:
         return Daemon(config).run()

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runner.executors.base import Attempt, Executor
+from runner.executors.oom import OomWitness
 from runner.outputs.attempts import Final, classify_exit, log_tail, read_outcome
 from runner.outputs.runs import is_pid_alive, read_status, run_paths
 from runner.outputs.status import FailureClass, JobState, Status, StatusFile
@@ -41,6 +42,7 @@ class LocalAttempt(Attempt):
     lifeline: int | None = None  # write end of the child's parent pipe: closed by the kernel if we die
     signalled: bool = False
     killed: bool = False
+    oom: OomWitness | None = None  # whether the kernel's OOM killer killed it (only for our own children)
 
     def __post_init__(self) -> None:
         self.outlives_supervisor = self.proc is None
@@ -91,6 +93,7 @@ class LocalExecutor(Executor):
         if self.allow_remote_code:
             command.append("--allow-remote-code")
         key = f"{status.job}/{status.run_id}"
+        oom = OomWitness.arm()  # before the child exists: its cgroup is ours, its end is after this
         lifeline_r, lifeline_w = os.pipe()  # both close-on-exec: only the child's copy of the read end survives
         try:
             with open(paths.log, "ab") as log:
@@ -103,13 +106,14 @@ class LocalExecutor(Executor):
                                         pass_fds=(lifeline_r,))
         except OSError as exc:
             os.close(lifeline_w)
+            oom.close()
             return Final(JobState.FAILED, FailureClass.CRASH, f"could not start its process: {exc}")
         finally:
             os.close(lifeline_r)
         StatusFile(paths.status).transition(JobState.RUNNING, pid=proc.pid,
                                             extra={"waiting": None, "pid_start": process_start_ticks(proc.pid)})
         self.log(f"started {key} (attempt {status.attempt}, pid {proc.pid})")
-        return LocalAttempt(run_dir, proc.pid, proc, _pidfd(proc.pid), lifeline=lifeline_w)
+        return LocalAttempt(run_dir, proc.pid, proc, _pidfd(proc.pid), lifeline=lifeline_w, oom=oom)
 
     def adopt(self, run_dir: Path, status: Status) -> Attempt | None:
         if status.state is not JobState.RUNNING:
@@ -132,8 +136,11 @@ class LocalExecutor(Executor):
             elif is_pid_alive(attempt.pid) and not _pidfd_ready(attempt.pidfd):
                 continue
             paths = run_paths(attempt.run_dir)
+            oom_killed = None
+            if returncode == -signal.SIGKILL and attempt.oom is not None:
+                oom_killed = attempt.oom.verdict(attempt.pid)
             ended.append((attempt, classify_exit(returncode, read_outcome(paths.outcome), attempt.intent,
-                                                 log_tail=log_tail(paths.log))))
+                                                 log_tail=log_tail(paths.log), oom_killed=oom_killed)))
         return ended
 
     def stop(self, attempt: Attempt) -> None:
@@ -165,6 +172,8 @@ class LocalExecutor(Executor):
             if fd is not None:
                 os.close(fd)
         attempt.pidfd = attempt.lifeline = None
+        if attempt.oom is not None:
+            attempt.oom.close()
         super().done(attempt)
 
     def wait_fds(self, attempts: Sequence[Attempt]) -> list[int]:

@@ -7,7 +7,8 @@ Three parties know part of the story:
   cancel`, a newer spec version), which turns "interrupted" into "cancelled" and keeps a stop it
   caused from being called a failure;
 * the executor knows how the process ended when it could not report: killed by the kernel's OOM
-  killer or by an operator, a segfault in native code, stopped before its handler was installed.
+  killer or by an operator (told apart by the executor's evidence: the cgroup's oom_kill counter,
+  the kernel log), a segfault in native code, stopped before its handler was installed.
 
 `classify_exit` puts a local process's three facts together into a `Final`: the one transition the
 supervisor then applies through `StatusFile.transition`, only once the process is gone.
@@ -28,6 +29,7 @@ from runner.fsutil import atomic_write_json
 from runner.outputs.status import FailureClass, JobState, Status, StatusFile
 
 __all__ = [
+    "KILLED_HINT",
     "STOP_SIGNALS",
     "Final",
     "Intent",
@@ -137,11 +139,13 @@ _CANCEL_TEXT = {
 }
 
 
-def classify_exit(returncode: int | None, outcome: Outcome | None, intent: Intent | None, *, log_tail: str = "") -> Final:
+def classify_exit(returncode: int | None, outcome: Outcome | None, intent: Intent | None, *, log_tail: str = "",
+                  oom_killed: bool | None = None) -> Final:
     """The state a run goes to after its process ended.
 
     `returncode` is None when the process was not our child (adopted after a daemon restart),
-    so only its report, if any, is known.
+    so only its report, if any, is known. `oom_killed` says whether the kernel's OOM killer killed
+    it (None: nothing here can tell): a SIGKILL is `oom` only then, else `killed`.
     """
     tail = f"\nlast lines of train.log:\n{log_tail}" if log_tail.strip() else ""
     if outcome is not None and outcome.state is JobState.SUCCEEDED:
@@ -163,16 +167,25 @@ def classify_exit(returncode: int | None, outcome: Outcome | None, intent: Inten
                      "its process ended while no daemon was watching (was the daemon killed?); "
                      "it resumes from its last complete checkpoint")
     if returncode < 0:
-        return _killed_by_signal(-returncode, tail)
+        return _killed_by_signal(-returncode, tail, oom_killed)
     return Final(JobState.FAILED, FailureClass.CRASH,
                  f"exited with code {returncode} without reporting how the run ended" + tail)
 
 
-def _killed_by_signal(number: int, tail: str) -> Final:
-    if number == signal.SIGKILL:
+KILLED_HINT = ("not retried: `runner run` on its job file resumes it from its last complete checkpoint, "
+               "and `runner watch --retry-killed` retries such runs")
+
+
+def _killed_by_signal(number: int, tail: str, oom_killed: bool | None) -> Final:
+    if number == signal.SIGKILL and oom_killed:
         return Final(JobState.FAILED, FailureClass.OOM,
-                     "killed by SIGKILL: most likely the kernel's out-of-memory killer (see `dmesg`); "
-                     "use a smaller batch_size or max_length" + tail)
+                     "killed by the kernel's out-of-memory killer; use a smaller train.batch_size or data.max_length, "
+                     "or give the job more memory" + tail)
+    if number == signal.SIGKILL:
+        who = (" (no cgroup memory counter or kernel log is readable here to tell whether the kernel's "
+               "out-of-memory killer sent it; `dmesg` says)") if oom_killed is None else \
+            ", not by the kernel's out-of-memory killer"
+        return Final(JobState.INTERRUPTED, FailureClass.KILLED, f"killed by SIGKILL{who}; {KILLED_HINT}")
     if number in STOP_SIGNALS:
         return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
                      f"stopped by {signal_name(number)} before it could save a checkpoint; "

@@ -56,6 +56,7 @@ class FailureClass(StrEnum):
     CRASH = "crash"  # unexpected exception or child died without a word
     TIMEOUT = "timeout"  # exceeded a configured time budget
     INTERRUPTED = "interrupted"  # signal / shutdown; resumable
+    KILLED = "killed"  # SIGKILL from someone (an operator), not the OOM killer; resumable, not retried unasked
     DEPENDENCY = "dependency"  # a job this one depends on did not succeed
     DIVERGED = "diverged"  # the loss or the gradients became nan or infinite
     CANCELLED_BY_USER = "cancelled-by-user"

@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from runner.fsutil import atomic_write_bytes
 from runner.outputs.attempts import Final, Intent
+from runner.outputs.leftovers import remove_leftovers
 from runner.outputs.runs import LOG_FILE, SPEC_SNAPSHOT
 from runner.outputs.status import JobState, StatusFile
 from runner.pipeline import RunResult, prepare_run
@@ -92,7 +93,8 @@ def _print_new(path: Path, offset: int, out: BinaryIO) -> int:
 
 
 def _record(status_file: StatusFile, final: Final, run_dir: Path) -> int:
-    status = status_file.transition(final.state, reason=final.reason, error=final.error, **final.fields)
+    status = final.apply(status_file)
+    remove_leftovers(run_dir)  # the node's process is gone: nothing half-written stays behind
     if final.error and status.state is not JobState.SUCCEEDED:
         _say(f"{status.state}" + (f" ({status.reason})" if status.reason else "") + f": {final.error}")
     else:

@@ -5,7 +5,9 @@ Pure functions over text and plain values, so the mapping is tested without a cl
     PENDING (and CONFIGURING, held)                    -> queued
     RUNNING (and COMPLETING, SUSPENDED, ...)           -> running
     COMPLETED                                          -> succeeded (the run reported success)
-    FAILED, OUT_OF_MEMORY, DEADLINE, SPECIAL_EXIT      -> failed, with a class (oom, timeout, crash, ...)
+    FAILED, OUT_OF_MEMORY, DEADLINE, SPECIAL_EXIT      -> failed, with a class (oom, timeout, crash, ...);
+                                                          killed by SIGKILL (exit code 0:9) -> interrupted
+                                                          (killed), resumable but not retried unasked
     CANCELLED, REVOKED                                 -> cancelled
     TIMEOUT, PREEMPTED, NODE_FAIL, BOOT_FAIL, REQUEUED -> interrupted: queued again, resumed from the
                                                           last complete checkpoint on a new allocation
@@ -22,7 +24,7 @@ import signal
 from dataclasses import dataclass
 from enum import StrEnum
 
-from runner.outputs.attempts import STOP_SIGNALS, Final, Intent, Outcome, signal_name
+from runner.outputs.attempts import KILLED_HINT, STOP_SIGNALS, Final, Intent, Outcome, signal_name
 from runner.outputs.status import FailureClass, JobState, Status
 
 __all__ = [
@@ -257,10 +259,8 @@ def classify_end(info: JobInfo, outcome: Outcome | None, intent: Intent | None, 
         return Final(JobState.FAILED, FailureClass.CRASH, f"{label}, but the run did not report how it ended" + tail)
     if code is not None and code[1]:
         number = code[1]
-        if number == signal.SIGKILL:
-            return Final(JobState.FAILED, FailureClass.OOM,
-                         f"{label}: killed by SIGKILL, most likely for using too much memory; raise "
-                         "resources.memory or use a smaller batch" + tail)
+        if number == signal.SIGKILL:  # Slurm says OUT_OF_MEMORY when its cgroup's OOM killer did it
+            return Final(JobState.INTERRUPTED, FailureClass.KILLED, f"{label}: killed by SIGKILL; {KILLED_HINT}")
         if number in STOP_SIGNALS:
             return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
                          f"{label}: stopped by {signal_name(number)} before it could save a checkpoint; "

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner.outputs.runs import STAGING_DIR
 from runner.spec.loader import LoadedJob
 from runner.train import distributed
 from runner.train.context import RunContext
 from runner.train.model import DeviceChoice, ModelSetupError, choose_device, quantization_record
 
-STAGING = ".trainer"  # the Trainer's output_dir, beside (not inside) checkpoints/ so pruning never touches it
+STAGING = STAGING_DIR  # the Trainer's output_dir, beside (not inside) checkpoints/ so pruning never touches it
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 

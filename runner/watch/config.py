@@ -21,6 +21,7 @@ class WatchConfig:
     invalid_grace: float = 1.5  # an invalid one this long before it is recorded (a partial write?)
     rescan_every: float = 30.0  # a full rescan even without events: lost events cost at most this
     max_attempts: int = 5
+    retry_killed: bool = False  # queue again a run whose process an operator killed (SIGKILL), like an interrupted one
     on_change: str = "queue"  # "queue" | "restart"
     registry: Path | None = None  # passed to every job, as `runner run --registry`
     allow_remote_code: bool = False  # passed to every job, as `runner run --allow-remote-code`

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from runner.outputs.attempts import cancel_waiting_run
@@ -25,7 +27,16 @@ from runner.watch.config import WatchConfig
 from runner.watch.executors import Executors
 from runner.watch.intake import Intake
 from runner.watch.recover import recover
-from runner.watch.store import DaemonLock, Locked, WatchState, holder_info, load_state, save_state
+from runner.watch.store import (
+    DaemonLock,
+    Locked,
+    WatchState,
+    holder_info,
+    load_state,
+    other_watchers,
+    save_state,
+    watcher_lock,
+)
 from runner.watch.supervise import Supervisor
 from runner.watch.wakeup import Wakeups
 
@@ -35,10 +46,11 @@ __all__ = ["Daemon", "Locked", "WatchConfig", "cancel_waiting_run"]
 class Daemon:
     def __init__(self, config: WatchConfig, executors: Executors | None = None) -> None:
         self.config = config
-        self.jobs_dir = config.jobs_dir.absolute()
+        self.jobs_dir = config.jobs_dir.resolve()  # the real folder: one daemon per folder, whatever names it
         self.runs_root = config.runs_root.absolute()
-        self.state_dir = config.state_dir.absolute()
+        self.state_dir = config.state_dir.resolve()
         self.lock = DaemonLock(self.state_dir)
+        self.runs_lock = watcher_lock(self.runs_root, self.jobs_dir)
         self.state = WatchState()
         self.executors = executors or Executors(config, self._log)
         self.wakeups = Wakeups(self.jobs_dir, config.poll)
@@ -50,20 +62,40 @@ class Daemon:
         """Hold the lock and serve until SIGTERM/SIGINT; `Locked` if another daemon holds it."""
         if not self.jobs_dir.is_dir():
             raise FileNotFoundError(f"jobs folder {self.jobs_dir} does not exist")
-        self.lock.acquire(holder_info(self.jobs_dir, self.runs_root))
         try:
-            with self.wakeups.installed():
-                self._load_state()
-                self._log(f"watching {self.jobs_dir} (runs in {self.runs_root}, state in {self.state_dir}, "
-                          + (f"polling every {self.config.poll:g} s" if self.config.poll else "filesystem events") + ")")
-                recover(self.supervisor, self.state_dir)
-                self._loop()
-            self._save_state()
+            with self._locks():
+                with self.wakeups.installed():
+                    self._load_state()
+                    self._log(f"watching {self.jobs_dir} (runs in {self.runs_root}, state in {self.state_dir}, "
+                              + (f"polling every {self.config.poll:g} s" if self.config.poll else "filesystem events")
+                              + ")")
+                    recover(self.supervisor, self.state_dir)
+                    self._loop()
+                self._save_state()
         finally:
-            self.lock.release()
             self.close()
         self._log("stopped")
         return 0
+
+    @contextmanager
+    def _locks(self) -> Iterator[None]:
+        """The state folder's lock and the runs folder's lock of this jobs folder (`Locked` if another
+        daemon holds either); a warning about daemons of other jobs folders writing runs here too."""
+        info = holder_info(self.jobs_dir, self.runs_root)
+        self.lock.acquire({**info, "state_dir": str(self.state_dir)})
+        try:
+            self.runs_lock.acquire({**info, "state_dir": str(self.state_dir)})
+            try:
+                for other in other_watchers(self.runs_root, self.runs_lock):
+                    self._log(f"warning: another `runner watch` writes runs to {self.runs_root} too: pid "
+                              f"{other.get('pid')} on {other.get('host')}, watching {other.get('jobs_dir')}; each "
+                              "daemon runs only its own job files, but a job name used in both folders gets runs "
+                              "from both (give each jobs folder its own --runs-dir)")
+                yield
+            finally:
+                self.runs_lock.release()
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         """Release the wake-up pipe (run() does it on exit)."""

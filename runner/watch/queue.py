@@ -131,7 +131,8 @@ def decide(
     """Sort the queued runs into start / fail / wait.
 
     `deps` gives the state of every job a queued run depends on (absent means MISSING);
-    `notes` optionally says more about a job for the messages (e.g. "its latest run is invalid").
+    `notes` optionally says more about a job for the messages (e.g. "its latest run is invalid",
+    or why a pending one does not move).
     """
     items = queue_order(queued)
     notes = notes or {}
@@ -153,7 +154,8 @@ def decide(
         waiting = [dep for dep, state in states.items() if state is not DepState.SUCCEEDED]
         if waiting:
             wait.append(Blocked(item, ", ".join(
-                f"job:{dep}" + (" (no run of it yet)" if states[dep] is DepState.MISSING else "") for dep in waiting)))
+                f"job:{dep}" + (" (no run of it yet)" if states[dep] is DepState.MISSING
+                                else f" ({notes[dep]})" if dep in notes else "") for dep in waiting)))
         else:
             ready.append(item)
     return Decision(ready[0] if ready else None, tuple(fail), tuple(wait), tuple(ready))

@@ -10,7 +10,12 @@ Layout (`state_dir`, default `<jobs folder's parent>/.runner/watch-<jobs folder 
 
 Beside the jobs folder rather than in it, so writing state never wakes the daemon, and keyed
 by the jobs folder rather than by the runs root, since "one daemon per jobs folder" is the
-rule the lock enforces. Every file is written with runner.fsutil (temp + fsync + rename), so a
+rule the lock enforces. The folder is named after the jobs folder's real path (symlinks
+resolved), so a second daemon reaching the same folder through another path meets the same lock.
+
+In the runs folder, `.watchers/<key>.lock` and `<key>.json` (key: a hash of the real jobs folder
+path) say which daemons write runs there: a second daemon of the same jobs folder is refused
+there too, whatever its `--state-dir`, and one of another jobs folder is warned about. Every file is written with runner.fsutil (temp + fsync + rename), so a
 kill at any instant leaves the previous or the next version, never a torn one.
 
 The per-run state (queued, running, ...) is not here: it lives in each run's status.json, and
@@ -19,6 +24,7 @@ the daemon rebuilds its queue from the run folders it owns when it starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -45,41 +51,49 @@ __all__ = [
     "KnownFile",
     "Locked",
     "WatchState",
+    "WATCHERS",
     "default_state_dir",
     "load_state",
+    "other_watchers",
     "pending_requests",
     "request_cancel",
     "save_state",
+    "watcher_lock",
 ]
 
 STATE_FORMAT = 1
 
 
+WATCHERS = ".watchers"  # in the runs folder: one lock per jobs folder whose daemon writes runs there
+
+
 def default_state_dir(jobs_dir: Path) -> Path:
-    jobs_dir = jobs_dir.absolute()
+    """`.runner/watch-<name>` beside the real jobs folder, whatever path (a symlink) names it."""
+    jobs_dir = jobs_dir.resolve()
     return jobs_dir.parent / ".runner" / f"watch-{jobs_dir.name}"
 
 
 class Locked(RuntimeError):
     """Another daemon holds the lock of this jobs folder."""
 
-    def __init__(self, state_dir: Path, holder: dict[str, Any] | None) -> None:
+    def __init__(self, lock_path: Path, holder: dict[str, Any] | None) -> None:
         self.holder = holder
         if holder:
             who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}, "
                    f"watching {holder.get('jobs_dir')} (command: {' '.join(holder.get('command') or [])})")
         else:
             who = "a process that has not written daemon.json yet"
-        super().__init__(f"another `runner watch` holds the lock {state_dir / 'lock'}: {who}; stop it first")
+        super().__init__(f"another `runner watch` holds the lock {lock_path}: {who}; stop it first")
 
 
 class DaemonLock:
-    """One daemon per jobs folder: an flock on `state_dir/lock`, released by the kernel on exit."""
+    """One daemon per jobs folder: an flock on `state_dir/lock`, released by the kernel on exit;
+    `daemon.json` beside it says who holds it (other names: the runs folder's watcher locks)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, name: str = "lock", info: str = "daemon.json") -> None:
         self.state_dir = state_dir
-        self.path = state_dir / "lock"
-        self.info_path = state_dir / "daemon.json"
+        self.path = state_dir / name
+        self.info_path = state_dir / info
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
@@ -101,7 +115,7 @@ class DaemonLock:
         deadline = time.monotonic() + wait
         while not self.try_acquire():
             if time.monotonic() >= deadline:
-                raise Locked(self.state_dir, self.holder())
+                raise Locked(self.path, self.holder())
             time.sleep(0.05)
         atomic_write_json(self.info_path, info)
 
@@ -117,6 +131,32 @@ class DaemonLock:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def watcher_lock(runs_root: Path, jobs_dir: Path) -> DaemonLock:
+    """The runs folder's lock for the daemon of this (real) jobs folder."""
+    key = hashlib.sha256(str(jobs_dir.resolve()).encode()).hexdigest()[:16]
+    return DaemonLock(runs_root / WATCHERS, name=f"{key}.lock", info=f"{key}.json")
+
+
+def other_watchers(runs_root: Path, mine: DaemonLock) -> list[dict[str, Any]]:
+    """Who else runs a daemon writing to this runs folder now (from another jobs folder)."""
+    assert fcntl is not None, "runner watch needs a POSIX system (fcntl)"
+    found = []
+    for path in sorted((runs_root / WATCHERS).glob("*.lock")):
+        if path == mine.path:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free: nobody holds it now
+        except BlockingIOError:
+            found.append(DaemonLock(path.parent, name=path.name, info=f"{path.stem}.json").holder() or {})
+        finally:
+            os.close(fd)  # (and with it the probe's shared lock)
+    return found
 
 
 def holder_info(jobs_dir: Path, runs_root: Path) -> dict[str, Any]:

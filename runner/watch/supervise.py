@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.executors.base import Attempt, Executor
-from runner.outputs.attempts import Final, Intent, cancel_waiting_run
-from runner.outputs.runs import list_runs, read_status, run_paths
+from runner.outputs.attempts import KILLED_HINT, Final, Intent, cancel_waiting_run
+from runner.outputs.leftovers import remove_leftovers
+from runner.outputs.runs import RUN_ID_RE, list_runs, read_status, run_paths
 from runner.outputs.status import FailureClass, IllegalTransition, JobState, Status, StatusFile
 from runner.watch.config import WatchConfig
 from runner.watch.executors import Executors
@@ -147,6 +148,8 @@ class Supervisor:
         if status.is_terminal:
             why = f"its latest run {runs[-1].name} is {status.state}" + (f": {status.reason}" if status.reason else "")
             return DepState.FAILED, why
+        if status.state is JobState.INTERRUPTED and status.reason is FailureClass.KILLED:
+            return DepState.PENDING, f"its latest run {runs[-1].name} was killed: resume it with `runner run`"
         return DepState.PENDING, None  # a run this daemon does not own (`runner run`, another daemon)
 
     def _to_start(self, decision: Decision) -> list[Item]:
@@ -203,7 +206,15 @@ class Supervisor:
                 self.active.remove(active)
                 self.apply(active.tracked, final)
                 executor.done(attempt)
+                self.tidy(active.tracked.run_dir)
                 self.state.dirty = True
+
+    def tidy(self, run_dir: Path) -> None:
+        """Remove what an attempt that is over left half-written (no process works on the run now)."""
+        removed = remove_leftovers(run_dir)
+        if removed:
+            self.log(f"{run_dir.parent.name}/{run_dir.name}: removed what its last attempt left half-written: "
+                     + ", ".join(removed))
 
     def apply(self, tracked: Tracked, final: Final) -> None:
         try:
@@ -221,7 +232,15 @@ class Supervisor:
         if status.is_terminal:
             self.tracked.pop(tracked.key, None)
         elif status.state is JobState.INTERRUPTED and not self.stopping:
-            self.requeue(tracked, status)
+            if self.parked(status):
+                self.forget(tracked, f"killed; {KILLED_HINT} ({self.jobs_dir / tracked.spec_path})")
+            else:
+                self.requeue(tracked, status)
+
+    def parked(self, status: Status) -> bool:
+        """A run killed by an operator waits for a person (`runner run`, `runner cancel`), unless --retry-killed."""
+        return status.state is JobState.INTERRUPTED and status.reason is FailureClass.KILLED \
+            and not self.config.retry_killed
 
     def requeue(self, tracked: Tracked, status: Status) -> None:
         """interrupted -> queued (attempt + 1), or failed once --max-attempts attempts were interrupted."""
@@ -277,6 +296,10 @@ class Supervisor:
             elif tracked is not None:
                 if cancel_waiting_run(tracked.status_file, "cancelled with `runner cancel` while it waited") is not None:
                     self.forget(tracked, "cancelled")
+            elif RUN_ID_RE.match(request.run_id) and "/" not in request.job:  # not followed: a killed run that waits
+                run_dir = self.runs_root / request.job / request.run_id
+                if cancel_waiting_run(StatusFile(run_paths(run_dir).status), "cancelled with `runner cancel`"):
+                    self.log(f"{request.key}: cancelled")
             request.path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ waiting

@@ -125,8 +125,9 @@ def test_an_end_without_a_report_is_explained_by_what_slurm_knows() -> None:
     tail = "Traceback ...\nRuntimeError: boom"
     crashed = classify_end(info("FAILED", "1:0"), None, None, log_tail=tail)
     assert crashed.reason is FailureClass.CRASH and crashed.error.endswith(tail)  # type: ignore[union-attr]
-    killed = classify_end(info("FAILED", "0:9"), None, None)
-    assert killed.reason is FailureClass.OOM and "SIGKILL" in (killed.error or "")
+    killed = classify_end(info("FAILED", "0:9"), None, None)  # an operator's SIGKILL; Slurm's OOM is OUT_OF_MEMORY
+    assert (killed.state, killed.reason) == (JobState.INTERRUPTED, FailureClass.KILLED)
+    assert "SIGKILL" in (killed.error or "") and "runner run" in (killed.error or "")
     no_python = classify_end(info("FAILED", "127:0"), None, None, python="/home/me/.venv/bin/python")
     assert "could not start /home/me/.venv/bin/python" in (no_python.error or "")
     unshared = classify_end(info("FAILED", "1:0"), None, None, log_missing=True)

@@ -96,8 +96,11 @@ class Project:
         path = self.run_dirs(job)[-1] / "metrics.jsonl"
         return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
 
-    def start(self, *args: str) -> Daemon:
-        daemon = Daemon.start(self, list(args))
+    def start(self, *args: str, jobs: Path | None = None, env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> Daemon:
+        """`runner watch` on `jobs` (default: the project's jobs folder); `env` adds variables,
+        `prefix` runs it through another command (`sh -c ...`)."""
+        daemon = Daemon.start(self, list(args), jobs=jobs, env=env, prefix=prefix)
         self.daemons.append(daemon)
         return daemon
 
@@ -130,12 +133,16 @@ class Daemon:
     log_path: Path
 
     @classmethod
-    def start(cls, project: Project, args: list[str]) -> Daemon:
+    def start(cls, project: Project, args: list[str], *, jobs: Path | None = None, env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> Daemon:
         log_path = project.root / f"daemon-{len(project.daemons)}.log"
+        command = [sys.executable, "-m", "runner", "watch", str(jobs or project.jobs), "--runs-dir", str(project.runs),
+                   *args]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "runner", "watch", str(project.jobs), "--runs-dir", str(project.runs), *args],
-                cwd=project.root, env=_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                [*(prefix or []), *command],
+                cwd=project.root, env={**_env(), **(env or {})}, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, like a service: tests signal the group
             )
         return cls(project, proc, log_path)
@@ -180,3 +187,87 @@ def project(tmp_path: Path, tiny_model_dir: Path) -> Any:
                     os.kill(status.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+PAUSE_HOOK = '''"""Test hook (imported at start-up through PYTHONPATH): freeze this process with SIGSTOP in the
+middle of writing a checkpoint or the final adapter, so that a test can kill it right there."""
+import os
+import signal
+
+_AT, _, _NTH = os.environ.get("RUNNER_TEST_PAUSE_AT", "").partition(":")
+if _AT:
+    import runner.fsutil as _fsutil
+
+    _seen = []
+
+    def _pause(path):
+        _seen.append(path)
+        if len(_seen) != int(_NTH or 1):  # only the n-th write of its kind
+            return
+        marker = os.environ["RUNNER_TEST_PAUSED"]
+        with open(marker + ".part", "w") as handle:
+            handle.write(f"{os.getpid()}\\n{path}\\n")
+        os.rename(marker + ".part", marker)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    if _AT == "checkpoint":  # the first file we add to the Trainer's staging folder (before the marker)
+        _write = _fsutil.atomic_write_bytes
+
+        def atomic_write_bytes(path, data):
+            folder = os.path.dirname(os.fspath(path))
+            if os.path.basename(folder).startswith("checkpoint-") and \\
+                    os.path.basename(os.path.dirname(folder)) == ".trainer" and folder not in _seen:
+                _pause(folder)
+            return _write(path, data)
+
+        _fsutil.atomic_write_bytes = atomic_write_bytes
+    elif _AT == "adapter":  # the adapter is written under its temp name, not yet renamed into place
+        _sync = _fsutil.fsync_tree
+
+        def fsync_tree(root):
+            if os.path.basename(os.fspath(root)).startswith(".tmp-adapter-"):
+                _pause(os.fspath(root))
+            return _sync(root)
+
+        _fsutil.fsync_tree = fsync_tree
+'''
+
+
+@dataclass
+class Pause:
+    """Freezes a job process mid-write (see PAUSE_HOOK): `env(...)` for the process, `wait()` for its pid."""
+
+    folder: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.folder / "paused"
+
+    def env(self, at: str) -> dict[str, str]:
+        """`at`: "checkpoint" (the first), "checkpoint:2" (the second), "adapter"."""
+        self.marker.unlink(missing_ok=True)
+        return {"PYTHONPATH": f"{self.folder}{os.pathsep}{_env()['PYTHONPATH']}", "RUNNER_TEST_PAUSE_AT": at,
+                "RUNNER_TEST_PAUSED": str(self.marker)}
+
+    def wait(self, project: Project, timeout: float = 120) -> tuple[int, Path]:
+        """The frozen process's pid and the folder it was writing, once it is stopped."""
+        project.wait_for(self.marker.exists, timeout, why="the job to reach the write")
+        pid_text, path = self.marker.read_text().splitlines()
+        pid = int(pid_text)
+        project.wait_for(lambda: _process_state(pid) == "T", 10, why=f"process {pid} stopped")
+        return pid, Path(path)
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.fixture
+def pause(tmp_path: Path) -> Pause:
+    folder = tmp_path / "pause-hook"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(PAUSE_HOOK)
+    return Pause(folder)

@@ -235,7 +235,7 @@ def test_dependencies_wait_for_success_fail_down_the_chain_and_priority_orders_t
     project.write("d.toml", project.spec(steps=2, priority=30, source="job:c"))
     daemon = project.start().wait_ready()
 
-    os.kill(running_pid(project, "f"), signal.SIGKILL)  # f fails (class oom); c, then d, can never run
+    os.kill(running_pid(project, "f"), signal.SIGSEGV)  # f fails (class crash); c, then d, can never run
     running_pid(project, "a", timeout=120)
     b = project.latest("b")
     assert b.state is JobState.QUEUED and "job:a" in str(b.extra.get("waiting")), "b waits while a runs"
@@ -244,7 +244,7 @@ def test_dependencies_wait_for_success_fail_down_the_chain_and_priority_orders_t
     project.wait_for(lambda: finished(project, "a", "b", "c", "d", "f"), timeout=60, why="all finished")
 
     a, b, c, d, f = (project.latest(j) for j in "abcdf")
-    assert f.state is JobState.FAILED and f.reason is FailureClass.OOM
+    assert f.state is JobState.FAILED and f.reason is FailureClass.CRASH
     assert (c.state, c.reason) == (JobState.FAILED, FailureClass.DEPENDENCY) and "job:f" in (c.error or "")
     assert (d.state, d.reason) == (JobState.FAILED, FailureClass.DEPENDENCY) and "job:c" in (d.error or "")
     assert "running" not in states(c) + states(d), "a job whose dependency failed never runs"
@@ -259,10 +259,10 @@ def test_dependencies_wait_for_success_fail_down_the_chain_and_priority_orders_t
 def test_crashes_are_classified_interruptions_retried_within_bounds_and_cancel_stops_jobs(project: Project) -> None:
     daemon = project.start("--max-attempts", "2").wait_ready()
 
-    project.write("oom.toml", project.spec(steps=500))
-    os.kill(running_pid(project, "oom"), signal.SIGKILL)  # what the kernel's OOM killer sends
-    project.wait_for(lambda: project.state("oom") is JobState.FAILED, why="oom failed")
-    assert project.latest("oom").reason is FailureClass.OOM
+    project.write("kill.toml", project.spec(steps=500))
+    os.kill(running_pid(project, "kill"), signal.SIGKILL)  # an operator's kill -9: resumable, not retried unasked
+    project.wait_for(lambda: project.state("kill") is JobState.INTERRUPTED, why="kill stopped")
+    assert project.latest("kill").reason is FailureClass.KILLED
 
     project.write("segv.toml", project.spec(steps=500))
     os.kill(running_pid(project, "segv"), signal.SIGSEGV)
@@ -291,6 +291,7 @@ def test_crashes_are_classified_interruptions_retried_within_bounds_and_cancel_s
     assert project.cli("cancel", "cw").returncode == 1  # nothing left to cancel
 
     assert daemon.proc.poll() is None, "no job's death takes the daemon down"
-    assert all(len(project.runs_of(j)) == 1 for j in ("oom", "segv", "retry", "cq", "cw"))
+    assert all(len(project.runs_of(j)) == 1 for j in ("kill", "segv", "retry", "cq", "cw"))
+    assert states(project.latest("kill")) == ["queued", "running", "interrupted"], "a killed run is not retried"
     daemon.signal_group(signal.SIGTERM)
     assert daemon.wait() == 0

@@ -86,7 +86,7 @@ FAILED_DATA = Outcome(JobState.FAILED, FailureClass.DATA, "bad records")
         (-signal.SIGTERM, None, Intent.SHUTDOWN, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
         (-signal.SIGKILL, None, Intent.SHUTDOWN, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
         (-signal.SIGTERM, None, None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
-        (-signal.SIGKILL, None, None, JobState.FAILED, FailureClass.OOM),
+        (-signal.SIGKILL, None, None, JobState.INTERRUPTED, FailureClass.KILLED),  # no witness of an OOM kill
         (-signal.SIGSEGV, None, None, JobState.FAILED, FailureClass.CRASH),
         (-signal.SIGABRT, None, None, JobState.FAILED, FailureClass.CRASH),
         (1, None, None, JobState.FAILED, FailureClass.CRASH),
@@ -103,6 +103,19 @@ def test_a_childs_end_maps_to_one_state_and_class(returncode: int | None, outcom
         assert "boom" in (final.error or ""), "a crash shows the end of the job's log"
     if returncode == -signal.SIGSEGV:
         assert "SIGSEGV" in (final.error or "")
+
+
+def test_a_sigkill_is_oom_only_when_the_oom_killer_sent_it() -> None:
+    oom = classify_exit(-signal.SIGKILL, None, None, log_tail="boom", oom_killed=True)
+    assert (oom.state, oom.reason) == (JobState.FAILED, FailureClass.OOM) and "out-of-memory killer" in (oom.error or "")
+    operator = classify_exit(-signal.SIGKILL, None, None, oom_killed=False)
+    assert (operator.state, operator.reason) == (JobState.INTERRUPTED, FailureClass.KILLED)
+    assert "not by the kernel's out-of-memory killer" in (operator.error or "")
+    assert "`runner run`" in (operator.error or "") and "--retry-killed" in (operator.error or ""), "says how to resume"
+    unknown = classify_exit(-signal.SIGKILL, None, None, oom_killed=None)
+    assert unknown.reason is FailureClass.KILLED and "`dmesg` says" in (unknown.error or "")
+    stopped = classify_exit(-signal.SIGKILL, None, Intent.SHUTDOWN, oom_killed=True)
+    assert stopped.reason is FailureClass.INTERRUPTED, "the daemon's own second-signal kill is a shutdown"
 
 
 def test_log_tail_is_kept_short(tmp_path: Path) -> None:
