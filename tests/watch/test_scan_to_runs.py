@@ -126,3 +126,35 @@ def test_a_run_finished_by_another_process_is_not_waited_on(tmp_path: Path, make
     tracked.status_file.transition(JobState.SUCCEEDED)
     daemon.supervisor.schedule()
     assert not daemon.supervisor.tracked and daemon.supervisor._dep_state("a")[0] is DepState.SUCCEEDED
+
+
+def test_a_killed_run_is_not_followed_but_still_cancelled_on_request_and_retried_only_when_asked(
+        tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    from runner.outputs.status import FailureClass
+    from runner.watch.store import request_cancel
+
+    (tmp_path / "jobs" / "k.toml").write_text(SPEC)
+    (tmp_path / "jobs" / "w.toml").write_text(SPEC)
+    daemon = make()
+    scan(daemon, 0.0)
+    for tracked in daemon.supervisor.tracked.values():
+        tracked.status_file.transition(JobState.RUNNING)
+        tracked.status_file.transition(JobState.INTERRUPTED, reason=FailureClass.KILLED, error="killed by SIGKILL")
+
+    parked = make()  # a restart without --retry-killed: the killed runs wait for a person
+    recover(parked.supervisor, parked.state_dir)
+    assert not parked.supervisor.tracked
+    k_run = list_runs(tmp_path / "runs", "k")[-1]
+    request_cancel(parked.state_dir, "k", k_run.name)
+    parked.supervisor.apply_requests(parked.state_dir)
+    assert runs(tmp_path, "k")[-1].state is JobState.CANCELLED, "`runner cancel` reaches a run nobody follows"
+
+    retrying = Daemon(WatchConfig(jobs_dir=tmp_path / "jobs", runs_root=tmp_path / "runs",
+                                  state_dir=tmp_path / ".runner" / "watch-jobs", retry_killed=True))
+    try:
+        recover(retrying.supervisor, retrying.state_dir)
+        (w,) = retrying.supervisor.tracked.values()
+        status = read_status(w.run_dir)
+        assert status is not None and (status.state, status.attempt) == (JobState.QUEUED, 2)
+    finally:
+        retrying.close()
