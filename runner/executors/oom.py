@@ -110,12 +110,7 @@ class OomWitness:
             counter = memory_counter(Path("/proc/self/cgroup").read_text(), Path("/proc/self/mountinfo").read_text())
         except OSError:
             counter = None
-        try:
-            kmsg: int | None = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            os.lseek(kmsg, 0, os.SEEK_END)  # only what the kernel logs from now on
-        except OSError:
-            kmsg = None
-        return cls(counter, oom_kill_count(counter), kmsg)
+        return cls(counter, oom_kill_count(counter), _kernel_log_from_now())
 
     def verdict(self, pid: int) -> bool | None:
         """True if the OOM killer killed `pid` (or a process of its cgroup) since `arm`; False if the
@@ -131,3 +126,17 @@ class OomWitness:
         if self.kmsg is not None:
             os.close(self.kmsg)
             self.kmsg = None
+
+
+def _kernel_log_from_now() -> int | None:
+    """/dev/kmsg opened at its end (only what the kernel logs from now on), or None where unreadable."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd

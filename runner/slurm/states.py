@@ -28,9 +28,9 @@ from runner.outputs.attempts import KILLED_HINT, STOP_SIGNALS, Final, Intent, Ou
 from runner.outputs.status import FailureClass, JobState, Status
 
 __all__ = [
+    "SACCT_FIELDS",
     "SLURM_KEY",
     "SQUEUE_FORMAT",
-    "SACCT_FIELDS",
     "JobInfo",
     "Phase",
     "classify_end",

@@ -112,7 +112,7 @@ class Daemon:
             try:
                 if self._step():
                     return
-            except Exception:  # one bad file or a full disk must not take the daemon (and its job) down
+            except Exception:  # noqa: BLE001 - one bad file or a full disk must not take the daemon (and its job) down
                 self._log("unexpected error; carrying on:\n" + traceback.format_exc().rstrip())
                 self.wakeups.rescan = True
                 time.sleep(1.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from runner.fsutil import atomic_write_bytes
 from runner.outputs.attempts import Intent, cancel_waiting_run, never_started
@@ -132,7 +133,8 @@ class Intake:
         status = read_status(runs[-1]) if runs else None
         if status is None or status.spec_sha256 != spec.sha256:
             return False
-        watch = status.extra.get("watch") if isinstance(status.extra.get("watch"), dict) else {}
+        recorded = status.extra.get("watch")
+        watch: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         seq = int(watch.get("seq", 0)) or self.state.take_seq()
         self.state.files[spec.path] = KnownFile(spec.sha256, info.job, runs[-1].name, format_utc(status.created), seq,
                                                 status.state is not JobState.INVALID)

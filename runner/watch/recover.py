@@ -34,17 +34,17 @@ def recover(supervisor: Supervisor, state_dir: Path) -> None:
         supervisor.waiting[tracked.key] = status.extra.get("waiting")  # so a stale note gets cleared
         supervisor.state.next_seq = max(supervisor.state.next_seq, tracked.seq + 1)
     for tracked in sorted(supervisor.tracked.values(), key=lambda t: t.seq):
-        status = read_status(tracked.run_dir)  # None if unreadable: skipped, not fatal
-        if status is None:
+        now = read_status(tracked.run_dir)  # None if unreadable: skipped, not fatal
+        if now is None:
             continue
-        executor = supervisor.executors.for_status(status)
-        attempt = executor.adopt(tracked.run_dir, status)
+        executor = supervisor.executors.for_status(now)
+        attempt = executor.adopt(tracked.run_dir, now)
         if attempt is not None:
             supervisor.follow(tracked, attempt, executor)
             continue
         supervisor.tidy(tracked.run_dir)
-        if status.state is JobState.INTERRUPTED:
-            supervisor.requeue(tracked, status)
+        if now.state is JobState.INTERRUPTED:
+            supervisor.requeue(tracked, now)
     if supervisor.tracked:
         supervisor.log(f"{len(supervisor.tracked)} run(s) carried over from before")
     if parked:

@@ -9,10 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from runner.outputs.status import FailureClass, JobState
 from runner.outputs.attempts import Intent, Outcome, classify_exit
+from runner.outputs.status import FailureClass, JobState
 from runner.watch.scan import Settler, SpecFile, inspect_spec, scan_folder
-from runner.watch.store import DaemonLock, KnownFile, Locked, WatchState, load_state, pending_requests, request_cancel, save_state
+from runner.watch.store import (
+    DaemonLock,
+    KnownFile,
+    Locked,
+    WatchState,
+    load_state,
+    pending_requests,
+    request_cancel,
+    save_state,
+)
 
 VALID = '[model]\nsource = "local:/m"\n[data]\ntrain = "t.jsonl"\n'
 
