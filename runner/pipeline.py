@@ -22,7 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from runner.fsutil import atomic_write_json, digest_file
+from runner.data.records import digest_source
+from runner.fsutil import atomic_write_json
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
@@ -282,7 +283,6 @@ def _data_fingerprint(job: LoadedJob) -> str:
 
     digest = hashlib.sha256()
     for name in [*job.spec.data.train, *job.spec.data.eval]:
-        path = job.resolve_path(name)
         digest.update(name.encode())
-        digest_file(digest, path)
+        digest_source(digest, job.resolve_data(name))
     return digest.hexdigest()

@@ -13,9 +13,11 @@ train -> outputs); it takes plain parameters.
 from runner.data.causal import (
     CHATML_TEMPLATE,
     IGNORE_INDEX,
+    EncodeOptions,
     Encoded,
     Example,
     TemplateError,
+    encode,
     encode_conversation,
     encode_text,
     to_example,
@@ -27,12 +29,13 @@ from runner.data.formats import (
     Conversation,
     DomainPrefix,
     RecordError,
+    RecordOptions,
     detect_format,
     normalize_record,
     resolve_fields,
 )
 from runner.data.pipeline import PreparedData, build_examples, prepare_data, split_eval
-from runner.data.records import DataFileError, ReadResult, Record, read_file, read_records
+from runner.data.records import DataFileError, ReadOptions, ReadResult, Record, read_file, read_records
 from runner.data.report import (
     BadRecord,
     BadRecordsError,
@@ -75,6 +78,7 @@ __all__ = [
     "DataReport",
     "DomainPrefix",
     "EmptyBatchError",
+    "EncodeOptions",
     "Encoded",
     "Example",
     "FORMATS",
@@ -84,13 +88,16 @@ __all__ = [
     "PackingCollator",
     "PadCollator",
     "PreparedData",
+    "ReadOptions",
     "ReadResult",
     "Record",
     "RecordError",
+    "RecordOptions",
     "TEXT_ROLE",
     "TemplateError",
     "build_examples",
     "detect_format",
+    "encode",
     "encode_conversation",
     "encode_text",
     "enforce_policy",
