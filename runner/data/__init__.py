@@ -13,8 +13,8 @@ train -> outputs); it takes plain parameters.
 from runner.data.causal import (
     CHATML_TEMPLATE,
     IGNORE_INDEX,
-    EncodeOptions,
     Encoded,
+    EncodeOptions,
     Example,
     TemplateError,
     encode,

@@ -23,9 +23,9 @@ from typing import Any
 import jsonschema
 import pydantic
 
+from runner.spec.data_source import is_hub_data
 from runner.spec.errors import JobSpecError, SpecIssue, dotted
 from runner.spec.limits import INT64_MAX, INT64_MIN, MAX_JOB_FILE_BYTES
-from runner.spec.data_source import is_hub_data
 from runner.spec.model import JobSpec
 from runner.spec.positions import SourceMap
 from runner.spec.prescan import prescan

@@ -11,8 +11,6 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
-from runner.units import SIZE_WITH_UNIT_PATTERN
-
 # The [data] section and the base types live in their own modules; their names stay importable from here.
 from runner.spec.data_section import CANONICAL_FIELDS, CanonicalField, DataFormat, DataSection  # noqa: F401
 from runner.spec.section import (  # noqa: F401
@@ -27,6 +25,7 @@ from runner.spec.section import (  # noqa: F401
     Section,
     StrList,
 )
+from runner.units import SIZE_WITH_UNIT_PATTERN
 
 ModelKind = Literal["causal-lm", "embedding", "image-text-embedding"]
 LossType = Literal["auto", "causal-lm", "contrastive", "matryoshka", "cosent", "multi-task"]

@@ -237,3 +237,48 @@ def test_broken_yaml_is_refused_with_its_line(tmp_path: Path) -> None:
     path.write_text("base_model: x\ndatasets:\n  - path: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConvertError, match=r"broken.yaml:\d+:\d+: not valid YAML"):
         convert_config(path)
+
+
+# ---- the command -----------------------------------------------------------------------------------
+
+
+def test_runner_convert_writes_a_job_that_runner_validate_accepts_and_never_overwrites_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.commands import main
+
+    config = _axolotl(tmp_path)
+    job = tmp_path / "jobs" / "qlora.toml"
+    assert main(["convert", str(config), "--to", str(job)]) == 0
+    assert "keys not carried over (listed at the top of the file, with the reason)" in capsys.readouterr().err
+    assert main(["validate", str(job)]) == 0
+    before = job.read_text()
+    assert main(["convert", str(config), "--to", str(job)]) == 2
+    assert "exists; choose another --to, or --force to overwrite it" in capsys.readouterr().err
+    assert job.read_text() == before
+    assert main(["convert", str(config), "--to", str(job), "--force"]) == 0
+
+
+def test_a_conversion_that_would_not_validate_writes_nothing_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.commands import main
+
+    config = _axolotl(tmp_path, AXOLOTL.replace("lora_r: 32", "lora_r: 5000"))
+    job = tmp_path / "jobs" / "x.toml"
+    assert main(["convert", str(config), "--to", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert "adapter.r: expected a value <= 1024, found integer 5000" in err
+    assert "the converted job does not validate; nothing was written" in err and not job.exists()
+
+
+def test_without_to_the_job_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.commands import main
+
+    config = _llamafactory(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", str(config), "--from", "llamafactory"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# Converted by `runner convert` from the LLaMA-Factory config")
+    assert tomllib.loads(out)["data"]["train"] == ["data/identity.json", "data/glaive_toolcall_en_demo.json"]

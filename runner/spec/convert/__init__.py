@@ -71,7 +71,7 @@ def convert_config(path: Path, *, job_path: Path | None = None, tool: str | None
     if tool not in TOOLS:
         raise ConvertError(f"--from {tool!r}: expected one of {', '.join(TOOLS)}")
     job_dir = (job_path.parent if job_path is not None else Path(".")).absolute()
-    conv = Conversion(tool=NAMES[tool], source=path, job_dir=job_dir)
+    conv = Conversion(tool=NAMES[tool], source=path.absolute(), job_dir=job_dir)
     conv.job["model"] = {}
     TOOLS[tool].convert(config, conv)
     if conv.get("adapter.method") == "qlora":
