@@ -89,11 +89,11 @@ def explain(data: Mapping[str, Any], current: str | None = None) -> str | None:
 
 def _layout(data: Mapping[str, Any], keys: set[str]) -> tuple[str, str, str] | None:
     if {"chosen", "rejected"} <= keys:
-        return ("preference", "'chosen' and 'rejected'", "preference pairs train a preference job (loss.type = "
-                "\"dpo\", \"ipo\", \"orpo\" or \"simpo\"), not supervised fine-tuning")
+        return ("preference", "'chosen' and 'rejected'", "preference pairs train a preference job"
+                + _preference_losses(("dpo", "ipo", "orpo", "simpo")) + ", not supervised fine-tuning")
     if "completion" in keys and isinstance(data.get("label"), bool):
         return ("unpaired-preference", "'completion' with a true/false 'label'",
-                "KTO reads it (a preference job with loss.type = \"kto\")")
+                "it trains a preference job" + _preference_losses(("kto",)) + ", not supervised fine-tuning")
     if isinstance(data.get("segments"), list):
         return ("segments", "Axolotl input_output 'segments'", "set data.format = \"segments\"")
     if isinstance(data.get("prompt"), list) and isinstance(data.get("completion"), list):
@@ -122,6 +122,16 @@ def _layout(data: Mapping[str, Any], keys: set[str]) -> tuple[str, str, str] | N
     if isinstance(data.get("text"), str):
         return ("text", "a 'text' string", "set data.format = \"text\"")
     return None
+
+
+def _preference_losses(wanted: tuple[str, ...]) -> str:
+    """' (loss.type = "dpo", ...)' for the preference losses this runner's spec has, or ''."""
+    from typing import get_args
+
+    from runner.spec.model import LossType
+
+    known = [loss for loss in wanted if loss in get_args(LossType)]
+    return f" (loss.type = {' or '.join(repr(k).replace(chr(39), chr(34)) for k in known)})" if known else ""
 
 
 def _turn_list(data: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:

@@ -152,19 +152,12 @@ def build_examples(
         trainable += sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
 
     report = DataReport(
-        format=fmt,
-        format_reason=reason,
-        records_read=len(records) + len(read_errors),
-        records_kept=len(examples),
+        format=fmt, format_reason=reason, records_read=len(records) + len(read_errors), records_kept=len(examples),
         bad_records=in_file_order(bad, [r.location.file for r in records] + [b.location.file for b in read_errors]),
-        lengths=LengthStats.from_lengths(lengths),
-        truncated=truncated,
-        trainable_tokens=trainable,
-        max_length=max_length,
+        lengths=LengthStats.from_lengths(lengths), truncated=truncated, trainable_tokens=trainable,
+        max_length=max_length, tools=tool_handling, media_dropped=media_dropped,
+        warnings=data_warnings(tool_handling, len(examples), media_dropped, media_records),
     )
-    report.tools = tool_handling
-    report.media_dropped = media_dropped
-    report.warnings.extend(data_warnings(tool_handling, len(examples), media_dropped, media_records))
     summary = None
     if not examples:
         looks_like = guess_format(data, fields) if format != "auto" else None
