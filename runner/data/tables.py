@@ -6,7 +6,8 @@
 - TSV (``.tsv``, or a ``.csv`` whose delimiter is a tab): tab-separated, no quoting (the TSV
   convention: a quote is an ordinary character), so the STS Benchmark's raw quotes read as written.
 - The first row is a header when every cell is a distinct, non-numeric name (``data.csv_header =
-  "auto"``), or as set; without one the columns are named ``column1``, ``column2``, ...
+  "auto"``), or as set; without one the columns are named ``column1``, ``column2``, ... up to the
+  widest row, and a shorter row has empty cells at its end (the STS Benchmark's rows have 7 or 9).
 - Parquet (``.parquet``): the columns keep their types (lists of messages stay lists of objects).
 
 A row with more or fewer cells than the header is a bad record located by its row (the header is
@@ -50,8 +51,8 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
         raise DataFileError(name, "file is empty", "add rows to it, or remove it from the list of data files", 1, 1)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(text)
     quoted = delimiter != "\t"
-    first = next(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted
-                            else csv.QUOTE_NONE))
+    quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+    first = next(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
     has_header = _is_header(first) if header == "auto" else header == "yes"
     if has_header:
         duplicates = sorted({c for c in first if first.count(c) > 1})
@@ -59,11 +60,17 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
             problem = f"duplicate column names {duplicates}" if duplicates else "an empty column name"
             raise DataFileError(name, f"the header row has {problem}", "give every column its own name", 1, 1)
         names = [c.strip() for c in first]
-    else:
-        names = [f"column{i}" for i in range(1, len(first) + 1)]
+    else:  # as wide as the widest row (a second pass, C-speed): no cell is left without a column
+        width = max(len(cells) for cells in csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
+        names = [f"column{i}" for i in range(1, width + 1)]
     invalid: list[BadRecord] = []
+    short: list[tuple[int, dict[str, str]]] = []
 
     def on_invalid(row: Any) -> str:
+        if not has_header and row.actual_columns < row.expected_columns:  # padded with empty cells
+            cells = next(csv.reader(io.StringIO(row.text), delimiter=delimiter, quoting=quoting), [])
+            short.append((row.number, dict(zip(names, [*cells, *[""] * (len(names) - len(cells))]))))
+            return "skip"
         invalid.append(BadRecord(Location(name, row=row.number), (
             f"has {row.actual_columns} cells; the {'header names' if has_header else 'first row has'} "
             f"{row.expected_columns} (a stray delimiter{' or an unclosed quote' if quoted else ''}?)")))
@@ -81,10 +88,10 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
         raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
                             "check the quoting and the delimiter of the file") from None
-    bad_rows = {b.location.row for b in invalid}
-    rows = _row_numbers(1 + has_header, bad_rows)
+    rows = _row_numbers(1 + has_header, {b.location.row for b in invalid} | {number for number, _ in short})
+    kept = [*zip(rows, table.to_pylist()), *short]
     result = ReadResult(bad=invalid)
-    for values, number in zip(table.to_pylist(), rows):
+    for number, values in sorted(kept, key=lambda item: item[0]):
         result.records.append(Record(values, Location(name, row=number)))
     if not result.records and not result.bad:
         raise DataFileError(name, "file holds a header and no rows", "add rows below the header", 1, 1)

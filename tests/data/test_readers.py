@@ -63,14 +63,19 @@ def test_csv_cells_are_text_quoted_fields_keep_commas_and_newlines_and_a_bad_row
         f"{path}, row 4: has 4 cells; the header names 3 (a stray delimiter or an unclosed quote?)"]
 
 
-def test_a_tsv_has_no_quoting_and_a_headerless_file_gets_numbered_columns(tmp_path: Path) -> None:
-    path = tmp_path / "sts.tsv"
+def test_a_tsv_has_no_quoting_and_a_headerless_file_gets_numbered_columns_as_wide_as_its_widest_row(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sts.tsv"  # as the STS Benchmark: no header, some rows with two more cells
     path.write_text('captions\t0001\t5.000\tA "plane" is taking off.\tAn air plane is taking off.\n'
-                    "news\t0002\t3.8\tA man plays.\tA man is playing.\n", encoding="utf-8")
+                    "news\t0002\t3.8\tA man plays.\tA man is playing.\tsource A\tsource B\n"
+                    "news\t0003\t1.0\tA cat.\tA car.\n", encoding="utf-8")
     result = read_records([path])
     assert result.records[0].data == {"column1": "captions", "column2": "0001", "column3": "5.000",
-                                      "column4": 'A "plane" is taking off.', "column5": "An air plane is taking off."}
-    assert locations(result) == [f"{path}, row 1", f"{path}, row 2"]
+                                      "column4": 'A "plane" is taking off.', "column5": "An air plane is taking off.",
+                                      "column6": "", "column7": ""}
+    assert result.records[1].data["column7"] == "source B" and result.records[2].data["column4"] == "A cat."
+    assert locations(result) == [f"{path}, row 1", f"{path}, row 2", f"{path}, row 3"] and not result.bad
 
 
 def test_a_csv_whose_delimiter_is_a_tab_is_read_as_tsv_and_the_header_setting_overrides(tmp_path: Path) -> None:
