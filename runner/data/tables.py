@@ -150,10 +150,11 @@ def _sniff_delimiter(text: str) -> str:
 
 
 def _is_header(cells: list[str]) -> bool:
-    """A header names columns: every cell a short, distinct name, none of them a number."""
+    """A header names columns: every cell a short, distinct name (at most three words, no punctuation
+    but '.', '_', '-'), none of them a number."""
     stripped = [c.strip() for c in cells]
     return (len(set(stripped)) == len(stripped)
-            and all(_NAME.match(c) and not _NUMBER.match(c) for c in stripped))
+            and all(_NAME.match(c) and not _NUMBER.match(c) and len(c.split()) <= 3 for c in stripped))
 
 
 def _row_numbers(first: int, skipped: set[int | None]) -> Any:
