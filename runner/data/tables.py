@@ -46,13 +46,17 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
     import pyarrow.csv as pcsv
 
     name = str(path)
-    text = read_text(path)
+    text = read_text(path).lstrip("\r\n")  # rows are the file's non-empty lines (records), the first is row 1
     if not text.strip():
         raise DataFileError(name, "file is empty", "add rows to it, or remove it from the list of data files", 1, 1)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(text)
     quoted = delimiter != "\t"
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
-    first = next(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
+    try:
+        first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting))
+    except csv.Error as exc:
+        raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
+                            "check the quoting and the line ends of the first row", 1, 1) from None
     has_header = _is_header(first) if header == "auto" else header == "yes"
     if has_header:
         duplicates = sorted({c for c in first if first.count(c) > 1})
@@ -61,14 +65,22 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
             raise DataFileError(name, f"the header row has {problem}", "give every column its own name", 1, 1)
         names = [c.strip() for c in first]
     else:  # as wide as the widest row (a second pass, C-speed): no cell is left without a column
-        width = max(len(cells) for cells in csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
+        try:
+            width = max(len(cells) for cells in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                                                           quoting=quoting))
+        except csv.Error as exc:
+            raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
+                                "check the quoting of the file") from None
         names = [f"column{i}" for i in range(1, width + 1)]
     invalid: list[BadRecord] = []
     short: list[tuple[int, dict[str, str]]] = []
 
     def on_invalid(row: Any) -> str:
         if not has_header and row.actual_columns < row.expected_columns:  # padded with empty cells
-            cells = next(csv.reader(io.StringIO(row.text), delimiter=delimiter, quoting=quoting), [])
+            try:
+                cells = next(csv.reader(io.StringIO(row.text, newline=""), delimiter=delimiter, quoting=quoting), [])
+            except csv.Error:
+                cells = []
             short.append((row.number, dict(zip(names, [*cells, *[""] * (len(names) - len(cells))]))))
             return "skip"
         invalid.append(BadRecord(Location(name, row=row.number), (
