@@ -77,3 +77,28 @@ def test_a_text_file_under_another_format_is_refused_by_validate(tmp_path: Path,
     assert main(["validate", "--no-files", str(job)]) == 1
     assert (f"{job}:4:9: data.train: 'corpus.txt' is plain text, read as one document per paragraph: it needs data.format = "
             "\"text\" (or \"auto\"), not \"alpaca\"") in capsys.readouterr().out
+
+
+def test_a_job_on_an_hf_data_set_from_the_offline_cache_trains_and_fingerprints_it(
+    write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    datasets = pytest.importorskip("datasets")
+    from ..data.test_readers import populate_hub_cache
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    populate_hub_cache(cache, "acme/tiny-sft", [{"instruction": f"What is {i} + {i}?", "output": f"{2 * i}."}
+                                                for i in range(12)])
+    job = write_job(name="hub", data={"train": "hf:acme/tiny-sft?split=train", "eval_fraction": 0.0},
+                    train={"max_steps": 1})
+    runs = tmp_path / "runs"
+    assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
+    assert "12 train examples (alpaca:" in capsys.readouterr().out
+    (run,) = list_runs(runs, "hub")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["spec"]["data"]["train"] == ["hf:acme/tiny-sft?split=train"]
+    assert len(manifest["data_fingerprint"]) == 64
