@@ -19,7 +19,8 @@ def add_data(sub: Subparsers) -> None:
     data = sub.add_parser("data", help="check data files")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     dvalidate = data_sub.add_parser("validate", help="read, detect the format of and check data files; list every bad record")
-    dvalidate.add_argument("files", nargs="*", help="data files (JSON, JSONL, .txt, CSV, TSV, Parquet) or hf:ORG/NAME")
+    dvalidate.add_argument("files", nargs="*",
+                           help="data files (JSON, JSONL, .txt, CSV, TSV, Parquet) or hf:ORG/NAME data sets")
     dvalidate.add_argument("--job", help="check the data of this job file (its format, fields and tokenizer)")
     dvalidate.add_argument("--format", default="auto", help="record format (default: auto-detect)")
     dvalidate.add_argument("--fields", action="append", default=[], metavar="CANONICAL=NAME",

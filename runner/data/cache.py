@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from runner.data.causal import Example
-from runner.fsutil import digest_file
 from runner.data.report import BadRecord, DataReport, LengthStats, Location
+from runner.fsutil import digest_file
 
 FORMAT_VERSION = 2
 KEEP_ENTRIES = 32

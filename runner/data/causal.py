@@ -128,14 +128,14 @@ def encode_conversation(
                   EncodeOptions(train_on_prompt=train_on_prompt))
 
 
-def encode(tokenizer: Any, conv: Conversation, options: EncodeOptions = EncodeOptions()) -> Encoded:
+def encode(tokenizer: Any, conv: Conversation, options: EncodeOptions | None = None) -> Encoded:
     """A normalised record -> token ids and labels.
 
     A template that refuses the conversation (many raise on roles they do not know,
     e.g. "tool") makes it a bad record, not a crash.
     """
     try:
-        return _encode(tokenizer, conv, options)
+        return _encode(tokenizer, conv, options or EncodeOptions())
     except jinja2.TemplateError as e:
         raise RecordError(f"the chat template rejected this conversation: {e}") from None
 
@@ -324,7 +324,7 @@ def _weighted_mask(tokenizer: Any, messages: list[dict[str, Any]], metas: list[d
     prefixes.append(text)
     trained: list[tuple[int, int]] = []
     masked: list[tuple[int, int]] = []
-    for k, (message, meta) in enumerate(zip(messages, metas)):
+    for k, (message, meta) in enumerate(zip(messages, metas, strict=True)):
         start, end = len(prefixes[k]), len(prefixes[k + 1])
         if not (text.startswith(prefixes[k + 1]) and end >= start):
             raise TemplateError(_unstable(k))

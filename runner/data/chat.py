@@ -43,7 +43,8 @@ _PASSTHROUGH = ("tool_call_id", "name")
 
 
 def normalize_chat(data: Mapping[str, Any], fields: Mapping[str, str], fmt: str,
-                   options: RecordOptions = RecordOptions()) -> Conversation:
+                   options: RecordOptions | None = None) -> Conversation:
+    options = options or RecordOptions()
     key = fields["conversations"]
     if key not in data:
         raise RecordError(f"missing '{key}'")

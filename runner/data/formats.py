@@ -269,12 +269,12 @@ def normalize_record(
     fmt: str,
     fields: Mapping[str, str],
     domain: DomainPrefix | None = None,
-    options: RecordOptions = RecordOptions(),
+    options: RecordOptions | None = None,
 ) -> Conversation:
     """One record -> Conversation, or RecordError with the reason (and, when the record looks like
     another layout, which one and the setting that reads it). `fields` from resolve_fields."""
     try:
-        conv = _normalize(data, fmt, fields, options)
+        conv = _normalize(data, fmt, fields, options or RecordOptions())
     except RecordError as exc:
         from runner.data.layouts import explain
 

@@ -46,7 +46,7 @@ def normalize_segments(data: Mapping[str, Any], fields: Mapping[str, str]) -> Co
 
 
 def normalize_prompt_completion(data: Mapping[str, Any], fields: Mapping[str, str],
-                                options: RecordOptions = RecordOptions()) -> Conversation:
+                                options: RecordOptions | None = None) -> Conversation:
     prompt_key, completion_key = fields["prompt"], fields["completion"]
     prompt, completion = data.get(prompt_key), data.get(completion_key)
     for key, value in ((prompt_key, prompt), (completion_key, completion)):

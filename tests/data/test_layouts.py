@@ -22,7 +22,7 @@ REASONING_TEMPLATE = (
 )
 
 
-def normalize(record: dict[str, Any], fmt: str | None = None, options: RecordOptions = RecordOptions()) -> Conversation:
+def normalize(record: dict[str, Any], fmt: str | None = None, options: RecordOptions | None = None) -> Conversation:
     fmt = fmt or detect_format([record])[0]
     return normalize_record(record, fmt, resolve_fields(fmt, [record]), options=options)
 
