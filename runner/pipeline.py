@@ -16,18 +16,24 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from runner.fsutil import digest_file
+from runner.data.records import digest_source
 from runner.outputs.attempts import Outcome, read_outcome, write_outcome
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.leftovers import remove_leftovers
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
-from runner.outputs.runs import OUTCOME_FILE, find_interrupted_run, new_run_dir, run_paths
+from runner.outputs.runs import (
+    OUTCOME_FILE,
+    find_interrupted_run,
+    new_run_dir,
+    run_paths,
+)
 from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.spec.loader import LoadedJob
 
@@ -256,7 +262,6 @@ def _data_fingerprint(job: LoadedJob) -> str:
 
     digest = hashlib.sha256()
     for name in [*job.spec.data.train, *job.spec.data.eval]:
-        path = job.resolve_path(name)
         digest.update(name.encode())
-        digest_file(digest, path)
+        digest_source(digest, job.resolve_data(name))
     return digest.hexdigest()

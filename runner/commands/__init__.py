@@ -15,14 +15,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from runner.commands import data, embed, models, plan, results, run, serve, validate, watch
+from runner.commands import convert, data, embed, models, plan, results, run, serve, validate, watch
 from runner.commands.common import Parser, Subparsers
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # in the order of `runner --help`
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
-    validate.add_validate, validate.add_init, run.add_run, plan.add_plan, models.add_models, data.add_data,
+    validate.add_validate, validate.add_init, convert.add_convert, run.add_run, plan.add_plan, models.add_models,
+    data.add_data,
     results.add_generate, results.add_export, embed.add_embed, watch.add_watch, serve.add_serve,
     watch.add_status, watch.add_cancel, watch.add_logs,
 )

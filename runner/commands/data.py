@@ -19,11 +19,14 @@ def add_data(sub: Subparsers) -> None:
     data = sub.add_parser("data", help="check data files")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     dvalidate = data_sub.add_parser("validate", help="read, detect the format of and check data files; list every bad record")
-    dvalidate.add_argument("files", nargs="*", help="data files (JSON, JSONL)")
+    dvalidate.add_argument("files", nargs="*",
+                           help="data files (JSON, JSONL, .txt, CSV, TSV, Parquet) or hf:ORG/NAME data sets")
     dvalidate.add_argument("--job", help="check the data of this job file (its format, fields and tokenizer)")
     dvalidate.add_argument("--format", default="auto", help="record format (default: auto-detect)")
     dvalidate.add_argument("--fields", action="append", default=[], metavar="CANONICAL=NAME",
                            help="field mapping, e.g. --fields instruction=question (repeatable)")
+    dvalidate.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                           help="a [data] setting of a job, e.g. --data images=drop --data text_unit=line (repeatable)")
     dvalidate.add_argument("--tokenizer", help="a model source whose tokenizer gives token length statistics")
     dvalidate.add_argument("--max-length", type=int, default=512, help="truncation length for the statistics")
     dvalidate.add_argument("--json", action="store_true", help="machine-readable output")
@@ -41,13 +44,16 @@ def data_validate_command(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         check, max_length = _job_check(job, args), job.spec.data.max_length
     else:
+        from runner.data.check import data_settings
+
         try:
             fields = parse_fields(args.fields)
+            settings = data_settings(parse_fields(args.data, flag="--data", example="images=drop"))
         except ValueError as exc:
             return error(str(exc), EXIT_USAGE)
         if _usage_problems(args, fields):
             return EXIT_USAGE
-        check, max_length = _files_check(args, fields), args.max_length
+        check, max_length = _files_check(args, fields, settings), args.max_length
     if check is None:
         return error("name data files, or a job with --job", EXIT_USAGE)
     try:
@@ -61,13 +67,14 @@ def data_validate_command(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report["bad_records"] else EXIT_OK
 
 
-def parse_fields(pairs: list[str]) -> dict[str, str]:
-    """`--fields instruction=question` (repeatable) -> {"instruction": "question"}."""
+def parse_fields(pairs: list[str], *, flag: str = "--fields", example: str = "instruction=question") -> dict[str, str]:
+    """`--fields instruction=question` (repeatable) -> {"instruction": "question"}; also `--data KEY=VALUE`."""
     mapping: dict[str, str] = {}
     for pair in pairs:
         canonical, sep, name = pair.partition("=")
         if not sep or not canonical or not name:
-            raise ValueError(f"--fields {pair!r}: expected CANONICAL=NAME, e.g. instruction=question")
+            what = "CANONICAL=NAME" if flag == "--fields" else "KEY=VALUE"
+            raise ValueError(f"{flag} {pair!r}: expected {what}, e.g. {example}")
         mapping[canonical.strip()] = name.strip()
     return mapping
 
@@ -77,7 +84,7 @@ def _usage_problems(args: argparse.Namespace, fields: dict[str, str]) -> bool:
     from runner.data.formats import usage_problems
 
     problems = usage_problems(args.format, fields) + [f"{f}: no such file or folder" for f in args.files
-                                                      if not Path(f).exists()]
+                                                      if not f.startswith("hf:") and not Path(f).exists()]
     for problem in problems:
         print(f"runner data validate: error: {problem}", file=sys.stderr)
     return bool(problems)
@@ -104,34 +111,38 @@ def _job_check(job: LoadedJob, args: argparse.Namespace) -> Check:
     from runner.data.formats import DomainPrefix
 
     data = job.spec.data
-    files = [str(job.resolve_path(p)) for p in [*data.train, *data.eval]] + list(args.files)
+    files = [job.resolve_data(p) for p in [*data.train, *data.eval]] + list(args.files)
     if not files:
         return None
     fields: dict[str, str] = {key: name for key, name in data.fields.items()}
     if job.spec.model.kind != "causal-lm":
         return partial(check_embedding_files, files, data.format, fields,
                        image_root=job.resolve_path(data.image_root) if data.image_root else None,
-                       tasks=list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None)
+                       tasks=list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None,
+                       settings=data)
     source = args.tokenizer or job.spec.model.source
     return partial(check_causal_files, files, data.format, fields or None,
                    domain=DomainPrefix(data.domain_field, data.domain_format) if data.domain_field else None,
                    load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
-                   train_on_prompt=data.train_on_prompt)
+                   train_on_prompt=data.train_on_prompt, settings=data)
 
 
-def _files_check(args: argparse.Namespace, fields: dict[str, str]) -> Check:
+def _files_check(args: argparse.Namespace, fields: dict[str, str], settings: Any) -> Check:
     """Files named on the command line, in the format given (or detected); causal unless an embedding format."""
     from functools import partial
 
     from runner.data.check import EMBEDDING_FORMATS, check_causal_files, check_embedding_files
+    from runner.data.formats import DomainPrefix
 
     if not args.files:
         return None
     if args.format in EMBEDDING_FORMATS:
-        return partial(check_embedding_files, list(args.files), args.format, fields)
+        return partial(check_embedding_files, list(args.files), args.format, fields, settings=settings)
     load = partial(_tokenizer, args.tokenizer, None) if args.tokenizer else None
+    domain = DomainPrefix(settings.domain_field, settings.domain_format) if settings.domain_field else None
     return partial(check_causal_files, list(args.files), args.format, fields or None, load_tokenizer=load,
-                   max_length=args.max_length)
+                   max_length=args.max_length, train_on_prompt=settings.train_on_prompt, domain=domain,
+                   settings=settings)
 
 
 def _tokenizer(source: str, base_dir: Path | None) -> Any:

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from runner.data.causal import Example
-from runner.fsutil import digest_file
 from runner.data.report import BadRecord, DataReport, LengthStats, Location
+from runner.fsutil import digest_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEEP_ENTRIES = 32
-_CODE_FILES = ("causal.py", "formats.py", "pipeline.py", "records.py", "report.py", "cache.py")
+_CODE_FILES = ("causal.py", "formats.py", "pipeline.py", "records.py", "report.py", "cache.py", "chat.py",
+               "content.py", "conversation.py", "layouts.py", "tools.py", "plaintext.py", "tables.py", "hub.py")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                     "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
                     "chat_template.json")
@@ -86,6 +87,11 @@ def cache_key(files: Sequence[Path], tokenizer: Any, settings: Mapping[str, Any]
 
     digest = hashlib.sha256(f"format {FORMAT_VERSION}".encode())
     for path in files:
+        if str(path).startswith("hf:"):  # a Hub data set: the Arrow files of its cached split
+            from runner.data.hub import hub_fingerprint
+
+            digest.update(b"\0hub\0" + hub_fingerprint(str(path)).encode())
+            continue
         _hash_file(digest, Path(path), with_path=False)
     digest.update(tokenizer_fingerprint(tokenizer).encode())
     code_dir = Path(__file__).parent

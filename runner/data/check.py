@@ -1,26 +1,58 @@
 """Data files checked on their own, exactly as a job reads them (`runner data validate`, the HTTP
-API's dataset check): read, detect the format, normalise every record, and tokenise when a
-tokenizer is at hand, so a file that passes here does not fail at the start of training.
+API's dataset check): read, detect the format (each file its own under "auto"), normalise every
+record, and tokenise when a tokenizer is at hand, so a file that passes here does not fail at the
+start of training.
+
+The job's [data] settings that shape reading and rendering (text_unit, csv_header, images, roles,
+tools, reasoning, train_on_prompt, domain tags) come in as `settings` (a `DataSection`: the job's,
+or `data_settings()` for files named alone, with `--data KEY=VALUE` changes).
 
 Each check returns a report (a JSON-ready dict): `files`, `format`, `format_reason`,
-`records_read`, `records_ok`, `bad_records` (`BadRecord`s: file, line or index, reason); with a
-tokenizer `lengths` (token length statistics) and `truncated`; `summary` when no record is usable
-(the common reasons); `warnings` (embedding data). A `DataError` means no record is readable at all.
+`records_read`, `records_ok`, `bad_records` (`BadRecord`s: file, line, row or index, reason); with a
+tokenizer `lengths` (token length statistics), `truncated` and `tools` (how tool definitions reached
+the prompt); `summary` when no record is usable (the common reasons); `warnings` (what a run would
+warn about: tools the chat template cannot render, media dropped, mixed score scales). A
+`DataError` means no record is readable at all.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from runner.data.conversation import RecordOptions
 from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
-from runner.data.formats import DomainPrefix, detect_format, guess_format, normalize_record, resolve_fields
-from runner.data.records import read_records
+from runner.data.formats import DomainPrefix, guess_format, normalize_record, resolve_fields
+from runner.data.pipeline import data_warnings, detect_by_file
+from runner.data.records import ReadOptions, read_records
 from runner.data.report import BadRecord, DataError, all_bad_message
+from runner.spec.data_section import DataSection
 
-__all__ = ["EMBEDDING_FORMATS", "check_causal_files", "check_data_files", "check_embedding_files"]
+__all__ = ["EMBEDDING_FORMATS", "check_causal_files", "check_data_files", "check_embedding_files", "data_settings"]
+
+
+def data_settings(changes: Mapping[str, str] | None = None) -> DataSection:
+    """The [data] settings of a job, at their defaults with `changes` (KEY=VALUE text from a command
+    line; JSON values such as true, 512 or {"assistant": ["bot"]} are parsed) applied and validated
+    as a job file's would be. ValueError names the key and what it takes."""
+    from pydantic import ValidationError
+
+    values: dict[str, Any] = {}
+    for key, raw in (changes or {}).items():
+        if key in ("train", "eval", "format", "fields"):
+            raise ValueError(f"--data {key}=...: name the files as arguments, and use --format / --fields")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    try:
+        return DataSection.model_validate({"train": ["-"], **values})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"--data: {problems}") from None
 
 
 def check_data_files(files: list[str], *, data_format: str = "auto",
@@ -34,41 +66,53 @@ def check_data_files(files: list[str], *, data_format: str = "auto",
 def check_causal_files(
     files: list[str], data_format: str, fields: Mapping[str, str] | None, *, domain: DomainPrefix | None = None,
     load_tokenizer: Callable[[], Any] | None = None, max_length: int = 512, train_on_prompt: bool = False,
+    settings: DataSection | None = None,
 ) -> dict[str, Any]:
-    """Causal-LM data (alpaca, sharegpt, messages, text). `load_tokenizer` is called once the
-    records are read; with it, the examples are built as the run builds them (token statistics)."""
+    """Causal-LM data (alpaca, sharegpt, messages, text, segments, prompt-completion). `load_tokenizer`
+    is called once the records are read; with it, the examples are built as the run builds them
+    (token statistics, the tools warning)."""
+    settings = settings or data_settings()
     mapping = dict(fields) if fields else None
-    read = read_records(files)
+    read = read_records(files, ReadOptions(text_unit=settings.text_unit, csv_header=settings.csv_header))
     records = [r.data for r in read.records]
     if not records:
         raise DataError("no readable records in: " + ", ".join(files)
                         + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else ""))
-    fmt, reason = detect_format(records, mapping) if data_format == "auto" else (data_format, "given")
-    report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason,
-                              "records_read": len(read.records) + len(read.bad)}
+    by_file, fmt, reason = detect_by_file(read.records, data_format, mapping)
+    report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason if data_format == "auto"
+                              else "given", "records_read": len(read.records) + len(read.bad)}
+    roles = {role: list(names) for role, names in settings.roles.items()} or None
     if load_tokenizer is not None:
         from runner.data.pipeline import build_examples
 
         examples, data_report = build_examples(
-            read.records, load_tokenizer(), max_length=max_length, format=fmt, fields=mapping,
+            read.records, load_tokenizer(), max_length=max_length, format=data_format, fields=mapping,
             domain_field=domain.field if domain else None,
             domain_format=domain.format if domain else "[{value}] ",
             train_on_prompt=train_on_prompt, on_bad_record="skip", read_errors=read.bad, progress=None,
+            tools=settings.tools, reasoning=settings.reasoning, images=settings.images, roles=roles,
         )
         report.update(records_ok=len(examples), bad_records=list(data_report.bad_records),
                       lengths=asdict(data_report.lengths) if data_report.lengths else None,
-                      truncated=data_report.truncated)
+                      truncated=data_report.truncated, tools=dict(data_report.tools),
+                      warnings=list(data_report.warnings))
         return report
     bad: list[BadRecord] = list(read.bad)
-    resolved = resolve_fields(fmt, records, mapping)
-    ok = 0
+    resolved = {f: resolve_fields(f, [r.data for r in read.records if by_file[r.location.file] == f], mapping)
+                for f in set(by_file.values())}
+    options = RecordOptions.of(settings.images, roles)
+    ok = media = media_records = 0
     for record in read.records:
+        own = by_file[record.location.file]
         try:
-            normalize_record(record.data, fmt, resolved, domain)
-            ok += 1
+            conv = normalize_record(record.data, own, resolved[own], domain, options)
         except DataError as exc:
             bad.append(BadRecord(record.location, str(exc)))
-    report.update(records_ok=ok, bad_records=bad)
+            continue
+        ok += 1
+        media += conv.media_dropped
+        media_records += conv.media_dropped > 0
+    report.update(records_ok=ok, bad_records=bad, warnings=data_warnings({}, ok, media, media_records))
     if not ok:
         forced = data_format != "auto"
         report["summary"] = all_bad_message(report["records_read"], bad, fmt=fmt, forced=forced,
@@ -77,12 +121,16 @@ def check_causal_files(
 
 
 def check_embedding_files(files: list[str], data_format: str, fields: Mapping[str, str], *,
-                          image_root: Path | None = None, tasks: list[str] | None = None) -> dict[str, Any]:
+                          image_root: Path | None = None, tasks: list[str] | None = None,
+                          settings: DataSection | None = None) -> dict[str, Any]:
     """Embedding data (pairs, triplets, scored pairs, image-text): fields, types, images, task labels."""
     from runner.data.embedding import prepare_embedding_data
 
+    settings = settings or data_settings()
     data = prepare_embedding_data(files, format=data_format, fields=dict(fields), image_root=image_root,
-                                  on_bad_record="skip", tasks=tasks)
+                                  on_bad_record="skip", tasks=tasks,
+                                  read_options=ReadOptions(text_unit=settings.text_unit,
+                                                           csv_header=settings.csv_header))
     report = data.train_report
     return {"files": files, "format": report.format, "format_reason": report.format_reason,
             "records_read": report.records_read, "records_ok": report.records_kept,

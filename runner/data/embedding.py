@@ -31,7 +31,7 @@ from typing import Any
 from runner.data.formats import RecordError, guess_format, vote_on_format
 from runner.data.images import image_problem, resolve_image
 from runner.data.pipeline import split_eval
-from runner.data.records import Record, read_records
+from runner.data.records import ReadOptions, Record, read_records
 from runner.data.report import (
     BadRecord,
     DataError,
@@ -116,6 +116,16 @@ class EmbeddingData:
 
 # ---------------------------------------------------------------------------------------
 # fields and detection
+
+
+def _number(value: Any) -> Any:
+    """A string holding a number (a CSV cell) as that number; anything else unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
+    return value
 
 
 def _field(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str]) -> str | None:
@@ -216,7 +226,7 @@ def to_example(
         query = Item(text=_text(data, _required(data, "sentence1", fields, fmt)))
         positive = Item(text=_text(data, _required(data, "sentence2", fields, fmt)))
         key = _required(data, "score", fields, fmt)
-        value = data[key]
+        value = _number(data[key])  # CSV cells are text: "4.5" is a score there
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RecordError(f"'{key}' must be a finite number, found {value!r}")
         if abs(value) > MAX_ABS_SCORE:
@@ -294,6 +304,7 @@ def prepare_embedding_data(
     tasks: Sequence[str] | None = None,
     max_records: int | None = None,
     eval_max_records: int | None = None,
+    read_options: ReadOptions | None = None,
 ) -> EmbeddingData:
     """Read, check and split the data of an embedding job.
 
@@ -302,7 +313,7 @@ def prepare_embedding_data(
     """
     check_policy(on_bad_record)
     fields = dict(fields or {})
-    read = read_records(train_files)
+    read = read_records(train_files, read_options)
     records = read.records[:max_records] if max_records else read.records
     if not records:
         raise DataError("no usable records in " + ", ".join(map(str, train_files)))
@@ -315,7 +326,7 @@ def prepare_embedding_data(
     eval_records: list[Record] = []
     eval_read_bad: list[BadRecord] = []
     if eval_files:
-        eval_read = read_records(eval_files)
+        eval_read = read_records(eval_files, read_options)
         eval_records, eval_read_bad = eval_read.records, eval_read.bad
     elif eval_fraction > 0:
         records, eval_records = split_eval(records, eval_fraction, seed)

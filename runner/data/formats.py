@@ -6,29 +6,36 @@ Formats (names as in LLaMA-Factory's dataset_info):
 - ``sharegpt``: ``conversations: [{from, value}]`` with roles human/gpt/system/
   function_call/observation (user/assistant/tool accepted too), optional ``system`` and
   ``tools`` fields. function_call is an assistant turn, observation a tool turn;
-- ``messages``: OpenAI style ``messages: [{role, content}]`` (same role vocabulary);
-- ``text``: ``{"text": ...}``, plain completion with loss on every token.
+- ``messages``: OpenAI / LLaMA-Factory style ``messages: [{role, content}]`` (same role
+  vocabulary), ``content`` a string or a list of typed parts (text, reasoning, tool calls, media);
+  per-message ``loss_weight`` (runner.data.chat);
+- ``text``: ``{"text": ...}``, plain completion with loss on every token;
+- ``segments`` and ``prompt-completion``: Axolotl's and TRL's layouts (runner.data.layouts).
 
-Every record becomes a `Conversation` whose messages are ``{"role": system|user|
-assistant|tool, "content": str}``; a text record is a single message with role
-`TEXT_ROLE`. A record that does not fit raises `RecordError` with a precise reason;
-the caller attaches the record's location.
+Every record becomes a `Conversation` (runner.data.conversation). A record that does not fit
+raises `RecordError` with a precise reason, and, when it looks like another layout, which one
+and the setting that reads it; the caller attaches the record's location.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.data.records import loads_bounded
+from runner.data.chat import ROLES, check_turn_order, normalize_chat, tools_of  # noqa: F401 (re-exported)
+from runner.data.conversation import (  # noqa: F401 (re-exported: the names have always lived here)
+    TEXT_ROLE,
+    Conversation,
+    FieldsError,
+    RecordError,
+    RecordOptions,
+)
 from runner.data.report import DataError
 
-FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "text")
-TEXT_ROLE = "text"  # marker role: the record is plain text, not a conversation
+FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "text", "segments", "prompt-completion")
 DETECT_SAMPLE = 100  # records looked at by detect_format
 
 # canonical field -> names tried, in order, when data.fields does not map it
@@ -43,49 +50,26 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "role": ("from", "role"),
     "content": ("value", "content"),
     "text": ("text",),
+    "segments": ("segments",),
+    "prompt": ("prompt",),
+    "completion": ("completion",),
+    "images": ("images",),
+    "loss_weight": ("loss_weight",),
+    "reasoning": ("reasoning_content",),
 }
+_CHAT_FIELDS = ("conversations", "role", "content", "system", "tools", "images", "loss_weight", "reasoning")
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "input", "output", "system", "history"),
-    "sharegpt": ("conversations", "role", "content", "system", "tools"),
-    "messages": ("conversations", "role", "content", "system", "tools"),
+    "sharegpt": _CHAT_FIELDS,
+    "messages": _CHAT_FIELDS,
     "text": ("text",),
+    "segments": ("segments",),
+    "prompt-completion": ("prompt", "completion", *_CHAT_FIELDS[1:]),
 }
-# sharegpt and OpenAI role names -> normalised role
-ROLES: dict[str, str] = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "function_call": "assistant",
-    "system": "system",
-    "observation": "tool",
-    "tool": "tool",
-}
+# read from a message only when data.fields names them (otherwise runner.data.chat tries its aliases)
+MAPPED_ONLY = ("loss_weight", "reasoning")
 # synonyms accepted as keys of data.fields
 _FIELD_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
-# OpenAI tool-calling fields passed through to the chat template untouched
-_PASSTHROUGH = ("tool_calls", "tool_call_id", "name")
-
-
-class RecordError(DataError):
-    """A record that cannot be normalised; the message is the reason, without location."""
-
-
-class FieldsError(DataError, ValueError):
-    """A format name or a field mapping that does not fit the data (a setting, not a record)."""
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """A normalised record: chat messages (or one TEXT_ROLE message) and optional tools."""
-
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None = None
-
-    @property
-    def is_text(self) -> bool:
-        return len(self.messages) == 1 and self.messages[0]["role"] == TEXT_ROLE
-
 
 @dataclass(frozen=True)
 class DomainPrefix:
@@ -141,12 +125,19 @@ def detect_format(
 ) -> tuple[str, str]:
     """Guess the format from the first records; return (format, human-readable reason)."""
     canonical = _canonical(fields)
-    return vote_on_format(
-        records, lambda data: _classify(data, canonical),
-        "data format: the first records have keys {keys}; expected "
-        "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca) or 'text'. "
-        "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.fields.",
-    )
+    try:
+        return vote_on_format(
+            records, lambda data: _classify(data, canonical),
+            "data format: the first records have keys {keys}; expected "
+            "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca), 'text', "
+            "'segments' or prompt + completion message lists. "
+            "Set data.format (one of " + ", ".join(FORMATS) + ") and map your field names with data.fields.",
+        )
+    except DataError as exc:
+        from runner.data.layouts import explain
+
+        hint = explain(records[0]) if records else None
+        raise DataError(f"{exc} The first record: {hint}." if hint else str(exc)) from None
 
 
 def guess_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str] | None:
@@ -202,6 +193,12 @@ def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, 
             if role and content:
                 fmt = "messages" if conv_key == "messages" else "sharegpt"
                 return fmt, f"'{conv_key}' key with mapped '{role}'/'{content}' turns"
+    segments = _present(data, "segments", fields)
+    if segments and isinstance(data[segments], list) and all(isinstance(s, dict) for s in data[segments]):
+        return "segments", f"'{segments}' key holding text segments (Axolotl input_output)"
+    prompt, completion = _present(data, "prompt", fields), _present(data, "completion", fields)
+    if prompt and completion and isinstance(data[prompt], list) and isinstance(data[completion], list):
+        return "prompt-completion", f"'{prompt}'/'{completion}' keys holding message lists (TRL conversational)"
     instruction, output = _present(data, "instruction", fields), _present(data, "output", fields)
     if instruction and output:
         return "alpaca", f"'{instruction}' and '{output}' keys"
@@ -239,10 +236,13 @@ def resolve_fields(
         if canonical in fields:
             resolved[canonical] = fields[canonical]
             continue
+        if canonical in MAPPED_ONLY:
+            continue
         aliases = ALIASES[canonical]
         if fmt == "messages" and canonical in ("conversations", "role", "content"):
             aliases = aliases[::-1]  # prefer the OpenAI names: messages, role, content
-        pool = _first_turns(sample, resolved["conversations"]) if canonical in ("role", "content") else sample
+        turns_key = resolved.get("conversations", resolved.get("prompt", ""))
+        pool = _first_turns(sample, turns_key) if canonical in ("role", "content") else sample
         resolved[canonical] = next((a for a in aliases if any(a in d for d in pool)), aliases[0])
     return resolved
 
@@ -269,22 +269,39 @@ def normalize_record(
     fmt: str,
     fields: Mapping[str, str],
     domain: DomainPrefix | None = None,
+    options: RecordOptions | None = None,
 ) -> Conversation:
-    """One record -> Conversation, or RecordError with the reason. `fields` from resolve_fields."""
-    if fmt == "alpaca":
-        conv = _alpaca(data, fields)
-    elif fmt in ("sharegpt", "messages"):
-        conv = _chat(data, fields, fmt)
-    elif fmt == "text":
-        text = _string(data, fields["text"], required=True)
-        if not text.strip():
-            raise RecordError(f"empty '{fields['text']}'")
-        conv = Conversation([{"role": TEXT_ROLE, "content": text}])
-    else:
-        raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
+    """One record -> Conversation, or RecordError with the reason (and, when the record looks like
+    another layout, which one and the setting that reads it). `fields` from resolve_fields."""
+    try:
+        conv = _normalize(data, fmt, fields, options or RecordOptions())
+    except RecordError as exc:
+        from runner.data.layouts import explain
+
+        hint = explain(data, fmt)
+        raise RecordError(f"{exc}; {hint}" if hint else str(exc)) from None
     if domain is not None:
         conv = _with_prefix(conv, domain.render(data))
     return conv
+
+
+def _normalize(data: Mapping[str, Any], fmt: str, fields: Mapping[str, str], options: RecordOptions) -> Conversation:
+    from runner.data.layouts import normalize_prompt_completion, normalize_segments
+
+    if fmt == "alpaca":
+        return _alpaca(data, fields)
+    if fmt in ("sharegpt", "messages"):
+        return normalize_chat(data, fields, fmt, options)
+    if fmt == "text":
+        text = _string(data, fields["text"], required=True)
+        if not text.strip():
+            raise RecordError(f"empty '{fields['text']}'")
+        return Conversation([{"role": TEXT_ROLE, "content": text}])
+    if fmt == "segments":
+        return normalize_segments(data, fields)
+    if fmt == "prompt-completion":
+        return normalize_prompt_completion(data, fields, options)
+    raise ValueError(f"unknown data format {fmt!r}; expected one of {FORMATS}")
 
 
 def _alpaca(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
@@ -314,88 +331,6 @@ def _alpaca(data: Mapping[str, Any], fields: Mapping[str, str]) -> Conversation:
     return Conversation(messages)
 
 
-def _chat(data: Mapping[str, Any], fields: Mapping[str, str], fmt: str) -> Conversation:
-    key, role_key, content_key = fields["conversations"], fields["role"], fields["content"]
-    if key not in data:
-        raise RecordError(f"missing '{key}'")
-    turns = data[key]
-    if not isinstance(turns, list) or not turns:
-        raise RecordError(f"'{key}' is empty" if isinstance(turns, list) else f"'{key}' is not a list")
-    messages: list[dict[str, Any]] = []
-    system = _string(data, fields["system"])
-    if system.strip():
-        messages.append({"role": "system", "content": system})
-    for n, turn in enumerate(turns, start=1):
-        where = f"'{key}' turn {n}"
-        if not isinstance(turn, dict):
-            raise RecordError(f"{where} is a {type(turn).__name__}; expected an object")
-        if role_key not in turn:
-            raise RecordError(f"{where} has no '{role_key}'")
-        role = ROLES.get(turn[role_key]) if isinstance(turn[role_key], str) else None
-        if role is None:
-            raise RecordError(f"{where} has role {turn[role_key]!r}; expected one of {', '.join(ROLES)}")
-        content = turn.get(content_key)
-        message: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
-        message.update({k: turn[k] for k in _PASSTHROUGH if turn.get(k) is not None})
-        if not isinstance(message["content"], str):
-            raise RecordError(f"{where} '{content_key}' is a {type(content).__name__}; expected a string")
-        if role == "system":
-            if messages:
-                raise RecordError(f"{where} is a system turn; only the first turn may be one")
-        elif role == "assistant" and not message["content"].strip() and not message.get("tool_calls"):
-            raise RecordError(f"empty assistant turn ({where})")
-        elif role == "user" and not message["content"].strip():
-            raise RecordError(f"empty user turn ({where})")
-        elif role == "tool" and (not messages or messages[-1]["role"] not in ("assistant", "tool")):
-            raise RecordError(f"{where} is a tool result ({turn[role_key]!r}) that does not follow an assistant turn")
-        if messages and role != "system":
-            _check_turn_order(messages[-1]["role"], role, where, n, fmt)
-        messages.append(message)
-    first = next((m for m in messages if m["role"] != "system"), None)
-    if first is None or first["role"] != "user":
-        raise RecordError("conversation does not start with a user turn")
-    if messages[-1]["role"] != "assistant":
-        raise RecordError("conversation does not end with an assistant turn")
-    return Conversation(messages, _tools(data, fields["tools"]))
-
-
-def _check_turn_order(previous: str, role: str, where: str, n: int, fmt: str) -> None:
-    """Turns alternate: user (or a tool result) then assistant, as LLaMA-Factory's sharegpt converter
-    requires (user/observation in odd places, gpt/function_call in even ones). OpenAI-style
-    `messages` may hold several tool results in a row (parallel tool calls), as there."""
-    if role == "user" and previous == "user":
-        raise RecordError(f"{where} is a second user turn in a row (after turn {n - 1}); merge them, "
-                          "or put the assistant's reply between them")
-    if role == "user" and previous == "tool":
-        raise RecordError(f"{where} is a user turn right after a tool result (turn {n - 1}); the assistant's "
-                          "answer to the tool result goes between them")
-    if role == "assistant" and previous == "assistant":
-        raise RecordError(f"{where} is a second assistant turn in a row (after turn {n - 1}); merge them, "
-                          "or put the user's turn between them")
-    if role == "tool" and previous == "tool" and fmt == "sharegpt":
-        raise RecordError(f"{where} is a second tool result in a row (after turn {n - 1}); sharegpt turns "
-                          "alternate (user or observation, then gpt or function_call): merge the results")
-
-
-def _tools(data: Mapping[str, Any], key: str) -> list[dict[str, Any]] | None:
-    """Tool schemas, given as a list or as a JSON string holding one (as in glaive data)."""
-    tools = data.get(key)
-    if tools is None or tools == "" or tools == []:
-        return None
-    if isinstance(tools, str):
-        try:
-            tools = loads_bounded(tools)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"'{key}' is a string but not valid JSON ({e.msg} at column {e.colno})") from None
-        except ValueError as e:
-            raise RecordError(f"'{key}' holds JSON that cannot be used: {e}") from None
-    if isinstance(tools, dict):
-        tools = [tools]
-    if not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
-        raise RecordError(f"'{key}' must be a list of tool schemas (objects)")
-    return tools or None
-
-
 def _string(data: Mapping[str, Any], key: str, *, required: bool = False) -> str:
     value = data.get(key)
     if value is None:
@@ -411,4 +346,4 @@ def _with_prefix(conv: Conversation, prefix: str) -> Conversation:
     messages = [dict(m) for m in conv.messages]
     target = next(m for m in messages if m["role"] in ("user", TEXT_ROLE))
     target["content"] = prefix + target["content"]
-    return Conversation(messages, conv.tools)
+    return Conversation(messages, conv.tools, conv.special_tokens, conv.media_dropped)

@@ -1,6 +1,8 @@
-"""Read JSON / JSONL data files into records that remember where they came from.
+"""Read data files into records that remember where they came from.
 
-Accepted layouts:
+`read_file` picks the reader by the file's kind: ``hf:`` data sets (runner.data.hub), plain text
+``.txt`` (runner.data.plaintext), CSV / TSV / Parquet (runner.data.tables); everything else is
+JSON, read here. Accepted JSON layouts:
 - a JSON array of objects;
 - a JSON object holding exactly one list of objects (e.g. ``{"data": [...]}``);
 - JSONL (one object per line; blank lines ignored). A ``.json`` file whose content is
@@ -74,18 +76,58 @@ class ReadResult:
         self.bad.extend(other.bad)
 
 
-def read_records(paths: Iterable[str | Path]) -> ReadResult:
-    """Read several files and merge their records in the order given."""
+@dataclass(frozen=True)
+class ReadOptions:
+    """How files without structure of their own are cut into records (data.text_unit, data.csv_header)."""
+
+    text_unit: str = "paragraph"
+    csv_header: str = "auto"
+
+
+def read_records(paths: Iterable[str | Path], options: ReadOptions | None = None) -> ReadResult:
+    """Read several files (or hf: data sets) and merge their records in the order given."""
     result = ReadResult()
     for path in paths:
-        result.extend(read_file(path))
+        result.extend(read_file(path, options))
     return result
 
 
-def read_file(path: str | Path) -> ReadResult:
+def read_file(path: str | Path, options: ReadOptions | None = None) -> ReadResult:
+    """Read one data file, or one hf: data set, with the reader its kind needs."""
+    options = options or ReadOptions()
+    name = str(path)
+    suffix = Path(name).suffix.lower()
+    if name.startswith("hf:"):
+        from runner.data.hub import read_hub
+
+        return read_hub(name)
+    if suffix == ".txt":
+        from runner.data.plaintext import read_text_file
+
+        return read_text_file(path, unit=options.text_unit)
+    if suffix in (".csv", ".tsv", ".parquet"):
+        from runner.data.tables import read_table
+
+        return read_table(path, header=options.csv_header)
+    return read_json_file(path)
+
+
+def digest_source(digest: Any, source: str | Path) -> None:
+    """Feed a data file's bytes (or, for an hf: data set, its cached Arrow files) to `digest`."""
+    from runner.fsutil import digest_file
+
+    if str(source).startswith("hf:"):
+        from runner.data.hub import hub_fingerprint
+
+        digest.update(hub_fingerprint(str(source)).encode())
+    else:
+        digest_file(digest, Path(source))
+
+
+def read_json_file(path: str | Path) -> ReadResult:
     """Read one JSON or JSONL file (see module docstring for the accepted layouts)."""
     name = str(path)
-    text = _read_text(Path(path))
+    text = read_text(Path(path))
     if not text.strip():
         raise DataFileError(name, "file is empty", "add records to it, or remove it from the list of data files", 1, 1)
     if Path(path).suffix.lower() in JSONL_SUFFIXES:
@@ -219,12 +261,13 @@ def _jsonl_shaped(text: str) -> bool:
         return False
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A data file's text (UTF-8, BOM removed), or DataFileError naming the file and the byte at fault."""
     name = str(path)
     if not path.exists():
         raise DataFileError(name, "file not found", f"check the path (resolved to {path.resolve()})")
     if path.is_dir():
-        raise DataFileError(name, "is a directory", "list the .json/.jsonl files inside it instead")
+        raise DataFileError(name, "is a directory", "list the data files inside it instead")
     try:
         raw = path.read_bytes()
     except OSError as e:

@@ -25,17 +25,22 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Location:
-    """Where a record lives: `file:line` for JSONL, `file[index]` for JSON arrays.
+    """Where a record lives: `file:line` for JSONL and text, `file[index]` for JSON arrays and Hub
+    data sets, `file, row N` for tables (CSV/TSV/Parquet).
 
     `line` is 1-based and is also filled for JSON array elements (the line where the
-    element starts) so editors can jump there; `index` is 0-based within the array.
+    element starts) so editors can jump there; `index` is 0-based within the array; `row` is
+    1-based, counting a CSV header as row 1 as a spreadsheet does.
     """
 
     file: str
     line: int | None = None
     index: int | None = None
+    row: int | None = None
 
     def __str__(self) -> str:
+        if self.row is not None:
+            return f"{self.file}, row {self.row}"
         if self.index is not None:
             return f"{self.file}[{self.index}]"
         if self.line is not None:
@@ -104,9 +109,9 @@ def in_file_order(bad_records: Sequence[BadRecord], files: Sequence[str]) -> lis
     """Sort by file (in the order given; unknown files last), then by line/index in the file."""
     rank = {f: i for i, f in reversed(list(enumerate(files)))}  # first appearance wins
 
-    def key(b: BadRecord) -> tuple[int, int, int]:
+    def key(b: BadRecord) -> tuple[int, int, int, int]:
         loc = b.location
-        return rank.get(loc.file, len(rank)), loc.line or 0, loc.index or 0
+        return rank.get(loc.file, len(rank)), loc.row or 0, loc.line or 0, loc.index or 0
 
     return sorted(bad_records, key=key)
 
@@ -167,6 +172,8 @@ class DataReport:
     trainable_tokens: int = 0
     max_length: int | None = None
     warnings: list[str] = field(default_factory=list)
+    tools: dict[str, int] = field(default_factory=dict)  # how tool definitions reached the prompt -> records
+    media_dropped: int = 0
 
     @property
     def records_bad(self) -> int:

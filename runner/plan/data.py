@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from runner.fsutil import digest_file
+from runner.data.records import digest_source
 
 if TYPE_CHECKING:
     from runner.spec import LoadedJob
@@ -140,9 +140,9 @@ def _data_key(job: LoadedJob, model_files: dict[str, str]) -> str:
     data = job.spec.data
     digest = hashlib.sha256()
     for name in [*data.train, *data.eval]:
-        path = job.resolve_path(name)
-        digest.update(str(path).encode())
-        digest_file(digest, path)
+        source = job.resolve_data(name)
+        digest.update(source.encode())
+        digest_source(digest, source)
     tokenizer_files = {k: v for k, v in sorted(model_files.items()) if "token" in k or "template" in k or k == "config.json"}
     settings = data.model_dump(mode="json", exclude={"train", "eval", "shuffle", "packing", "image_root", "image_size"})
     digest.update(json.dumps({"tokenizer": tokenizer_files, "settings": settings, "seed": job.spec.train.seed},

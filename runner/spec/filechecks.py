@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.spec.data_source import is_hub_data
 from runner.spec.errors import JobSpecError, SpecIssue, dotted
 from runner.spec.limits import MAX_JOB_FILE_BYTES
 from runner.spec.loader import LoadedJob, find_job_files, load_job, read_toml
@@ -97,6 +98,11 @@ def _data_files(spec: JobSpec, job_file: Path, where: Surroundings) -> Iterator[
     base = job_file.parent
     for key in ("train", "eval"):
         for index, value in enumerate(getattr(spec.data, key)):
+            if is_hub_data(value):
+                if importlib.util.find_spec("datasets") is None:  # located, not imported
+                    yield ("data", key, index), (f"{value}: Hub data sets are read with the 'datasets' library, "
+                                                 "which is not installed; pip install 'runner[hub]'")
+                continue
             problem = _path_problem(_resolve(base, value))
             if problem is not None:
                 yield ("data", key, index), f"data file {problem}"

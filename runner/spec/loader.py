@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 import pydantic
 
+from runner.spec.data_source import is_hub_data
 from runner.spec.errors import JobSpecError, SpecIssue, dotted
 from runner.spec.limits import INT64_MAX, INT64_MIN, MAX_JOB_FILE_BYTES
 from runner.spec.model import JobSpec
@@ -60,6 +61,11 @@ class LoadedJob:
         """Data paths in a job file are relative to the file's folder."""
         candidate = Path(relative).expanduser()
         return candidate if candidate.is_absolute() else (self.path.parent / candidate)
+
+    def resolve_data(self, entry: str) -> str:
+        """A `data.train` / `data.eval` entry as the data layer reads it: an hf: data set as written,
+        a file path resolved against the job file's folder."""
+        return entry if is_hub_data(entry) else str(self.resolve_path(entry))
 
 
 @lru_cache(maxsize=1)
@@ -143,6 +149,8 @@ def parse_job(data: bytes | str, *, display: str, default_name: str, path: Path 
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", default_name):
                 issues.append(SpecIssue(display, 1, 1, "name", f"the file name '{default_name}' is not a valid job name; set name = \"...\" (letters, digits, '.', '_', '-')"))
         for rule_path, message in check_rules(spec):
+            if len(rule_path) == 3 and isinstance(rule_path[2], int) and not positions.has(rule_path):
+                rule_path = rule_path[:2]  # `train = "x.txt"`: one item written as a plain value
             where = positions.value(rule_path) if positions.has(rule_path) else positions.key(rule_path)
             issues.append(SpecIssue(display, where.line, where.column, dotted(rule_path), message))
     if issues:

@@ -9,58 +9,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, Field
 
+# The [data] section and the base types live in their own modules; their names stay importable from here.
+from runner.spec.data_section import CANONICAL_FIELDS, CanonicalField, DataFormat, DataSection  # noqa: F401
+from runner.spec.section import (  # noqa: F401
+    ALIAS_PATTERN,
+    BIG,
+    MODULE_PATTERN,
+    NAME_PATTERN,
+    PATH_PATTERN,
+    SOURCE_PATTERN,
+    PathList,
+    PathStr,
+    Section,
+    StrList,
+)
 from runner.units import SIZE_WITH_UNIT_PATTERN
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-SOURCE_PATTERN = r"^(hf|local|gguf|pkg|registry|job):[^\x00-\x1f\x7f]+$"
-PATH_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no control characters: no file system takes NUL, none should take the rest
-BIG = 1_000_000_000  # the upper bound of counts (steps, records): large enough for any run, small enough to be sane
-MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*$"
-
 ModelKind = Literal["causal-lm", "embedding", "image-text-embedding"]
-DataFormat = Literal[
-    "auto", "alpaca", "sharegpt", "messages", "text", "pairs", "triplets", "scored-pairs", "image-text"
-]
-CANONICAL_FIELDS = (
-    "instruction", "input", "output", "system", "history", "conversations", "messages", "text",
-    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
-)
-CanonicalField = Literal[
-    "instruction", "input", "output", "system", "history", "conversations", "messages", "text",
-    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
-]
 LossType = Literal["auto", "causal-lm", "contrastive", "matryoshka", "cosent", "multi-task"]
 BaseLossType = Literal["contrastive", "cosent"]
 ReportTarget = Literal["tensorboard", "wandb", "mlflow"]
-
-
-def _one_or_many(value: object) -> object:
-    """TOML users write a single path as a string; the loader sees a list either way."""
-    return [value] if isinstance(value, str) else value
-
-
-StrList = Annotated[
-    list[str],
-    BeforeValidator(_one_or_many),
-    Field(json_schema_extra={"x-one-or-many": True}),
-]
-PathStr = Annotated[
-    str, Field(min_length=1, pattern=PATH_PATTERN, json_schema_extra={"x-hint": "a file path (no control characters)"})
-]
-PathList = Annotated[
-    list[PathStr],
-    BeforeValidator(_one_or_many),
-    Field(json_schema_extra={"x-one-or-many": True}),
-]
-
-
-class Section(BaseModel):
-    """Strict base: unknown keys are errors, fields are documented, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -110,58 +80,6 @@ class ModelSection(Section):
             "started with --allow-remote-code."
         ),
     )
-
-
-class DataSection(Section):
-    train: PathList = Field(
-        description="Training data files (JSON, JSONL). A list is merged in order. Relative paths are relative to the job file.",
-        min_length=1,
-    )
-    eval: PathList = Field(
-        default_factory=list,
-        description="Held-out evaluation files. Leave empty and set eval_fraction to split the training data instead.",
-    )
-    eval_fraction: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Fraction of the training records held out for evaluation (deterministic by seed) when no eval files are given.",
-    )
-    format: DataFormat = Field(
-        "auto",
-        description=(
-            "Record format. 'auto' detects it from the records and reports what it chose. "
-            "Causal LMs: alpaca, sharegpt, messages, text. Embeddings: pairs, triplets, scored-pairs, image-text."
-        ),
-    )
-    fields: dict[CanonicalField, str] = Field(
-        default_factory=dict,
-        description="Field mapping: canonical field name -> the name used in your records, e.g. {instruction = \"question\", output = \"answer\"}.",
-    )
-    domain_field: str | None = Field(
-        None,
-        description="A record field (e.g. 'domain') whose value is rendered as a tag before the prompt.",
-    )
-    domain_format: str = Field(
-        "[{value}] ",
-        description="How the domain tag is rendered; '{value}' is replaced by the field's value.",
-    )
-    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example; longer examples are truncated.")
-    max_records: int | None = Field(None, ge=1, le=BIG, description="Use only the first N training records (quick trials).")
-    packing: bool = Field(
-        False,
-        description="Padding-free batches: sequences concatenated into one row with position ids restarting per sequence. Causal LMs only.",
-    )
-    train_on_prompt: bool = Field(False, description="Compute the loss on prompt tokens too, not only on the responses.")
-    on_bad_record: Literal["error", "skip"] = Field(
-        "error",
-        description="'error' stops before training and lists every bad record; 'skip' drops them and reports the count.",
-    )
-    image_root: PathStr | None = Field(
-        None, description="Folder that relative image paths are resolved against (default: the data file's folder)."
-    )
-    image_size: int = Field(448, ge=16, le=4096, description="Images are resized to image_size x image_size pixels.")
-    shuffle: bool = Field(True, description="Shuffle training examples each epoch (seeded).")
 
 
 class AdapterSection(Section):

@@ -13,7 +13,8 @@ from runner.spec.model import JobSpec
 Problem = tuple[tuple[str | int, ...], str]
 Rule = Callable[[JobSpec], Iterator[Problem]]
 
-CAUSAL_FORMATS = {"alpaca", "sharegpt", "messages", "text"}
+CAUSAL_FORMATS = {"alpaca", "sharegpt", "messages", "text", "segments", "prompt-completion"}
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 EMBEDDING_FORMATS = {"pairs", "triplets", "scored-pairs", "image-text"}
 EMBEDDING_LOSSES = {"contrastive", "matryoshka", "cosent", "multi-task"}
 
@@ -135,9 +136,41 @@ def _eval_needs_data(spec: JobSpec) -> Iterator[Problem]:
         yield ("data", "eval_fraction"), "set either data.eval or data.eval_fraction, not both"
 
 
+def _data_sources(spec: JobSpec) -> Iterator[Problem]:
+    """hf: data sets are well formed; plain text files are read as the text format only."""
+    from runner.spec.data_source import DataSourceError, is_hub_data, parse_hub_data
+
+    for key in ("train", "eval"):
+        for index, value in enumerate(getattr(spec.data, key)):
+            if is_hub_data(value):
+                try:
+                    parse_hub_data(value)
+                except DataSourceError as exc:
+                    yield ("data", key, index), str(exc)
+            elif value.lower().endswith(".txt") and spec.data.format not in ("auto", "text"):
+                yield ("data", key, index), (
+                    f"'{value}' is plain text, read as one document per {spec.data.text_unit}: it needs "
+                    f"data.format = \"text\" (or \"auto\"), not \"{spec.data.format}\""
+                )
+            elif value.lower().endswith(".txt") and spec.model.kind != "causal-lm":
+                yield ("data", key, index), f"'{value}' is plain text, which trains causal LMs only (format text)"
+
+
+def _roles_distinct(spec: JobSpec) -> Iterator[Problem]:
+    seen: dict[str, str] = {}
+    for role, names in spec.data.roles.items():
+        for name in names:
+            if name in seen and seen[name] != role:
+                yield ("data", "roles", role), f"'{name}' is listed for both {seen[name]} and {role}; keep it in one"
+            seen[name] = role
+
+
 def _source_well_formed(spec: JobSpec) -> Iterator[Problem]:
     """The source's own syntax (hf: repo ids, gguf: file names, pkg: import names), without the disk."""
-    from runner.registry import SourceError, parse_source  # pure parsing; imported when first needed
+    from runner.registry import (  # pure parsing; imported when first needed
+        SourceError,
+        parse_source,
+    )
 
     try:
         parse_source(spec.model.source)
@@ -206,6 +239,8 @@ RULES: tuple[Rule, ...] = (
     _projection_embeddings_only,
     _packing_causal_only,
     _eval_needs_data,
+    _data_sources,
+    _roles_distinct,
     _source_well_formed,
     _device_precision,
     _no_self_reference,

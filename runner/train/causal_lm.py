@@ -108,8 +108,8 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
 
     spec = job.spec
     data = spec.data
-    train_files = [job.resolve_path(p) for p in data.train]
-    eval_files = [job.resolve_path(p) for p in data.eval]
+    train_files = [job.resolve_data(p) for p in data.train]
+    eval_files = [job.resolve_data(p) for p in data.eval]
     settings: dict[str, Any] = dict(
         max_length=data.max_length,
         eval_fraction=data.eval_fraction,
@@ -122,6 +122,12 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
         on_bad_record=data.on_bad_record,
         max_records=data.max_records,
         eval_max_records=spec.eval.max_records,
+        tools=data.tools,
+        reasoning=data.reasoning,
+        images=data.images,
+        roles={role: list(names) for role, names in data.roles.items()} or None,
+        text_unit=data.text_unit,
+        csv_header=data.csv_header,
     )
 
     def build() -> tuple[Any, Any, Any, Any]:
@@ -141,6 +147,8 @@ def report_data(ctx: RunContext, data: PreparedData) -> dict[str, Any]:
           f"{len(data.eval)} eval examples, {len(report.bad_records)} bad records skipped", flush=True)
     for bad in report.bad_records[:20]:
         print(f"  skipped {bad}", file=sys.stderr)
+    for warning in report.warnings:
+        print(f"data warning: {warning}", flush=True)
     summary = {
         "format": report.format,
         "format_reason": report.format_reason,
@@ -150,6 +158,10 @@ def report_data(ctx: RunContext, data: PreparedData) -> dict[str, Any]:
         "truncated": report.truncated,
         "trainable_tokens": report.trainable_tokens,
     }
+    if report.tools:
+        summary["tools"] = dict(report.tools)  # how tool definitions reached the prompt -> records
+    if report.warnings:
+        summary["warnings"] = list(report.warnings)
     ctx.status.update(extra={"data": summary})
     return summary
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.data.embedding import EmbeddingData, prepare_embedding_data
+from runner.data.records import ReadOptions
 from runner.fsutil import atomic_dir, atomic_write_json
 from runner.spec.loader import LoadedJob
 from runner.train import distributed
@@ -102,8 +103,8 @@ def prepare_embedding_job_data(job: LoadedJob) -> EmbeddingData:
     spec = job.spec
     data = spec.data
     return prepare_embedding_data(
-        [job.resolve_path(p) for p in data.train],
-        eval_files=[job.resolve_path(p) for p in data.eval],
+        [job.resolve_data(p) for p in data.train],
+        eval_files=[job.resolve_data(p) for p in data.eval],
         eval_fraction=data.eval_fraction,
         seed=spec.train.seed,
         format=data.format,
@@ -113,6 +114,7 @@ def prepare_embedding_job_data(job: LoadedJob) -> EmbeddingData:
         tasks=list(spec.loss.tasks) if spec.loss_type == "multi-task" else None,
         max_records=data.max_records,
         eval_max_records=spec.eval.max_records,
+        read_options=ReadOptions(text_unit=data.text_unit, csv_header=data.csv_header),
     )
 
 

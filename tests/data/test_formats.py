@@ -52,7 +52,7 @@ def test_alpaca_with_empty_input_is_just_the_instruction() -> None:
     assert conv.messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
 
 
-def test_sharegpt_maps_roles_and_parses_tools_given_as_a_json_string() -> None:
+def test_sharegpt_maps_roles_parses_tools_given_as_a_json_string_and_function_calls_become_tool_calls() -> None:
     tools = [{"name": "search_recipes", "parameters": {"type": "object"}}]
     record = {
         "system": "You can cook.",
@@ -66,7 +66,8 @@ def test_sharegpt_maps_roles_and_parses_tools_given_as_a_json_string() -> None:
     }
     conv = normalize(record)
     assert roles(conv) == ["system", "user", "assistant", "tool", "assistant"]
-    assert conv.messages[2]["content"] == '{"name": "search_recipes"}'
+    assert conv.messages[2] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "search_recipes", "arguments": {}}}]}
     assert conv.tools == tools
 
 
@@ -218,7 +219,7 @@ def chat(*turns: tuple[str, str]) -> dict[str, Any]:
             "sharegpt",
             chat(("human", "q"), ("gpt", "a"), ("bot", "?")),
             "'conversations' turn 3 has role 'bot'; expected one of human, user, gpt, assistant, "
-            "function_call, system, observation, tool",
+            "function_call, system, observation, tool (more names for a role: data.roles, e.g. {assistant = [\"bot\"]})",
         ),
         ("sharegpt", chat(("human", "q"), ("gpt", "")), "empty assistant turn ('conversations' turn 2)"),
         (

@@ -126,18 +126,23 @@ def test_separate_eval_files_are_detected_and_tokenised_on_their_own(tokenizer: 
     assert prepared.eval_report.format == "messages"
 
 
-def test_tools_the_chat_template_cannot_show_are_flagged_in_the_report(tokenizer: Any, tmp_path: Path) -> None:
+def test_tools_the_chat_template_cannot_show_go_to_the_system_prompt_and_the_report_says_so(
+    tokenizer: Any, tmp_path: Path
+) -> None:
     record = {
         "tools": '[{"name": "search_recipes"}]',
         "conversations": [{"from": "human", "value": "Hello!"}, {"from": "gpt", "value": "Bonjour."}],
     }
     path = write_json(tmp_path / "tools.json", [record])
-    _, report = build_examples(read_records([path]).records, tokenizer, max_length=256)  # SmolLM2 template
+    examples, report = build_examples(read_records([path]).records, tokenizer, max_length=1024)  # SmolLM2 template
+    assert report.tools == {"system-prompt": 1}
     assert report.warnings == [
-        "1 records define tools, but the chat template does not render `tools`: the model will not see the "
-        "tool schemas (use a tool-aware template, or put them in the system prompt)"
+        "1 of 1 records define tools that the chat template does not render: their definitions were put in the "
+        "system prompt (a Hermes/Qwen-style <tools> block) and their tool calls written as <tool_call> blocks "
+        "(data.tools = \"render\")"
     ]
-    assert "warning: 1 records define tools" in report.summary()
+    assert "warning: 1 of 1 records define tools" in report.summary()
+    assert '"search_recipes"' in tokenizer.decode(examples[0]["input_ids"])
 
 
 def test_bad_records_of_train_and_eval_files_are_reported_together(tokenizer: Any, tmp_path: Path) -> None:
