@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.data.records import digest_source
+from runner.data.reading import digest_source
 from runner.outputs.attempts import Outcome, read_outcome, write_outcome
 from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.leftovers import remove_leftovers

@@ -145,7 +145,7 @@ def read_embed_inputs(texts: list[str], images: list[str], input_file: str | Non
 
 def _input_records(path: Path) -> list[Item]:
     """{"text": ...} / {"image": PATH} records, read like training data (with their locations)."""
-    from runner.data.records import read_file
+    from runner.data.reading import read_file
     from runner.data.report import DataError
 
     try:

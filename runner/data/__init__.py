@@ -35,7 +35,8 @@ from runner.data.formats import (
     resolve_fields,
 )
 from runner.data.pipeline import PreparedData, build_examples, prepare_data, split_eval
-from runner.data.records import DataFileError, ReadOptions, ReadResult, Record, read_file, read_records
+from runner.data.reading import ReadOptions, read_file, read_records
+from runner.data.records import DataFileError, ReadResult, Record
 from runner.data.report import (
     BadRecord,
     BadRecordsError,
@@ -69,9 +70,12 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CHATML_TEMPLATE",
+    "FORMATS",
+    "IGNORE_INDEX",
+    "TEXT_ROLE",
     "BadRecord",
     "BadRecordsError",
-    "CHATML_TEMPLATE",
     "Conversation",
     "DataError",
     "DataFileError",
@@ -81,8 +85,6 @@ __all__ = [
     "EncodeOptions",
     "Encoded",
     "Example",
-    "FORMATS",
-    "IGNORE_INDEX",
     "LengthStats",
     "Location",
     "PackingCollator",
@@ -93,7 +95,6 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordOptions",
-    "TEXT_ROLE",
     "TemplateError",
     "build_examples",
     "detect_format",

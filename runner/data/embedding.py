@@ -31,7 +31,8 @@ from typing import Any
 from runner.data.formats import RecordError, guess_format, vote_on_format
 from runner.data.images import image_problem, resolve_image
 from runner.data.pipeline import split_eval
-from runner.data.records import ReadOptions, Record, read_records
+from runner.data.reading import ReadOptions, read_records
+from runner.data.records import Record
 from runner.data.report import (
     BadRecord,
     DataError,

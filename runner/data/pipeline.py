@@ -17,8 +17,15 @@ from tqdm.auto import tqdm
 
 from runner.data.causal import IGNORE_INDEX, EncodeOptions, Example, encode, to_example
 from runner.data.conversation import RecordOptions
-from runner.data.formats import DomainPrefix, detect_format, guess_format, normalize_record, resolve_fields
-from runner.data.records import ReadOptions, Record, read_records
+from runner.data.formats import (
+    DomainPrefix,
+    detect_format,
+    guess_format,
+    normalize_record,
+    resolve_fields,
+)
+from runner.data.reading import ReadOptions, read_records
+from runner.data.records import Record
 from runner.data.report import (
     BadRecord,
     DataError,

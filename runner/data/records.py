@@ -1,8 +1,7 @@
-"""Read data files into records that remember where they came from.
+"""Records that remember where they came from, and the JSON / JSONL reader.
 
-`read_file` picks the reader by the file's kind: ``hf:`` data sets (runner.data.hub), plain text
-``.txt`` (runner.data.plaintext), CSV / TSV / Parquet (runner.data.tables); everything else is
-JSON, read here. Accepted JSON layouts:
+`runner.data.reading.read_file` picks the reader by a file's kind (``hf:`` data sets, ``.txt``,
+CSV / TSV / Parquet); everything else is JSON, read here. Accepted JSON layouts:
 - a JSON array of objects;
 - a JSON object holding exactly one list of objects (e.g. ``{"data": [...]}``);
 - JSONL (one object per line; blank lines ignored). A ``.json`` file whose content is
@@ -27,7 +26,6 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,54 +72,6 @@ class ReadResult:
     def extend(self, other: ReadResult) -> None:
         self.records.extend(other.records)
         self.bad.extend(other.bad)
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How files without structure of their own are cut into records (data.text_unit, data.csv_header)."""
-
-    text_unit: str = "paragraph"
-    csv_header: str = "auto"
-
-
-def read_records(paths: Iterable[str | Path], options: ReadOptions | None = None) -> ReadResult:
-    """Read several files (or hf: data sets) and merge their records in the order given."""
-    result = ReadResult()
-    for path in paths:
-        result.extend(read_file(path, options))
-    return result
-
-
-def read_file(path: str | Path, options: ReadOptions | None = None) -> ReadResult:
-    """Read one data file, or one hf: data set, with the reader its kind needs."""
-    options = options or ReadOptions()
-    name = str(path)
-    suffix = Path(name).suffix.lower()
-    if name.startswith("hf:"):
-        from runner.data.hub import read_hub
-
-        return read_hub(name)
-    if suffix == ".txt":
-        from runner.data.plaintext import read_text_file
-
-        return read_text_file(path, unit=options.text_unit)
-    if suffix in (".csv", ".tsv", ".parquet"):
-        from runner.data.tables import read_table
-
-        return read_table(path, header=options.csv_header)
-    return read_json_file(path)
-
-
-def digest_source(digest: Any, source: str | Path) -> None:
-    """Feed a data file's bytes (or, for an hf: data set, its cached Arrow files) to `digest`."""
-    from runner.fsutil import digest_file
-
-    if str(source).startswith("hf:"):
-        from runner.data.hub import hub_fingerprint
-
-        digest.update(hub_fingerprint(str(source)).encode())
-    else:
-        digest_file(digest, Path(source))
 
 
 def read_json_file(path: str | Path) -> ReadResult:

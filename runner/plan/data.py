@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from runner.data.records import digest_source
+from runner.data.reading import digest_source
 
 if TYPE_CHECKING:
     from runner.spec import LoadedJob

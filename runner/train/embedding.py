@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.data.embedding import EmbeddingData, prepare_embedding_data
-from runner.data.records import ReadOptions
+from runner.data.reading import ReadOptions
 from runner.fsutil import atomic_dir, atomic_write_json
 from runner.spec.loader import LoadedJob
 from runner.train import distributed
@@ -30,7 +30,12 @@ from runner.train.common import (
     training_arguments,
 )
 from runner.train.context import RunContext, TrainOutcome
-from runner.train.embedder import Embedder, EmbeddingCollator, Preprocessor, build_embedder
+from runner.train.embedder import (
+    Embedder,
+    EmbeddingCollator,
+    Preprocessor,
+    build_embedder,
+)
 from runner.train.embedding_eval import EmbeddingEvaluator, primary_metric
 from runner.train.losses import build_loss
 from runner.train.model import ModelSetupError

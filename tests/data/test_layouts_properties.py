@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from runner.data import RecordError, normalize_record, resolve_fields
 from runner.data.conversation import RecordOptions
-from runner.data.records import DataFileError, read_file
+from runner.data.reading import read_file
+from runner.data.records import DataFileError
 
 scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=False, allow_infinity=False),
                    st.text(max_size=6))

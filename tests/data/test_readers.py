@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from runner.data import DataFileError, read_records
-from runner.data.records import ReadOptions
+from runner.data.reading import ReadOptions
 
 
 def locations(result: Any) -> list[str]:
@@ -187,7 +187,7 @@ def test_reading_text_csv_and_json_never_imports_datasets(tmp_path: Path) -> Non
     (tmp_path / "a.txt").write_text("doc", encoding="utf-8")
     (tmp_path / "b.csv").write_text("text\nrow\n", encoding="utf-8")
     (tmp_path / "c.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
-    code = ("import sys; from runner.data.records import read_records; "
+    code = ("import sys; from runner.data.reading import read_records; "
             f"read_records([{str(tmp_path / 'a.txt')!r}, {str(tmp_path / 'b.csv')!r}, {str(tmp_path / 'c.jsonl')!r}]); "
             "print('datasets' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

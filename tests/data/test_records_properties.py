@@ -16,7 +16,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.data.records import DataFileError, read_file
+from runner.data.reading import read_file
+from runner.data.records import DataFileError
 from runner.spec.limits import MAX_RECORD_DEPTH, MAX_RECORD_INT_DIGITS
 
 plain = st.recursive(
