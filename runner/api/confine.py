@@ -17,7 +17,24 @@ from runner.spec import LoadedJob, SpecIssue
 from runner.spec.errors import dotted
 from runner.spec.positions import SourceMap
 
-__all__ = ["OutsideRoots", "confine", "job_paths_outside"]
+__all__ = ["BadPath", "OutsideRoots", "check_path_text", "confine", "job_paths_outside"]
+
+
+class BadPath(ValueError):
+    """A path no file can have: a NUL byte, text that is not Unicode, or far too long."""
+
+
+def check_path_text(text: str, shown: str | None = None) -> None:
+    """`BadPath` for path text that would make the filesystem calls fail (not a 500: a clear 4xx)."""
+    what = shown if shown is not None else repr(text[:200])
+    if "\x00" in text:
+        raise BadPath(f"path {what} contains a NUL byte; no file name can")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadPath(f"path {what} is not valid Unicode (it holds a lone surrogate such as \\ud800)") from None
+    if len(encoded) > 4096:
+        raise BadPath(f"path {what[:60]}... is {len(encoded)} bytes long; paths are at most 4096")
 
 
 @dataclass
@@ -31,7 +48,9 @@ class OutsideRoots(Exception):
 
 
 def confine(path: Path, roots: Sequence[Path], *, shown: str | None = None) -> Path:
-    """The resolved path if it is under one of `roots` (already resolved); `OutsideRoots` if not."""
+    """The resolved path if it is under one of `roots` (already resolved); `OutsideRoots` if not,
+    `BadPath` for text no file can have. Decided on the path alone, whether or not a file is there."""
+    check_path_text(str(path), shown)
     resolved = path.expanduser().resolve()
     if any(resolved == root or resolved.is_relative_to(root) for root in roots):
         return resolved
@@ -72,4 +91,7 @@ def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[P
         except OutsideRoots as exc:
             at = positions.value(where)
             issues.append(SpecIssue(display, at.line, at.column, dotted(where), str(OutsideRoots(str(path), exc.roots))))
+        except BadPath as exc:
+            at = positions.value(where)
+            issues.append(SpecIssue(display, at.line, at.column, dotted(where), str(exc)))
     return issues

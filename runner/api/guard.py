@@ -3,18 +3,26 @@
 * Host allowlist (DNS rebinding): a web page on an attacker's domain can make a browser on this
   machine send requests to 127.0.0.1 under the attacker's name; those carry the attacker's Host
   header, so only the names the API was started for are answered. Checked on every path.
-* Request size: a declared Content-Length over the limit is refused at once; a chunked body is
-  counted as it arrives and cut off at the limit. Job files and JSON get `max_body`; only
-  `/datasets/validate` (an uploaded data file) gets `max_upload`.
+* Cross-origin writes: a POST whose `Origin` is not this server (or whose `Sec-Fetch-Site` says
+  cross-site) is refused, /login and /logout included: no login or logout forged by another page.
+* Requests in progress: at most `max_requests` (503 with Retry-After beyond); `/livez` is always
+  answered and idle connections never count (their limits are in `runner.api.connections`).
+* Request bodies: a declared Content-Length over the limit is refused at once; a chunked body is
+  counted as it arrives and cut off at the limit; a body that stops arriving for `body_timeout`
+  gets 408. Job files, JSON and forms get `max_body`; only a multipart upload to
+  `/datasets/validate` gets `max_upload`. An answer sent before the body was read (an early 401)
+  closes the connection, so the rest of the body is never read.
 * Security headers on every response: no sniffing, no framing, no referrer, a CSP that allows
   only the dashboard's own script and style, and no caching of API answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from runner.api.settings import ApiSettings, normalize_host
 
@@ -37,8 +45,12 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """The guard answered (408, 413) in the app's place."""
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CLOSE = ((b"connection", b"close"),)
 
 
 async def _json(send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
@@ -49,67 +61,143 @@ async def _json(send: Send, status: int, detail: str, headers: tuple[tuple[bytes
     await send({"type": "http.response.body", "body": body})
 
 
+def _header(scope: Scope, name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in scope["headers"] if key.lower() == name]
+
+
+def _foreign_origin(scope: Scope, host: str) -> str | None:
+    """What makes a state-changing request cross-origin: an `Origin` other than this server's
+    (scheme aside: a TLS proxy may sit in front), or a browser's `Sec-Fetch-Site` saying so.
+    Clients that send neither (curl, scripts) are not browsers acting for a page."""
+    origins = _header(scope, b"origin")
+    if origins:
+        netloc = urlsplit(origins[0]).netloc if "://" in origins[0] else ""
+        if netloc.lower() != host.lower():
+            return f"Origin {origins[0][:200]!r}"
+    site = _header(scope, b"sec-fetch-site")
+    if site and site[0].strip().lower() in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site: {site[0][:40]}"
+    return None
+
+
 class Guard:
     def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
         self.app = app
         self.settings = settings
+        self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan: no request to check
             await self.app(scope, receive, send)
             return
-        hosts = [value.decode("latin-1") for name, value in scope["headers"] if name.lower() == b"host"]
-        if len(hosts) != 1 or normalize_host(hosts[0]) not in self.settings.allowed_hosts:
-            shown = hosts[0] if len(hosts) == 1 else ("none" if not hosts else "several")
-            # The allowed names are not listed: the refused page may belong to an attacker.
-            await _json(send, 400, f"Host header {shown!r} is not allowed here; to reach the API under "
-                                   "another name, start it with --api-allow-host NAME")
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await _json(send, *refusal)
             return
-        limit = self.settings.max_upload if scope["path"] in UPLOAD_PATHS else self.settings.max_body
-        for name, value in scope["headers"]:
-            if name.lower() == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _json(send, 400, "Content-Length is not a number")
-                    return
-                if declared > limit:
-                    await _json(send, 413, f"request body of {declared} bytes is over the limit of {limit} bytes "
-                                           f"for {scope['path']}", ((b"connection", b"close"),))
-                    return
+        limits = self.settings.limits
+        exempt = scope["path"] == "/livez"  # tells nothing, costs nothing: always answered
+        if not exempt and self.in_flight >= limits.max_requests:
+            await _json(send, 503, f"the server is answering {self.in_flight} requests; retry in a moment",
+                        ((b"retry-after", b"1"),))
+            return
+        self.in_flight += not exempt
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.in_flight -= not exempt
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None:
+        """Host allowlist, cross-origin writes and a declared body over the limit: refused at once."""
+        hosts = _header(scope, b"host")
+        if len(hosts) != 1 or normalize_host(hosts[0]) not in self.settings.allowed_hosts:
+            shown = hosts[0][:200] if len(hosts) == 1 else ("none" if not hosts else "several")
+            # The allowed names are not listed: the refused page may belong to an attacker.
+            return 400, (f"Host header {shown!r} is not allowed here; to reach the API under another name, "
+                         "start it with --api-allow-host NAME"), ()
+        if scope["method"] not in SAFE_METHODS:
+            foreign = _foreign_origin(scope, hosts[0])
+            if foreign is not None:
+                return 403, f"cross-origin request refused ({foreign}): send it from this server's own pages", ()
+        limit = self._limit(scope)
+        for value in _header(scope, b"content-length"):
+            if not value.strip().isdigit():
+                return 400, "Content-Length is not a number", CLOSE
+            if int(value) > limit:
+                return 413, (f"request body of {int(value)} bytes is over the limit of {limit} bytes for "
+                             f"{scope['path']}{_hint(scope)}"), CLOSE
+        return None
+
+    def _limit(self, scope: Scope) -> int:
+        """Only a multipart upload to /datasets/validate gets the upload limit; JSON and the rest get max_body."""
+        if scope["path"] in UPLOAD_PATHS:
+            kind = (_header(scope, b"content-type") or [""])[0].split(";")[0].strip().lower()
+            if kind == "multipart/form-data":
+                return self.settings.max_upload
+        return self.settings.max_body
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit, timeout = self._limit(scope), self.settings.limits.body_timeout
+        has_body = any(_header(scope, b"transfer-encoding")) or any(
+            v.strip() not in ("", "0") for v in _header(scope, b"content-length"))
         received = 0
+        body_done = not has_body
         started = False
         refused = False
 
+        async def refuse(status: int, detail: str) -> None:
+            nonlocal refused
+            if not started:
+                refused = True
+                await _json(send, status, detail, CLOSE)
+
         async def counted_receive() -> Message:
-            nonlocal received, refused
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                await refuse(408, f"the request body stopped arriving for {timeout:g} s")
+                raise _Refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit and not started:
-                    refused = True
-                    await _json(send, 413, f"request body is over the limit of {limit} bytes for {scope['path']}",
-                                ((b"connection", b"close"),))
-                    raise _TooLarge
+                body_done = not message.get("more_body", False)
+                if received > limit:
+                    await refuse(413, f"request body is over the limit of {limit} bytes for {scope['path']}"
+                                      f"{_hint(scope)}")
+                    raise _Refused
+            else:
+                body_done = True
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
-            if refused:  # the 413 went out; whatever the app makes of the cut-off body is dropped
+            if refused:  # the refusal went out; whatever the app makes of the cut-off body is dropped
                 return
             if message["type"] == "http.response.start":
                 started = True
-                present = {name.lower() for name, _ in message.get("headers", [])}
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
                 extra = [h for h in SECURITY_HEADERS if h[0] not in present]
                 if b"cache-control" not in present:
                     extra.append((b"cache-control", b"no-store"))
-                message["headers"] = [*message.get("headers", []), *extra]
+                if not body_done and b"connection" not in present:
+                    # answered before the body was read (an early 401, a 4xx): close rather than read
+                    # and throw away the rest of it
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
-        except _TooLarge:
+        except _Refused:
             pass
         except Exception:
             if not refused:
                 raise
+
+
+def _hint(scope: Scope) -> str:
+    if scope["path"] in UPLOAD_PATHS:
+        return " (JSON bodies have the --api-max-body limit; send a data file as multipart/form-data)"
+    return ""

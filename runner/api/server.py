@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from runner.api.limits import Limits
 from runner.api.settings import ApiConfigError, ApiSettings
 
 __all__ = ["BackgroundServer", "bind", "serve_foreground"]
@@ -34,20 +35,26 @@ def bind(settings: ApiSettings) -> socket.socket:
     return sock
 
 
-def _config(app: Any) -> Any:
+def _config(app: Any, limits: Limits) -> Any:
+    """uvicorn's settings: its connection-counting `limit_concurrency` is off (see
+    `runner.api.connections`); the h11 protocol with our deadlines and caps; the header size cap."""
     import uvicorn
 
+    from runner.api.connections import protocol_class
+
     return uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
-                          lifespan="off", timeout_keep_alive=5, limit_concurrency=64, timeout_graceful_shutdown=3)
+                          lifespan="off", http=protocol_class(limits), ws="none",
+                          timeout_keep_alive=limits.keep_alive_timeout, limit_concurrency=None,
+                          h11_max_incomplete_event_size=limits.max_header_size, timeout_graceful_shutdown=3)
 
 
 class BackgroundServer:
     """The API in a thread of this process."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, limits: Limits) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(_config(app))
+        self.server = uvicorn.Server(_config(app, limits))
         self.sock = sock
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="runner-api",
                                        daemon=True)
@@ -66,12 +73,12 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve_foreground(app: Any, sock: socket.socket) -> int:
+def serve_foreground(app: Any, sock: socket.socket, limits: Limits) -> int:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers, in the main thread)."""
     import uvicorn
 
     try:
-        uvicorn.Server(_config(app)).run(sockets=[sock])
+        uvicorn.Server(_config(app, limits)).run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -1,0 +1,163 @@
+"""Every limit of the HTTP API in one place: its default, its flag and what it bounds.
+
+Connections (enforced by `runner.api.connections` under uvicorn), requests (`runner.api.guard`),
+authentication (`runner.api.auth`) and what a request may contain (`runner.api.prescan`,
+`runner.api.datacheck`, the answers' error lists). `runner serve` and `runner watch --api` get one
+flag per limit from `add_limit_options`; the README's limits table is `markdown_table()` (a test
+keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Limits", "add_limit_options", "limits_from_args", "markdown_table", "parse_size"]
+
+KIB, MIB = 1 << 10, 1 << 20
+_SIZE = re.compile(r"^\s*(\d+)\s*(|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KIB, "kb": 1000, "kib": KIB, "m": MIB, "mb": 10**6, "mib": MIB,
+          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """`64MiB`, `512k`, `1000000` -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 64MiB or 1000000")
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("s"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, e.g. 5 or 0.5") from None
+    if not 0 < value <= 86400 * 7:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds between 0 (excluded) and 604800")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least 1")
+    return value
+
+
+_PARSERS = {"seconds": _seconds, "size": parse_size, "count": _count}
+
+
+def _limit(default: float | int, flag: str, kind: str, what: str) -> Any:
+    return field(default=default, metadata={"flag": flag, "kind": kind, "what": what})
+
+
+@dataclass(frozen=True)
+class Limits:
+    # connections
+    first_byte_timeout: float = _limit(
+        5.0, "--api-timeout-first-byte", "seconds",
+        "a new connection that sends no request byte within this time is closed")
+    header_timeout: float = _limit(
+        10.0, "--api-timeout-headers", "seconds",
+        "a request line and headers not complete this long after their first byte: the connection is closed")
+    keep_alive_timeout: float = _limit(
+        5.0, "--api-timeout-keep-alive", "seconds",
+        "an idle keep-alive connection is closed after this time")
+    body_timeout: float = _limit(
+        15.0, "--api-timeout-body", "seconds",
+        "longest pause while a request body arrives (then 408 and the connection is closed)")
+    max_connections_per_client: int = _limit(
+        64, "--api-max-connections-per-client", "count",
+        "open connections from one client address; beyond it, a new connection first closes that "
+        "address's oldest idle one (never-used first), else it is refused")
+    max_connections: int = _limit(
+        1024, "--api-max-connections", "count",
+        "open connections in all; beyond it, the same rule over all addresses")
+    max_requests: int = _limit(
+        64, "--api-max-requests", "count",
+        "requests being answered at once; beyond it 503 with Retry-After (`/livez` is always answered; "
+        "idle connections do not count)")
+    max_header_size: int = _limit(
+        16 * KIB, "--api-max-header-size", "size",
+        "request line and headers of one request (beyond it: 400 and the connection is closed)")
+    # authentication
+    auth_failures_per_minute: int = _limit(
+        10, "--api-auth-failures-per-minute", "count",
+        "wrong keys accepted from one client address per minute (bursts of as many); beyond it, "
+        "requests with a key from that address get 429 with Retry-After, right or wrong")
+    session_ttl: float = _limit(
+        43200.0, "--api-session-ttl", "seconds",
+        "lifetime of a dashboard login (its cookie); logging out ends it at once, and so does a restart")
+    max_sessions: int = _limit(
+        256, "--api-max-sessions", "count",
+        "dashboard logins kept at once; beyond it the one closest to expiry is ended")
+    # what a request may hold
+    max_body: int = _limit(
+        MIB, "--api-max-body", "size",
+        "a job file sent to POST /jobs, a JSON body, a login form (beyond it: 413)")
+    max_upload: int = _limit(
+        64 * MIB, "--api-max-upload", "size",
+        "a data file sent to /datasets/validate as multipart/form-data (streamed to disk, checked "
+        "record by record)")
+    max_record: int = _limit(
+        MIB, "--api-max-record", "size",
+        "one record of a data file checked by /datasets/validate (a longer one is a bad record)")
+    job_max_depth: int = _limit(
+        16, "--api-job-max-depth", "count",
+        "nesting of a submitted job file: tables, dotted keys, arrays, inline tables (checked before "
+        "it is parsed; 422)")
+    job_max_keys: int = _limit(
+        2000, "--api-job-max-keys", "count",
+        "keys and table headers of a submitted job file (checked before it is parsed; 422)")
+    max_errors: int = _limit(
+        100, "--api-max-errors", "count",
+        "entries of an error list in an answer (validation errors, paths outside the roots, bad "
+        "records); the total is always given, each message is cut at 1,000 characters")
+
+    def __post_init__(self) -> None:
+        if self.max_upload < 1024 or self.max_body < 1024:
+            raise ValueError("--api-max-body and --api-max-upload must allow at least 1024 bytes")
+        if self.max_record > self.max_upload:
+            object.__setattr__(self, "max_record", self.max_upload)
+
+
+def _fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Limits))
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per limit (default None: the Limits default applies)."""
+    group = parser.add_argument_group("API limits (see the README's limits table)")
+    for spec in _fields():
+        meta = spec.metadata
+        group.add_argument(meta["flag"], type=_PARSERS[meta["kind"]], default=None, dest=f"limit_{spec.name}",
+                           metavar=meta["kind"].upper(), help=f"{meta['what']} (default {_shown(spec)})")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    given = {spec.name: getattr(args, f"limit_{spec.name}") for spec in _fields()
+             if getattr(args, f"limit_{spec.name}", None) is not None}
+    return Limits(**given)
+
+
+def _shown(spec: dataclasses.Field[Any]) -> str:
+    value, kind = spec.default, spec.metadata["kind"]
+    if kind == "seconds":
+        return f"{value:g} s"
+    if kind == "size":
+        return f"{value // MIB} MiB" if value % MIB == 0 else f"{value // KIB} KiB"
+    return f"{value:,}"
+
+
+def markdown_table() -> str:
+    """The README's limits table."""
+    rows = ["| limit | default | flag |", "| --- | --- | --- |"]
+    rows += [f"| {spec.metadata['what']} | {_shown(spec)} | `{spec.metadata['flag']}` |" for spec in _fields()]
+    return "\n".join(rows)

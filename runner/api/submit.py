@@ -1,0 +1,210 @@
+"""`POST /jobs`: a job file checked like `runner validate`, then written into the jobs folder.
+
+* Cheap bounds first (`runner.api.prescan`): a body nesting deeper or holding more keys than the
+  limits is refused before any parser builds anything from it.
+* Which file a job lives in comes from `JobIndex`, kept current by the files' stat: a file is
+  read and its name parsed only when it changed, so a submission costs the same with 20 or 2,000
+  files in the folder.
+* Concurrent submissions of one job: each is checked against the folder as it was when the
+  request arrived; if another submission (or an editor) changed that job's file in between,
+  this one gets 409 and nothing is written. Of N submissions racing to create a job, exactly one
+  creates it; a later submission (one that saw the file) replaces it as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import threading
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.api.confine import job_paths_outside
+from runner.api.errors import ApiError
+from runner.api.prescan import TooDeep, scan_toml
+from runner.api.settings import ApiSettings
+from runner.fsutil import atomic_write_bytes
+from runner.outputs.runs import list_runs, read_status
+from runner.spec import JobSpecError, SpecIssue, parse_job
+from runner.watch.scan import fallback_job_name, is_spec_path
+
+__all__ = ["JOB_NAME", "JobIndex", "arrival", "submit_job"]
+
+JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ARRIVALS = itertools.count(1)
+
+
+def arrival() -> int:
+    """A number per request, in the order requests arrive (taken on the event loop)."""
+    return next(_ARRIVALS)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    stamp: tuple[int, int, int, int]  # inode, size, mtime, ctime (ns)
+    job: str
+    sha256: str
+
+
+class JobIndex:
+    """Job name -> the files of the jobs folder that define it (the rules of `runner.watch.scan`)."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        self._entries: dict[str, _Entry] = {}
+        self._written: dict[str, int] = {}  # file -> arrival number taken when a submission last wrote it
+        self.lock = threading.Lock()  # held while deciding and writing; also guards the tables
+
+    def refresh(self) -> None:
+        """Stat every job file; read and parse only new or changed ones."""
+        seen: dict[str, _Entry] = {}
+        for dirpath, dirnames, filenames in os.walk(self.jobs_dir):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                relative = os.path.relpath(full, self.jobs_dir).replace(os.sep, "/")
+                if not is_spec_path(relative):
+                    continue
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    continue
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = self._entries.get(relative)
+                if known is None or known.stamp != stamp:
+                    try:
+                        data = Path(full).read_bytes()
+                    except OSError:
+                        continue
+                    known = _Entry(stamp, fallback_job_name(data, Path(relative).stem), hashlib.sha256(data).hexdigest())
+                seen[relative] = known
+        self._entries = seen
+
+    def owners(self, job: str) -> list[str]:
+        return sorted(rel for rel, entry in self._entries.items() if entry.job == job)
+
+    def sha256(self, relative: str) -> str | None:
+        entry = self._entries.get(relative)
+        return entry.sha256 if entry else None
+
+    def target(self, job: str, named_inside: bool) -> tuple[Path, str | None]:
+        """Where the job goes and the sha256 of what is there now (None: a new file); 409 on a clash.
+
+        The file that already defines the job, else `<job>.toml`; a clash: another file defines the
+        job under another file name while the submitted text has no `name` of its own, `<job>.toml`
+        belongs to another job, or the folder has two files for this job.
+        """
+        self.refresh()
+        owners = self.owners(job)
+        if len(owners) > 1:
+            raise ApiError(409, f"job '{job}' is defined by several files ({', '.join(owners)}); keep one of them")
+        if owners:
+            owner = owners[0]
+            if named_inside or Path(owner).stem == job:
+                return self.jobs_dir / owner, self.sha256(owner)
+            raise ApiError(409, f"job '{job}' is defined by {owner}; add name = \"{job}\" to the submitted file "
+                                "so it can replace that file's content")
+        relative = f"{job}.toml"
+        if relative in self._entries:
+            raise ApiError(409, f"{relative} in the jobs folder defines job '{self._entries[relative].job}', "
+                                f"not '{job}'; choose another name")
+        return self.jobs_dir / relative, None
+
+    def write(self, target: Path, data: bytes, seen: str | None, arrived: int) -> bool:
+        """Write `data` unless the file changed since the request arrived; False: it was already `data`."""
+        relative = target.relative_to(self.jobs_dir).as_posix()
+        with self.lock:
+            self.refresh()
+            now = self.sha256(relative)
+            if now == hashlib.sha256(data).hexdigest():
+                return False
+            if now != seen or self._written.get(relative, 0) > arrived:
+                job = Path(relative).stem
+                raise ApiError(409, f"{relative} was {'created' if seen is None else 'changed'} by another "
+                                    "submission while this one was being checked; nothing was written. Look at "
+                                    f"GET /jobs/{job} and submit again to replace it")
+            atomic_write_bytes(target, data)
+            self._written[relative] = arrival()  # requests that arrived before this write conflict with it
+            self.refresh()
+            return True
+
+
+def _issue_dicts(issues: list[SpecIssue]) -> list[dict[str, Any]]:
+    return [issue.to_dict() for issue in issues]
+
+
+def _prescan(settings: ApiSettings, data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    try:
+        scan_toml(text, max_depth=settings.limits.job_max_depth, max_keys=settings.limits.job_max_keys)
+    except TooDeep as exc:
+        raise ApiError(422, f"the job file is refused before parsing: {exc}; nothing was written",
+                       errors=[{"file": "submitted", "line": exc.line, "column": 1, "path": "",
+                                "message": str(exc)}]) from None
+
+
+def _job_name(data: bytes, name: str | None) -> tuple[str | None, bool, bool]:
+    """(the job name, whether the file names it, whether the text parsed)."""
+    try:
+        raw: dict[str, Any] | None = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        raw = None  # parse_job below reports where
+    declared = raw.get("name") if raw is not None and isinstance(raw.get("name"), str) else None
+    if declared is not None and name is not None and declared != name:
+        raise ApiError(422, f"the file says name = \"{declared[:100]}\" but the request asks for job '{name}'; "
+                            "drop ?name= or make them agree")
+    if name is not None and not re.fullmatch(JOB_NAME, name):
+        raise ApiError(422, f"?name={name[:100]!r} is not a valid job name (letters, digits, '.', '_', '-'; "
+                            "starting with a letter or digit; at most 64)")
+    job_name = declared or name
+    if job_name is None and raw is not None:
+        raise ApiError(422, "the job has no name: set name = \"...\" in the file or pass ?name=NAME")
+    return job_name, declared is not None, raw is not None
+
+
+def submit_job(settings: ApiSettings, index: JobIndex, data: bytes, name: str | None,
+               arrived: int) -> tuple[int, dict[str, Any]]:
+    """Validate a job file like `runner validate`, then write it atomically into the jobs folder.
+
+    Idempotent: the same bytes again change nothing (200); a new or changed file is written
+    (201) and the daemon queues it as it queues any file it finds there.
+    """
+    _prescan(settings, data)
+    job_name, named_inside, _ = _job_name(data, name)
+    seen: str | None = None
+    if job_name is not None and re.fullmatch(JOB_NAME, job_name):
+        with index.lock:
+            target, seen = index.target(job_name, named_inside)
+    else:  # unnamed and unparseable, or an invalid name: parse_job says what is wrong, where
+        stem = job_name if job_name and re.fullmatch(r"[^/\\\x00]{1,64}", job_name) else "submitted"
+        target = settings.jobs_dir / f"{stem}.toml"
+    display = target.relative_to(settings.jobs_dir.parent).as_posix()
+    limit = settings.limits.max_errors
+    try:
+        job = parse_job(data, display=display, default_name=job_name or "submitted", path=target)
+    except JobSpecError as exc:
+        raise ApiError(422, f"{display} is not a valid job file ({len(exc.issues)} problem(s)); nothing was written",
+                       errors=_issue_dicts(exc.issues), max_errors=limit) from None
+    except RecursionError:
+        raise ApiError(422, f"{display} nests too deeply to be read; nothing was written") from None
+    outside = job_paths_outside(job, data.decode("utf-8"), display, settings.data_roots)
+    if outside:
+        raise ApiError(403, f"{display} names paths outside the allowed data roots or unusable paths; nothing "
+                            "was written", errors=_issue_dicts(outside), max_errors=limit)
+    created = index.write(target, data, seen, arrived)
+    sha256 = hashlib.sha256(data).hexdigest()
+    existing = None
+    for run in reversed(list_runs(settings.runs_root, job.name)):
+        status = read_status(run)
+        if status is not None and status.spec_sha256 == sha256:
+            existing = {"run_id": run.name, "state": str(status.state)}
+            break
+    body = {"job": job.name, "file": display, "sha256": sha256, "created": created,
+            "status_url": f"/jobs/{job.name}", "existing_run": existing,
+            "detail": ("written; the daemon queues it once it sees the file" if created else
+                       "unchanged: the jobs folder already holds this exact file")}
+    return (201 if created else 200), body
