@@ -27,7 +27,7 @@ from runner.api.auth import COOKIE_NAME, Gate, Verdict, presented_key
 from runner.api.errors import ApiError
 from runner.api.guard import Guard
 from runner.api.settings import ApiSettings
-from runner.api.submit import JOB_NAME, JobIndex, arrival, submit_job
+from runner.api.submit import JOB_NAME, JobIndex, submit_job
 from runner.api.views import RUN_ID
 
 __all__ = ["create_app"]
@@ -148,7 +148,7 @@ def create_app(settings: ApiSettings) -> Guard:
     async def submit(request: Request,
                      name: Annotated[str | None, Query(description="the job name, when the file sets none")] = None
                      ) -> JSONResponse:
-        arrived = arrival()
+        arrived = request.scope["state"]["arrival"]
         data = await request.body()
         status, body = await run_in_threadpool(submit_job, settings, job_index, data, name, arrived)
         return AsciiJSONResponse(body, status_code=status)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 
 from runner.api.settings import ApiSettings, normalize_host
 
-__all__ = ["Guard", "UPLOAD_PATHS"]
+__all__ = ["Guard", "UPLOAD_PATHS", "arrival"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,6 +51,15 @@ class _Refused(Exception):
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_ARRIVALS = itertools.count(1)
+
+
+def arrival() -> int:
+    """The next number of one sequence: requests take one when their head is complete (kept in
+    `scope["state"]["arrival"]`), a write takes one when it happens, so "did this request arrive
+    before that write" is a comparison."""
+    return next(_ARRIVALS)
+
 CLOSE = ((b"connection", b"close"),)
 
 
@@ -90,6 +100,7 @@ class Guard:
         if scope["type"] != "http":  # lifespan: no request to check
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})["arrival"] = arrival()
         refusal = self._refusal(scope)
         if refusal is not None:
             await _json(send, *refusal)

@@ -7,14 +7,14 @@
   files in the folder.
 * Concurrent submissions of one job: each is checked against the folder as it was when the
   request arrived; if another submission (or an editor) changed that job's file in between,
-  this one gets 409 and nothing is written. Of N submissions racing to create a job, exactly one
+  this one gets 409 and nothing is written (the order is `runner.api.guard.arrival`: when the
+  request head was complete versus when the write happened). Of N submissions racing to create a job, exactly one
   creates it; a later submission (one that saw the file) replaces it as before.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import threading
@@ -25,6 +25,7 @@ from typing import Any
 
 from runner.api.confine import job_paths_outside
 from runner.api.errors import ApiError
+from runner.api.guard import arrival
 from runner.api.prescan import TooDeep, scan_toml
 from runner.api.settings import ApiSettings
 from runner.fsutil import atomic_write_bytes
@@ -32,15 +33,9 @@ from runner.outputs.runs import list_runs, read_status
 from runner.spec import JobSpecError, SpecIssue, parse_job
 from runner.watch.scan import fallback_job_name, is_spec_path
 
-__all__ = ["JOB_NAME", "JobIndex", "arrival", "submit_job"]
+__all__ = ["JOB_NAME", "JobIndex", "submit_job"]
 
 JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_ARRIVALS = itertools.count(1)
-
-
-def arrival() -> int:
-    """A number per request, in the order requests arrive (taken on the event loop)."""
-    return next(_ARRIVALS)
 
 
 @dataclass(frozen=True)
