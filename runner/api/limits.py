@@ -63,63 +63,63 @@ class Limits:
     # connections
     first_byte_timeout: float = _limit(
         5.0, "--api-timeout-first-byte", "seconds",
-        "a new connection that sends no request byte within this time is closed")
+        "time from opening a connection to its first request byte (then it is closed)")
     header_timeout: float = _limit(
         10.0, "--api-timeout-headers", "seconds",
-        "a request line and headers not complete this long after their first byte: the connection is closed")
+        "time from a request's first byte to the end of its headers (then the connection is closed)")
     keep_alive_timeout: float = _limit(
         5.0, "--api-timeout-keep-alive", "seconds",
-        "an idle keep-alive connection is closed after this time")
+        "idle time of a keep-alive connection between requests (then it is closed)")
     body_timeout: float = _limit(
         15.0, "--api-timeout-body", "seconds",
-        "longest pause while a request body arrives (then 408 and the connection is closed)")
+        "pause while a request body arrives (then 408 and the connection is closed)")
     max_connections_per_client: int = _limit(
         64, "--api-max-connections-per-client", "count",
-        "open connections from one client address; beyond it, a new connection first closes that "
-        "address's oldest idle one (never-used first), else it is refused")
+        "open connections per client address (over it, that address's oldest idle connection, never-used "
+        "first, is closed to make room; with none idle the new one is refused)")
     max_connections: int = _limit(
         1024, "--api-max-connections", "count",
-        "open connections in all; beyond it, the same rule over all addresses")
+        "open connections in all (the same rule, over all addresses)")
     max_requests: int = _limit(
         64, "--api-max-requests", "count",
-        "requests being answered at once; beyond it 503 with Retry-After (`/livez` is always answered; "
-        "idle connections do not count)")
+        "requests being answered at once (over it, 503 with Retry-After; `/livez` is always answered and "
+        "idle connections never count)")
     max_header_size: int = _limit(
         16 * KIB, "--api-max-header-size", "size",
-        "request line and headers of one request (beyond it: 400 and the connection is closed)")
+        "request line and headers of one request (over it, 400)")
     # authentication
     auth_failures_per_minute: int = _limit(
         10, "--api-auth-failures-per-minute", "count",
-        "wrong keys accepted from one client address per minute (bursts of as many); beyond it, "
-        "requests with a key from that address get 429 with Retry-After, right or wrong")
+        "wrong keys per minute from one client address, in bursts of as many (over it, 429 with "
+        "Retry-After for any key from that address)")
     session_ttl: float = _limit(
         43200.0, "--api-session-ttl", "seconds",
-        "lifetime of a dashboard login (its cookie); logging out ends it at once, and so does a restart")
+        "lifetime of a dashboard login (logging out or a restart ends it sooner)")
     max_sessions: int = _limit(
         256, "--api-max-sessions", "count",
-        "dashboard logins kept at once; beyond it the one closest to expiry is ended")
+        "dashboard logins kept at once (over it, the one closest to expiry ends)")
     # what a request may hold
     max_body: int = _limit(
         MIB, "--api-max-body", "size",
-        "a job file sent to POST /jobs, a JSON body, a login form (beyond it: 413)")
+        "a job file, a JSON body or a login form (over it, 413)")
     max_upload: int = _limit(
         64 * MIB, "--api-max-upload", "size",
-        "a data file sent to /datasets/validate as multipart/form-data (streamed to disk, checked "
-        "record by record)")
+        "a data file uploaded to `/datasets/validate` (multipart; streamed to disk, checked record by "
+        "record)")
     max_record: int = _limit(
         MIB, "--api-max-record", "size",
-        "one record of a data file checked by /datasets/validate (a longer one is a bad record)")
+        "one record of a data file checked by `/datasets/validate` (a longer one is a bad record)")
     job_max_depth: int = _limit(
         16, "--api-job-max-depth", "count",
         "nesting of a submitted job file: tables, dotted keys, arrays, inline tables (checked before "
-        "it is parsed; 422)")
+        "parsing; 422)")
     job_max_keys: int = _limit(
         2000, "--api-job-max-keys", "count",
-        "keys and table headers of a submitted job file (checked before it is parsed; 422)")
+        "keys and table headers of a submitted job file (checked before parsing; 422)")
     max_errors: int = _limit(
         100, "--api-max-errors", "count",
-        "entries of an error list in an answer (validation errors, paths outside the roots, bad "
-        "records); the total is always given, each message is cut at 1,000 characters")
+        "entries of an error list in an answer (the total is always given; each message is cut at 1,000 "
+        "characters)")
 
     def __post_init__(self) -> None:
         if self.max_upload < 1024 or self.max_body < 1024:
@@ -150,7 +150,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 def _shown(spec: dataclasses.Field[Any]) -> str:
     value, kind = spec.default, spec.metadata["kind"]
     if kind == "seconds":
-        return f"{value:g} s"
+        return f"{value / 3600:g} h" if value >= 3600 and value % 3600 == 0 else f"{value:g} s"
     if kind == "size":
         return f"{value // MIB} MiB" if value % MIB == 0 else f"{value // KIB} KiB"
     return f"{value:,}"

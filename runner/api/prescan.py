@@ -43,12 +43,18 @@ class TooDeep(Exception):
 
 
 def scan_toml(text: str, *, max_depth: int, max_keys: int) -> None:
-    """Raise `TooDeep` when `text` nests deeper than `max_depth` or defines more than `max_keys` keys."""
+    """Raise `TooDeep` when `text` nests deeper than `max_depth` or defines more than `max_keys` keys.
+
+    Depth counts what the parser builds: a key is one level below its table (each segment of a
+    dotted key or a table header one more); an array is one level below what holds it; the keys
+    of an inline table are one level below the key that holds the table.
+    """
     line = 1
     table = 0  # depth of the current [table] / [[array.of.tables]]
-    stack: list[tuple[str, int]] = []  # open '[' (array) / '{' (inline table) with the depth they opened at
+    stack: list[tuple[str, int]] = []  # open '[' / '{' of a value, with their depth
     keys = 0
-    segments = 0  # segments of the dotted key being read
+    segments = 0  # segments of the dotted key (or header) being read
+    value_depth = 0  # depth of the key whose value is being read
     header: str | None = None  # inside a table header: '[' or '[['
     expect_key = True  # at a line start (top level), after '{' or ',' in an inline table
 
@@ -57,7 +63,7 @@ def scan_toml(text: str, *, max_depth: int, max_keys: int) -> None:
             raise TooDeep(f"nested {depth} levels deep at line {line} (tables, dotted keys, arrays and inline "
                           f"tables count); a job file may nest at most {max_depth}", line)
 
-    def base() -> int:
+    def key_base() -> int:
         return stack[-1][1] if stack else table
 
     for match in _TOKEN.finditer(text):
@@ -78,23 +84,24 @@ def scan_toml(text: str, *, max_depth: int, max_keys: int) -> None:
             elif token in ("]", "]]"):
                 table, header = segments + (header == "[["), None
                 keys += 1
-            continue
-        if expect_key:
+        elif expect_key:
             if not stack and token in ("[", "[[") and segments == 0:
-                header, segments = token, 0
+                header = token
             elif kind in ("word", "string"):
                 segments += 1
-                check(base() + segments)
+                check(key_base() + segments)
             elif token == "=":
                 keys += 1
+                value_depth = key_base() + segments
                 expect_key, segments = False, 0
             elif token == "}" and stack:
                 stack.pop()
                 expect_key = False
         elif token in ("[", "[[", "{"):
             for opened in token:  # '[[' is two arrays
-                stack.append(("{" if opened == "{" else "[", base() + 1))
-                check(base())
+                base = stack[-1][1] if stack and stack[-1][0] == "[" else value_depth
+                stack.append((opened, base + (opened == "[")))
+                check(stack[-1][1])
             expect_key = token == "{"
         elif token in ("]", "]]", "}"):
             for _ in token:
