@@ -23,7 +23,9 @@ __all__ = ["BackgroundServer", "bind", "serve_foreground"]
 def bind(settings: ApiSettings) -> socket.socket:
     """A listening-ready socket on the settings' address; `ApiConfigError` says why it cannot be."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says
+    # TCP; with proto 0 every answer's body waited ~40 ms for the client's delayed ACK of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, settings.port))

@@ -116,6 +116,7 @@ class RawClient:
         if self.sock is None or self.conn.our_state is not h11.IDLE:
             self.close()
             self.sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.conn = h11.Connection(h11.CLIENT)
         return self.sock
 
@@ -128,15 +129,21 @@ class RawClient:
         sock = self._open()
         all_headers = [(b"host", f"127.0.0.1:{self.server.port}".encode()), *headers,
                        (b"content-length", str(len(body)).encode())]
-        sock.sendall(self.conn.send(h11.Request(method=method, target=target, headers=all_headers)))
-        if body:
-            sock.sendall(self.conn.send(h11.Data(data=body)))
-        sock.sendall(self.conn.send(h11.EndOfMessage()))
+        try:
+            out = self.conn.send(h11.Request(method=method, target=target, headers=all_headers))
+            if body:
+                out += self.conn.send(h11.Data(data=body))
+            sock.sendall(out + self.conn.send(h11.EndOfMessage()))  # one write: no Nagle stall
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered early and closed: its answer is still there to read
         response, chunks = None, []
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
-                data = sock.recv(1 << 16)
+                try:
+                    data = sock.recv(1 << 16)
+                except ConnectionResetError:
+                    data = b""
                 self.conn.receive_data(data)
                 if not data and response is None:
                     raise ConnectionError("the server closed the connection without an answer")
