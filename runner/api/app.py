@@ -133,7 +133,7 @@ def create_app(settings: ApiSettings) -> Guard:
     @app.get("/jobs", tags=["jobs"], dependencies=keyed, responses=_UNAUTHORIZED,
              summary="every job's newest run (and any older run still pending): state, progress, loss, ETA")
     def list_jobs() -> dict[str, Any]:
-        return {"jobs": [views.run_summary(run, status) for run, status in views.job_rows(settings)]}
+        return {"jobs": views.jobs_table(settings)}
 
     @app.post("/jobs", tags=["jobs"], dependencies=keyed, status_code=201,
               summary="submit a job file (TOML); validated like `runner validate`, written into the jobs folder",

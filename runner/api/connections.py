@@ -11,10 +11,10 @@ What uvicorn (0.30 to 0.55) cannot do, and why idle sockets took the API down:
 So the server runs with `limit_concurrency=None` (requests in progress are limited by
 `runner.api.guard`, where `/livez` is exempt) and with `protocol_class(limits)`, which adds:
 * a deadline for the first byte of a connection and one for completing each request head;
-* caps on connections per client address and in all; a connection over a cap first closes an
-  idle one of the same address (or any, for the total): one that has not sent a complete request
-  head yet (oldest first), then an idle keep-alive one; a connection is refused only when all
-  the others are busy answering requests. Idle sockets can then never keep a request out.
+* caps on connections per client address and in all; a connection over a cap first closes the
+  oldest one of the same address (or any, for the total) that has not sent a complete request
+  head; it is refused only when none is left to close. Sockets that send nothing can then never
+  keep a request out.
 
 This module is the one place that depends on uvicorn's internals: `H11Protocol` and its
 `conn` (the h11 connection, whose public `their_state` and `trailing_data` tell whether a request
@@ -34,11 +34,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from runner.api.limits import Limits
 
-__all__ = ["ConnectionTable", "protocol_class"]
+__all__ = ["ConnectionTable", "connection_budget", "protocol_class"]
 
 log = logging.getLogger("runner.api")
 
-# what a connection is doing, in the order idle ones are closed to make room
+# what a connection is doing: waiting for a request head (closed first to make room), idle between
+# requests (closed by the keep-alive timeout), answering a request
 WAITING, KEPT_ALIVE, BUSY = 0, 1, 2
 
 
@@ -71,17 +72,39 @@ class ConnectionTable:
                 del self.by_client[client]
 
     def _close_idle(self, pool: dict[Any, None]) -> bool:
-        for wanted in (WAITING, KEPT_ALIVE):
-            victim = next((conn for conn in pool if conn.activity == wanted), None)
-            if victim is not None:
-                victim.close_idle("closed to make room for a new connection")
-                return True
-        return False
+        """Close the oldest connection that has not sent a complete request head. Kept-alive ones
+        are left to their own timeout: closing one races with the request its client may be
+        sending on it at that moment, which the client would see as an error."""
+        victim = next((conn for conn in pool if conn.activity == WAITING), None)
+        if victim is None:
+            return False
+        victim.close_idle("closed to make room for a new connection")
+        return True
+
+
+def connection_budget(wanted: int) -> int:
+    """`wanted` open connections, within what the process may open: the soft limit on open files is
+    raised towards the hard one if needed, and 64 descriptors stay free for files and the daemon."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + 64
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - 64))
 
 
 def protocol_class(limits: Limits) -> type[H11Protocol]:
     """An h11 protocol class for one server, with its own connection table."""
-    table = ConnectionTable(limits.max_connections_per_client, limits.max_connections)
+    total = connection_budget(limits.max_connections)
+    if total < limits.max_connections:
+        log.warning("at most %d open connections (the limit on open files), not %d", total, limits.max_connections)
+    table = ConnectionTable(min(limits.max_connections_per_client, total), total)
 
     class LimitedH11Protocol(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

@@ -74,9 +74,9 @@ class Limits:
         15.0, "--api-timeout-body", "seconds",
         "pause while a request body arrives (then 408 and the connection is closed)")
     max_connections_per_client: int = _limit(
-        64, "--api-max-connections-per-client", "count",
-        "open connections per client address (over it, that address's oldest idle connection, never-used "
-        "first, is closed to make room; with none idle the new one is refused)")
+        256, "--api-max-connections-per-client", "count",
+        "open connections per client address (over it, that address's oldest connection without a "
+        "complete request head is closed to make room; with none such, the new one is refused)")
     max_connections: int = _limit(
         1024, "--api-max-connections", "count",
         "open connections in all (the same rule, over all addresses)")

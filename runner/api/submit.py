@@ -2,9 +2,11 @@
 
 * Cheap bounds first (`runner.api.prescan`): a body nesting deeper or holding more keys than the
   limits is refused before any parser builds anything from it.
-* Which file a job lives in comes from `JobIndex`, kept current by the files' stat: a file is
-  read and its name parsed only when it changed, so a submission costs the same with 20 or 2,000
-  files in the folder.
+* Which file a job lives in comes from `JobIndex`: the folder is listed on each submission (new
+  and removed files are seen at once), the file a submission writes (and `<job>.toml`) is checked
+  on its own every time, and the other known files are stat-ed at most once a second; a file is
+  read and its name parsed only when it is new or changed. So a submission costs about the same
+  with 20 or 2,000 files in the folder, where it used to read and parse every one of them.
 * Concurrent submissions of one job: each is checked against the folder as it was when the
   request arrived; if another submission (or an editor) changed that job's file in between,
   this one gets 409 and nothing is written (the order is `runner.api.guard.arrival`: when the
@@ -18,6 +20,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,7 @@ from runner.watch.scan import fallback_job_name, is_spec_path
 __all__ = ["JOB_NAME", "JobIndex", "submit_job"]
 
 JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RESTAT_AFTER = 1.0  # seconds: how long an edit in place of a known file may go unseen
 
 
 @dataclass(frozen=True)
@@ -50,34 +54,77 @@ class JobIndex:
 
     def __init__(self, jobs_dir: Path) -> None:
         self.jobs_dir = jobs_dir
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry] = {}  # job file (relative, '/'-separated) -> what it defines
+        self._folders: dict[str, tuple[frozenset[str], set[str]]] = {}  # prefix -> (names, sub-folders)
         self._written: dict[str, int] = {}  # file -> arrival number taken when a submission last wrote it
+        self._statted = -1e9  # when every known file was last stat-ed (monotonic)
         self.lock = threading.Lock()  # held while deciding and writing; also guards the tables
 
     def refresh(self) -> None:
-        """Stat every job file; read and parse only new or changed ones."""
-        seen: dict[str, _Entry] = {}
-        for dirpath, dirnames, filenames in os.walk(self.jobs_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                relative = os.path.relpath(full, self.jobs_dir).replace(os.sep, "/")
-                if not is_spec_path(relative):
-                    continue
-                try:
-                    st = os.stat(full)
-                except OSError:
-                    continue
-                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                known = self._entries.get(relative)
-                if known is None or known.stamp != stamp:
-                    try:
-                        data = Path(full).read_bytes()
-                    except OSError:
-                        continue
-                    known = _Entry(stamp, fallback_job_name(data, Path(relative).stem), hashlib.sha256(data).hexdigest())
-                seen[relative] = known
-        self._entries = seen
+        """List each folder and compare the names with the last listing (set operations, in C): only
+        new names are looked at, a new job file is read and its name parsed. At most once a second
+        every file is stat-ed again, to catch edits in place."""
+        previous = self._entries
+        if time.monotonic() - self._statted >= RESTAT_AFTER:
+            self._statted = time.monotonic()
+            self._folders, self._entries = {}, {}
+        folders: dict[str, tuple[frozenset[str], set[str]]] = {}
+        pending = [""]
+        while pending:
+            prefix = pending.pop()
+            path = os.path.join(self.jobs_dir, prefix)
+            try:
+                names = frozenset(os.listdir(path))
+            except OSError:
+                continue
+            old_names, old_dirs = self._folders.get(prefix, (frozenset(), set()))
+            dirs = old_dirs & names
+            for name in old_names - names:
+                self._entries.pop(prefix + name, None)
+            for name in names - old_names:
+                self._add(prefix, path, name, dirs, previous)
+            folders[prefix] = (names, dirs)
+            pending.extend(f"{prefix}{d}/" for d in dirs)
+        gone = self._folders.keys() - folders.keys()
+        if gone:
+            self._entries = {rel: e for rel, e in self._entries.items()
+                             if rel.rpartition("/")[0] + "/" not in gone or "/" not in rel}
+        self._folders = folders
+
+    def _add(self, prefix: str, path: str, name: str, dirs: set[str], previous: dict[str, _Entry]) -> None:
+        if name.startswith("."):
+            return
+        relative, full = prefix + name, os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            dirs.add(name)
+        elif is_spec_path(relative):
+            entry = self._current(full, relative, previous.get(relative))
+            if entry is not None:
+                self._entries[relative] = entry
+
+    def _current(self, path: str, relative: str, known: _Entry | None) -> _Entry | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return known if known is not None and known.stamp == stamp else self._read(path, relative, stamp)
+
+    def update(self, relative: str) -> None:
+        """Bring one file's entry up to date (it is new, changed or gone)."""
+        fresh = self._current(str(self.jobs_dir / relative), relative, self._entries.get(relative))
+        if fresh is None:
+            self._entries.pop(relative, None)
+        else:
+            self._entries[relative] = fresh
+
+    @staticmethod
+    def _read(path: str, relative: str, stamp: tuple[int, int, int, int]) -> _Entry | None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return None
+        return _Entry(stamp, fallback_job_name(data, Path(relative).stem), hashlib.sha256(data).hexdigest())
 
     def owners(self, job: str) -> list[str]:
         return sorted(rel for rel, entry in self._entries.items() if entry.job == job)
@@ -94,6 +141,7 @@ class JobIndex:
         belongs to another job, or the folder has two files for this job.
         """
         self.refresh()
+        self.update(f"{job}.toml")
         owners = self.owners(job)
         if len(owners) > 1:
             raise ApiError(409, f"job '{job}' is defined by several files ({', '.join(owners)}); keep one of them")
@@ -113,7 +161,7 @@ class JobIndex:
         """Write `data` unless the file changed since the request arrived; False: it was already `data`."""
         relative = target.relative_to(self.jobs_dir).as_posix()
         with self.lock:
-            self.refresh()
+            self.update(relative)
             now = self.sha256(relative)
             if now == hashlib.sha256(data).hexdigest():
                 return False
@@ -124,7 +172,9 @@ class JobIndex:
                                     f"GET /jobs/{job} and submit again to replace it")
             atomic_write_bytes(target, data)
             self._written[relative] = arrival()  # requests that arrived before this write conflict with it
-            self.refresh()
+            st = target.stat()
+            self._entries[relative] = _Entry((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                                             fallback_job_name(data, target.stem), hashlib.sha256(data).hexdigest())
             return True
 
 

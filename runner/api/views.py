@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +33,7 @@ __all__ = [
     "job_detail",
     "job_metrics",
     "job_rows",
+    "jobs_table",
     "readiness",
     "run_spec_text",
 ]
@@ -128,10 +131,65 @@ def _time(value: Any) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def job_rows(settings: ApiSettings) -> list[tuple[Path, Status]]:
-    from runner.outputs.runs import status_rows
+def _runs_fingerprint(runs_root: Path) -> tuple[Any, ...]:
+    """What the jobs table is made of, by stat only: every run folder and its status.json's identity
+    (a status is replaced by a rename, so a change shows in its inode, size or mtime)."""
+    found: list[Any] = []
+    try:
+        jobs = sorted(os.scandir(runs_root), key=lambda e: e.name)
+    except OSError:
+        return ()
+    for job in jobs:
+        if job.name.startswith(".") or not job.is_dir():
+            continue
+        try:
+            runs = sorted(os.scandir(job.path), key=lambda e: e.name)
+        except OSError:
+            continue
+        for run in runs:
+            try:
+                st = os.stat(os.path.join(run.path, "status.json"))
+                found.append((job.name, run.name, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                found.append((job.name, run.name))
+    return tuple(found)
 
-    return status_rows(settings.runs_root)
+
+class _RowsCache:
+    """The jobs table's rows, parsed again only when a run or a status file changed: the table is
+    asked for by every client every few seconds, and reading every status.json each time costs
+    milliseconds per request on a folder of a few dozen jobs."""
+
+    def __init__(self) -> None:
+        self._cached: dict[Path, tuple[tuple[Any, ...], list[tuple[Path, Status]], list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, runs_root: Path) -> tuple[list[tuple[Path, Status]], list[dict[str, Any]]]:
+        from runner.outputs.runs import status_rows
+
+        key = _runs_fingerprint(runs_root)
+        with self._lock:
+            hit = self._cached.get(runs_root)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        rows = status_rows(runs_root)
+        summaries = [run_summary(run, status) for run, status in rows]
+        with self._lock:
+            self._cached[runs_root] = (key, rows, summaries)
+        return rows, summaries
+
+
+_ROWS = _RowsCache()
+
+
+def job_rows(settings: ApiSettings) -> list[tuple[Path, Status]]:
+    """`runner status`'s rows: each job's newest run and any other run still pending."""
+    return _ROWS.get(settings.runs_root)[0]
+
+
+def jobs_table(settings: ApiSettings) -> list[dict[str, Any]]:
+    """GET /jobs: `run_summary` of each of `job_rows`."""
+    return _ROWS.get(settings.runs_root)[1]
 
 
 def pick_run(settings: ApiSettings, name: str, run_id: str | None = None) -> tuple[Path, Status, list[Path]]:
