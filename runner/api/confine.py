@@ -81,17 +81,20 @@ def _named_paths(job: LoadedJob) -> list[tuple[tuple[str | int, ...], Path]]:
     return found
 
 
-def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[Path]) -> list[SpecIssue]:
-    """One located issue per path of the job that lies outside the roots."""
+def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[Path],
+                      located: int = 100) -> list[SpecIssue]:
+    """One issue per path of the job that lies outside the roots (or is no usable path); the first
+    `located` carry their line and column (an answer lists no more than that)."""
     positions = SourceMap(text)
     issues = []
     for where, path in _named_paths(job):
         try:
             confine(path, roots)
+            continue
         except OutsideRoots as exc:
-            at = positions.value(where)
-            issues.append(SpecIssue(display, at.line, at.column, dotted(where), str(OutsideRoots(str(path), exc.roots))))
+            message = str(OutsideRoots(str(path), exc.roots))
         except BadPath as exc:
-            at = positions.value(where)
-            issues.append(SpecIssue(display, at.line, at.column, dotted(where), str(exc)))
+            message = str(exc)
+        at = positions.value(where) if len(issues) < located else None
+        issues.append(SpecIssue(display, at.line if at else 1, at.column if at else 1, dotted(where), message))
     return issues

@@ -121,6 +121,9 @@ def path_sources(settings: ApiSettings, paths: list[str]) -> list[Source]:
     path alone), 404 / 422 inside them."""
     if not paths:
         raise ApiError(422, f'name at least one data file in "path": {_EXAMPLE}')
+    if len(paths) > settings.limits.max_files:
+        raise ApiError(422, f'"path" names {len(paths)} files; one request may name at most '
+                            f"{settings.limits.max_files} (--api-max-files)")
     sources = []
     for given in paths:
         resolved = _under_roots(settings, given, "path")

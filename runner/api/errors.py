@@ -18,6 +18,8 @@ def cut(text: str, limit: int = MAX_MESSAGE) -> str:
 
 
 def _cut_entry(entry: Any) -> Any:
+    if hasattr(entry, "to_dict"):  # a SpecIssue: converted only if it is listed
+        entry = entry.to_dict()
     if isinstance(entry, str):
         return cut(entry)
     if isinstance(entry, Mapping):

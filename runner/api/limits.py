@@ -109,6 +109,10 @@ class Limits:
     max_record: int = _limit(
         MIB, "--api-max-record", "size",
         "one record of a data file checked by `/datasets/validate` (a longer one is a bad record)")
+    max_files: int = _limit(
+        1000, "--api-max-files", "count",
+        "data files named by one request: `path` of `/datasets/validate`, `data.train` + `data.eval` of a "
+        "submitted job (over it, 422)")
     job_max_depth: int = _limit(
         16, "--api-job-max-depth", "count",
         "nesting of a submitted job file: tables, dotted keys, arrays, inline tables (checked before "

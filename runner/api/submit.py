@@ -33,7 +33,7 @@ from runner.api.prescan import TooDeep, scan_toml
 from runner.api.settings import ApiSettings
 from runner.fsutil import atomic_write_bytes
 from runner.outputs.runs import list_runs, read_status
-from runner.spec import JobSpecError, SpecIssue, parse_job
+from runner.spec import JobSpecError, parse_job
 from runner.watch.scan import fallback_job_name, is_spec_path
 
 __all__ = ["JOB_NAME", "JobIndex", "submit_job"]
@@ -178,10 +178,6 @@ class JobIndex:
             return True
 
 
-def _issue_dicts(issues: list[SpecIssue]) -> list[dict[str, Any]]:
-    return [issue.to_dict() for issue in issues]
-
-
 def _prescan(settings: ApiSettings, data: bytes) -> None:
     text = data.decode("utf-8", "replace")
     try:
@@ -192,12 +188,22 @@ def _prescan(settings: ApiSettings, data: bytes) -> None:
                                 "message": str(exc)}]) from None
 
 
-def _job_name(data: bytes, name: str | None) -> tuple[str | None, bool, bool]:
+def _count_files(raw: dict[str, Any], limit: int) -> None:
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    count = sum(len(v) if isinstance(v, list) else 1 for v in (data.get("train"), data.get("eval")) if v is not None)
+    if count > limit:
+        raise ApiError(422, f"the job file names {count} data files (data.train + data.eval); a job submitted "
+                            f"through the API may name at most {limit} (--api-max-files); nothing was written")
+
+
+def _job_name(data: bytes, name: str | None, max_files: int) -> tuple[str | None, bool, bool]:
     """(the job name, whether the file names it, whether the text parsed)."""
     try:
         raw: dict[str, Any] | None = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         raw = None  # parse_job below reports where
+    if raw is not None:
+        _count_files(raw, max_files)
     declared = raw.get("name") if raw is not None and isinstance(raw.get("name"), str) else None
     if declared is not None and name is not None and declared != name:
         raise ApiError(422, f"the file says name = \"{declared[:100]}\" but the request asks for job '{name}'; "
@@ -219,7 +225,7 @@ def submit_job(settings: ApiSettings, index: JobIndex, data: bytes, name: str | 
     (201) and the daemon queues it as it queues any file it finds there.
     """
     _prescan(settings, data)
-    job_name, named_inside, _ = _job_name(data, name)
+    job_name, named_inside, _ = _job_name(data, name, settings.limits.max_files)
     seen: str | None = None
     if job_name is not None and re.fullmatch(JOB_NAME, job_name):
         with index.lock:
@@ -233,13 +239,13 @@ def submit_job(settings: ApiSettings, index: JobIndex, data: bytes, name: str | 
         job = parse_job(data, display=display, default_name=job_name or "submitted", path=target)
     except JobSpecError as exc:
         raise ApiError(422, f"{display} is not a valid job file ({len(exc.issues)} problem(s)); nothing was written",
-                       errors=_issue_dicts(exc.issues), max_errors=limit) from None
+                       errors=exc.issues, max_errors=limit) from None
     except RecursionError:
         raise ApiError(422, f"{display} nests too deeply to be read; nothing was written") from None
-    outside = job_paths_outside(job, data.decode("utf-8"), display, settings.data_roots)
+    outside = job_paths_outside(job, data.decode("utf-8"), display, settings.data_roots, located=limit)
     if outside:
         raise ApiError(403, f"{display} names paths outside the allowed data roots or unusable paths; nothing "
-                            "was written", errors=_issue_dicts(outside), max_errors=limit)
+                            "was written", errors=outside, max_errors=limit)
     created = index.write(target, data, seen, arrived)
     sha256 = hashlib.sha256(data).hexdigest()
     existing = None

@@ -215,14 +215,21 @@ def test_an_image_root_outside_the_data_roots_is_refused(client: httpx.Client) -
         assert answer.status_code == 403 and "outside the allowed data roots" in answer.json()["detail"]
 
 
-def test_a_403_listing_many_outside_paths_is_short(client: httpx.Client) -> None:
-    paths = ", ".join(f'"/etc/x{i}.jsonl"' for i in range(20_000))
-    text = spec_text("many").replace('train = "../data/train.jsonl"', f"train = [{paths}]")
-    answer = client.post("/jobs", content=text.encode())
+def test_a_403_listing_many_outside_paths_is_short_and_too_many_files_are_refused_at_once(client: httpx.Client) -> None:
+    def naming(count: int) -> bytes:
+        paths = ", ".join(f'"/etc/x{i}.jsonl"' for i in range(count))
+        return spec_text("many").replace('train = "../data/train.jsonl"', f"train = [{paths}]").encode()
+
+    answer = client.post("/jobs", content=naming(1000))
     assert answer.status_code == 403
     body = answer.json()
-    assert body["errors_total"] == 20_000 and len(body["errors"]) == 100 and body["errors_truncated"]
-    assert len(answer.content) < 100_000
+    assert body["errors_total"] == 1000 and len(body["errors"]) == 100 and body["errors_truncated"]
+    assert body["errors"][99]["line"] == 5 and len(answer.content) < 40_000
+    start = time.monotonic()
+    many = client.post("/jobs", content=naming(40_000))
+    assert many.status_code == 422 and "at most 1000" in many.json()["detail"] and time.monotonic() - start < 5
+    listed = client.post("/datasets/validate", json={"path": [f"/etc/x{i}" for i in range(60_000)]})
+    assert listed.status_code == 422 and "at most 1000" in listed.json()["detail"]
 
 
 # ---------------------------------------------------------------------------------- races
