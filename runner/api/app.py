@@ -65,6 +65,25 @@ def _safe_next(value: str | None) -> str:
     return value
 
 
+# The request body of POST /datasets/validate, for the OpenAPI document.
+_VALIDATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["path"],
+                                     "additionalProperties": False, "properties": {
+        "path": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                 "description": "file(s) on the server, relative to the first data root"},
+        "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
+        "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+        "image_root": {"type": "string", "description": "the folder image paths of image-text "
+                       "records are relative to, under a data root (default: the file's folder)"}}}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "additionalProperties": False, "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
+        "fields": {"type": "string", "description": "a JSON object: canonical field -> your field"},
+        "image_root": {"type": "string", "description": "the folder image paths are relative to, "
+                       "under a data root (default: the first data root)"}}}}}}}
+
+
 class AsciiJSONResponse(JSONResponse):
     """JSON with every non-ASCII character escaped: a lone surrogate echoed from a request or a data
     record (valid in a Python str, not in UTF-8) cannot turn an answer into a 500."""
@@ -116,6 +135,14 @@ def create_app(settings: ApiSettings) -> Guard:
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return AsciiJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
+    _job_routes(app, settings, job_index, keyed)
+    _dataset_routes(app, settings, keyed)
+    _dashboard_routes(app, settings, gate)
+    _session_routes(app, settings, gate)
+    return Guard(app, settings)
+
+
+def _job_routes(app: FastAPI, settings: ApiSettings, job_index: JobIndex, keyed: list[Any]) -> None:
     # ---------------------------------------------------------------- health
 
     @app.get("/livez", tags=["health"], summary="the process answers (no key needed, tells nothing)")
@@ -174,6 +201,8 @@ def create_app(settings: ApiSettings) -> Guard:
         status, body = views.cancel_job(settings, name)
         return AsciiJSONResponse(body, status_code=status)
 
+
+def _dataset_routes(app: FastAPI, settings: ApiSettings, keyed: list[Any]) -> None:
     # -------------------------------------------------------------- datasets
 
     @app.post("/datasets/validate", tags=["data"], dependencies=keyed,
@@ -181,22 +210,7 @@ def create_app(settings: ApiSettings) -> Guard:
               responses={**_UNAUTHORIZED, 403: {"description": "the path is outside the allowed data roots"},
                          404: {"description": "no such file"}, 413: {"description": "the upload is too large"},
                          415: {"description": "neither JSON nor multipart/form-data"}, 422: _ERRORS},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"type": "object", "required": ["path"],
-                                                   "additionalProperties": False, "properties": {
-                      "path": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                               "description": "file(s) on the server, relative to the first data root"},
-                      "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
-                      "fields": {"type": "object", "additionalProperties": {"type": "string"}},
-                      "image_root": {"type": "string", "description": "the folder image paths of image-text "
-                                     "records are relative to, under a data root (default: the file's folder)"}}}},
-                  "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                                     "additionalProperties": False, "properties": {
-                      "file": {"type": "string", "format": "binary"},
-                      "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
-                      "fields": {"type": "string", "description": "a JSON object: canonical field -> your field"},
-                      "image_root": {"type": "string", "description": "the folder image paths are relative to, "
-                                     "under a data root (default: the first data root)"}}}}}}})
+              openapi_extra=_VALIDATE_BODY)
     async def validate_dataset(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
@@ -239,6 +253,8 @@ def create_app(settings: ApiSettings) -> Guard:
     def openapi() -> dict[str, Any]:
         return app.openapi()
 
+
+def _dashboard_routes(app: FastAPI, settings: ApiSettings, gate: Gate) -> None:
     # ------------------------------------------------------------- dashboard
 
     def browser_ok(request: Request) -> bool:
@@ -246,13 +262,6 @@ def create_app(settings: ApiSettings) -> Guard:
             return True
         key = presented_key(request.headers)
         return key is not None and gate.check_key(key, _client(request)).ok
-
-    def over_tls(request: Request) -> bool:
-        """Whether the browser reached us over TLS: directly, or through a proxy trusted to say so."""
-        if request.url.scheme == "https":
-            return True
-        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-        return settings.behind_tls_proxy and forwarded == "https"
 
     def login_needed(request: Request) -> HTMLResponse:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -288,6 +297,24 @@ def create_app(settings: ApiSettings) -> Guard:
             return Response("log in again", status_code=401, media_type="text/plain")
         return html(lambda: dashboard.job_live(settings, name, run))
 
+    @app.get("/static/{filename}", include_in_schema=False)
+    def static(filename: str) -> Response:
+        media = _STATIC_TYPES.get(filename)
+        if media is None:
+            raise HTTPException(404, "no such file")
+        return Response((STATIC / filename).read_bytes(), media_type=media, headers={"cache-control": "no-cache"})
+
+
+def _session_routes(app: FastAPI, settings: ApiSettings, gate: Gate) -> None:
+    limits = settings.limits
+
+    def over_tls(request: Request) -> bool:
+        """Whether the browser reached us over TLS: directly, or through a proxy trusted to say so."""
+        if request.url.scheme == "https":
+            return True
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        return settings.behind_tls_proxy and forwarded == "https"
+
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         """A key (header, or the login form's field) for a session cookie of the dashboard: a new
@@ -320,12 +347,3 @@ def create_app(settings: ApiSettings) -> Guard:
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict", secure=over_tls(request))
         return response
-
-    @app.get("/static/{filename}", include_in_schema=False)
-    def static(filename: str) -> Response:
-        media = _STATIC_TYPES.get(filename)
-        if media is None:
-            raise HTTPException(404, "no such file")
-        return Response((STATIC / filename).read_bytes(), media_type=media, headers={"cache-control": "no-cache"})
-
-    return Guard(app, settings)
