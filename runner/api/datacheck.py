@@ -179,7 +179,7 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
     """The per-record check of the format (detected on the sample when "auto")."""
     from runner.data import embedding, formats
 
-    columns = dict(request.fields or {})
+    fields = dict(request.fields or {})
     try:
         if request.data_format in embedding.FORMATS:
             fmt, reason = request.data_format, "given"
@@ -187,7 +187,7 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
             def embedded(data: Mapping[str, Any], source: Source) -> str | None:
                 root = image_root or source.folder or Path(".")
                 try:
-                    embedding.to_example(data, fmt, columns=columns, image_root=root, tasks=None)
+                    embedding.to_example(data, fmt, fields=fields, image_root=root, tasks=None)
                 except formats.RecordError as exc:
                     return str(exc)
                 return None
@@ -196,10 +196,10 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
         if not sample:  # no record could be read: the bad records say why
             return (lambda data, source: None), None, "no readable record to detect the format from"
         if request.data_format == "auto":
-            fmt, reason = formats.detect_format(sample, columns or None)
+            fmt, reason = formats.detect_format(sample, fields or None)
         else:
             fmt, reason = request.data_format, "given"
-        resolved = formats.resolve_columns(fmt, sample, columns or None)
+        resolved = formats.resolve_fields(fmt, sample, fields or None)
     except (DataError, ValueError) as exc:
         raise ApiError(422, cut(str(exc))) from None
 
