@@ -21,6 +21,7 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from runner.api import dashboard, datacheck, views
 from runner.api.auth import COOKIE_NAME, Gate, Verdict, presented_key
@@ -139,7 +140,14 @@ def create_app(settings: ApiSettings) -> Guard:
     _dataset_routes(app, settings, keyed)
     _dashboard_routes(app, settings, gate)
     _session_routes(app, settings, gate)
-    return Guard(app, settings)
+
+    def holds_key(scope: dict[str, Any]) -> bool:
+        """For the guard's share of request slots: a valid key or session (no throttle accounting)."""
+        connection = HTTPConnection(scope)
+        return settings.keys.check(presented_key(connection.headers)) or gate.sessions.valid(
+            connection.cookies.get(COOKIE_NAME))
+
+    return Guard(app, settings, holds_key)
 
 
 def _job_routes(app: FastAPI, settings: ApiSettings, job_index: JobIndex, keyed: list[Any]) -> None:

@@ -13,8 +13,8 @@ So the server runs with `limit_concurrency=None` (requests in progress are limit
 * a deadline for the first byte of a connection and one for completing each request head;
 * caps on connections per client address and in all; a connection over a cap first closes the
   oldest one of the same address (or any, for the total) that has not sent a complete request
-  head; it is refused only when none is left to close. Sockets that send nothing can then never
-  keep a request out.
+  head, else the oldest idle keep-alive one; it is refused only when all are answering requests.
+  Sockets that send nothing (or send one request and idle) can then never keep a request out.
 
 This module is the one place that depends on uvicorn's internals: `H11Protocol` and its
 `conn` (the h11 connection, whose public `their_state` and `trailing_data` tell whether a request
@@ -38,8 +38,8 @@ __all__ = ["ConnectionTable", "connection_budget", "protocol_class"]
 
 log = logging.getLogger("runner.api")
 
-# what a connection is doing: waiting for a request head (closed first to make room), idle between
-# requests (closed by the keep-alive timeout), answering a request
+# what a connection is doing, in the order they are closed to make room: waiting for a request head,
+# idle between requests (also closed by the keep-alive timeout), answering a request (never)
 WAITING, KEPT_ALIVE, BUSY = 0, 1, 2
 
 
@@ -72,14 +72,15 @@ class ConnectionTable:
                 del self.by_client[client]
 
     def _close_idle(self, pool: dict[Any, None]) -> bool:
-        """Close the oldest connection that has not sent a complete request head. Kept-alive ones
-        are left to their own timeout: closing one races with the request its client may be
-        sending on it at that moment, which the client would see as an error."""
-        victim = next((conn for conn in pool if conn.activity == WAITING), None)
-        if victim is None:
-            return False
-        victim.close_idle("closed to make room for a new connection")
-        return True
+        """Close the oldest connection that has not sent a complete request head, else the oldest
+        kept alive between requests (last: closing one races with a request its client may be
+        sending on it that moment, an error that client then sees)."""
+        for wanted in (WAITING, KEPT_ALIVE):
+            victim = next((conn for conn in pool if conn.activity == wanted), None)
+            if victim is not None:
+                victim.close_idle("closed to make room for a new connection")
+                return True
+        return False
 
 
 def connection_budget(wanted: int) -> int:
@@ -113,8 +114,8 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             self.deadline: asyncio.TimerHandle | None = None
             self.address = self.client[0] if self.client else "?"
             if not table.admit(self, self.address):
-                log.warning("refused a connection from %s: it holds %d busy connections", self.address,
-                            len(table.by_client.get(self.address, ())))
+                log.warning("refused a connection from %s: every connection under the caps is answering a request",
+                            self.address)
                 self.activity = BUSY  # never chosen to make room while it closes
                 transport.close()
                 return

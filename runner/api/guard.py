@@ -5,11 +5,13 @@
   header, so only the names the API was started for are answered. Checked on every path.
 * Cross-origin writes: a POST whose `Origin` is not this server (or whose `Sec-Fetch-Site` says
   cross-site) is refused, /login and /logout included: no login or logout forged by another page.
-* Requests in progress: at most `max_requests` (503 with Retry-After beyond); `/livez` is always
-  answered and idle connections never count (their limits are in `runner.api.connections`).
+* Requests in progress: at most `max_requests` with a valid key or session, and a quarter of that
+  without (503 with Retry-After beyond), so requests without a key (a login form sent a byte at a
+  time) cannot take the slots of clients with one; `/livez` is always answered and idle
+  connections never count (their limits are in `runner.api.connections`).
 * Request bodies: a declared Content-Length over the limit is refused at once; a chunked body is
-  counted as it arrives and cut off at the limit; a body that stops arriving for `body_timeout`
-  gets 408. Job files, JSON and forms get `max_body`; only a multipart upload to
+  counted as it arrives and cut off at the limit; a body that pauses for `body_timeout`, or
+  averages under 16 KiB/s after that long, gets 408. Job files, JSON and forms get `max_body`; only a multipart upload to
   `/datasets/validate` gets `max_upload`. An answer sent before the body was read (an early 401)
   closes the connection, so the rest of the body is never read.
 * Security headers on every response: no sniffing, no framing, no referrer, a CSP that allows
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +54,7 @@ class _Refused(Exception):
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MIN_BODY_RATE = 16 * 1024  # bytes/s a body must average after its first `body_timeout` seconds
 _ARRIVALS = itertools.count(1)
 
 
@@ -91,10 +95,11 @@ def _foreign_origin(scope: Scope, host: str) -> str | None:
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ApiSettings, keyed: Callable[[Scope], bool] | None = None) -> None:
         self.app = app
         self.settings = settings
-        self.in_flight = 0
+        self.keyed = keyed or (lambda _scope: False)
+        self.in_flight = {True: 0, False: 0}  # requests in progress: with a valid key or session, without
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan: no request to check
@@ -105,17 +110,22 @@ class Guard:
         if refusal is not None:
             await _json(send, *refusal)
             return
-        limits = self.settings.limits
-        exempt = scope["path"] == "/livez"  # tells nothing, costs nothing: always answered
-        if not exempt and self.in_flight >= limits.max_requests:
-            await _json(send, 503, f"the server is answering {self.in_flight} requests; retry in a moment",
+        if scope["path"] == "/livez":  # tells nothing, costs nothing: always answered
+            await self._guarded(scope, receive, send)
+            return
+        keyed = self.keyed(scope)
+        cap = self.settings.limits.max_requests
+        cap = cap if keyed else max(1, cap // 4)
+        if self.in_flight[keyed] >= cap:
+            whose = "requests" if keyed else "requests without a key"
+            await _json(send, 503, f"the server is answering {cap} {whose}; retry in a moment",
                         ((b"retry-after", b"1"),))
             return
-        self.in_flight += not exempt
+        self.in_flight[keyed] += 1
         try:
             await self._guarded(scope, receive, send)
         finally:
-            self.in_flight -= not exempt
+            self.in_flight[keyed] -= 1
 
     def _refusal(self, scope: Scope) -> tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None:
         """Host allowlist, cross-origin writes and a declared body over the limit: refused at once."""
@@ -161,14 +171,20 @@ class Guard:
                 refused = True
                 await _json(send, status, detail, CLOSE)
 
+        began = time.monotonic()
+
         async def counted_receive() -> Message:
             nonlocal received, body_done
             if body_done:
                 return await receive()
+            # no pause over `timeout`, and on average at least MIN_BODY_RATE once `timeout` has passed:
+            # a body sent a byte at a time cannot hold a request slot for long
+            left = min(timeout, began + timeout + received / MIN_BODY_RATE - time.monotonic())
             try:
-                message = await asyncio.wait_for(receive(), timeout)
+                message = await asyncio.wait_for(receive(), max(left, 0.001))
             except TimeoutError:
-                await refuse(408, f"the request body stopped arriving for {timeout:g} s")
+                await refuse(408, f"the request body arrives too slowly (a pause of {timeout:g} s, or under "
+                                  f"{MIN_BODY_RATE // 1024} KiB/s on average)")
                 raise _Refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -72,18 +72,20 @@ class Limits:
         "idle time of a keep-alive connection between requests (then it is closed)")
     body_timeout: float = _limit(
         15.0, "--api-timeout-body", "seconds",
-        "pause while a request body arrives (then 408 and the connection is closed)")
+        "pause while a request body arrives; after this long a body must also average 16 KiB/s (else 408 "
+        "and the connection is closed)")
     max_connections_per_client: int = _limit(
         256, "--api-max-connections-per-client", "count",
         "open connections per client address (over it, that address's oldest connection without a "
-        "complete request head is closed to make room; with none such, the new one is refused)")
+        "complete request head, else its oldest idle keep-alive one, is closed to make room; if all are "
+        "answering requests, the new one is refused)")
     max_connections: int = _limit(
         1024, "--api-max-connections", "count",
         "open connections in all (the same rule, over all addresses)")
     max_requests: int = _limit(
         64, "--api-max-requests", "count",
-        "requests being answered at once (over it, 503 with Retry-After; `/livez` is always answered and "
-        "idle connections never count)")
+        "requests being answered at once, a quarter of it for requests without a valid key (over it, 503 "
+        "with Retry-After; `/livez` is always answered and idle connections never count)")
     max_header_size: int = _limit(
         16 * KIB, "--api-max-header-size", "size",
         "request line and headers of one request (over it, 400)")

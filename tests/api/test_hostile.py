@@ -361,6 +361,45 @@ def test_a_body_that_stops_arriving_gets_408(server: Server) -> None:
         sock.close()
 
 
+def test_a_body_sent_a_byte_at_a_time_is_cut_off(server: Server) -> None:
+    sock = server.connect()
+    try:
+        sock.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100000\r\n"
+                     "Content-Type: application/x-www-form-urlencoded\r\n\r\n".encode())
+        start = time.monotonic()
+        answer = b""
+        sock.settimeout(0.5)
+        while time.monotonic() - start < 8 and not answer:
+            try:
+                sock.sendall(b"k")  # never a pause of 2 s, but far under 16 KiB/s
+                answer = sock.recv(4096)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                break
+        assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - start < 4
+    finally:
+        sock.close()
+
+
+def test_requests_without_a_key_cannot_take_the_slots_of_clients_with_one(server: Server) -> None:
+    slow = []
+    try:
+        for _ in range(16):  # a quarter of the 64 request slots: slow logins that never finish
+            sock = server.connect()
+            sock.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n"
+                         "Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=".encode())
+            slow.append(sock)
+        time.sleep(0.3)
+        unkeyed = httpx.post(server.url + "/login", data={"key": "x"}, timeout=5)
+        assert unkeyed.status_code == 503 and unkeyed.headers["retry-after"] == "1"
+        assert httpx.get(server.url + "/jobs", headers=AUTH, timeout=5).status_code == 200
+        assert httpx.get(server.url + "/livez", timeout=5).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+
+
 def test_a_64_mib_upload_is_checked_in_bounded_memory(client: httpx.Client, server: Server, tmp_path: Path) -> None:
     record = json.dumps({"instruction": "x" * 900, "output": "y" * 100}).encode() + b"\n"
     upload = tmp_path / "big.jsonl"
