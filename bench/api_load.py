@@ -11,8 +11,8 @@ latency, status codes, client errors; and how many idle connections were open (s
 Folder-size phase: POST /jobs latency with `--files` job files already in the folder (default 20
 and 420), one server per size, requests alternating between the servers in one run (the machine
 is shared: the ratio between the sizes is the measurement). `--baseline DIR` adds the same
-servers run from another checkout of the runner (e.g. `git worktree add /tmp/base main`), so the
-old and new code are measured side by side.
+servers (and a load phase) run from another checkout of the runner (e.g. `git archive BASE | tar
+-x -C /tmp/base`), so the old and new code are measured side by side.
 
 Run: python bench/api_load.py [--duration 20] [--clients 50] [--idle 80] [--think 0.5]
                               [--files 20 420] [--posts 60] [--baseline DIR] [--json OUT]
@@ -169,14 +169,15 @@ async def client_loop(url: str, client_id: int, until: float, think: float, post
             n += 1
 
 
-def load_phase(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    root = make_project(tmp / "load", files=args.files[0], runs=40)
-    server = Server(root, ROOT, "load")
+def load_phase(args: argparse.Namespace, tmp: Path, code: Path) -> dict[str, Any]:
+    root = make_project(tmp, files=args.files[0], runs=40)
+    server = Server(root, code, "load")
     holder = IdleHolder(server.port, args.idle)
     try:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as warm:  # imports, the folder's index
             warm.get("/jobs")
             warm.post("/jobs", content=SPEC.format(name="warm-up", seed=0).encode())
+            time.sleep(6)  # the warm-up connection is closed (keep-alive) before the idle sockets come
         holder.start()
         time.sleep(1.0)  # the idle connections are in place before the clients start
         results: dict[str, list[Any]] = {"GET /jobs": [], "POST /jobs": []}
@@ -192,11 +193,13 @@ def load_phase(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         holder.join(5)
         server.stop()
     report: dict[str, Any] = {"clients": args.clients, "think_s": args.think, "duration_s": args.duration,
-                              "idle_target": args.idle, "idle_open_min": min(holder.open_samples),
-                              "idle_open_median": statistics.median(holder.open_samples),
+                              "idle_target": args.idle, "idle_open_min": min(holder.open_samples or [0]),
+                              "idle_open_median": statistics.median(holder.open_samples or [0]),
+                              "idle_63_or_more_share": sum(n >= 63 for n in holder.open_samples)
+                              / max(1, len(holder.open_samples)),
                               "idle_closed_by_server": holder.reopened, "idle_refused": holder.refused, "kinds": {}}
     for kind, rows in results.items():
-        times = [t * 1000 for t, status in rows if isinstance(status, int)]
+        times = [t * 1000 for t, status in rows if isinstance(status, int)] or [float("nan")]
         statuses = Counter(str(status) for _, status in rows)
         report["kinds"][kind] = {"requests": len(rows), "statuses": dict(statuses),
                                  "p50_ms": percentile(times, 0.5), "p95_ms": percentile(times, 0.95),
@@ -246,26 +249,32 @@ def main() -> None:
     args = parser.parse_args()
     args.duration = min(args.duration, 300.0)
 
+    trees = [("this tree", ROOT)] + ([("baseline", Path(args.baseline).resolve())] if args.baseline else [])
+    loads: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        load = load_phase(args, Path(tmp))
+        for label, code in trees:
+            loads[label] = load_phase(args, Path(tmp) / f"load-{label.replace(' ', '-')}", code)
         sizes = folder_phase(args, Path(tmp))
     load_avg = os.getloadavg()
-    print(f"load: {args.clients} clients (think {args.think:g} s, {args.post_share:.0%} POST) for {args.duration:g} s, "
-          f"idle connections held: min {load['idle_open_min']}, median {load['idle_open_median']:g} of "
-          f"{args.idle} ({load['idle_closed_by_server']} closed by the server and reopened); 1-min load avg "
-          f"{load_avg[0]:.2f}")
-    print("| request | count | p50 ms | p95 ms | p99 ms | max ms | statuses |")
-    print("|---|---|---|---|---|---|---|")
-    for kind, row in load["kinds"].items():
-        print(f"| {kind} | {row['requests']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | "
-              f"{row['max_ms']:.1f} | {', '.join(f'{k}: {v}' for k, v in sorted(row['statuses'].items()))} |")
+    print(f"load: {args.clients} clients (think {args.think:g} s, {args.post_share:.0%} POST) for {args.duration:g} s "
+          f"with {args.idle} idle connections held open; 1-min load avg {load_avg[0]:.2f}")
+    print("| server | request | count | p50 ms | p95 ms | p99 ms | max ms | statuses | idle sockets open: median, "
+          "share of time >= 63 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, load in loads.items():
+        for kind, row in load["kinds"].items():
+            print(f"| {label} | {kind} | {row['requests']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                  f"{row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
+                  f"{', '.join(f'{k}: {v}' for k, v in sorted(row['statuses'].items()))} | "
+                  f"{load['idle_open_median']:g}, {load['idle_63_or_more_share']:.0%} |")
     print("\nPOST /jobs by folder size (sequential, servers alternating):")
     print("| variant | p50 ms | p95 ms | posts |")
     print("|---|---|---|---|")
     for label, row in sizes.items():
         print(f"| {label} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['posts']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load": load, "folder_size": sizes, "loadavg": load_avg}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "load": loads, "folder_size": sizes,
+                                               "loadavg": load_avg}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
   limits is refused before any parser builds anything from it.
 * Which file a job lives in comes from `JobIndex`: the folder is listed on each submission (new
   and removed files are seen at once), the file a submission writes (and `<job>.toml`) is checked
-  on its own every time, and the other known files are stat-ed at most once a second; a file is
-  read and its name parsed only when it is new or changed. So a submission costs about the same
-  with 20 or 2,000 files in the folder, where it used to read and parse every one of them.
+  on its own every time, and the other known files are stat-ed a batch per submission, in turn;
+  a file is read and its name parsed only when it is new or changed. So a submission costs about
+  the same with 20 or 2,000 files in the folder, where it used to read and parse every one of
+  them. (A file edited in place to take another job's name is seen after a few submissions; until
+  then the write re-checks its own target, so nothing is overwritten unseen.)
 * Concurrent submissions of one job: each is checked against the folder as it was when the
   request arrived; if another submission (or an editor) changed that job's file in between,
   this one gets 409 and nothing is written (the order is `runner.api.guard.arrival`: when the
@@ -39,7 +41,8 @@ from runner.watch.scan import fallback_job_name, is_spec_path
 __all__ = ["JOB_NAME", "JobIndex", "submit_job"]
 
 JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-RESTAT_AFTER = 1.0  # seconds: how long an edit in place of a known file may go unseen
+RESTAT_BATCH = 64  # known files stat-ed per submission, in turn, to see edits in place
+REBUILD_AFTER = 60.0  # seconds between rebuilds of the index from a fresh listing
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,17 @@ class JobIndex:
         self._entries: dict[str, _Entry] = {}  # job file (relative, '/'-separated) -> what it defines
         self._folders: dict[str, tuple[frozenset[str], set[str]]] = {}  # prefix -> (names, sub-folders)
         self._written: dict[str, int] = {}  # file -> arrival number taken when a submission last wrote it
-        self._statted = -1e9  # when every known file was last stat-ed (monotonic)
+        self._statted = -1e9  # when the index was last rebuilt from a fresh listing (monotonic)
+        self._cursor = 0  # where the next batch of stat-ing known files starts
         self.lock = threading.Lock()  # held while deciding and writing; also guards the tables
 
     def refresh(self) -> None:
         """List each folder and compare the names with the last listing (set operations, in C): only
-        new names are looked at, a new job file is read and its name parsed. At most once a second
-        every file is stat-ed again, to catch edits in place."""
+        new names are looked at, a new job file is read and its name parsed. Edits in place of
+        known files are caught by stat-ing `RESTAT_BATCH` of them per refresh, in turn (and all of
+        them, from a fresh listing, once a minute)."""
         previous = self._entries
-        if time.monotonic() - self._statted >= RESTAT_AFTER:
+        if time.monotonic() - self._statted >= REBUILD_AFTER:
             self._statted = time.monotonic()
             self._folders, self._entries = {}, {}
         folders: dict[str, tuple[frozenset[str], set[str]]] = {}
@@ -90,6 +95,16 @@ class JobIndex:
             self._entries = {rel: e for rel, e in self._entries.items()
                              if rel.rpartition("/")[0] + "/" not in gone or "/" not in rel}
         self._folders = folders
+        self._restat_some()
+
+    def _restat_some(self) -> None:
+        known = list(self._entries)
+        if not known:
+            return
+        start = self._cursor % len(known)
+        for relative in (known[start:] + known[:start])[:RESTAT_BATCH]:
+            self.update(relative)
+        self._cursor = start + RESTAT_BATCH
 
     def _add(self, prefix: str, path: str, name: str, dirs: set[str], previous: dict[str, _Entry]) -> None:
         if name.startswith("."):
