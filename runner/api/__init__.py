@@ -11,7 +11,6 @@ Nothing below it imports it. Closed by default: see `runner.api.auth` and `runne
     connections  uvicorn's h11 protocol with connection deadlines and per-client caps
     guard        ASGI middleware: Host allowlist, Origin checks, requests in progress, body limits, headers
     confine      paths in requests must lie under the allowed data roots
-    prescan      nesting depth and key count of a job file, before it is parsed
     errors       `ApiError` and the cap on error lists in answers
     views        the endpoints' reads, as plain functions over the settings
     submit       POST /jobs: checked, then written without racing other submissions

@@ -1,7 +1,7 @@
 """Every limit of the HTTP API in one place: its default, its flag and what it bounds.
 
 Connections (enforced by `runner.api.connections` under uvicorn), requests (`runner.api.guard`),
-authentication (`runner.api.auth`) and what a request may contain (`runner.api.prescan`,
+authentication (`runner.api.auth`) and what a request may contain (`runner.api.submit`,
 `runner.api.datacheck`, the answers' error lists). `runner serve` and `runner watch --api` get one
 flag per limit from `add_limit_options`; the README's limits table is `markdown_table()` (a test
 keeps the two equal).
@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from runner.spec.limits import MAX_KEYS, MAX_NESTING_DEPTH
+from runner.units import parse_size as _parse_size
 
 __all__ = ["Limits", "add_limit_options", "limits_from_args", "markdown_table", "parse_size"]
 
 KIB, MIB = 1 << 10, 1 << 20
-_SIZE = re.compile(r"^\s*(\d+)\s*(|k|kb|kib|m|mb|mib|g|gb|gib)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": KIB, "kb": 1000, "kib": KIB, "m": MIB, "mb": 10**6, "mib": MIB,
-          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
 
 
 def parse_size(text: str) -> int:
-    """`64MiB`, `512k`, `1000000` -> bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 64MiB or 1000000")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    """`64MiB`, `64M`, `1MB`, `1000000` -> bytes (`runner.units`: MB = 10^6, MiB = M = 2^20)."""
+    try:
+        return _parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -116,12 +115,13 @@ class Limits:
         "data files named by one request: `path` of `/datasets/validate`, `data.train` + `data.eval` of a "
         "submitted job (over it, 422)")
     job_max_depth: int = _limit(
-        16, "--api-job-max-depth", "count",
-        "nesting of a submitted job file: tables, dotted keys, arrays, inline tables (checked before "
-        "parsing; 422)")
+        MAX_NESTING_DEPTH, "--api-job-max-depth", "count",
+        "nesting of a submitted job file: tables, dotted-key parts, arrays (checked before parsing; 422; "
+        "at most the limit of `runner/spec/limits.py`)")
     job_max_keys: int = _limit(
-        2000, "--api-job-max-keys", "count",
-        "keys and table headers of a submitted job file (checked before parsing; 422)")
+        MAX_KEYS, "--api-job-max-keys", "count",
+        "keys of a submitted job file, dotted parts one each (checked before parsing; 422; at most the "
+        "limit of `runner/spec/limits.py`)")
     max_errors: int = _limit(
         100, "--api-max-errors", "count",
         "entries of an error list in an answer (the total is always given; each message is cut at 1,000 "
@@ -130,6 +130,9 @@ class Limits:
     def __post_init__(self) -> None:
         if self.max_upload < 1024 or self.max_body < 1024:
             raise ValueError("--api-max-body and --api-max-upload must allow at least 1024 bytes")
+        if self.job_max_depth > MAX_NESTING_DEPTH or self.job_max_keys > MAX_KEYS:
+            raise ValueError(f"--api-job-max-depth and --api-job-max-keys can only lower the job-file limits of "
+                             f"runner.spec.limits (nesting {MAX_NESTING_DEPTH}, keys {MAX_KEYS})")
         if self.max_record > self.max_upload:
             object.__setattr__(self, "max_record", self.max_upload)
 

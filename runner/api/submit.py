@@ -1,7 +1,7 @@
 """`POST /jobs`: a job file checked like `runner validate`, then written into the jobs folder.
 
-* Cheap bounds first (`runner.api.prescan`): a body nesting deeper or holding more keys than the
-  limits is refused before any parser builds anything from it.
+* Cheap bounds first (the spec loader's pre-scan, `runner.spec.prescan`): a body nesting deeper or
+  holding more keys than the limits is refused before any parser builds anything from it.
 * Which file a job lives in comes from `JobIndex`: the folder is listed on each submission (new
   and removed files are seen at once), the file a submission writes (and `<job>.toml`) is checked
   on its own every time, and the other known files are stat-ed a batch per submission, in turn;
@@ -31,11 +31,11 @@ from typing import Any
 from runner.api.confine import job_paths_outside
 from runner.api.errors import ApiError
 from runner.api.guard import arrival
-from runner.api.prescan import TooDeep, scan_toml
 from runner.api.settings import ApiSettings
 from runner.fsutil import atomic_write_bytes
 from runner.outputs.runs import list_runs, read_status
 from runner.spec import JobSpecError, parse_job
+from runner.spec.prescan import prescan
 from runner.watch.scan import fallback_job_name, is_spec_path
 
 __all__ = ["JOB_NAME", "JobIndex", "submit_job"]
@@ -194,13 +194,26 @@ class JobIndex:
 
 
 def _prescan(settings: ApiSettings, data: bytes) -> None:
-    text = data.decode("utf-8", "replace")
-    try:
-        scan_toml(text, max_depth=settings.limits.job_max_depth, max_keys=settings.limits.job_max_keys)
-    except TooDeep as exc:
-        raise ApiError(422, f"the job file is refused before parsing: {exc}; nothing was written",
-                       errors=[{"file": "submitted", "line": exc.line, "column": 1, "path": "",
-                                "message": str(exc)}]) from None
+    """The spec loader's pre-scan (`runner.spec.prescan`, the limits of `runner.spec.limits`), plus
+    this API's own `--api-job-max-depth` / `--api-job-max-keys` when set lower: 422 before any parser
+    builds anything from the body."""
+    text = data.decode("utf-8", "replace").removeprefix("\ufeff")
+    shape = prescan(text)
+    limits = settings.limits
+    if shape.problem is not None:
+        offset, message = shape.problem
+    elif shape.depth > limits.job_max_depth:
+        offset, message = len(text), (f"nested {shape.depth} levels deep; this server takes job files at most "
+                                      f"{limits.job_max_depth} deep (--api-job-max-depth)")
+    elif shape.keys > limits.job_max_keys:
+        offset, message = len(text), (f"{shape.keys} keys; this server takes job files of at most "
+                                      f"{limits.job_max_keys} keys (--api-job-max-keys)")
+    else:
+        return
+    line = text.count("\n", 0, offset) + 1
+    raise ApiError(422, f"the job file is refused before parsing: {message}; nothing was written",
+                   errors=[{"file": "submitted", "line": line, "column": offset - (text.rfind("\n", 0, offset) + 1) + 1,
+                            "path": "", "message": message}])
 
 
 def _count_files(raw: dict[str, Any], limit: int) -> None:

@@ -3,9 +3,10 @@
 The layouts and messages of `runner.data.records` (a JSON array, an object holding one list,
 JSONL, a `.json` file that is really JSONL), but from a binary stream: at most one record (up
 to `max_record` bytes) and one read chunk are held at a time, so a 64 MiB upload is checked
-with the memory of one record rather than of the whole file as Python objects. A record nested
-past the decoder's recursion limit, an integer of thousands of digits and a JSONL line over
-`max_record` are bad records with their location, never an exception from the decoder.
+with the memory of one record rather than of the whole file as Python objects. Each record is
+decoded within the bounds `read_file` applies (`BoundedJSON`, `too_deep`: nesting, integer
+digits, non-finite numbers, lone surrogates); a record over them, and a JSONL line over
+`max_record`, is a bad record with its location, never an exception from the decoder.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import json
 from collections.abc import Iterator
 from typing import IO, Any
 
-from runner.data.records import JSONL_SUFFIXES, DataFileError, Record
+from runner.data.records import JSONL_SUFFIXES, BoundedJSON, DataFileError, Record, lone_surrogate, too_deep
 from runner.data.report import BadRecord, Location
+from runner.spec.limits import MAX_RECORD_DEPTH
 
 __all__ = ["iter_records"]
 
 CHUNK = 1 << 16
-_DECODER = json.JSONDecoder()
 _WS = " \t\n\r"
 
 
@@ -41,9 +42,11 @@ def _first_line_is_a_record(stream: IO[bytes], max_record: int) -> bool:
     first = stream.readline(max_record + 1).decode("utf-8", "replace").removeprefix("\ufeff").strip()
     if not first.startswith("{") or len(first) > max_record:
         return False
+    if too_deep(first, MAX_RECORD_DEPTH) is not None:
+        return True  # one (too deep) record per line: JSONL, whose reader reports the line
     try:
-        _, end = _DECODER.raw_decode(first)
-    except (ValueError, RecursionError):
+        _, end = BoundedJSON().decoder.raw_decode(first)
+    except ValueError:
         return False
     if end != len(first):
         return False
@@ -63,7 +66,20 @@ def _decode_line(raw: bytes, name: str, lineno: int) -> str:
                             lineno, column) from None
 
 
-def _value(value: Any, location: Location) -> Record | BadRecord:
+_TOO_DEEP = f"nested more than {MAX_RECORD_DEPTH} levels deep; records are objects of text fields: flatten it"
+
+
+def _value(value: Any, location: Location, bounded: BoundedJSON, raw: str) -> Record | BadRecord:
+    """The decoded value as a record, or the bad record it is (over a bound, not an object)."""
+    reason = bounded.take()
+    if reason is None and "\\u" in raw:
+        where = lone_surrogate(value)
+        if where is not None:
+            reason = f"{where}: half of a UTF-16 pair is not a character; write both halves or the character itself"
+    if reason is None and too_deep(raw, MAX_RECORD_DEPTH) is not None:
+        reason = _TOO_DEEP
+    if reason is not None:
+        return BadRecord(location, reason)
     if isinstance(value, dict):
         return Record(value, location)
     kind = "null" if value is None else type(value).__name__
@@ -74,6 +90,7 @@ def _jsonl(stream: IO[bytes], name: str, max_record: int) -> Iterator[Record | B
     stream.seek(0)
     seen = False
     lineno = 0
+    bounded = BoundedJSON()
     while True:
         raw = stream.readline(max_record + 1)
         if not raw:
@@ -92,15 +109,16 @@ def _jsonl(stream: IO[bytes], name: str, max_record: int) -> Iterator[Record | B
         if not line.strip():
             continue
         seen = True
+        if too_deep(line, MAX_RECORD_DEPTH) is not None:  # before the decoder recurses
+            yield BadRecord(location, _TOO_DEEP)
+            continue
         try:
-            yield _value(json.loads(line), location)
+            value = bounded.decoder.decode(line)
         except json.JSONDecodeError as e:
+            bounded.take()
             yield BadRecord(location, f"invalid JSON at column {e.colno}: {e.msg}")
-        except RecursionError:
-            yield BadRecord(location, "the record is nested too deeply to read (arrays or objects within each "
-                                      "other hundreds of levels deep)")
-        except ValueError as e:  # an integer over Python's digit limit
-            yield BadRecord(location, f"unreadable value: {e}")
+            continue
+        yield _value(value, location, bounded, line)
     if not seen:
         raise DataFileError(name, "file is empty", "add records to it (one JSON object per line), or remove it "
                             "from the list of data files", 1, 1)
@@ -118,6 +136,7 @@ class _JsonReader:
         self.line = 1  # line of self.text[0]
         self.eof = False
         self.first = True
+        self.bounded = BoundedJSON()
 
     # ---- the window
 
@@ -155,13 +174,13 @@ class _JsonReader:
     def _error(self, problem: str, fix: str) -> DataFileError:
         return DataFileError(self.name, problem, fix, self._line_at(self.pos))
 
-    def _decode_value(self) -> Any:
-        """The JSON value at the cursor, reading more text while it may be cut off by the window's
-        end (up to `max_record` characters)."""
+    def _decode_value(self) -> tuple[Any, str]:
+        """The JSON value at the cursor and its text, reading more text while it may be cut off by the
+        window's end (up to `max_record` characters)."""
         while True:
             room = len(self.text) - self.pos <= self.max_record
             try:
-                value, end = _DECODER.raw_decode(self.text, self.pos)
+                value, end = self.bounded.decoder.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as e:
                 at_tail = e.pos >= len(self.text) - 5 or e.msg.startswith("Unterminated string")
                 if at_tail and room and self._more():
@@ -173,14 +192,13 @@ class _JsonReader:
                 raise DataFileError(self.name, f"invalid JSON: {e.msg}", "fix the JSON syntax at that position "
                                     "(a missing comma or quote is the usual cause)", self._line_at(e.pos)) from None
             except RecursionError:
-                raise self._error("a record nested too deeply to read (hundreds of levels)",
-                                  "flatten the record") from None
-            except ValueError as e:  # an integer over Python's digit limit
-                raise self._error(f"unreadable value: {e}", "write the number as a string") from None
+                raise self._error(f"JSON nested more than {MAX_RECORD_DEPTH} levels deep inside a record",
+                                  "records are objects of text fields (and turns, tools); flatten this value") from None
             if end == len(self.text) and room and self._more():  # a number may go on in the next chunk
+                self.bounded.take()
                 continue
-            self.pos = end
-            return value
+            raw, self.pos = self.text[self.pos:end], end
+            return value, raw
 
     def _expect(self, char: str, what: str) -> None:
         if self._skip_ws() != char:
@@ -216,7 +234,8 @@ class _JsonReader:
         while True:
             self._skip_ws()
             line = self._line_at(self.pos)
-            yield _value(self._decode_value(), Location(self.name, line=line, index=index))
+            value, raw = self._decode_value()
+            yield _value(value, Location(self.name, line=line, index=index), self.bounded, raw)
             index += 1
             after = self._skip_ws()
             self.pos += 1
@@ -235,7 +254,8 @@ class _JsonReader:
         else:
             while True:
                 self._skip_ws()
-                key = self._decode_value()
+                key, _ = self._decode_value()
+                self.bounded.take()
                 self._expect(":", "':'")
                 if self._skip_ws() == "[":
                     lists.append(str(key))
@@ -244,6 +264,7 @@ class _JsonReader:
                     yield from self._array()
                 else:
                     self._decode_value()  # another member: read and dropped
+                    self.bounded.take()
                 after = self._skip_ws()
                 self.pos += 1
                 if after == "}":

@@ -129,9 +129,9 @@ def test_an_uploaded_file_with_a_deeply_nested_record_or_a_huge_integer_names_th
     report = answer.json()
     assert (report["records"], report["records_ok"], report["bad_count"]) == (3, 1, 2)
     reasons = {bad["line"]: bad["reason"] for bad in report["bad_records"]}
-    assert "nested too deeply" in reasons[1] and "digits" in reasons[3]
+    assert "nested more than 64 levels" in reasons[1] and "digits" in reasons[3]
     as_array = client.post("/datasets/validate", files={"file": ("deep.json", b"[" + body.split(b"\n")[0] + b"]")})
-    assert as_array.status_code == 422 and "nested too deeply" in as_array.json()["detail"]
+    assert as_array.status_code == 422 and "nested more than 64 levels" in as_array.json()["detail"]
 
 
 def test_nul_bytes_in_a_job_files_paths_are_refused_with_their_place(client: httpx.Client, server: Server) -> None:
@@ -139,7 +139,8 @@ def test_nul_bytes_in_a_job_files_paths_are_refused_with_their_place(client: htt
     answer = client.post("/jobs", content=text.encode())
     assert answer.status_code in (403, 422), answer.text
     errors = answer.json()["errors"]
-    assert any(e["path"] == "data.train" and "NUL" in e["message"] for e in errors), errors
+    assert any(e["path"] == "data.train" and ("NUL" in e["message"] or "control character" in e["message"])
+               for e in errors), errors
     assert not (server.root / "jobs" / "nul.toml").exists()
 
 
@@ -226,8 +227,10 @@ def test_a_403_listing_many_outside_paths_is_short_and_too_many_files_are_refuse
     assert body["errors_total"] == 1000 and len(body["errors"]) == 100 and body["errors_truncated"]
     assert body["errors"][99]["line"] == 5 and len(answer.content) < 40_000
     start = time.monotonic()
-    many = client.post("/jobs", content=naming(40_000))
+    many = client.post("/jobs", content=naming(5_000))
     assert many.status_code == 422 and "at most 1000" in many.json()["detail"] and time.monotonic() - start < 5
+    items = client.post("/jobs", content=naming(40_000))  # over the spec loader's array items: its pre-scan says so
+    assert items.status_code == 422 and "array items" in items.json()["detail"]
     listed = client.post("/datasets/validate", json={"path": [f"/etc/x{i}" for i in range(60_000)]})
     assert listed.status_code == 422 and "at most 1000" in listed.json()["detail"]
 

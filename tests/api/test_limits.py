@@ -1,5 +1,5 @@
-"""The limits in one place (defaults, flags, README table), the job-file pre-scan, sessions and the
-wrong-key throttle, checked on their own."""
+"""The limits in one place (defaults, flags, README table), the job-file limits the API shares with
+the spec loader, sessions and the wrong-key throttle, checked on their own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from runner.api.auth import ApiKeys, FailureThrottle, Gate, Sessions
 from runner.api.limits import Limits, add_limit_options, limits_from_args, markdown_table
-from runner.api.prescan import TooDeep, scan_toml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,44 +33,28 @@ def test_every_limit_has_a_flag_that_sets_it() -> None:
             parser.parse_args(bad)
 
 
-def _scan(text: str, depth: int = 16, keys: int = 2000) -> None:
-    scan_toml(text, max_depth=depth, max_keys=keys)
+def test_the_job_file_limits_are_the_spec_loaders_and_the_flags_can_only_lower_them(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
 
+    from runner.api.app import create_app
+    from runner.spec.limits import MAX_KEYS, MAX_NESTING_DEPTH
 
-@pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*.toml")), ids=lambda p: p.name)
-def test_every_shipped_job_file_passes_the_prescan_with_the_defaults(path: Path) -> None:
-    limits = Limits()
-    scan_toml(path.read_text(encoding="utf-8"), max_depth=limits.job_max_depth, max_keys=limits.job_max_keys)
+    from .conftest import AUTH, BASE_URL, make_settings, spec_text
 
-
-@pytest.mark.parametrize(("text", "depth"), [
-    ("a.b.c.d = 1", 4),
-    ("[a.b]\nc.d = 1", 4),
-    ("[[a.b]]\nc = 1", 4),  # an array of tables is one more level
-    ("x = [[[1]]]", 4),
-    ("x = {a = {b = {c = 1}}}", 4),
-    ("x = [{a.b = [1]}]", 5),
-    ('"a.b.c" = 1', 1),  # a quoted key is one key, dots and all
-    ('x = "[[[[[[ {{{{ a.b.c.d"', 1),  # brackets inside strings are text
-    ("x = '''\n[[[[[[\n'''\ny = 1", 1),
-    ('x = """\n\\"""[[[[[[ """\ny = 1', 1),
-    ("x = 1.5e3 # a.b.c.d.e [[[[", 1),
-    ("[a]\nb = 1\n[c.d.e]\nf = 2", 4),
-])
-def test_the_prescan_measures_depth_like_the_parser_builds_it(text: str, depth: int) -> None:
-    _scan(text, depth=depth)
-    with pytest.raises(TooDeep, match="nested"):
-        _scan(text, depth=depth - 1)
-
-
-def test_the_prescan_stops_a_dotted_key_bomb_at_once() -> None:
-    text = 'name = "d"\n' + ".".join(["a"] * 100_000) + " = 1\n"
-    start = time.perf_counter()
-    with pytest.raises(TooDeep) as caught:
-        _scan(text)
-    assert caught.value.line == 2 and time.perf_counter() - start < 0.5
-    with pytest.raises(TooDeep, match="more than 10 keys"):
-        _scan("".join(f"k{i} = 1\n" for i in range(11)), keys=10)
+    assert (Limits().job_max_depth, Limits().job_max_keys) == (MAX_NESTING_DEPTH, MAX_KEYS)
+    with pytest.raises(ValueError, match="can only lower"):
+        Limits(job_max_depth=MAX_NESTING_DEPTH + 1)
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "x"}\n')
+    client = TestClient(create_app(make_settings(tmp_path, limits=Limits(job_max_depth=3, job_max_keys=40))),
+                        base_url=BASE_URL)
+    deep = client.post("/jobs", content=(spec_text("d") + "a.b.c.d = 1\n").encode(), headers=AUTH)
+    assert deep.status_code == 422 and "--api-job-max-depth" in deep.json()["detail"]
+    many = client.post("/jobs", content=(spec_text("k") + "".join(f"x{i} = 1\n" for i in range(40))).encode(),
+                       headers=AUTH)
+    assert many.status_code == 422 and "--api-job-max-keys" in many.json()["detail"]
+    assert client.post("/jobs", content=spec_text("ok").encode(), headers=AUTH).status_code == 201
 
 
 def test_sessions_are_one_per_login_expire_and_end_at_logout() -> None:
