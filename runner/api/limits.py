@@ -146,13 +146,17 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("API limits (see the README's limits table)")
     for spec in _fields():
         meta = spec.metadata
-        group.add_argument(meta["flag"], type=_PARSERS[meta["kind"]], default=None, dest=f"limit_{spec.name}",
+        group.add_argument(meta["flag"], type=_PARSERS[meta["kind"]], default=None, dest=_dest(spec),
                            metavar=meta["kind"].upper(), help=f"{meta['what']} (default {_shown(spec)})")
 
 
+def _dest(spec: dataclasses.Field[Any]) -> str:
+    """argparse's own name for the flag: `--api-max-upload` -> `api_max_upload`."""
+    return str(spec.metadata["flag"]).removeprefix("--").replace("-", "_")
+
+
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    given = {spec.name: getattr(args, f"limit_{spec.name}") for spec in _fields()
-             if getattr(args, f"limit_{spec.name}", None) is not None}
+    given = {spec.name: getattr(args, _dest(spec)) for spec in _fields() if getattr(args, _dest(spec), None) is not None}
     return Limits(**given)
 
 
