@@ -5,11 +5,16 @@ state) and writes only what a user could write by hand: a job file into the jobs
 daemon picks it up as it picks up any file) and a cancel request (as `runner cancel` does).
 Nothing below it imports it. Closed by default: see `runner.api.auth` and `runner.api.guard`.
 
-    settings   who may connect and what they may name (keys, hosts, data roots, size limits)
-    auth       API keys (kept as sha256 digests, compared in constant time), the dashboard cookie
-    guard      ASGI middleware: Host allowlist, request size limits, security headers
-    confine    paths in requests must lie under the allowed data roots
-    views      the endpoints' work, as plain functions over the settings
+    limits       every limit (connections, requests, bodies, answers) with its default and flag
+    settings     who may connect and what they may name (keys, hosts, data roots, the limits)
+    auth         API keys (sha256 digests, constant-time), the wrong-key throttle, dashboard sessions
+    connections  uvicorn's h11 protocol with connection deadlines and per-client caps
+    guard        ASGI middleware: Host allowlist, Origin checks, requests in progress, body limits, headers
+    confine      paths in requests must lie under the allowed data roots
+    errors       `ApiError` and the cap on error lists in answers
+    views        the endpoints' reads, as plain functions over the settings
+    submit       POST /jobs: checked, then written without racing other submissions
+    datacheck    POST /datasets/validate: a data file checked one record at a time
     chart      small server-side SVG line charts
     dashboard  the HTML pages
     app        the FastAPI application

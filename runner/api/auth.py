@@ -5,10 +5,13 @@
   are kept in memory; a presented key is hashed and compared with every digest in constant time
   (`hmac.compare_digest`, no early exit), so neither timing nor a memory dump gives a key away.
 * A request presents a key as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
-* A browser cannot add headers to a page load, so `POST /login` trades a key for a cookie
-  (HttpOnly, SameSite=Strict) holding an HMAC derived from the key's digest, not the key. The
-  cookie is accepted for reads only (GET/HEAD): submitting or cancelling jobs always needs the
-  header, so a forged cross-site form can never act with it.
+* A browser cannot add headers to a page load, so `POST /login` trades a key for a session
+  cookie (HttpOnly, SameSite=Strict, an expiry; Secure over TLS): a random token per login, known
+  to this process only, ended by `POST /logout`. The cookie is accepted for reads only (GET/HEAD):
+  submitting or cancelling jobs always needs the header, so a forged cross-site form can never act
+  with it.
+* Wrong keys are throttled per client address (`FailureThrottle`): over the limit, requests with
+  a key get 429 until the bucket refills, so keys cannot be guessed at network speed.
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["COOKIE_NAME", "KEY_ENV", "MIN_KEY_LENGTH", "ApiKeys", "ApiKeyError", "generated_key"]
+__all__ = ["COOKIE_NAME", "KEY_ENV", "MIN_KEY_LENGTH", "ApiKeyError", "ApiKeys", "FailureThrottle", "Gate", "Sessions",
+           "Verdict", "generated_key", "presented_key"]
 
 KEY_ENV = "RUNNER_API_KEY"
 MIN_KEY_LENGTH = 16
 COOKIE_NAME = "runner_session"
 GENERATED_KEY_FILE = "api.key"
-_SESSION_CONTEXT = b"runner dashboard session v1"
 _HASHED = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 _MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -115,23 +120,109 @@ class ApiKeys:
             found |= hmac.compare_digest(known, digest)
         return found
 
-    def session_for(self, presented: str) -> str | None:
-        """The dashboard cookie for a valid key (an HMAC of its digest), or None for a wrong key."""
-        if not self.check(presented):
-            return None
-        return _session_token(_digest(presented))
 
-    def check_session(self, token: str | None) -> bool:
-        if not token or not self.digests:
+class Sessions:
+    """Dashboard logins: a random token per login, kept (as its sha256) with its expiry in memory.
+
+    A token is bound to one login: a second login gets another one, logging out ends it, it
+    expires after `ttl` seconds (the cookie says so too), and every token dies with the process
+    (the table is the secret, made fresh at each start). At most `capacity` are kept: beyond
+    that, the one closest to expiry is ended.
+    """
+
+    def __init__(self, ttl: float, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.capacity, self._clock = ttl, capacity, clock
+        self._live: dict[bytes, float] = {}  # sha256(token) -> expiry (monotonic)
+        self._lock = threading.Lock()
+
+    def open(self) -> str:
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        with self._lock:
+            self._live = {k: t for k, t in self._live.items() if t > now}
+            while len(self._live) >= self.capacity:
+                del self._live[min(self._live, key=self._live.__getitem__)]
+            self._live[_digest(token)] = now + self.ttl
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        if not token:
             return False
-        found = False
-        for known in self.digests:
-            found |= hmac.compare_digest(_session_token(known), token)
-        return found
+        with self._lock:
+            expiry = self._live.get(_digest(token))
+        return expiry is not None and expiry > self._clock()
+
+    def close(self, token: str | None) -> None:
+        if token:
+            with self._lock:
+                self._live.pop(_digest(token), None)
 
 
-def _session_token(digest: bytes) -> str:
-    return hmac.new(digest, _SESSION_CONTEXT, hashlib.sha256).hexdigest()
+class FailureThrottle:
+    """Failed authentications per client address: a token bucket of `per_minute` tokens refilled
+    at `per_minute` a minute. Hand-written (a dozen lines) rather than a rate-limit library: it
+    needs only this one bucket, in memory, at most `max_clients` addresses (the emptiest and
+    stalest forgotten first)."""
+
+    def __init__(self, per_minute: int, max_clients: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity, self.rate = float(per_minute), per_minute / 60.0
+        self.max_clients, self._clock = max_clients, clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def _tokens(self, client: str, now: float) -> float:
+        tokens, when = self._buckets.get(client, (self.capacity, now))
+        return min(self.capacity, tokens + (now - when) * self.rate)
+
+    def wait(self, client: str) -> float:
+        """Seconds until `client` may try a key again (0: now)."""
+        now = self._clock()
+        with self._lock:
+            tokens = self._tokens(client, now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def failed(self, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            tokens = self._tokens(client, now) - 1
+            self._buckets.pop(client, None)
+            if len(self._buckets) >= self.max_clients:  # forget the fullest (the most forgiven) first
+                del self._buckets[max(self._buckets, key=lambda c: self._tokens(c, now))]
+            self._buckets[client] = (max(tokens, 0.0), now)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of presenting a key: ok, 401 (none or wrong) or 429 (too many wrong ones)."""
+
+    status: int
+    retry_after: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+class Gate:
+    """Keys (throttled per client address), plus the dashboard's sessions."""
+
+    def __init__(self, keys: ApiKeys, *, failures_per_minute: int, session_ttl: float, max_sessions: int) -> None:
+        self.keys = keys
+        self.throttle = FailureThrottle(failures_per_minute)
+        self.sessions = Sessions(session_ttl, max_sessions)
+
+    def check_key(self, presented: str | None, client: str) -> Verdict:
+        """A throttled address gets 429 before its key is looked at, so guessing stays slow."""
+        if not presented:
+            return Verdict(401)
+        wait = self.throttle.wait(client)
+        if wait > 0:
+            return Verdict(429, wait)
+        if self.keys.check(presented):
+            return Verdict(200)
+        self.throttle.failed(client)
+        return Verdict(401)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

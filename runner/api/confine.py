@@ -17,7 +17,24 @@ from runner.spec import LoadedJob, SpecIssue
 from runner.spec.errors import dotted
 from runner.spec.positions import SourceMap
 
-__all__ = ["OutsideRoots", "confine", "job_paths_outside"]
+__all__ = ["BadPath", "OutsideRoots", "check_path_text", "confine", "job_paths_outside"]
+
+
+class BadPath(ValueError):
+    """A path no file can have: a NUL byte, text that is not Unicode, or far too long."""
+
+
+def check_path_text(text: str, shown: str | None = None) -> None:
+    """`BadPath` for path text that would make the filesystem calls fail (not a 500: a clear 4xx)."""
+    what = shown if shown is not None else repr(text[:200])
+    if "\x00" in text:
+        raise BadPath(f"path {what} contains a NUL byte; no file name can")
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadPath(f"path {what} is not valid Unicode (it holds a lone surrogate such as \\ud800)") from None
+    if len(encoded) > 4096:
+        raise BadPath(f"path {what[:60]}... is {len(encoded)} bytes long; paths are at most 4096")
 
 
 @dataclass
@@ -31,7 +48,9 @@ class OutsideRoots(Exception):
 
 
 def confine(path: Path, roots: Sequence[Path], *, shown: str | None = None) -> Path:
-    """The resolved path if it is under one of `roots` (already resolved); `OutsideRoots` if not."""
+    """The resolved path if it is under one of `roots` (already resolved); `OutsideRoots` if not,
+    `BadPath` for text no file can have. Decided on the path alone, whether or not a file is there."""
+    check_path_text(str(path), shown)
     resolved = path.expanduser().resolve()
     if any(resolved == root or resolved.is_relative_to(root) for root in roots):
         return resolved
@@ -63,14 +82,20 @@ def _named_paths(job: LoadedJob) -> list[tuple[tuple[str | int, ...], Path]]:
     return found
 
 
-def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[Path]) -> list[SpecIssue]:
-    """One located issue per path of the job that lies outside the roots."""
+def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[Path],
+                      located: int = 100) -> list[SpecIssue]:
+    """One issue per path of the job that lies outside the roots (or is no usable path); the first
+    `located` carry their line and column (an answer lists no more than that)."""
     positions = SourceMap(text)
     issues = []
     for where, path in _named_paths(job):
         try:
             confine(path, roots)
+            continue
         except OutsideRoots as exc:
-            at = positions.value(where)
-            issues.append(SpecIssue(display, at.line, at.column, dotted(where), str(OutsideRoots(str(path), exc.roots))))
+            message = str(OutsideRoots(str(path), exc.roots))
+        except BadPath as exc:
+            message = str(exc)
+        at = positions.value(where) if len(issues) < located else None
+        issues.append(SpecIssue(display, at.line if at else 1, at.column if at else 1, dotted(where), message))
     return issues

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from runner.api.limits import Limits
 from runner.api.settings import ApiConfigError, ApiSettings
 
 __all__ = ["BackgroundServer", "bind", "serve_foreground"]
@@ -22,7 +23,9 @@ __all__ = ["BackgroundServer", "bind", "serve_foreground"]
 def bind(settings: ApiSettings) -> socket.socket:
     """A listening-ready socket on the settings' address; `ApiConfigError` says why it cannot be."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says
+    # TCP; with proto 0 every answer's body waited ~40 ms for the client's delayed ACK of its headers.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((settings.host, settings.port))
@@ -34,20 +37,26 @@ def bind(settings: ApiSettings) -> socket.socket:
     return sock
 
 
-def _config(app: Any) -> Any:
+def _config(app: Any, limits: Limits) -> Any:
+    """uvicorn's settings: its connection-counting `limit_concurrency` is off (see
+    `runner.api.connections`); the h11 protocol with our deadlines and caps; the header size cap."""
     import uvicorn
 
+    from runner.api.connections import protocol_class
+
     return uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
-                          lifespan="off", timeout_keep_alive=5, limit_concurrency=64, timeout_graceful_shutdown=3)
+                          lifespan="off", http=protocol_class(limits), ws="none",
+                          timeout_keep_alive=limits.keep_alive_timeout, limit_concurrency=None,
+                          h11_max_incomplete_event_size=limits.max_header_size, timeout_graceful_shutdown=3)
 
 
 class BackgroundServer:
     """The API in a thread of this process."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(self, app: Any, sock: socket.socket, limits: Limits) -> None:
         import uvicorn
 
-        self.server = uvicorn.Server(_config(app))
+        self.server = uvicorn.Server(_config(app, limits))
         self.sock = sock
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="runner-api",
                                        daemon=True)
@@ -66,12 +75,12 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve_foreground(app: Any, sock: socket.socket) -> int:
+def serve_foreground(app: Any, sock: socket.socket, limits: Limits) -> int:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers, in the main thread)."""
     import uvicorn
 
     try:
-        uvicorn.Server(_config(app)).run(sockets=[sock])
+        uvicorn.Server(_config(app, limits)).run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -8,6 +8,7 @@ address needs a key: without one the API refuses to start rather than serve the 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
@@ -15,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.api.auth import KEY_ENV, ApiKeyError, ApiKeys, generated_key
+from runner.api.limits import Limits
 
 __all__ = ["DEFAULT_LISTEN", "ApiConfigError", "ApiSettings", "is_loopback", "normalize_host", "parse_listen"]
 
 DEFAULT_LISTEN = "127.0.0.1:8200"
-MAX_BODY = 1 << 20  # a job file or a JSON request
-MAX_UPLOAD = 64 << 20  # a data file sent to /datasets/validate
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -87,14 +87,23 @@ class ApiSettings:
     data_roots: tuple[Path, ...]
     host: str = "127.0.0.1"
     port: int = 8200
-    max_body: int = MAX_BODY
-    max_upload: int = MAX_UPLOAD
+    limits: Limits = field(default_factory=Limits)
+    behind_tls_proxy: bool = False  # trust X-Forwarded-Proto: https (for the cookie's Secure flag)
     notes: tuple[str, ...] = field(default=())  # what to tell the operator at start-up
+
+    @property
+    def max_body(self) -> int:
+        return self.limits.max_body
+
+    @property
+    def max_upload(self) -> int:
+        return self.limits.max_upload
 
     @classmethod
     def build(cls, *, jobs_dir: Path, runs_root: Path, state_dir: Path, listen: str = DEFAULT_LISTEN,
               key_file: Path | None = None, allow_hosts: Sequence[str] = (), data_roots: Sequence[Path] = (),
-              env: Mapping[str, str] | None = None, max_upload: int = MAX_UPLOAD) -> ApiSettings:
+              env: Mapping[str, str] | None = None, limits: Limits | None = None, max_upload: int | None = None,
+              behind_tls_proxy: bool = False) -> ApiSettings:
         """Check everything the API will rely on; `ApiConfigError` says what to change."""
         jobs_dir = jobs_dir.absolute()
         if not jobs_dir.is_dir():
@@ -126,11 +135,15 @@ class ApiSettings:
             if not resolved.is_dir():
                 raise ApiConfigError(f"--api-data-root {root}: not a folder")
             roots.append(resolved)
-        if max_upload < 1024:
-            raise ApiConfigError(f"--api-max-upload {max_upload}: allow at least 1024 bytes")
+        limits = limits or Limits()
+        if max_upload is not None:
+            try:
+                limits = dataclasses.replace(limits, max_upload=max_upload)
+            except ValueError as exc:
+                raise ApiConfigError(str(exc)) from None
         return cls(jobs_dir=jobs_dir, runs_root=runs_root.absolute(), state_dir=state_dir.absolute(), keys=keys,
                    allowed_hosts=frozenset(allowed), data_roots=tuple(roots), host=host, port=port,
-                   max_upload=max_upload, notes=tuple(notes))
+                   limits=limits, behind_tls_proxy=behind_tls_proxy, notes=tuple(notes))
 
     @property
     def url(self) -> str:

@@ -1,33 +1,28 @@
 """What each endpoint does, as plain functions over the settings (no FastAPI here).
 
 Each reuses the command that already does the job: `status_rows` (runner status) for the jobs
-table, `read_status` / `MetricsLog` for a run, `parse_job` (runner validate) for a submitted
-file, `cancel_runs` (runner cancel) for a cancel, `check_data_files` (runner data validate) for
-a dataset. Failures are `ApiError`s carrying the HTTP status and a message that says what to fix.
+table, `read_status` / `MetricsLog` for a run, `cancel_runs` (runner cancel) for a cancel.
+Submitting a job is `runner.api.submit`, checking a data file `runner.api.datacheck`. Failures
+are `ApiError`s carrying the HTTP status and a message that says what to fix.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
-import tempfile
+import os
 import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, get_args
+from typing import Any
 
-from runner.api.confine import OutsideRoots, confine, job_paths_outside
+from runner.api.errors import ApiError
 from runner.api.settings import ApiSettings
-from runner.fsutil import atomic_write_bytes
+from runner.api.submit import JOB_NAME
 from runner.outputs.metrics import MetricsFormatError, MetricsLog
 from runner.outputs.runs import is_pid_alive, list_runs, read_status, run_paths
 from runner.outputs.status import JobState, Status
-from runner.spec import JobSpecError, SpecIssue, parse_job
-from runner.spec.model import CANONICAL_FIELDS, DataFormat
-from runner.watch.scan import fallback_job_name, scan_folder
 from runner.watch.store import SPEC_SNAPSHOT
 
 __all__ = [
@@ -38,34 +33,12 @@ __all__ = [
     "job_detail",
     "job_metrics",
     "job_rows",
+    "jobs_table",
     "readiness",
     "run_spec_text",
-    "submit_job",
-    "validate_dataset_paths",
-    "validate_dataset_upload",
 ]
 
-JOB_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 RUN_ID = r"^\d{8}-\d{6}-[0-9a-f]{4}$"
-DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
-MAX_BAD_LISTED = 1000
-_WRITE_LOCK = threading.Lock()  # one submission at a time decides and writes its file
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, *, errors: list[dict[str, Any]] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.errors = errors
-        self.extra = dict(extra or {})
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"detail": self.detail, **self.extra}
-        if self.errors is not None:
-            body["errors"] = self.errors
-        return body
 
 
 def finite(value: Any) -> Any:
@@ -158,10 +131,65 @@ def _time(value: Any) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def job_rows(settings: ApiSettings) -> list[tuple[Path, Status]]:
-    from runner.outputs.runs import status_rows
+def _runs_fingerprint(runs_root: Path) -> tuple[Any, ...]:
+    """What the jobs table is made of, by stat only: every run folder and its status.json's identity
+    (a status is replaced by a rename, so a change shows in its inode, size or mtime)."""
+    found: list[Any] = []
+    try:
+        jobs = sorted(os.scandir(runs_root), key=lambda e: e.name)
+    except OSError:
+        return ()
+    for job in jobs:
+        if job.name.startswith(".") or not job.is_dir():
+            continue
+        try:
+            runs = sorted(os.scandir(job.path), key=lambda e: e.name)
+        except OSError:
+            continue
+        for run in runs:
+            try:
+                st = os.stat(os.path.join(run.path, "status.json"))
+                found.append((job.name, run.name, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                found.append((job.name, run.name))
+    return tuple(found)
 
-    return status_rows(settings.runs_root)
+
+class _RowsCache:
+    """The jobs table's rows, parsed again only when a run or a status file changed: the table is
+    asked for by every client every few seconds, and reading every status.json each time costs
+    milliseconds per request on a folder of a few dozen jobs."""
+
+    def __init__(self) -> None:
+        self._cached: dict[Path, tuple[tuple[Any, ...], list[tuple[Path, Status]], list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, runs_root: Path) -> tuple[list[tuple[Path, Status]], list[dict[str, Any]]]:
+        from runner.outputs.runs import status_rows
+
+        key = _runs_fingerprint(runs_root)
+        with self._lock:
+            hit = self._cached.get(runs_root)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        rows = status_rows(runs_root)
+        summaries = [run_summary(run, status) for run, status in rows]
+        with self._lock:
+            self._cached[runs_root] = (key, rows, summaries)
+        return rows, summaries
+
+
+_ROWS = _RowsCache()
+
+
+def job_rows(settings: ApiSettings) -> list[tuple[Path, Status]]:
+    """`runner status`'s rows: each job's newest run and any other run still pending."""
+    return _ROWS.get(settings.runs_root)[0]
+
+
+def jobs_table(settings: ApiSettings) -> list[dict[str, Any]]:
+    """GET /jobs: `run_summary` of each of `job_rows`."""
+    return _ROWS.get(settings.runs_root)[1]
 
 
 def pick_run(settings: ApiSettings, name: str, run_id: str | None = None) -> tuple[Path, Status, list[Path]]:
@@ -281,96 +309,6 @@ def job_metrics(settings: ApiSettings, name: str, since: int | None = None,
                    "records": records})
 
 
-# ------------------------------------------------------------------------------ submitting
-
-
-def _issue_dicts(issues: list[SpecIssue]) -> list[dict[str, Any]]:
-    return [issue.to_dict() for issue in issues]
-
-
-def _target_file(settings: ApiSettings, name: str, named_inside: bool) -> Path:
-    """Where a submitted job goes: the file that already defines the job, else `<name>.toml`.
-
-    409 when that would clash: another file defines the job under a different file name while
-    the submitted text has no `name` of its own (its job name would become that file's stem),
-    `<name>.toml` belongs to another job, or the folder already has two files for this job.
-    """
-    jobs_dir = settings.jobs_dir
-    owners = sorted(rel for rel, spec in scan_folder(jobs_dir).items()
-                    if fallback_job_name(spec.data, Path(rel).stem) == name)
-    if len(owners) > 1:
-        raise ApiError(409, f"job '{name}' is defined by several files ({', '.join(owners)}); keep one of them")
-    if owners:
-        owner = owners[0]
-        if named_inside or Path(owner).stem == name:
-            return jobs_dir / owner
-        raise ApiError(409, f"job '{name}' is defined by {owner}; add name = \"{name}\" to the submitted file "
-                            "so it can replace that file's content")
-    target = jobs_dir / f"{name}.toml"
-    if target.exists():
-        other = fallback_job_name(target.read_bytes(), name)
-        raise ApiError(409, f"{target.name} in the jobs folder defines job '{other}', not '{name}'; "
-                            "choose another name")
-    return target
-
-
-def submit_job(settings: ApiSettings, data: bytes, name: str | None) -> tuple[int, dict[str, Any]]:
-    """Validate a job file like `runner validate`, then write it atomically into the jobs folder.
-
-    Idempotent: the same bytes again change nothing (200); a new or changed file is written
-    (201) and the daemon queues it as it queues any file it finds there.
-    """
-    import hashlib
-
-    try:
-        raw: dict[str, Any] | None = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        raw = None  # parse_job below reports where
-    declared = raw.get("name") if raw is not None and isinstance(raw.get("name"), str) else None
-    if declared is not None and name is not None and declared != name:
-        raise ApiError(422, f"the file says name = \"{declared}\" but the request asks for job '{name}'; "
-                            "drop ?name= or make them agree")
-    job_name = declared or name
-    if job_name is None and raw is not None:
-        raise ApiError(422, "the job has no name: set name = \"...\" in the file or pass ?name=NAME")
-    if name is not None and not re.fullmatch(JOB_NAME, name):
-        raise ApiError(422, f"?name={name!r} is not a valid job name (letters, digits, '.', '_', '-'; "
-                            "starting with a letter or digit; at most 64)")
-    if job_name is not None and re.fullmatch(JOB_NAME, job_name):
-        target = _target_file(settings, job_name, declared is not None)
-    else:  # unnamed and unparseable, or an invalid name: parse_job says what is wrong, where
-        target = settings.jobs_dir / f"{job_name if job_name and '/' not in job_name else 'submitted'}.toml"
-    display = target.relative_to(settings.jobs_dir.parent).as_posix()
-    try:
-        job = parse_job(data, display=display, default_name=job_name or "submitted", path=target)
-    except JobSpecError as exc:
-        raise ApiError(422, f"{display} is not a valid job file ({len(exc.issues)} problem(s)); nothing was written",
-                       errors=_issue_dicts(exc.issues)) from None
-    outside = job_paths_outside(job, data.decode("utf-8"), display, settings.data_roots)
-    if outside:
-        raise ApiError(403, f"{display} names paths outside the allowed data roots; nothing was written",
-                       errors=_issue_dicts(outside))
-    sha256 = hashlib.sha256(data).hexdigest()
-    with _WRITE_LOCK:
-        try:
-            unchanged = target.read_bytes() == data
-        except FileNotFoundError:
-            unchanged = False
-        if not unchanged:
-            atomic_write_bytes(target, data)
-    existing = None
-    for run in reversed(list_runs(settings.runs_root, job.name)):
-        status = read_status(run)
-        if status is not None and status.spec_sha256 == sha256:
-            existing = {"run_id": run.name, "state": str(status.state)}
-            break
-    body = {"job": job.name, "file": display, "sha256": sha256, "created": not unchanged,
-            "status_url": f"/jobs/{job.name}", "existing_run": existing,
-            "detail": ("unchanged: the jobs folder already holds this exact file" if unchanged else
-                       "written; the daemon queues it once it sees the file")}
-    return (200 if unchanged else 201), body
-
-
 # ------------------------------------------------------------------------------ cancelling
 
 
@@ -391,91 +329,3 @@ def cancel_job(settings: ApiSettings, name: str) -> tuple[int, dict[str, Any]]:
             runs.append({"run_id": run.name, "state": str(status.state)})
     return 202, {"job": name, "requested": [run.name for run in outcome.targets], "messages": messages,
                  "runs": runs, "complete": outcome.code == 0}
-
-
-# -------------------------------------------------------------------------------- datasets
-
-
-def _check_format(data_format: str, fields: Mapping[str, Any] | None) -> dict[str, str]:
-    if data_format not in DATA_FORMATS:
-        raise ApiError(422, f"format {data_format!r} is not one of: {', '.join(DATA_FORMATS)}")
-    mapping: dict[str, str] = {}
-    for key, value in (fields or {}).items():
-        if key not in CANONICAL_FIELDS or not isinstance(value, str) or not value:
-            raise ApiError(422, f"fields: {key!r} -> {value!r} is not a mapping of a canonical field "
-                                f"({', '.join(CANONICAL_FIELDS)}) to a field name of your records")
-        mapping[key] = value
-    return mapping
-
-
-def _report(report: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
-    """The check's report with locations as data; temp paths of uploads shown as the upload's name."""
-    from runner.data.report import in_file_order
-
-    bad = in_file_order(report["bad_records"], [str(f) for f in report["files"]])
-    listed = []
-    for record in bad[:MAX_BAD_LISTED]:
-        location = record.location
-        file = names.get(location.file, location.file)
-        listed.append({"file": file, "line": location.line, "index": location.index, "reason": record.reason,
-                       "location": str(location).replace(location.file, file, 1)})
-    return {"files": [names.get(str(f), str(f)) for f in report["files"]], "format": report["format"],
-            "format_reason": report["format_reason"], "records": report["records_read"],
-            "records_ok": report["records_ok"], "bad_count": len(bad), "bad_records": listed,
-            "bad_records_truncated": len(bad) > MAX_BAD_LISTED, "valid": not bad}
-
-
-def _run_check(files: list[str], data_format: str, fields: dict[str, str], names: Mapping[str, str]) -> dict[str, Any]:
-    from runner.data.check import check_data_files
-    from runner.data.report import DataError
-
-    try:
-        report = check_data_files(files, data_format=data_format, fields=fields or None)
-    except DataError as exc:
-        message = str(exc)
-        for temp, shown in names.items():
-            message = message.replace(temp, shown)
-        raise ApiError(422, message) from None
-    return _report(report, names)
-
-
-def validate_dataset_paths(settings: ApiSettings, paths: list[str], data_format: str = "auto",
-                           fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Check data files on the server; relative paths are taken from the first data root."""
-    mapping = _check_format(data_format, fields)
-    if not paths:
-        raise ApiError(422, "name at least one data file in \"path\"")
-    files = []
-    for given in paths:
-        candidate = Path(given)
-        if not candidate.is_absolute():
-            candidate = settings.data_roots[0] / candidate
-        try:
-            resolved = confine(candidate, settings.data_roots, shown=given)
-        except OutsideRoots as exc:
-            raise ApiError(403, str(exc)) from None
-        if not resolved.is_file():
-            raise ApiError(404, f"{given}: no such file under {settings.data_roots[0]}")
-        files.append(str(resolved))
-    return _run_check(files, data_format, mapping, {})
-
-
-def _safe_name(filename: str | None) -> str:
-    base = Path((filename or "").replace("\\", "/")).name
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".")
-    return cleaned[:100] or "upload.jsonl"
-
-
-def validate_dataset_upload(settings: ApiSettings, filename: str | None, content: IO[bytes], data_format: str = "auto",
-                            fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Check an uploaded data file (its suffix tells JSON from JSONL, as for files on disk)."""
-    mapping = _check_format(data_format, fields)
-    folder = Path(tempfile.mkdtemp(prefix="runner-api-upload-"))
-    try:
-        name = _safe_name(filename)
-        path = folder / name
-        with open(path, "wb") as out:
-            shutil.copyfileobj(content, out, 1 << 20)
-        return _run_check([str(path)], data_format, mapping, {str(path): filename or name})
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)

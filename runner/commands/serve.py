@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from runner.api.settings import DEFAULT_LISTEN, MAX_UPLOAD, ApiConfigError, ApiSettings
-from runner.commands.common import EXIT_USAGE, SIZE_HELP, Subparsers, size_argument
+from runner.api.limits import add_limit_options, limits_from_args
+from runner.api.settings import DEFAULT_LISTEN, ApiConfigError, ApiSettings
+from runner.commands.common import EXIT_USAGE, Subparsers
 
 __all__ = ["add_api_options", "add_serve", "serve_command", "with_api"]
 
@@ -36,8 +37,10 @@ def add_api_options(parser: argparse.ArgumentParser, *, with_switch: bool = True
     parser.add_argument("--api-data-root", action="append", default=[], metavar="DIR",
                         help="paths in requests must lie under these folders (repeatable; default: the jobs "
                              "folder's parent)")
-    parser.add_argument("--api-max-upload", type=size_argument, default=MAX_UPLOAD, metavar="SIZE",
-                        help=f"largest data file accepted by /datasets/validate (default 64MiB; {SIZE_HELP})")
+    parser.add_argument("--api-behind-tls-proxy", action="store_true",
+                        help="the API is reached through a TLS reverse proxy that sets X-Forwarded-Proto: https; "
+                             "the dashboard cookie is then marked Secure for those requests")
+    add_limit_options(parser)  # one flag per limit of runner.api.limits
 
 
 def _log(message: str) -> None:
@@ -58,9 +61,9 @@ def _start(args: argparse.Namespace, listen: str) -> tuple[ApiSettings, Any, Any
             state_dir=Path(args.state_dir).absolute() if args.state_dir else default_state_dir(jobs_dir),
             listen=listen, key_file=Path(args.api_key_file) if args.api_key_file else None,
             allow_hosts=args.api_allow_host, data_roots=[Path(p) for p in args.api_data_root],
-            max_upload=args.api_max_upload)
+            limits=limits_from_args(args), behind_tls_proxy=args.api_behind_tls_proxy)
         sock = bind(settings)
-    except ApiConfigError as exc:
+    except (ApiConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])  # port 0: the one the kernel chose
@@ -78,8 +81,8 @@ def with_api(args: argparse.Namespace, run: Callable[[], int]) -> int:
     started = _start(args, args.api)
     if started is None:
         return EXIT_USAGE
-    _, app, sock = started
-    server = BackgroundServer(app, sock)
+    settings, app, sock = started
+    server = BackgroundServer(app, sock, settings.limits)
     try:
         server.start()
     except ApiConfigError as exc:
@@ -97,8 +100,8 @@ def serve_command(args: argparse.Namespace) -> int:
     started = _start(args, args.listen)
     if started is None:
         return EXIT_USAGE
-    _, app, sock = started
-    return serve_foreground(app, sock)
+    settings, app, sock = started
+    return serve_foreground(app, sock, settings.limits)
 
 
 def add_serve(sub: Subparsers) -> None:
