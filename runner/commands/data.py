@@ -100,8 +100,9 @@ def _job_check(job: LoadedJob, args: argparse.Namespace) -> Check:
     """The job's data files (train and eval, then any named) with its format, fields and tokenizer."""
     from functools import partial
 
-    from runner.data.check import check_causal_files, check_embedding_files
+    from runner.data.check import check_causal_files, check_embedding_files, check_preference_files
     from runner.data.formats import DomainPrefix
+    from runner.spec.model import PREFERENCE_LOSSES
 
     data = job.spec.data
     files = [str(job.resolve_path(p)) for p in [*data.train, *data.eval]] + list(args.files)
@@ -113,6 +114,10 @@ def _job_check(job: LoadedJob, args: argparse.Namespace) -> Check:
                        image_root=job.resolve_path(data.image_root) if data.image_root else None,
                        tasks=list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None)
     source = args.tokenizer or job.spec.model.source
+    if job.spec.loss_type in PREFERENCE_LOSSES:
+        return partial(check_preference_files, files, data.format, fields or None,
+                       load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
+                       unpaired=job.spec.loss_type == "kto")
     return partial(check_causal_files, files, data.format, fields or None,
                    domain=DomainPrefix(data.domain_field, data.domain_format) if data.domain_field else None,
                    load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
@@ -123,13 +128,22 @@ def _files_check(args: argparse.Namespace, fields: dict[str, str]) -> Check:
     """Files named on the command line, in the format given (or detected); causal unless an embedding format."""
     from functools import partial
 
-    from runner.data.check import EMBEDDING_FORMATS, check_causal_files, check_embedding_files
+    from runner.data.check import (
+        EMBEDDING_FORMATS,
+        check_causal_files,
+        check_embedding_files,
+        check_preference_files,
+        is_preference_data,
+    )
 
     if not args.files:
         return None
     if args.format in EMBEDDING_FORMATS:
         return partial(check_embedding_files, list(args.files), args.format, fields)
     load = partial(_tokenizer, args.tokenizer, None) if args.tokenizer else None
+    if is_preference_data(list(args.files), args.format, fields or None):
+        return partial(check_preference_files, list(args.files), args.format, fields or None, load_tokenizer=load,
+                       max_length=args.max_length)
     return partial(check_causal_files, list(args.files), args.format, fields or None, load_tokenizer=load,
                    max_length=args.max_length)
 
@@ -150,6 +164,8 @@ def _print_report(report: dict[str, Any], max_length: int) -> None:
         lengths = report["lengths"]
         print("tokens per example: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items())
               + f"; {report['truncated']} truncated at max_length={max_length}")
+    for part, lengths in (report.get("parts") or {}).items():  # preference data: prompts, chosen, rejected
+        print(f"{part} tokens: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items()))
     for bad in report["bad_records"]:
         print(f"  {bad}")
     if report.get("summary"):

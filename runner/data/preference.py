@@ -23,11 +23,13 @@ adds the location). Field names map onto the canonical ones through ``data.field
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runner.data.formats import (
+    DETECT_SAMPLE,
     FORMAT_FIELDS,
     ROLES,
     TEXT_ROLE,
@@ -118,8 +120,22 @@ def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, 
     return None
 
 
-def is_preference_format(fmt: str) -> bool:
-    return fmt in FORMATS
+def preference_vote(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
+                    ) -> tuple[str, str] | None:
+    """The preference format most of the first records have, or None when most of them are not
+    preference records (SFT data with a stray 'chosen' key stays SFT data)."""
+    sample = records[:DETECT_SAMPLE]
+    votes = Counter(guess for data in sample if (guess := _classify(data, dict(fields or {}))) is not None)
+    if not votes or 2 * sum(votes.values()) <= len(sample):
+        return None
+    (fmt, reason), count = votes.most_common(1)[0]
+    return fmt, f"{reason} ({count} of {len(sample)} sampled records)"
+
+
+def field_names(fmt: str) -> list[str]:
+    """The canonical field names data.fields may map for preference format `fmt`."""
+    names = {*_OWN_FIELDS[fmt], *FORMAT_FIELDS[_BASE_FORMAT[fmt]], "role", "content"} - {"output"}
+    return sorted(names)
 
 
 def detect_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str]:
@@ -150,8 +166,7 @@ def resolve_preference_fields(fmt: str, records: Sequence[Mapping[str, Any]],
     own_names = _OWN_FIELDS[fmt]
     base_format = _BASE_FORMAT[fmt]
     base_given = {k: v for k, v in fields.items() if k not in own_names}
-    allowed = {*own_names, *FORMAT_FIELDS[base_format], "messages", "conversations", "role", "content"}
-    allowed -= {"output"}  # the replies are chosen / rejected
+    allowed = {*field_names(fmt), "messages", "conversations"}  # the replies are chosen / rejected, not output
     unknown = sorted(set(fields) - allowed)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} for format {fmt!r}; expected some of {sorted(allowed)}")

@@ -142,14 +142,15 @@ def test_an_unknown_format_is_a_usage_error_naming_the_choices(tmp_path: Path, c
     code, _, err = _data_validate(capsys, "--format", "alpacca", str(data))
     assert code == 2
     assert ("runner data validate: error: --format 'alpacca': expected one of auto, alpaca, sharegpt, messages, text, "
-            "pairs, triplets, scored-pairs, image-text (did you mean 'alpaca'?)") in err
+            "pairs, triplets, scored-pairs, image-text, preference, sharegpt-preference, alpaca-preference, "
+            "unpaired-preference (did you mean 'alpaca'?)") in err
 
 
 def test_a_field_mapping_written_the_wrong_way_round_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    data = _jsonl(tmp_path / "d.jsonl", {"prompt": "q", "output": "a"})
-    code, _, err = _data_validate(capsys, "--fields", "prompt=instruction", str(data))
+    data = _jsonl(tmp_path / "d.jsonl", {"question": "q", "output": "a"})
+    code, _, err = _data_validate(capsys, "--fields", "question=instruction", str(data))
     assert code == 2
-    assert "--fields prompt=instruction: 'prompt' is not a field of any format (did you mean instruction=prompt? " in err
+    assert "--fields question=instruction: 'question' is not a field of any format (did you mean instruction=question? " in err
     code, _, err = _data_validate(capsys, "--format", "alpaca", "--fields", "query=q", str(data))
     assert code == 2 and "'query' is not a field of format 'alpaca'; expected one of instruction, input, output" in err
 

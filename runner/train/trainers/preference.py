@@ -230,4 +230,6 @@ class PreferenceReporter(TrainerCallback):
         values = {k.removeprefix("eval_"): round(v, 6) for k, v in metrics.items() if k != "eval_runtime"}
         shown = " ".join(f"{k}={values[k]:.4f}" for k in SHOWN if k in values)
         print(f"eval at step {state.global_step}: {shown}", flush=True)
-        self.status.update(extra={"eval": {"step": state.global_step, **values}})
+        latest = {"step": state.global_step, **values}
+        # the baseline (step 0) stays in view while the run goes on; the recipe records the final pair
+        self.status.update(extra={"eval": latest, **({"eval_before": values} if state.global_step == 0 else {})})
