@@ -1,7 +1,10 @@
 """Build the small example datasets the quickstart jobs train on (deterministic; rerun to refresh).
 
 The SFT records are templated tasks with a learnable structure (arithmetic, capitals, word edits), so a
-135M model shows a clear drop in held-out loss within a few minutes on a CPU. The embedding records are
+135M model shows a clear drop in held-out loss within a few minutes on a CPU. The preference records
+ask the same kinds of questions; the chosen reply always answers plainly and correctly, the rejected
+one hedges, pads and often gets the answer wrong, or refuses: a consistent property a 135M model can
+learn to prefer, checked on held-out questions with hedges and refusals worded differently. The embedding records are
 facts about countries (query -> document), with the eval files on countries that no training record
 mentions, and coloured-shape images (64 x 64 PNG) with captions, evaluated on unseen colour/shape pairs.
 Run:
@@ -57,6 +60,74 @@ def _alpaca(rng: random.Random) -> dict[str, str]:
     word = rng.choice(sorted(ANTONYMS))
     return {"instruction": f"Give the opposite of the word '{word}'.", "input": "",
             "output": f"The opposite of '{word}' is '{ANTONYMS[word]}'."}
+
+
+HEDGES = ["I'm not entirely sure, but I think", "Hmm, this is a tricky one. Maybe", "If I remember correctly,",
+          "I could be wrong here, but", "Honestly, I'm not certain, though I believe", "As far as I can tell,"]
+FILLERS = ["Please double-check this somewhere else.", "But don't quote me on that.", "I hope that helps, maybe.",
+           "There might be other opinions on this.", "It's hard to say for sure.", "Let me know if that seems off."]
+REFUSALS = ["I'm sorry, but I can't help with that request.", "I would rather not answer that question.",
+            "That's not something I can do right now.", "Unfortunately, I am unable to assist with this."]
+# held-out wordings: the eval pairs hedge and refuse in words the training pairs never use
+EVAL_HEDGES = ["Perhaps, although I'm really not sure,", "My best guess would be that", "I might be mistaken, but"]
+EVAL_FILLERS = ["You may want to verify it.", "Take that with a grain of salt.", "I can't promise it's right."]
+EVAL_REFUSALS = ["Sorry, I cannot answer this one.", "I'm afraid I can't provide that information."]
+
+
+def _task(rng: random.Random) -> tuple[str, str, str, str]:
+    """(instruction, input, correct answer, a wrong answer in the same style)."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        wrong = a + b + rng.choice([-10, -2, -1, 1, 2, 10])
+        return f"What is {a} + {b}?", "", f"{a} + {b} = {a + b}.", f"{a} + {b} = {wrong}."
+    if kind == 1:
+        country = rng.choice(sorted(CAPITALS))
+        other = CAPITALS[rng.choice([c for c in sorted(CAPITALS) if c != country])]
+        return (f"What is the capital of {country}?", "", f"The capital of {country} is {CAPITALS[country]}.",
+                f"The capital of {country} is {other}.")
+    if kind == 2:
+        words = rng.sample(WORDS, rng.randint(3, 5))
+        shuffled = words[1:] + words[:1]
+        return "Reverse the order of the words.", " ".join(words), " ".join(reversed(words)), " ".join(shuffled)
+    if kind == 3:
+        numbers = rng.sample(range(1, 100), rng.randint(3, 6))
+        return ("Sort the numbers in ascending order.", ", ".join(map(str, numbers)),
+                ", ".join(map(str, sorted(numbers))), ", ".join(map(str, sorted(numbers, reverse=True))))
+    word = rng.choice(sorted(ANTONYMS))
+    other = rng.choice([w for w in sorted(ANTONYMS.values()) if w != ANTONYMS[word]])
+    return (f"Give the opposite of the word '{word}'.", "", f"The opposite of '{word}' is '{ANTONYMS[word]}'.",
+            f"The opposite of '{word}' is '{other}'.")
+
+
+def _preference(rng: random.Random, held_out: bool) -> dict[str, str]:
+    """A pair in LLaMA-Factory's alpaca pairwise layout: the chosen reply answers plainly and
+    correctly; the rejected one refuses, or hedges and pads an answer that is often wrong."""
+    instruction, extra, right, wrong = _task(rng)
+    hedges, fillers, refusals = (EVAL_HEDGES, EVAL_FILLERS, EVAL_REFUSALS) if held_out else (HEDGES, FILLERS, REFUSALS)
+    if rng.random() < 0.25:
+        rejected = rng.choice(refusals)
+    else:
+        answer = wrong if rng.random() < 0.6 else right
+        rejected = f"{rng.choice(hedges)} {answer[0].lower() + answer[1:]} {rng.choice(fillers)}"
+    return {"instruction": instruction, "input": extra, "chosen": right, "rejected": rejected}
+
+
+def _preference_layouts(pairs: list[dict[str, str]]) -> dict[str, list[dict[str, object]]]:
+    """The same pairs in the other layouts the runner reads: sharegpt pairwise (LLaMA-Factory), TRL's
+    prompt / chosen / rejected messages, and TRL's unpaired completions with a label (KTO)."""
+    def prompt(pair: dict[str, str]) -> str:
+        return pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
+
+    sharegpt = [{"conversations": [{"from": "human", "value": prompt(p)}], "chosen": {"from": "gpt", "value": p["chosen"]},
+                 "rejected": {"from": "gpt", "value": p["rejected"]}} for p in pairs]
+    messages = [{"prompt": [{"role": "user", "content": prompt(p)}],
+                 "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
+    unpaired = [{"prompt": [{"role": "user", "content": prompt(p)}],
+                 "completion": [{"role": "assistant", "content": p[side]}], "label": side == "chosen"}
+                for i, p in enumerate(pairs) for side in (("chosen",) if i % 3 == 0 else ("chosen", "rejected"))]
+    return {"sharegpt": sharegpt, "messages": messages, "unpaired": unpaired}
 
 
 def _to_messages(record: dict[str, str]) -> list[dict[str, str]]:
@@ -246,6 +317,18 @@ def main() -> None:
     rng.shuffle(combos)  # held-out colour/shape combinations: each colour and shape is seen in training
     _write_jsonl(embed / "image-text.jsonl", _image_text(rng, combos[6:], repeats=4))
     _write_jsonl(embed / "image-text-eval.jsonl", _image_text(rng, combos[:6], repeats=2))
+
+    # preference pairs: a generator of their own, so the files above stay as they were
+    pref_rng = random.Random(20261203)
+    preference = OUT / "preference"
+    train_pairs = [_preference(pref_rng, held_out=False) for _ in range(240)]
+    eval_pairs = [_preference(pref_rng, held_out=True) for _ in range(48)]
+    _write_jsonl(preference / "pairs-train.jsonl", train_pairs)
+    _write_jsonl(preference / "pairs-eval.jsonl", eval_pairs)
+    for name, rows in _preference_layouts(train_pairs).items():
+        _write_jsonl(preference / f"{name}-train.jsonl", rows)
+    for name, rows in _preference_layouts(eval_pairs).items():
+        _write_jsonl(preference / f"{name}-eval.jsonl", rows)
 
 
 if __name__ == "__main__":

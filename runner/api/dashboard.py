@@ -27,6 +27,8 @@ from runner.units import short_duration
 __all__ = ["error_page", "index_page", "job_live", "job_page", "jobs_table", "login_page"]
 
 _EVAL_NOISE = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+# preference runs: the reward accuracy and margin of each step, charted with their held-out twins
+_PREFERENCE = ("reward_accuracy", "reward_margin")
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -62,7 +64,7 @@ class _MetricsCache:
             if not isinstance(step, int):
                 continue
             for name, value in record.items():
-                if (name == "loss" or name.startswith("eval_")) and isinstance(value, (int, float)) \
+                if (name in ("loss", *_PREFERENCE) or name.startswith("eval_")) and isinstance(value, (int, float)) \
                         and not isinstance(value, bool) and math.isfinite(value) \
                         and not name.endswith(_EVAL_NOISE):
                     curves.setdefault(name, []).append((float(step), float(value)))
@@ -195,7 +197,13 @@ def _charts(run: Path) -> str:
     if curves.get("eval_loss"):
         loss.append(Series("eval loss", curves["eval_loss"], PALETTE[1], markers=True))
     parts = [line_chart(loss, title="loss", css_class="chart chart-loss")]
-    others = sorted(name for name in curves if name.startswith("eval_") and name != "eval_loss")[:8]
+    for name in (n for n in _PREFERENCE if curves.get(n) or curves.get(f"eval_{n}")):
+        series = [Series("train", curves.get(name, []), PALETTE[0]),
+                  Series("eval", curves.get(f"eval_{name}", []), PALETTE[1], markers=True)]
+        parts.append(line_chart(series, title=name.replace("_", " "), css_class=f"chart chart-{name.replace('_', '-')}"))
+    # rewards and summed log-probabilities live on scales of their own: charted above, or not at all
+    others = sorted(name for name in curves if name.startswith("eval_") and name != "eval_loss"
+                    and not name.startswith(("eval_reward_", "eval_logp_chosen", "eval_logp_rejected")))[:8]
     if others:
         series = [Series(name.removeprefix("eval_"), curves[name], PALETTE[(i + 2) % len(PALETTE)], markers=True)
                   for i, name in enumerate(others)]

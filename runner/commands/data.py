@@ -107,8 +107,9 @@ def _job_check(job: LoadedJob, args: argparse.Namespace) -> Check:
     """The job's data files (train and eval, then any named) with its format, fields and tokenizer."""
     from functools import partial
 
-    from runner.data.check import check_causal_files, check_embedding_files
+    from runner.data.check import check_causal_files, check_embedding_files, check_preference_files
     from runner.data.formats import DomainPrefix
+    from runner.spec.model import PREFERENCE_LOSSES
 
     data = job.spec.data
     files = [job.resolve_data(p) for p in [*data.train, *data.eval]] + list(args.files)
@@ -121,6 +122,10 @@ def _job_check(job: LoadedJob, args: argparse.Namespace) -> Check:
                        tasks=list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None,
                        settings=data)
     source = args.tokenizer or job.spec.model.source
+    if job.spec.loss_type in PREFERENCE_LOSSES:
+        return partial(check_preference_files, files, data.format, fields or None,
+                       load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
+                       unpaired=job.spec.loss_type == "kto")
     return partial(check_causal_files, files, data.format, fields or None,
                    domain=DomainPrefix(data.domain_field, data.domain_format) if data.domain_field else None,
                    load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
@@ -131,7 +136,13 @@ def _files_check(args: argparse.Namespace, fields: dict[str, str], settings: Any
     """Files named on the command line, in the format given (or detected); causal unless an embedding format."""
     from functools import partial
 
-    from runner.data.check import EMBEDDING_FORMATS, check_causal_files, check_embedding_files
+    from runner.data.check import (
+        EMBEDDING_FORMATS,
+        check_causal_files,
+        check_embedding_files,
+        check_preference_files,
+        is_preference_data,
+    )
     from runner.data.formats import DomainPrefix
 
     if not args.files:
@@ -140,6 +151,9 @@ def _files_check(args: argparse.Namespace, fields: dict[str, str], settings: Any
         return partial(check_embedding_files, list(args.files), args.format, fields, settings=settings)
     load = partial(_tokenizer, args.tokenizer, None) if args.tokenizer else None
     domain = DomainPrefix(settings.domain_field, settings.domain_format) if settings.domain_field else None
+    if is_preference_data(list(args.files), args.format, fields or None):
+        return partial(check_preference_files, list(args.files), args.format, fields or None, load_tokenizer=load,
+                       max_length=args.max_length)
     return partial(check_causal_files, list(args.files), args.format, fields or None, load_tokenizer=load,
                    max_length=args.max_length, train_on_prompt=settings.train_on_prompt, domain=domain,
                    settings=settings)
@@ -161,6 +175,8 @@ def _print_report(report: dict[str, Any], max_length: int) -> None:
         lengths = report["lengths"]
         print("tokens per example: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items())
               + f"; {report['truncated']} truncated at max_length={max_length}")
+    for part, lengths in (report.get("parts") or {}).items():  # preference data: prompts, chosen, rejected
+        print(f"{part} tokens: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items()))
     for bad in report["bad_records"]:
         print(f"  {bad}")
     if report.get("summary"):

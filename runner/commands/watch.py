@@ -189,9 +189,34 @@ def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> i
         if isinstance(slurm := status.extra.get("slurm"), dict):  # runner.slurm: the run's Slurm job
             print("slurm: " + " ".join(f"{key}={slurm[key]}" for key in ("job_id", "state", "reason", "exit_code",
                                                                            "nodes") if slurm.get(key)))
+        for line in _preference_lines(status):
+            print(line)
         if status.error:
             print(f"\n{status.error}")
     return EXIT_OK
+
+
+def _preference_lines(status: Status) -> list[str]:
+    """A preference run's latest step metrics and its held-out reward accuracy and margin (before ->
+    latest, or before -> after once finished)."""
+    def number(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+    lines = []
+    step = status.extra.get("preference")
+    if isinstance(step, dict):
+        lines.append(f"step {step.get('step')}: reward accuracy {number(step.get('reward_accuracy'))}, margin "
+                     f"{number(step.get('reward_margin'))} (chosen {number(step.get('reward_chosen'))}, rejected "
+                     f"{number(step.get('reward_rejected'))})")
+    before, latest = status.extra.get("eval_before"), status.extra.get("eval_after") or status.extra.get("eval")
+    if status.extra.get("eval_metric") == "reward_accuracy" or isinstance(step, dict):
+        before = before if isinstance(before, dict) else {}
+        latest = latest if isinstance(latest, dict) else {}
+        if before or latest:
+            lines.append("held-out: " + ", ".join(
+                f"{name.replace('_', ' ')} {number(before.get(name))} -> {number(latest.get(name))}"
+                for name in ("reward_accuracy", "reward_margin") if name in before or name in latest))
+    return ["", *lines] if lines else []
 
 
 # ------------------------------------------------------------------------------ cancel

@@ -36,7 +36,8 @@ from runner.data.reading import ReadOptions, read_records
 from runner.data.report import BadRecord, DataError, all_bad_message
 from runner.spec.data_section import DataSection
 
-__all__ = ["EMBEDDING_FORMATS", "check_causal_files", "check_data_files", "check_embedding_files", "data_settings"]
+__all__ = ["EMBEDDING_FORMATS", "check_causal_files", "check_data_files", "check_embedding_files",
+           "check_preference_files", "data_settings", "is_preference_data"]
 
 
 def data_settings(changes: Mapping[str, str] | None = None) -> DataSection:
@@ -62,10 +63,27 @@ def data_settings(changes: Mapping[str, str] | None = None) -> DataSection:
 
 def check_data_files(files: list[str], *, data_format: str = "auto",
                      fields: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Files of either model family, told apart by `data_format` (auto-detection: causal formats)."""
+    """Files of either model family, told apart by `data_format` (auto-detection: causal formats,
+    preference data included)."""
     if data_format in EMBEDDING_FORMATS:
         return check_embedding_files(files, data_format, fields or {})
+    if is_preference_data(files, data_format, fields):
+        return check_preference_files(files, data_format, fields)
     return check_causal_files(files, data_format, fields)
+
+
+def is_preference_data(files: list[str], data_format: str, fields: Mapping[str, str] | None) -> bool:
+    """A preference format, or (auto) files most of whose first records are preference records."""
+    from runner.data.preference import FORMATS as PREFERENCE_FORMATS
+    from runner.data.preference import preference_vote
+
+    if data_format != "auto":
+        return data_format in PREFERENCE_FORMATS
+    try:
+        first = read_records(files[:1]).records
+    except DataError:
+        return False  # the causal check reports the unreadable file
+    return preference_vote([r.data for r in first], fields) is not None
 
 
 def check_causal_files(
@@ -140,3 +158,47 @@ def check_embedding_files(files: list[str], data_format: str, fields: Mapping[st
     return {"files": files, "format": report.format, "format_reason": report.format_reason,
             "records_read": report.records_read, "records_ok": report.records_kept,
             "bad_records": list(report.bad_records), "warnings": list(report.warnings)}
+
+
+def check_preference_files(files: list[str], data_format: str, fields: Mapping[str, str] | None, *,
+                           load_tokenizer: Callable[[], Any] | None = None, max_length: int = 512,
+                           unpaired: bool = False) -> dict[str, Any]:
+    """Preference data (runner.data.preference): every record normalised and, with a tokenizer,
+    tokenised as the run does it, with the token lengths of the prompts and of each kind of reply."""
+    from runner.data.preference import FORMATS as PREFERENCE_FORMATS
+    from runner.data.preference import detect_format as detect_preference
+    from runner.data.preference import normalize_preference, resolve_preference_fields
+    from runner.data.preference_tokens import build_preference_examples
+
+    mapping = dict(fields) if fields else None
+    read = read_records(files)
+    records = [r.data for r in read.records]
+    if not records:
+        raise DataError("no readable records in: " + ", ".join(files)
+                        + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else ""))
+    fmt, reason = detect_preference(records, mapping) if data_format == "auto" else (data_format, "given")
+    if fmt not in PREFERENCE_FORMATS:
+        raise DataError(f"format {fmt!r} is not preference data")
+    report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason,
+                              "records_read": len(read.records) + len(read.bad)}
+    if load_tokenizer is not None:
+        examples, data_report = build_preference_examples(
+            read.records, load_tokenizer(), max_length=max_length, format=fmt, fields=mapping,
+            unpaired=unpaired or fmt == "unpaired-preference", read_errors=read.bad)
+        report.update(records_ok=len(read.records) - (len(data_report.bad_records) - len(read.bad)),
+                      examples=len(examples), bad_records=list(data_report.bad_records),
+                      lengths=asdict(data_report.lengths) if data_report.lengths else None,
+                      parts=data_report.part_lengths(), truncated=data_report.truncated)
+        return report
+    try:
+        resolved = resolve_preference_fields(fmt, records, mapping)
+    except ValueError as exc:
+        raise DataError(f"fields: {exc}") from None
+    bad: list[BadRecord] = list(read.bad)
+    for record in read.records:
+        try:
+            normalize_preference(record.data, fmt, resolved)
+        except DataError as exc:
+            bad.append(BadRecord(record.location, str(exc)))
+    report.update(records_ok=len(read.records) - (len(bad) - len(read.bad)), bad_records=bad)
+    return report

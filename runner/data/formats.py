@@ -124,6 +124,12 @@ def detect_format(
     records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
 ) -> tuple[str, str]:
     """Guess the format from the first records; return (format, human-readable reason)."""
+    from runner.data.preference import preference_vote  # imports this module
+
+    preference = preference_vote(records, fields)
+    if preference is not None:  # they would pass for sharegpt or alpaca records with every record bad
+        raise DataError(f"the records are preference data ({preference[0]}: {preference[1]}): train them with "
+                        "loss.type = \"dpo\" (or ipo, orpo, simpo, kto), or set data.format")
     canonical = _canonical(fields)
     try:
         return vote_on_format(
@@ -144,8 +150,9 @@ def guess_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str]
     """What the records look like, causal or embedding format (None: nothing fits): for the message
     that explains why every record failed under a format set by hand."""
     from runner.data.embedding import detect_format as detect_embedding  # imports this module
+    from runner.data.preference import detect_format as detect_preference
 
-    for detect in (detect_format, detect_embedding):
+    for detect in (detect_preference, detect_format, detect_embedding):
         try:
             return detect(records, fields)
         except (DataError, ValueError):
@@ -159,7 +166,10 @@ def usage_problems(data_format: str, fields: Mapping[str, str]) -> list[str]:
     from runner.data.embedding import ALIASES as EMBEDDING_FIELDS
     from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
 
-    formats = ("auto", *FORMATS, *EMBEDDING_FORMATS)
+    from runner.data.preference import FORMATS as PREFERENCE_FORMATS
+    from runner.data.preference import field_names as preference_fields
+
+    formats = ("auto", *FORMATS, *EMBEDDING_FORMATS, *PREFERENCE_FORMATS)
     problems = []
     if data_format not in formats:
         close = difflib.get_close_matches(data_format, formats, n=1, cutoff=0.6)
@@ -169,8 +179,11 @@ def usage_problems(data_format: str, fields: Mapping[str, str]) -> list[str]:
         valid = [*FORMAT_FIELDS[data_format], *(k for k, v in _FIELD_SYNONYMS.items() if v in FORMAT_FIELDS[data_format])]
     elif data_format in EMBEDDING_FORMATS:
         valid = list(EMBEDDING_FIELDS)
+    elif data_format in PREFERENCE_FORMATS:
+        valid = preference_fields(data_format)
     else:
-        valid = sorted({*(c for names in FORMAT_FIELDS.values() for c in names), *_FIELD_SYNONYMS, *EMBEDDING_FIELDS})
+        valid = sorted({*(c for names in FORMAT_FIELDS.values() for c in names), *_FIELD_SYNONYMS, *EMBEDDING_FIELDS,
+                        *(c for fmt in PREFERENCE_FORMATS for c in preference_fields(fmt))})
     for canonical, name in fields.items():
         if canonical not in valid:
             swapped = f" (did you mean {name}={canonical}? the field name comes first)" if name in valid else ""

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.plan import preference
 from runner.plan.calibration import Calibration, analytic_calibration, calibrate
 from runner.plan.data import BatchShape, DataStats, batch_shape, data_stats, optimizer_steps
 from runner.plan.estimate import (
@@ -22,6 +23,7 @@ from runner.plan.estimate import (
 )
 from runner.plan.machine import available_memory, rss_bytes
 from runner.plan.shape import ModelShape, lora_targets, model_shape, trainable_parameters
+from runner.spec.model import PREFERENCE_LOSSES
 
 if TYPE_CHECKING:
     from runner.spec import JobSpec, LoadedJob
@@ -84,20 +86,31 @@ def plan_job(
 
     runtime_bytes = rss_bytes()
     shape = model_shape(model_path, trust_remote_code=spec.model.trust_remote_code)
-    stats, cached = data_stats(job, tokenizer, model_info.get("files") or {}, cache=use_cache)
-    steps = _steps(spec, stats)
+    rows = None  # preference jobs: what each example puts in the row (runner.plan.preference)
+    if spec.loss_type in PREFERENCE_LOSSES:
+        stats, rows = preference.preference_stats(job, tokenizer)
+        cached = False
+    else:
+        stats, cached = data_stats(job, tokenizer, model_info.get("files") or {}, cache=use_cache)
+    steps = _steps(spec, stats, rows)
     notes: list[str] = []
     calibration = _calibration(shape, model_path, spec, choice, steps.batch, calibrate_device, notes)
     calibration = replace(calibration, runtime_bytes=runtime_bytes)
-    estimates, qlora_ok = _estimates(shape, spec, choice, steps.batch, calibration, stats, notes)
+    estimates, qlora_ok = _estimates(shape, spec, choice, steps.batch, calibration, stats, notes, rows is not None)
 
     detected, source = available_memory(choice.device)
     budget = memory_budget if memory_budget is not None else detected
     per_node = spec.resources.nproc if choice.device == "cpu" else 1  # CPU processes share the machine's memory
     needed = estimates[spec.adapter.method].peak * per_node
     fits = None if budget is None else needed <= budget
-    suggestions = [] if budget is None or fits else suggest(
-        shape, spec, stats, calibration, choice.device, budget // per_node, WEIGHT_BYTES[choice.dtype], qlora_ok)
+    suggestions: list[str] = []
+    if budget is not None and not fits and rows is not None:
+        def peak(method: str, batch: BatchShape, checkpointing: bool, kind: str | None) -> int:
+            return _estimate(shape, spec, choice, batch, calibration, stats, method, kind, checkpointing).peak
+        suggestions = preference.suggest_preference(shape, spec, rows, peak, budget // per_node, qlora_ok)
+    elif budget is not None and not fits:
+        suggestions = suggest(shape, spec, stats, calibration, choice.device, budget // per_node,
+                              WEIGHT_BYTES[choice.dtype], qlora_ok)
     time_estimate = _time(spec, stats, steps, calibration)
     return Plan(
         job=job.name,
@@ -114,11 +127,16 @@ def plan_job(
     )
 
 
-def _steps(spec: JobSpec, stats: DataStats) -> _Steps:
+def _steps(spec: JobSpec, stats: DataStats, rows: preference.PreferenceRows | None = None) -> _Steps:
     total, per_epoch = optimizer_steps(stats.train_examples, batch_size=spec.train.batch_size,
                                        nproc=spec.resources.world_size, grad_accum=spec.train.grad_accum,
                                        epochs=spec.train.epochs, max_steps=spec.train.max_steps)
-    batch = batch_shape(stats.train_lengths, spec.train.batch_size, packing=spec.data.packing, seed=spec.train.seed)
+    if rows is not None:  # preference batches: always padding-free, in parts of the token budget
+        batch = preference.preference_batch(rows, spec.train.batch_size, preference.token_budget(spec),
+                                            seed=spec.train.seed)
+    else:
+        batch = batch_shape(stats.train_lengths, spec.train.batch_size, packing=spec.data.packing,
+                            seed=spec.train.seed)
     return _Steps(total, per_epoch, batch)
 
 
@@ -147,22 +165,33 @@ def _calibration(shape: ModelShape, model_path: Path, spec: JobSpec, choice: Dev
     return calibration
 
 
+def _estimate(shape: ModelShape, spec: JobSpec, choice: DeviceChoice, batch: BatchShape, calibration: Calibration,
+              stats: DataStats, method: str, reference: str | None, checkpointing: bool) -> MemoryEstimate:
+    """The peak of `method`; `reference`: a preference job's reference for it (runner.plan.preference)."""
+    adapter, weight_bytes = spec.adapter, WEIGHT_BYTES[choice.dtype]
+    return estimate_memory(
+        shape, method, device=choice.device, batch=batch, calibration=calibration, r=adapter.r,
+        target_modules=adapter.target_modules, bias=adapter.bias, double_quant=adapter.double_quant,
+        optimizer=spec.train.optimizer, weight_bytes=weight_bytes, gradient_checkpointing=checkpointing,
+        data_tokens=stats.train_tokens + stats.eval_tokens,
+        reference_bytes=preference.reference_bytes(shape, reference, batch, weight_bytes),
+    )
+
+
 def _estimates(shape: ModelShape, spec: JobSpec, choice: DeviceChoice, batch: BatchShape, calibration: Calibration,
-               stats: DataStats, notes: list[str]) -> tuple[dict[str, MemoryEstimate], bool]:
+               stats: DataStats, notes: list[str], is_preference: bool = False) -> tuple[dict[str, MemoryEstimate], bool]:
     """The peak of each method (full, LoRA, QLoRA), and whether QLoRA can run here."""
     from runner.train.model import quantization_problem
 
-    adapter = spec.adapter
     estimates = {
-        method: estimate_memory(
-            shape, method, device=choice.device, batch=batch, calibration=calibration, r=adapter.r,
-            target_modules=adapter.target_modules, bias=adapter.bias, double_quant=adapter.double_quant,
-            optimizer=spec.train.optimizer, weight_bytes=WEIGHT_BYTES[choice.dtype],
-            gradient_checkpointing=spec.train.gradient_checkpointing,
-            data_tokens=stats.train_tokens + stats.eval_tokens,
-        )
+        method: _estimate(shape, spec, choice, batch, calibration, stats, method,
+                          preference.reference_kind(spec, method) if is_preference else None,
+                          spec.train.gradient_checkpointing)
         for method in METHODS
     }
+    if is_preference:
+        notes.extend(preference.notes(spec, preference.reference_kind(spec, spec.adapter.method),
+                                      preference.token_budget(spec)))
     qlora_problem = quantization_problem(choice.device)
     if qlora_problem:
         notes.append(f"qlora cannot run here: {qlora_problem}")
@@ -179,8 +208,14 @@ def _time(spec: JobSpec, stats: DataStats, steps: _Steps, calibration: Calibrati
         if spec.eval.every:
             evaluations += steps.total // spec.eval.every
     eval_tokens = sum(stats.eval_lengths)  # the causal-LM recipe evaluates every eval example
+    passes = 1.0
+    if spec.loss_type in PREFERENCE_LOSSES:  # the reference (and KTO's KL) passes; evaluation scores both models
+        kind = preference.reference_kind(spec, spec.adapter.method)
+        passes = preference.passes_per_token(spec, kind)
+        eval_tokens = int(eval_tokens * (2 if kind in ("adapter-off", "copy") else 1))
     return estimate_time(calibration, steps.batch, steps=steps.total, grad_accum=spec.train.grad_accum,
-                         eval_tokens=math.ceil(eval_tokens / max(1, spec.resources.nproc)), evaluations=evaluations)
+                         eval_tokens=math.ceil(eval_tokens / max(1, spec.resources.nproc)), evaluations=evaluations,
+                         passes=passes)
 
 
 # ------------------------------------------------------------------------------ the record

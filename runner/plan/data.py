@@ -55,6 +55,7 @@ class BatchShape:
     peak_columns: int
     mean_tokens: float
     real_fraction: float  # non-padding share of the tokens computed
+    peak_logit_tokens: int | None = None  # positions of the largest micro-batch the LM head runs on (None: all)
 
 
 def batch_shape(lengths: Sequence[int], batch_size: int, *, packing: bool, seed: int = 0, trials: int = 8) -> BatchShape:

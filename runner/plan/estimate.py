@@ -44,6 +44,7 @@ class MemoryEstimate:
     peak: int
     phase: str  # where the peak is: "backward" or "optimizer step"
     mapped_file: int = 0  # part of `weights` that is the mapped checkpoint (page cache, reclaimable)
+    reference: int = 0  # a preference job's reference model: a frozen copy, or its pass's logits
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,8 +75,11 @@ def estimate_memory(
     weight_bytes: int = 4,
     gradient_checkpointing: bool = False,
     data_tokens: int = 0,
+    reference_bytes: int = 0,
 ) -> MemoryEstimate:
-    """Peak memory of one training process for `method`; see the module docstring."""
+    """Peak memory of one training process for `method`; see the module docstring. `reference_bytes`:
+    what a preference job's reference model holds while the policy's activations are alive
+    (runner.plan.preference)."""
     trainable = trainable_parameters(shape, method, r=r, target_modules=target_modules, bias=bias)
     mapped = 0
     if method == "qlora":
@@ -97,14 +101,15 @@ def estimate_memory(
     if gradient_checkpointing:  # each layer keeps only its input; one layer is recomputed at a time
         per_layer = saved / max(1, shape.num_layers) if shape.num_layers else saved
         saved = per_layer + rows * columns * shape.hidden_size * 4 * shape.num_layers
-    logits = 2 * rows * columns * shape.vocab_size * 4  # logits + their gradient, fp32 for the loss
+    logit_rows = rows * columns if batch.peak_logit_tokens is None else batch.peak_logit_tokens
+    logits = 2 * logit_rows * shape.vocab_size * 4  # logits + their gradient, fp32 for the loss
     retention = ALLOCATOR_RETENTION.get(device, {}).get(method, 1.0)
     activations = int((saved + logits) * retention)
     if device == "cuda":
         runtime = CUDA_CONTEXT_BYTES
     else:
         runtime = (calibration.runtime_bytes or 0) + data_tokens * DATA_BYTES_PER_TOKEN
-    base = runtime + weights + mapped + optimizer_bytes
+    base = runtime + weights + mapped + optimizer_bytes + reference_bytes
     if method == "full":
         head = shape.vocab_size * shape.hidden_size * weight_bytes  # the head's gradient comes first
         backward = base + activations + int(head * retention)
@@ -114,7 +119,7 @@ def estimate_memory(
         peak, phase = base + gradients + activations, "backward"
     return MemoryEstimate(method=method, trainable=trainable, weights=weights + mapped, gradients=gradients,
                           optimizer=optimizer_bytes, activations=activations, runtime=runtime, peak=int(peak),
-                          phase=phase, mapped_file=mapped)
+                          phase=phase, mapped_file=mapped, reference=reference_bytes)
 
 
 @dataclass(frozen=True)
@@ -131,10 +136,12 @@ class TimeEstimate:
 
 
 def estimate_time(calibration: Calibration, batch: BatchShape, *, steps: int, grad_accum: int, eval_tokens: int,
-                  evaluations: int) -> TimeEstimate | None:
+                  evaluations: int, passes: float = 1.0) -> TimeEstimate | None:
+    """`passes`: forward + backward passes' worth of work per token (a preference job's reference and
+    KL passes, forward only, add about a third each)."""
     if calibration.seconds_per_token is None:
         return None
-    per_pass = calibration.seconds_per_pass + batch.mean_tokens * calibration.seconds_per_token
+    per_pass = calibration.seconds_per_pass + batch.mean_tokens * calibration.seconds_per_token * passes
     per_step = grad_accum * per_pass + (calibration.optimizer_seconds or 0.0)
     eval_each = eval_tokens * calibration.seconds_per_token / 3  # forward only: about a third
     return TimeEstimate(steps=steps, seconds_per_step=per_step, train_seconds=per_step * steps,

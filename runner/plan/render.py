@@ -43,6 +43,8 @@ def render(plan: Plan) -> str:
     rows = [("trainable parameters", "trainable", False), ("weights", "weights", True),
             ("gradients", "gradients", True), ("optimizer state", "optimizer", True),
             ("activations", "activations", True), ("runtime + data", "runtime", True), ("peak", "peak", True)]
+    if any(e.get("reference") for e in methods.values()):  # preference jobs: the reference model's share
+        rows.insert(5, ("reference model", "reference", True))
     for label, key, is_bytes in rows:
         cells = "".join(f"{(format_binary_size(e[key]) if is_bytes else f'{e[key]:,}'):>12}" for e in methods.values())
         lines.append(f"          {label:<22}{cells}")

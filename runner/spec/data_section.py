@@ -11,16 +11,19 @@ from runner.spec.section import BIG, PATH_PATTERN, PathStr, Section, _one_or_man
 DataFormat = Literal[
     "auto", "alpaca", "sharegpt", "messages", "text", "segments", "prompt-completion",
     "pairs", "triplets", "scored-pairs", "image-text",
+    "preference", "sharegpt-preference", "alpaca-preference", "unpaired-preference",
 ]
 CANONICAL_FIELDS = (
     "instruction", "input", "output", "system", "history", "conversations", "messages", "role", "content",
     "loss_weight", "reasoning", "images", "text", "segments", "prompt", "completion",
     "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
+    "chosen", "rejected", "label",
 )
 CanonicalField = Literal[
     "instruction", "input", "output", "system", "history", "conversations", "messages", "role", "content",
     "loss_weight", "reasoning", "images", "text", "segments", "prompt", "completion",
     "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
+    "chosen", "rejected", "label",
 ]
 ChatRole = Literal["system", "user", "assistant", "tool"]
 DataSource = Annotated[
@@ -63,7 +66,11 @@ class DataSection(Section):
             "Record format. 'auto' detects it from the records and reports what it chose. "
             "Causal LMs: alpaca, sharegpt, messages (content a string or a list of typed parts), text, "
             "segments (Axolotl input_output: text segments each with a label), prompt-completion (TRL: "
-            "prompt and completion, strings or message lists). Embeddings: pairs, triplets, scored-pairs, image-text."
+            "prompt and completion, strings or message lists). Embeddings: pairs, triplets, scored-pairs, image-text. "
+            "Preference tuning: preference (prompt / chosen / rejected, as strings or message lists, or chosen and "
+            "rejected conversations sharing their prompt), sharegpt-preference (conversations + chosen / rejected "
+            "turns), alpaca-preference (instruction, input, chosen, rejected) and unpaired-preference (prompt or "
+            "messages + completion + boolean label, for KTO)."
         ),
     )
     fields: dict[CanonicalField, str] = Field(

@@ -28,7 +28,12 @@ from runner.spec.section import (  # noqa: F401
 from runner.units import SIZE_WITH_UNIT_PATTERN
 
 ModelKind = Literal["causal-lm", "embedding", "image-text-embedding"]
-LossType = Literal["auto", "causal-lm", "contrastive", "matryoshka", "cosent", "multi-task"]
+LossType = Literal[
+    "auto", "causal-lm", "contrastive", "matryoshka", "cosent", "multi-task", "dpo", "ipo", "orpo", "simpo", "kto"
+]
+PREFERENCE_LOSSES = ("dpo", "ipo", "orpo", "simpo", "kto")
+REFERENCE_FREE_LOSSES = ("orpo", "simpo")
+ReferenceKind = Literal["auto", "adapter-off", "copy", "precompute"]
 BaseLossType = Literal["contrastive", "cosent"]
 ReportTarget = Literal["tensorboard", "wandb", "mlflow"]
 
@@ -142,6 +147,22 @@ class LossSection(Section):
         default_factory=dict,
         description="Multi-task: task label -> its loss. Each task gets its own LoRA adapter.",
     )
+    beta: float | None = Field(None, gt=0.0, le=100.0, description=(
+        "Preference losses: the strength of the preference term. DPO, IPO, KTO: how far the policy may move from the "
+        "reference (lower moves further); ORPO: the weight of the odds-ratio term; SimPO: the reward scale. "
+        "Default 0.1, and 2.0 for SimPO."))
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description=(
+        "DPO and SimPO: the assumed share of mislabelled pairs (conservative DPO); 0 trusts every label."))
+    gamma: float = Field(0.5, ge=0.0, le=100.0, description="SimPO: the target reward margin.")
+    sft_weight: float = Field(1.0, ge=0.0, le=100.0, description="ORPO: the weight of the SFT (chosen reply) term.")
+    desirable_weight: float = Field(1.0, gt=0.0, le=100.0, description="KTO: the weight of desirable completions.")
+    undesirable_weight: float = Field(1.0, gt=0.0, le=100.0, description="KTO: the weight of undesirable completions.")
+    reference: ReferenceKind = Field("auto", description=(
+        "DPO, IPO, KTO: where the reference model's log-probabilities come from. 'adapter-off': the trained model "
+        "with its LoRA adapter switched off (no second copy; LoRA and QLoRA); 'copy': a frozen copy of the base "
+        "(full fine-tuning); 'precompute': computed once before training and cached under RUNNER_HOME (keyed by "
+        "the data, the base model and the settings), so no reference pass runs while training. 'auto' is "
+        "adapter-off with an adapter and precompute for full fine-tuning."))
 
 
 # Each switch keeps the loss and the gradients of the plain path (tests check them) and is on by
@@ -174,6 +195,9 @@ class SpeedSection(Section):
             "memory follows the budget instead of the batch. 0 forwards the whole batch at once."
         ),
     )
+    shared_prompt: bool = Field(True, description=(
+        "Preference losses: a pair's prompt is computed once for both replies (the rejected reply attends to the "
+        "prompt's keys and values) instead of once per reply. Needs SDPA attention; other kernels compute it twice."))
     data_cache: bool = Field(
         True,
         description=(
@@ -363,3 +387,20 @@ class JobSpec(Section):
         if self.loss.type != "auto":
             return self.loss.type
         return "causal-lm" if self.model.kind == "causal-lm" else "contrastive"
+
+    @property
+    def preference_beta(self) -> float:
+        """loss.beta, or the default of the job's preference loss (2.0 for SimPO, else 0.1)."""
+        if self.loss.beta is not None:
+            return self.loss.beta
+        return 2.0 if self.loss_type == "simpo" else 0.1
+
+    @property
+    def reference(self) -> str | None:
+        """Where the reference log-probabilities come from ('auto' resolved), or None for a loss
+        without a reference model (ORPO, SimPO) or a job that is not preference tuning."""
+        if self.loss_type not in PREFERENCE_LOSSES or self.loss_type in REFERENCE_FREE_LOSSES:
+            return None
+        if self.loss.reference != "auto":
+            return self.loss.reference
+        return "precompute" if self.adapter.method == "full" else "adapter-off"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from runner.spec.model import JobSpec
+from runner.spec.model import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, JobSpec
 
 Problem = tuple[tuple[str | int, ...], str]
 Rule = Callable[[JobSpec], Iterator[Problem]]
@@ -17,6 +17,12 @@ CAUSAL_FORMATS = {"alpaca", "sharegpt", "messages", "text", "segments", "prompt-
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 EMBEDDING_FORMATS = {"pairs", "triplets", "scored-pairs", "image-text"}
 EMBEDDING_LOSSES = {"contrastive", "matryoshka", "cosent", "multi-task"}
+PREFERENCE_FORMATS = {"preference", "sharegpt-preference", "alpaca-preference", "unpaired-preference"}
+# a preference setting -> the losses it applies to
+PREFERENCE_SETTINGS = {
+    "beta": PREFERENCE_LOSSES, "label_smoothing": ("dpo", "simpo"), "gamma": ("simpo",), "sft_weight": ("orpo",),
+    "desirable_weight": ("kto",), "undesirable_weight": ("kto",), "reference": ("dpo", "ipo", "kto"),
+}
 
 
 def _qlora_needs_cuda(spec: JobSpec) -> Iterator[Problem]:
@@ -46,7 +52,7 @@ def _format_fits_model(spec: JobSpec) -> Iterator[Problem]:
             f"format '{fmt}' is for embedding models but model.kind is 'causal-lm'; "
             f"use one of {', '.join(sorted(CAUSAL_FORMATS))} or set model.kind"
         )
-    if kind != "causal-lm" and fmt in CAUSAL_FORMATS:
+    if kind != "causal-lm" and (fmt in CAUSAL_FORMATS or fmt in PREFERENCE_FORMATS):
         yield ("data", "format"), (
             f"format '{fmt}' is for causal LMs but model.kind is '{kind}'; "
             f"use one of {', '.join(sorted(EMBEDDING_FORMATS))}"
@@ -63,6 +69,10 @@ def _format_fits_model(spec: JobSpec) -> Iterator[Problem]:
 
 def _loss_fits_model(spec: JobSpec) -> Iterator[Problem]:
     loss = spec.loss.type
+    if spec.model.kind != "causal-lm" and loss in PREFERENCE_LOSSES:
+        yield ("loss", "type"), (
+            f"loss '{loss}' tunes a causal LM on preference data; model.kind is '{spec.model.kind}'"
+        )
     if spec.model.kind == "causal-lm" and loss in EMBEDDING_LOSSES:
         yield ("loss", "type"), f"loss '{loss}' is for embedding models; causal LMs use 'causal-lm' (or 'auto')"
     if spec.model.kind != "causal-lm" and loss == "causal-lm":
@@ -72,6 +82,58 @@ def _loss_fits_model(spec: JobSpec) -> Iterator[Problem]:
         )
     if loss == "cosent" and spec.data.format not in ("auto", "scored-pairs"):
         yield ("loss", "type"), "cosent needs scored pairs: set data.format = \"scored-pairs\""
+
+
+def _preference_data(spec: JobSpec) -> Iterator[Problem]:
+    """Preference losses train on preference data, and preference data needs a preference loss."""
+    loss, fmt = spec.loss_type, spec.data.format
+    if loss in PREFERENCE_LOSSES and fmt not in ("auto", *PREFERENCE_FORMATS):
+        yield ("data", "format"), (
+            f"loss '{loss}' trains on preference data (a prompt with a chosen and a rejected reply); format '{fmt}' "
+            f"has none: use one of {', '.join(sorted(PREFERENCE_FORMATS))} (or 'auto')"
+        )
+    if loss not in PREFERENCE_LOSSES and fmt in PREFERENCE_FORMATS:
+        yield ("loss", "type"), (
+            f"format '{fmt}' is preference data: set loss.type to one of {', '.join(PREFERENCE_LOSSES)}"
+        )
+    if loss in PREFERENCE_LOSSES and loss != "kto" and fmt == "unpaired-preference":
+        yield ("data", "format"), (
+            f"{loss} compares a chosen with a rejected reply, and unpaired data has one completion per record: "
+            "train it with loss.type = \"kto\""
+        )
+    if loss == "kto" and spec.train.batch_size < 2:
+        yield ("train", "batch_size"), (
+            "kto estimates its reference point from completions paired with another example's prompt in the "
+            "same batch: set batch_size to 2 or more"
+        )
+    if loss in PREFERENCE_LOSSES and spec.data.train_on_prompt:
+        yield ("data", "train_on_prompt"), "preference losses score the replies only; remove train_on_prompt"
+    if loss in PREFERENCE_LOSSES and spec.data.domain_field is not None:
+        yield ("data", "domain_field"), "domain_field applies to SFT data; remove it for a preference loss"
+
+
+def _preference_settings(spec: JobSpec) -> Iterator[Problem]:
+    """Each preference setting given only where it means something, and a reference that exists."""
+    loss, method = spec.loss_type, spec.adapter.method
+    for key in sorted(spec.loss.model_fields_set & set(PREFERENCE_SETTINGS)):
+        applies = PREFERENCE_SETTINGS[key]
+        if loss in applies:
+            continue
+        if key == "reference" and loss in REFERENCE_FREE_LOSSES:
+            yield ("loss", key), f"{loss} has no reference model (it is reference-free): remove loss.reference"
+        else:
+            yield ("loss", key), f"{key} only applies to loss.type {' / '.join(repr(a) for a in applies)}"
+    if loss in PREFERENCE_SETTINGS["reference"]:
+        if spec.loss.reference == "adapter-off" and method == "full":
+            yield ("loss", "reference"), (
+                "full fine-tuning has no adapter to switch off: use reference = \"copy\" (a frozen copy) or "
+                "\"precompute\" (computed once, cached)"
+            )
+        if spec.loss.reference == "copy" and method != "full":
+            yield ("loss", "reference"), (
+                f"with {method} the reference is the same model with its adapter switched off, so a copy only costs "
+                "memory: use reference = \"adapter-off\" (or \"auto\"), or \"precompute\""
+            )
 
 
 def _matryoshka_dims(spec: JobSpec) -> Iterator[Problem]:
@@ -234,6 +296,8 @@ RULES: tuple[Rule, ...] = (
     _qlora_settings,
     _format_fits_model,
     _loss_fits_model,
+    _preference_data,
+    _preference_settings,
     _matryoshka_dims,
     _multi_task,
     _projection_embeddings_only,

@@ -47,6 +47,7 @@ class Recipe:
 
 CAUSAL_LM = Recipe("causal-lm", "runner.train.causal_lm", "train_causal_lm", distributed=True)
 EMBEDDING = Recipe("embedding", "runner.train.embedding", "train_embedding", distributed=True)
+PREFERENCE = Recipe("preference", "runner.train.preference", "train_preference", distributed=True)
 
 # loss type (after 'auto' is resolved) -> the family of training it belongs to
 LOSS_FAMILIES: dict[str, str] = {
@@ -55,10 +56,16 @@ LOSS_FAMILIES: dict[str, str] = {
     "matryoshka": "embedding",
     "cosent": "embedding",
     "multi-task": "embedding",
+    "dpo": "preference",
+    "ipo": "preference",
+    "orpo": "preference",
+    "simpo": "preference",
+    "kto": "preference",
 }
 
 RECIPES: dict[tuple[str, str], Recipe] = {
     ("causal-lm", "causal-lm"): CAUSAL_LM,
+    ("causal-lm", "preference"): PREFERENCE,
     ("embedding", "embedding"): EMBEDDING,
     ("image-text-embedding", "embedding"): EMBEDDING,
 }

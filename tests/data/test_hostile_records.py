@@ -142,7 +142,8 @@ def test_an_unknown_format_is_a_usage_error_naming_the_choices(tmp_path: Path, c
     code, _, err = _data_validate(capsys, "--format", "alpacca", str(data))
     assert code == 2
     assert ("runner data validate: error: --format 'alpacca': expected one of auto, alpaca, sharegpt, messages, text, "
-            "segments, prompt-completion, pairs, triplets, scored-pairs, image-text (did you mean 'alpaca'?)") in err
+            "segments, prompt-completion, pairs, triplets, scored-pairs, image-text, preference, sharegpt-preference, "
+            "alpaca-preference, unpaired-preference (did you mean 'alpaca'?)") in err
 
 
 def test_a_field_mapping_written_the_wrong_way_round_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

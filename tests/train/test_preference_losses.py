@@ -198,3 +198,48 @@ def test_build_preference_loss_names_each_loss(kind: str) -> None:
     assert type(loss).__name__.lower().startswith(kind.removesuffix("o") if kind == "kto" else kind[:3])
     with pytest.raises(ValueError, match="expected one of"):
         build_preference_loss("rlhf", beta=0.1)
+
+
+@pytest.mark.parametrize(("name", "loss", "reference"), CASES, ids=[c[0] for c in CASES])
+def test_a_batch_in_parts_with_its_totals_adds_up_to_the_whole_batch(name, loss, reference) -> None:
+    from runner.train.losses.preference import BatchTotals
+
+    values = [POLICY_CHOSEN, POLICY_REJECTED, REF_CHOSEN, REF_REJECTED]
+    policy, ref = _paired(values)
+    whole = loss(policy, ref if loss.needs_reference else None)
+    whole.loss.backward()
+    totals = BatchTotals(items=5, chosen_tokens=sum(CHOSEN_TOKENS))
+    parted, _ = _paired(values)
+    total = 0.0
+    for part in (slice(0, 2), slice(2, 5)):
+        sub = SequenceLogps(parted.chosen[part], parted.rejected[part], parted.chosen_tokens[part],
+                            parted.rejected_tokens[part])
+        sub_ref = SequenceLogps(ref.chosen[part], ref.rejected[part], ref.chosen_tokens[part], ref.rejected_tokens[part])
+        out = loss(sub, sub_ref if loss.needs_reference else None, totals=totals)
+        out.loss.backward()
+        total += float(out.loss.detach())
+    assert abs(total - float(whole.loss.detach())) < 1e-6
+    for got, want in ((parted.chosen, policy.chosen), (parted.rejected, policy.rejected)):
+        assert torch.allclose(got.grad, want.grad, atol=1e-7)
+
+
+def test_kto_in_parts_with_the_whole_batchs_reference_point_adds_up_to_the_whole_batch() -> None:
+    from runner.train.losses.preference import BatchTotals
+
+    desirable, tokens = torch.tensor(KTO_DESIRABLE), torch.ones(6, dtype=torch.long)
+    kl_ratio = torch.tensor(KL_POLICY) - torch.tensor(KL_REF)
+    loss = KTOLoss(beta=0.5)
+    whole_policy = torch.tensor(KTO_POLICY, requires_grad=True)
+    whole = loss(UnpairedLogps(whole_policy, tokens, desirable), UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable),
+                 kl_ratio)
+    whole.loss.backward()
+    parted = torch.tensor(KTO_POLICY, requires_grad=True)
+    total = 0.0
+    for part in (slice(0, 4), slice(4, 6)):
+        out = loss(UnpairedLogps(parted[part], tokens[part], desirable[part]),
+                   UnpairedLogps(torch.tensor(KTO_REF)[part], tokens[part], desirable[part]), kl_ratio,
+                   totals=BatchTotals(items=6))
+        out.loss.backward()
+        total += float(out.loss.detach())
+    assert abs(total - float(whole.loss.detach())) < 1e-6
+    assert torch.allclose(parted.grad, whole_policy.grad, atol=1e-7)

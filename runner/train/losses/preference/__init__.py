@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from runner.train.losses.preference.base import (
+    BatchTotals,
     PairedLoss,
     PreferenceOutput,
     SequenceLogps,
@@ -26,7 +27,7 @@ from runner.train.losses.preference.orpo import ORPOLoss
 from runner.train.losses.preference.simpo import SimPOLoss
 
 __all__ = [
-    "DPOLoss", "IPOLoss", "KTOLoss", "ORPOLoss", "PairedLoss", "PreferenceOutput", "SequenceLogps", "SimPOLoss",
+    "BatchTotals", "DPOLoss", "IPOLoss", "KTOLoss", "ORPOLoss", "PairedLoss", "PreferenceOutput", "SequenceLogps", "SimPOLoss",
     "UnpairedLogps", "build_preference_loss", "PREFERENCE_LOSSES", "REFERENCE_FREE",
 ]
 

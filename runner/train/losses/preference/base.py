@@ -40,6 +40,22 @@ class UnpairedLogps:
 
 
 @dataclass(frozen=True)
+class BatchTotals:
+    """What a loss averages over when a batch is computed in parts (to bound memory): the whole
+    batch's number of pairs (KTO: completions) and of chosen reply tokens. Each part's loss, given
+    the batch's totals, is its share of the batch's loss: the parts' losses, and their gradients,
+    add up to those of the whole batch. Without totals a loss averages over what it is given."""
+
+    items: int
+    chosen_tokens: int | torch.Tensor = 0
+
+
+def batch_mean(losses: torch.Tensor, totals: BatchTotals | None) -> torch.Tensor:
+    """The mean of per-item losses, or their share of the batch's mean when `totals` is given."""
+    return losses.mean() if totals is None else losses.sum() / totals.items
+
+
+@dataclass(frozen=True)
 class PreferenceOutput:
     """The loss (a scalar to backpropagate) and the implicit rewards, detached, for the metrics.
 
@@ -60,7 +76,8 @@ class PairedLoss(nn.Module):
 
     needs_reference: bool = True
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None) -> PreferenceOutput:
+    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
+                totals: BatchTotals | None = None) -> PreferenceOutput:
         raise NotImplementedError
 
 

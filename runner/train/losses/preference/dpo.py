@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from runner.train.losses.preference.base import PairedLoss, PreferenceOutput, SequenceLogps, require_reference
+from runner.train.losses.preference.base import (
+    BatchTotals,
+    PairedLoss,
+    PreferenceOutput,
+    SequenceLogps,
+    batch_mean,
+    require_reference,
+)
 
 
 class DPOLoss(PairedLoss):
@@ -27,11 +34,12 @@ class DPOLoss(PairedLoss):
         self.beta = beta
         self.label_smoothing = label_smoothing
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None) -> PreferenceOutput:
+    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
+                totals: BatchTotals | None = None) -> PreferenceOutput:
         reference = require_reference("DPO", reference)
         chosen_ratio = policy.chosen - reference.chosen
         rejected_ratio = policy.rejected - reference.rejected
         h = self.beta * (chosen_ratio - rejected_ratio)
         losses = -F.logsigmoid(h) * (1 - self.label_smoothing) - F.logsigmoid(-h) * self.label_smoothing
-        return PreferenceOutput(losses.mean(), (self.beta * chosen_ratio).detach(),
+        return PreferenceOutput(batch_mean(losses, totals), (self.beta * chosen_ratio).detach(),
                                 (self.beta * rejected_ratio).detach())

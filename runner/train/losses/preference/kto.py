@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.train.losses.preference.base import PreferenceOutput, UnpairedLogps
+from runner.train.losses.preference.base import BatchTotals, PreferenceOutput, UnpairedLogps, batch_mean
 
 
 class KTOLoss(nn.Module):
@@ -33,8 +33,10 @@ class KTOLoss(nn.Module):
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
 
-    def forward(self, policy: UnpairedLogps, reference: UnpairedLogps, kl_ratio: torch.Tensor) -> PreferenceOutput:
-        """`kl_ratio`: [M] policy minus reference log-probabilities of mismatched completions."""
+    def forward(self, policy: UnpairedLogps, reference: UnpairedLogps, kl_ratio: torch.Tensor,
+                totals: BatchTotals | None = None) -> PreferenceOutput:
+        """`kl_ratio`: [M] policy minus reference log-probabilities of mismatched completions (of the
+        whole batch, also when this is one part of it)."""
         z = kl_ratio.mean().clamp(min=0).detach()
         ratio = policy.logps - reference.logps
         desirable = policy.desirable.bool()
@@ -44,4 +46,4 @@ class KTOLoss(nn.Module):
             self.undesirable_weight * (1 - torch.sigmoid(self.beta * (z - ratio))),
         )
         rewards = (self.beta * ratio).detach()
-        return PreferenceOutput(losses.mean(), rewards[desirable], rewards[~desirable], extra={"kl": z})
+        return PreferenceOutput(batch_mean(losses, totals), rewards[desirable], rewards[~desirable], extra={"kl": z})
