@@ -32,8 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded from elsewhere
+from shared_data import shared_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-STS = ROOT.parent / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
+STS = shared_data() / "stsbenchmark" / "sts-train.csv"
 REPO_PAIRS = ROOT / "examples" / "data" / "embed" / "pairs-train.jsonl"
 BATCH, MAX_LENGTH, LR = 32, 64, 2e-4
 THREADS = int(os.environ.get("EMBED_BENCH_THREADS", "2"))

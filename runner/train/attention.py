@@ -8,7 +8,8 @@ attention work of the sequences alone (sum of T^2 per batch vs sum of L_i^2), pl
 buffer per head and layer kept for the backward pass.
 
 `packed_sdpa` runs SDPA once per sequence with `is_causal=True` instead (the CPU flash kernel, no
-mask, no score buffer). transformers has the equivalent only for flash-attn (cu_seqlens from
+mask, no score buffer); an encoder's bidirectional attention (a module with `is_causal` False, e.g.
+BERT for padding-free embedding batches) runs per sequence the same way without the causal mask. transformers has the equivalent only for flash-attn (cu_seqlens from
 position ids, CUDA); this is the same idea with torch's own SDPA, so it works on every device.
 The result equals the dense masked computation to float rounding (tests/train/test_packed_attention.py).
 
@@ -72,18 +73,18 @@ def packed_sdpa_forward(
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     if (attention_mask is not None or position_ids is None or query.shape[0] != 1 or q_len != kv_len
-            or not causal or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # kv heads shared by several query heads
     bounds = _bounds_for_layer(position_ids)
     if len(bounds) == 1:
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal,
                                              enable_gqa=gqa)
     else:
         out = torch.cat([
             F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
-                                           scale=scaling, is_causal=True, enable_gqa=gqa)
+                                           scale=scaling, is_causal=causal, enable_gqa=gqa)
             for s, e in bounds
         ], dim=2)
     return out.transpose(1, 2).contiguous(), None
