@@ -271,6 +271,13 @@ class SpeedSection(Section):
             "adapter's gradients still come from the low-rank path. Holds one extra copy of every adapted weight."
         ),
     )
+    fused_optimizer: bool = Field(
+        True,
+        description=(
+            "train.optimizer = 'adamw_torch' runs as torch's fused AdamW (one kernel over all trainable tensors "
+            "instead of a loop of small operations per tensor), on the CPU and on CUDA."
+        ),
+    )
     padding_free_embeddings: bool = Field(
         True,
         description=(

@@ -9,7 +9,8 @@ FLOPs each (bench/NOTES.md, the profile).
 
 With dropout 0 on the adapter the same function is ``y = x (W + s B A)^T``: `FoldedLoraFunction`
 forms ``W' = W + s B A`` once per optimizer step (the weights change only there; the fold is kept
-per layer and formed again when W, A or B change in place) and runs one GEMM forward and one for
+per layer and formed again after an optimizer step or an in-place change of W, A or B) and runs one
+GEMM forward and one for
 the input gradient ``dx = dy W'``. The adapter's gradients still come from the low-rank path,
 exactly: ``dB = s dy^T (x A^T)`` and ``dA = s (dy B)^T x``. What goes: the rank-r product into the
 output, the scaling and the add forward; the rank-r product into the input gradient, the scaling
@@ -64,12 +65,36 @@ class FoldedLoraFunction(torch.autograd.Function):
         return grad_x, None, None, grad_a, grad_b, None
 
 
+_optimizer_steps = 0  # every optimizer step in this process, counted by a global step hook
+
+
+def _count_optimizer_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+_step_hook: Any = None
+
+
+def _watch_optimizer_steps() -> None:
+    """Count optimizer steps (once per process): torch's fused AdamW updates the weights in place
+    without bumping their version counters, so the versions alone would keep a stale fold."""
+    global _step_hook
+    if _step_hook is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        _step_hook = register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 def _fold_of(layer: Any, adapter: str) -> torch.Tensor:
-    """``W + s B A`` of `layer`, formed again only when W, A or B changed (their version counters)."""
+    """``W + s B A`` of `layer`, formed again only when W, A or B may have changed: after any
+    optimizer step, or an in-place change their version counters show (a loaded checkpoint, an
+    edit under no_grad)."""
     weight = layer.base_layer.weight
     lora_a, lora_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     scaling = layer.scaling[adapter]
-    key = (adapter, weight._version, lora_a._version, lora_b._version, id(weight), id(lora_a), id(lora_b), scaling)
+    key = (adapter, _optimizer_steps, weight._version, lora_a._version, lora_b._version, id(weight), id(lora_a),
+           id(lora_b), scaling)
     cached = layer.__dict__.get("_runner_fold")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -131,6 +156,7 @@ def fold_lora_layers(model: nn.Module) -> int:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:
         return 0
+    _watch_optimizer_steps()
     count = 0
     for module in model.modules():
         if isinstance(module, LoraLinear) and type(module) not in _FOLDED_CLASSES.values():

@@ -19,7 +19,7 @@ from runner.spec.model import SpeedSection
 from runner.spec.schema import job_schema
 
 ALL_OFF = {"packed_attention": False, "loss_positions_only": False, "token_budget": 0, "data_cache": False,
-           "lora_fold": False, "padding_free_embeddings": False}
+           "lora_fold": False, "fused_optimizer": False, "padding_free_embeddings": False}
 
 
 def _only_run(runs: Path) -> Path:
@@ -30,7 +30,7 @@ def _only_run(runs: Path) -> Path:
 def test_the_speed_switches_default_to_on_and_are_documented_in_the_schema() -> None:
     assert SpeedSection().model_dump() == {"packed_attention": True, "loss_positions_only": True,
                                           "token_budget": 1024, "data_cache": True, "lora_fold": True,
-                                          "padding_free_embeddings": True}
+                                          "fused_optimizer": True, "padding_free_embeddings": True}
     speed = job_schema()["$defs"]["SpeedSection"]
     assert set(speed["properties"]) == set(ALL_OFF) and speed["additionalProperties"] is False
     assert all(p["description"] for p in speed["properties"].values())
