@@ -87,13 +87,17 @@ def packed_sdpa_forward(
     if len(bounds) == 1:
         out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal,
                                              enable_gqa=gqa)
-    else:
-        out = torch.cat([
-            F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
-                                           scale=scaling, is_causal=causal, enable_gqa=gqa)
-            for s, e in bounds
-        ], dim=2)
-    return out.transpose(1, 2).contiguous(), None
+        return out.transpose(1, 2).contiguous(), None
+    # split, not one slice per sequence: a slice's backward writes a zero-filled gradient of the whole
+    # row and every sequence's gradients are added up (one full pass per sequence, for q, k and v);
+    # split's backward is a single concatenation. The outputs are joined in (1, T, H, D), the layout
+    # the caller wants, by one copy instead of a concatenation and a transposed copy.
+    sizes = [e - s for s, e in bounds]
+    return torch.cat([
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=causal,
+                                       enable_gqa=gqa).transpose(1, 2)
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+    ], dim=1), None
 
 
 FLASH_VARLEN = "flash-attn varlen"
