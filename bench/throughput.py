@@ -48,9 +48,14 @@ from typing import Any
 
 from runner.spec.model import SpeedSection
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded from elsewhere
+from shared_data import shared_data  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "llamafactory" / "alpaca_en_demo.json"
-VARIANTS = ("runner", "trl-default", "trl-padding-free", "trainer-pad")
+DATA = shared_data() / "llamafactory" / "alpaca_en_demo.json"
+VARIANTS = ("runner", "trl-default", "trl-padding-free", "trainer-pad", "trainer-flat", "trainer-flat-jemalloc")
+# peers whose worker process starts under jemalloc with decay off (the allocator the runner preloads)
+JEMALLOC_PEERS = ("trainer-flat-jemalloc",)
 
 # every [train.speed] switch off (False, or 0 for a number): a new switch joins runner-all-off by itself
 SPEED_OFF = {name: 0 if field.annotation is int else False for name, field in SpeedSection.model_fields.items()}
@@ -63,6 +68,7 @@ RUNNER_ABLATIONS: dict[str, tuple[dict[str, str], dict[str, dict[str, Any]]]] = 
     "runner-full-lm-head": ({}, {"train": {"speed": {"loss_positions_only": False}}}),
     "runner-no-data-cache": ({}, {"train": {"speed": {"data_cache": False}}}),
     "runner-no-token-budget": ({}, {"train": {"speed": {"token_budget": 0}}}),
+    "runner-no-lora-fold": ({}, {"train": {"speed": {"lora_fold": False}}}),
     "runner-checkpointing": ({}, {"train": {"gradient_checkpointing": True}}),
     "runner-all-off": ({"RUNNER_JEMALLOC": "0"}, {"train": {"speed": SPEED_OFF}}),
 }
@@ -329,6 +335,38 @@ def worker_trainer_pad(records: int, start: float, workdir: Path) -> dict[str, A
     return _result(start, timer, counter.real, counter.padded, n_params, rss, heldout)
 
 
+def worker_trainer_flat(records: int, start: float, workdir: Path) -> dict[str, Any]:
+    """The strongest configuration a careful user builds by hand: Trainer + peft + transformers'
+    `DataCollatorWithFlattening` (position ids restart per sequence, no padding) + `use_cache=False`
+    (without it attention leaks across the flattened sequences), over the runner's tokenisation."""
+    from transformers import DataCollatorWithFlattening, Trainer, TrainingArguments
+
+    from runner.data.causal import tokenize_conversation
+
+    model, tokenizer = _hf_model_and_tokenizer()
+    model.config.use_cache = False
+    examples = [tokenize_conversation(tokenizer, _messages(r), max_length=512) for r in _records(records)]
+    examples = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    counter = CountingCollator(DataCollatorWithFlattening(return_position_ids=True, separator_id=-100))
+    timer = StepTimer()
+    args = TrainingArguments(
+        output_dir=str(workdir / "out"), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=2e-4,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
+        remove_unused_columns=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=counter,
+                      callbacks=[timer.callback()])
+    trainer.train()
+    rss = _peak_rss_mb()
+    n_params = sum(p.numel() for p in model.parameters())
+    heldout = heldout_loss(model, tokenizer, records)
+    result = _result(start, timer, counter.real, counter.padded, n_params, rss, heldout)
+    from runner.allocator import jemalloc_loaded
+
+    result["jemalloc"] = jemalloc_loaded()
+    return result
+
+
 def run_worker(variant: str, records: int, start: float, max_steps: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -340,6 +378,8 @@ def run_worker(variant: str, records: int, start: float, max_steps: int | None) 
             return worker_trl(records, start, workdir, padding_free=True)
         if variant == "trainer-pad":
             return worker_trainer_pad(records, start, workdir)
+        if variant in ("trainer-flat", *JEMALLOC_PEERS):
+            return worker_trainer_flat(records, start, workdir)
         raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -372,6 +412,13 @@ def machine() -> dict[str, Any]:
 
 def _spawn(variant: str, records: int, threads: int, max_steps: int | None = None) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if variant in JEMALLOC_PEERS:
+        from runner.allocator import find_jemalloc, preload_environment
+
+        library = find_jemalloc({})
+        if library is None:
+            raise RuntimeError(f"{variant} needs jemalloc (Debian: libjemalloc2)")
+        env = preload_environment({**env, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}, library)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         load_before = os.getloadavg()[0]
         cmd = [sys.executable, __file__, "--worker", variant, "--records", str(records), "--out", out.name,

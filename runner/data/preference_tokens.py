@@ -38,7 +38,8 @@ from runner.data.preference import (
     resolve_preference_fields,
     unpair,
 )
-from runner.data.records import Record, read_records
+from runner.data.reading import read_records
+from runner.data.records import Record
 from runner.data.report import (
     BadRecord,
     DataError,

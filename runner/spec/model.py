@@ -205,6 +205,29 @@ class SpeedSection(Section):
             "the tokenizer and the data settings are unchanged."
         ),
     )
+    lora_fold: bool = Field(
+        True,
+        description=(
+            "LoRA with adapter.dropout = 0 (not QLoRA): each adapted layer's forward pass is one matrix product with "
+            "the adapter folded into the frozen weight (W + scale * B A, formed once per optimizer step); the "
+            "adapter's gradients still come from the low-rank path. Holds one extra copy of every adapted weight."
+        ),
+    )
+    fused_optimizer: bool = Field(
+        True,
+        description=(
+            "train.optimizer = 'adamw_torch' runs as torch's fused AdamW (one kernel over all trainable tensors "
+            "instead of a loop of small operations per tensor), on the CPU and on CUDA."
+        ),
+    )
+    padding_free_embeddings: bool = Field(
+        True,
+        description=(
+            "Text embedding models (BERT-family encoders, Llama/Qwen2-family decoders): each batch's texts go through "
+            "the model end to end in one row without padding, attention within each text, instead of padded to the "
+            "longest text of the batch."
+        ),
+    )
 
 
 class TrainSection(Section):

@@ -8,13 +8,18 @@ attention work of the sequences alone (sum of T^2 per batch vs sum of L_i^2), pl
 buffer per head and layer kept for the backward pass.
 
 `packed_sdpa` runs SDPA once per sequence with `is_causal=True` instead (the CPU flash kernel, no
-mask, no score buffer). transformers has the equivalent only for flash-attn (cu_seqlens from
-position ids, CUDA); this is the same idea with torch's own SDPA, so it works on every device.
-The result equals the dense masked computation to float rounding (tests/train/test_packed_attention.py).
+mask, no score buffer); an encoder's bidirectional attention (a module whose `is_causal` is False,
+e.g. BERT for padding-free embedding batches) runs per sequence the same way without the causal
+mask. transformers has the equivalent only for flash-attn (cu_seqlens from position ids, CUDA);
+this is the same idea with torch's own SDPA, so it works on every device. The result equals the
+dense masked computation to float rounding (tests/train/test_packed_attention.py).
 
-It is registered under `PACKED_SDPA` and selected with `use_packed_sdpa(model)` for runs whose
-batches are flattened. Anything else that reaches it (a padding mask, a kv-cache, a batch of
-several rows) goes to transformers' own `sdpa` path, so the model stays correct for any input.
+On a CUDA GPU with flash-attn installed, half-precision rows go to flash-attn's variable-length
+kernel instead (`flash_varlen`: the same sequence bounds, as cumulative offsets; untimed, as this
+machine has no GPU). It is registered under `PACKED_SDPA` and selected with `use_packed_sdpa(model)`
+for runs whose batches are flattened. Anything else that reaches it (a padding mask, a kv-cache, a
+batch of several rows) goes to transformers' own `sdpa` path, so the model stays correct for any
+input.
 """
 
 from __future__ import annotations
@@ -72,21 +77,68 @@ def packed_sdpa_forward(
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     if (attention_mask is not None or position_ids is None or query.shape[0] != 1 or q_len != kv_len
-            or not causal or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # kv heads shared by several query heads
     bounds = _bounds_for_layer(position_ids)
+    if packed_kernel(query) == FLASH_VARLEN:
+        return flash_varlen(query, key, value, bounds, causal=causal, dropout=dropout, scaling=scaling), None
     if len(bounds) == 1:
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=True,
+        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal,
                                              enable_gqa=gqa)
-    else:
-        out = torch.cat([
-            F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout,
-                                           scale=scaling, is_causal=True, enable_gqa=gqa)
-            for s, e in bounds
-        ], dim=2)
-    return out.transpose(1, 2).contiguous(), None
+        return out.transpose(1, 2).contiguous(), None
+    # split, not one slice per sequence: a slice's backward writes a zero-filled gradient of the whole
+    # row and every sequence's gradients are added up (one full pass per sequence, for q, k and v);
+    # split's backward is a single concatenation. The outputs are joined in (1, T, H, D), the layout
+    # the caller wants, by one copy instead of a concatenation and a transposed copy.
+    sizes = [e - s for s, e in bounds]
+    return torch.cat([
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=causal,
+                                       enable_gqa=gqa).transpose(1, 2)
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+    ], dim=1), None
+
+
+FLASH_VARLEN = "flash-attn varlen"
+PER_SEQUENCE_SDPA = "sdpa per sequence"
+
+
+def packed_kernel(query: torch.Tensor, flash_importable: bool | None = None) -> str:
+    """The kernel a packed row's attention runs on: flash-attn's variable-length kernel for fp16 /
+    bf16 tensors on a CUDA GPU when flash-attn is installed (one call for every sequence of the
+    row), else SDPA once per sequence (every device and dtype)."""
+    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+        return PER_SEQUENCE_SDPA
+    if flash_importable is None:
+        flash_importable = _flash_attn_importable()
+    return FLASH_VARLEN if flash_importable else PER_SEQUENCE_SDPA
+
+
+def _flash_attn_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def cu_seqlens(bounds: list[tuple[int, int]], device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
+    """flash-attn's cumulative sequence starts ([0, end_1, ..., end_n], int32) and the longest sequence."""
+    ends = [0] + [end for _, end in bounds]
+    return torch.tensor(ends, dtype=torch.int32, device=device), max(end - start for start, end in bounds)
+
+
+def flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[tuple[int, int]], *,
+                 causal: bool, dropout: float, scaling: float | None) -> torch.Tensor:
+    """Attention within each sequence of a packed row with flash-attn's `flash_attn_varlen_func`
+    (same bounds as the SDPA path): (1, H, T, D) in, (1, T, H, D) out. GQA needs no repeated kv
+    heads: flash-attn shares them itself."""
+    from flash_attn import flash_attn_varlen_func
+
+    starts, longest = cu_seqlens(bounds, query.device)
+    out = flash_attn_varlen_func(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                                 starts, starts, longest, longest, dropout_p=dropout, softmax_scale=scaling,
+                                 causal=causal)
+    return out[None]
 
 
 def packed_sdpa_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
@@ -111,14 +163,16 @@ def register() -> None:
 
 
 def use_packed_sdpa(model: Any) -> bool:
-    """Switch a model that runs SDPA to `PACKED_SDPA`; returns whether it switched.
+    """Switch a model that runs SDPA or flash-attn to `PACKED_SDPA`; returns whether it switched.
 
-    Only SDPA models switch (eager and flash-attn keep their own kernels; flash-attn already handles
-    packed rows). A model whose modeling code does not go through transformers' attention interface
-    keeps its attention, and the dense mask, which is slower but equally correct.
+    SDPA and flash-attention 2 models switch: the packed path then picks its kernel per call
+    (`packed_kernel`: flash-attn's varlen kernel for half-precision CUDA tensors, SDPA per sequence
+    otherwise) from the same sequence bounds. Eager attention keeps its own kernel. A model whose
+    modeling code does not go through transformers' attention interface keeps its attention, and
+    the dense mask, which is slower but equally correct.
     """
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+    if config is None or getattr(config, "_attn_implementation", None) not in ("sdpa", "flash_attention_2"):
         return False
     register()
     setter = getattr(model, "set_attn_implementation", None)

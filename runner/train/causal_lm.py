@@ -4,7 +4,7 @@ start -> tokenizer -> data -> model + adapter -> `CausalTrainer` -> baseline eva
 resume) -> final eval -> adapter saved complete-or-absent. Everything the recipe writes goes
 through runner.outputs; everything it knows about the job comes from the typed spec, the speed
 switches included ([train.speed]: packed attention, the positions-only loss, the token budget,
-the tokenisation cache).
+the tokenisation cache, the folded LoRA forward).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from runner.train.common import (
     training_arguments,
 )
 from runner.train.context import RunContext, TrainOutcome
+from runner.train.lora_fold import fold_applies, fold_lora_layers
 from runner.train.model import DeviceChoice, apply_adapter, load_causal_lm, quantization_record
 from runner.train.trainers.base import RunOutputs
 from runner.train.trainers.causal import CausalTrainer
@@ -168,7 +169,8 @@ def report_data(ctx: RunContext, data: PreparedData) -> dict[str, Any]:
 
 def build_model(ctx: RunContext, choice: DeviceChoice, runtime: dict[str, Any]) -> tuple[Any, int, int]:
     """The base model with the job's adapter, and its (trainable, total) parameters; packed batches
-    attend per sequence when the job keeps train.speed.packed_attention on (recorded in the runtime)."""
+    attend per sequence (train.speed.packed_attention) and LoRA layers fold their adapter into the
+    weight (train.speed.lora_fold) when the job keeps those on (recorded in the runtime)."""
     spec = ctx.job.spec
     model = load_causal_lm(ctx.model_path, spec.model, spec.adapter, choice)
     # packed batches: attention per sequence, not over a block-diagonal mask of the whole row
@@ -176,6 +178,11 @@ def build_model(ctx: RunContext, choice: DeviceChoice, runtime: dict[str, Any]) 
         runtime["packed_attention"] = PACKED_SDPA
         record_runtime(ctx, runtime)
     model = apply_adapter(model, spec.adapter, gradient_checkpointing=spec.train.gradient_checkpointing)
+    # LoRA with dropout 0: one GEMM per adapted layer, the adapter folded into the weight
+    sharded = spec.resources.world_size > 1 and spec.resources.strategy == "fsdp"  # FSDP owns the weights
+    if spec.train.speed.lora_fold and fold_applies(spec.adapter.method, spec.adapter.dropout) and not sharded:
+        runtime["lora_fold"] = fold_lora_layers(model)
+        record_runtime(ctx, runtime)
     adapter = spec.adapter.model_dump(include={"method", "r", "alpha", "dropout", "target_modules"})
     trainable, total = report_parameters(ctx, model, runtime)
     print(f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%), "

@@ -91,7 +91,7 @@ def training_arguments(
         warmup_steps=train.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
-        optim=train.optimizer,
+        optim=optimizer_name(train.optimizer, fused=train.speed.fused_optimizer),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps or -1,
         seed=train.seed,
@@ -120,6 +120,12 @@ def training_arguments(
         if spec.resources.strategy == "fsdp":  # CUDA only (choose_device refuses it on the CPU)
             settings.update(fsdp="full_shard auto_wrap", fsdp_config={"state_dict_type": "FULL_STATE_DICT"})
     return TrainingArguments(**{**settings, **overrides})
+
+
+def optimizer_name(optimizer: str, *, fused: bool) -> str:
+    """The Trainer's `optim` for the job's optimizer: AdamW as torch's fused kernel when the job
+    keeps train.speed.fused_optimizer on (same update, one kernel over every trainable tensor)."""
+    return "adamw_torch_fused" if fused and optimizer == "adamw_torch" else optimizer
 
 
 def train_or_resume(trainer: Any, ctx: RunContext) -> bool:

@@ -38,6 +38,8 @@ PROJECTION_FILE = "projection.safetensors"
 VLM_IMAGE_PROMPT = "<|im_start|>user\n{image}Describe the image.<|im_end|>\n"
 _ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2",
                   "camembert", "albert", "nomic_bert", "modernbert", "new", "e5", "xlm"}
+# text models verified to give the same vectors padding-free (tests/embedding/test_padding_free.py)
+PADDING_FREE_MODEL_TYPES = frozenset({"bert", "llama", "qwen2"})
 _DECODER_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
@@ -76,6 +78,22 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r}")
 
 
+def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
+    """[T, H] hidden states of texts laid end to end ([N] lengths) -> [N, H], as `pool` does for
+    the same texts padded: mean over each text's tokens, its first token, or its last token."""
+    ends = torch.cumsum(lengths, 0)
+    if how == "mean":
+        segment = torch.repeat_interleave(torch.arange(lengths.shape[0], device=hidden.device), lengths,
+                                          output_size=hidden.shape[0])
+        sums = hidden.new_zeros(lengths.shape[0], hidden.shape[-1]).index_add(0, segment, hidden)
+        return sums / lengths.unsqueeze(-1).to(hidden.dtype).clamp(min=1e-9)
+    if how == "cls":
+        return hidden[ends - lengths]
+    if how == "last-token":
+        return hidden[ends - 1]
+    raise ValueError(f"unknown pooling {how!r}")
+
+
 class Embedder(nn.Module):
     accepts_loss_kwargs = False  # tells the Trainer the loss is a per-batch mean (no token counting)
 
@@ -93,7 +111,21 @@ class Embedder(nn.Module):
         return self.info.dim
 
     def forward(self, **sides: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if len(sides) > 1 and all(_packed_text_only(f) for f in sides.values()):
+            return self._encode_sides_together(sides)
         return {name: self.encode(features) for name, features in sides.items()}
+
+    def _encode_sides_together(self, sides: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Padding-free text sides (query, positive, negative) through the backbone as one row:
+        attention stays within each text, so every text's vector is what it would be alone; one
+        backbone call instead of one per side (fewer, larger matrix products)."""
+        texts = [f["text"] for f in sides.values()]
+        joined = {key: torch.cat([t[key] for t in texts], dim=-1 if key != "lengths" else 0) for key in texts[0]}
+        vectors = self._embed(joined, "text")
+        if self.projection is not None:
+            vectors = self.projection(vectors)
+        vectors = F.normalize(vectors, dim=-1)
+        return dict(zip(sides, torch.split(vectors, [int(t["lengths"].shape[0]) for t in texts])))
 
     def encode(self, features: Mapping[str, Any]) -> torch.Tensor:
         """Preprocessor output -> [N, dim] unit vectors, in the order of the items."""
@@ -116,6 +148,9 @@ class Embedder(nn.Module):
             else:
                 out = self.backbone.get_image_features(pixel_values=inputs["pixel_values"])
             return out if isinstance(out, torch.Tensor) else out.pooler_output
+        if "lengths" in inputs:  # padding-free: texts end to end in one row, positions restart per text
+            hidden = self.backbone(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"]).last_hidden_state
+            return pool_packed(hidden[0], inputs["lengths"], self.info.pooling)
         hidden = self.backbone(**inputs).last_hidden_state
         return pool(hidden, inputs["attention_mask"], self.info.pooling)
 
@@ -165,10 +200,12 @@ class Preprocessor:
     """Items -> model inputs for one family: tokenised texts and processed images, each with the
     positions of its items in the list (texts and images may be mixed within a side)."""
 
-    def __init__(self, info: EmbedderInfo, tokenizer: Any, image_processor: Any = None, config: Any = None) -> None:
+    def __init__(self, info: EmbedderInfo, tokenizer: Any, image_processor: Any = None, config: Any = None,
+                 *, padding_free: bool = False) -> None:
         self.info = info
         self.tokenizer = tokenizer
         self.image_processor = image_processor
+        self.padding_free = padding_free and info.family == "text"
         self._image_tokens: tuple[str, str, str] | None = None
         if info.family == "vlm":
             ids = (config.vision_start_token_id, config.image_token_id, config.vision_end_token_id)
@@ -192,10 +229,21 @@ class Preprocessor:
         return out
 
     def _texts(self, texts: list[str | None]) -> dict[str, torch.Tensor]:
+        if self.padding_free:
+            return self._texts_padding_free(texts)
         encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.info.max_length,
                                  return_tensors="pt")
         keep = ("input_ids", "attention_mask") if self.info.family != "text" else tuple(encoded.keys())
         return {k: encoded[k] for k in keep}
+
+    def _texts_padding_free(self, texts: list[str | None]) -> dict[str, torch.Tensor]:
+        """The texts end to end in one row (no padding), position ids restarting at 0 for each,
+        and their lengths: the model attends within each text only (runner.train.attention)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.info.max_length)["input_ids"]
+        lengths = torch.tensor([len(i) for i in ids])
+        return {"input_ids": torch.tensor([[t for i in ids for t in i]]),
+                "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
+                "lengths": lengths}
 
     def _images(self, images: list[Any]) -> dict[str, torch.Tensor]:
         processed = self.image_processor(images=images, return_tensors="pt")
@@ -220,6 +268,11 @@ class Preprocessor:
         self.tokenizer.save_pretrained(str(folder))
         if self.image_processor is not None:
             self.image_processor.save_pretrained(str(folder))
+
+
+def _packed_text_only(features: Mapping[str, Any]) -> bool:
+    text = features.get("text")
+    return features.get("image") is None and text is not None and "lengths" in text
 
 
 class EmbeddingCollator:
@@ -333,12 +386,27 @@ def build_embedder(path: Path, spec: JobSpec, choice: DeviceChoice) -> tuple[Emb
         projection_dim=spec.model.projection_dim, max_length=spec.data.max_length,
         image_size=spec.data.image_size, tasks=tasks,
     )
+    padding_free = spec.train.speed.padding_free_embeddings and padding_free_capable(model, family)
+    if padding_free:
+        from runner.train.attention import use_packed_sdpa
+
+        padding_free = use_packed_sdpa(model)
     backbone = apply_adapter(model, spec.adapter, gradient_checkpointing=spec.train.gradient_checkpointing,
                              task_type="FEATURE_EXTRACTION", adapter_names=tasks or ("default",))
     tokenizer = _load_tokenizer(path, spec.model.trust_remote_code)
     image_processor = _image_processor(path) if family != "text" else None
     embedder = Embedder(backbone, info).to(choice.device)
-    return embedder, Preprocessor(info, tokenizer, image_processor, model.config)
+    return embedder, Preprocessor(info, tokenizer, image_processor, model.config, padding_free=padding_free)
+
+
+def padding_free_capable(model: Any, family: str) -> bool:
+    """Whether a text embedder can take padding-free rows: a model whose attention goes through
+    transformers' attention interface with SDPA (so it can attend per text, runner.train.attention)
+    and whose positions come from the position ids given (BERT's absolute positions, Llama/Qwen2's
+    rotary ones). RoBERTa-style models count positions from the padding index and stay padded."""
+    config = model.config
+    return (family == "text" and config.model_type in PADDING_FREE_MODEL_TYPES
+            and getattr(config, "_attn_implementation", None) == "sdpa")
 
 
 def load_trained_embedder(adapter_dir: Path, base_path: Path) -> tuple[Embedder, Preprocessor]:

@@ -23,6 +23,7 @@ from runner.spec.loader import LoadedJob
 from runner.train import distributed
 from runner.train.common import (
     compare_replicas,
+    record_runtime,
     report_parameters,
     result_record,
     start_run,
@@ -56,6 +57,9 @@ def train_embedding(ctx: RunContext) -> TrainOutcome:
 
     # 2. embedder (base model, LoRA adapter per task, pooling, projection) and loss
     embedder, preprocess = build_embedder(ctx.model_path, spec, choice)
+    if preprocess.padding_free:  # train.speed.padding_free_embeddings, and the model can take it
+        runtime["padding_free"] = True
+        record_runtime(ctx, runtime)
     info = embedder.info
     if spec.loss.dims and spec.loss.dims[0] > info.dim:
         raise ModelSetupError(f"loss.dims: {spec.loss.dims[0]} exceeds the embedding size {info.dim} of this model")

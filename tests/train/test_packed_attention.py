@@ -3,11 +3,23 @@ sequence alone; anything that is not a flattened batch is left to transformers' 
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from runner.train.attention import PACKED_SDPA, sequence_bounds, use_packed_sdpa
+from runner.train.attention import (
+    FLASH_VARLEN,
+    PACKED_SDPA,
+    PER_SEQUENCE_SDPA,
+    cu_seqlens,
+    packed_kernel,
+    sequence_bounds,
+    use_packed_sdpa,
+)
 
 LENGTHS = [5, 17, 1, 9]
 
@@ -83,3 +95,68 @@ def test_eager_models_are_left_alone() -> None:
                                           attn_implementation="eager")
     assert not use_packed_sdpa(model)
     assert model.config._attn_implementation == "eager"
+
+
+# --- the GPU kernel choice (no GPU here: the selection and the plumbing are what can be tested) ---
+
+
+class _CudaLike:
+    """Stands in for a CUDA tensor in `packed_kernel`'s checks (device and dtype only)."""
+
+    def __init__(self, dtype: torch.dtype, cuda: bool = True) -> None:
+        self.is_cuda, self.dtype = cuda, dtype
+
+
+def test_flash_varlen_is_chosen_only_for_half_precision_cuda_rows_with_flash_attn_installed() -> None:
+    assert packed_kernel(_CudaLike(torch.bfloat16), flash_importable=True) == FLASH_VARLEN
+    assert packed_kernel(_CudaLike(torch.float16), flash_importable=True) == FLASH_VARLEN
+    assert packed_kernel(_CudaLike(torch.float32), flash_importable=True) == PER_SEQUENCE_SDPA  # flash-attn: no fp32
+    assert packed_kernel(_CudaLike(torch.bfloat16), flash_importable=False) == PER_SEQUENCE_SDPA
+    assert packed_kernel(_CudaLike(torch.bfloat16, cuda=False), flash_importable=True) == PER_SEQUENCE_SDPA
+    assert packed_kernel(torch.zeros(1, dtype=torch.bfloat16)) == PER_SEQUENCE_SDPA  # a CPU tensor
+
+
+def test_cu_seqlens_are_the_sequence_bounds_as_cumulative_offsets() -> None:
+    _, positions = flattened()
+    starts, longest = cu_seqlens(sequence_bounds(positions))
+    assert starts.dtype == torch.int32 and starts.tolist() == [0, 5, 22, 23, 32] and longest == 17
+
+
+def _fake_flash_attn() -> types.ModuleType:
+    """flash-attn's `flash_attn_varlen_func` contract ((T, H, D) tensors, cumulative offsets, GQA by
+    head count), computed with SDPA per sequence: checks the layout the runner hands it."""
+
+    def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+        assert q.dim() == 3 and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and max_q == max_k
+        ends = cu_q.tolist()
+        assert max_q == max(b - a for a, b in zip(ends, ends[1:]))
+        outs = []
+        for a, b in zip(ends, ends[1:]):
+            outs.append(F.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), scale=softmax_scale,
+                is_causal=causal, enable_gqa=k.shape[1] != q.shape[1]).transpose(0, 1))
+        return torch.cat(outs)
+
+    module = types.ModuleType("flash_attn")
+    module.flash_attn_varlen_func = flash_attn_varlen_func  # type: ignore[attr-defined]
+    return module
+
+
+def test_the_flash_varlen_path_gives_what_the_per_sequence_sdpa_path_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    import runner.train.attention as attention
+
+    model = tiny("llama")
+    ids, positions = flattened()
+    assert use_packed_sdpa(model)
+    with torch.no_grad():
+        per_sequence = model(input_ids=ids, position_ids=positions).logits
+        monkeypatch.setitem(sys.modules, "flash_attn", _fake_flash_attn())
+        monkeypatch.setattr(attention, "packed_kernel", lambda query, flash_importable=None: FLASH_VARLEN)
+        varlen = model(input_ids=ids, position_ids=positions).logits
+    assert (varlen - per_sequence).abs().max() < 1e-5
+
+
+def test_flash_attention_models_switch_to_the_packed_path_and_pick_the_kernel_per_call() -> None:
+    model = tiny("llama")
+    model.config._attn_implementation = "flash_attention_2"  # as choose_device sets it on a GPU with flash-attn
+    assert use_packed_sdpa(model) and model.config._attn_implementation == PACKED_SDPA

@@ -19,7 +19,7 @@ from runner.spec.model import SpeedSection
 from runner.spec.schema import job_schema
 
 ALL_OFF = {"packed_attention": False, "loss_positions_only": False, "token_budget": 0, "data_cache": False,
-           "shared_prompt": False}
+           "shared_prompt": False, "lora_fold": False, "fused_optimizer": False, "padding_free_embeddings": False}
 
 
 def _only_run(runs: Path) -> Path:
@@ -29,7 +29,8 @@ def _only_run(runs: Path) -> Path:
 
 def test_the_speed_switches_default_to_on_and_are_documented_in_the_schema() -> None:
     assert SpeedSection().model_dump() == {"packed_attention": True, "loss_positions_only": True,
-                                          "token_budget": 1024, "data_cache": True, "shared_prompt": True}
+                                          "token_budget": 1024, "data_cache": True, "shared_prompt": True,
+                                          "lora_fold": True, "fused_optimizer": True, "padding_free_embeddings": True}
     speed = job_schema()["$defs"]["SpeedSection"]
     assert set(speed["properties"]) == set(ALL_OFF) and speed["additionalProperties"] is False
     assert all(p["description"] for p in speed["properties"].values())
@@ -64,8 +65,10 @@ def test_switched_off_the_run_learns_the_same_and_the_manifest_says_how_it_ran(
         entries_after = set(cache.glob("*.npz")) if cache.exists() else set()
         if name == "on":
             assert manifest["runtime"]["packed_attention"] and len(entries_after - entries_before) == 1
+            assert manifest["runtime"]["lora_fold"] == 2 * 7  # every linear layer of the 2-layer model
         else:
             assert "packed_attention" not in manifest["runtime"] and entries_after == entries_before
+            assert "lora_fold" not in manifest["runtime"]
     (losses_on, adapter_on), (losses_off, adapter_off) = results["on"], results["off"]
     assert losses_on == pytest.approx(losses_off, rel=1e-4)
     assert adapter_on.keys() == adapter_off.keys()
@@ -135,3 +138,4 @@ def test_the_throughput_benchmark_switches_speed_features_through_job_files_only
         off[variant] = {k for k, v in job.spec.train.speed.model_dump().items() if v != getattr(SpeedSection(), k)}
     assert off["runner"] == set() and off["runner-all-off"] == set(ALL_OFF)
     assert off["runner-dense-attention"] == {"packed_attention"} and off["runner-no-token-budget"] == {"token_budget"}
+    assert off["runner-no-lora-fold"] == {"lora_fold"}

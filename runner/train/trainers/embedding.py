@@ -102,9 +102,12 @@ class EmbeddingTokenCounter(TokenCounter):
     def add(self, inputs: dict[str, Any]) -> None:
         for side in ("query", "positive", "negative"):
             for modality in ("text", "image"):
-                mask = ((inputs.get(side) or {}).get(modality) or {}).get("attention_mask")
+                features = (inputs.get(side) or {}).get(modality) or {}
+                mask = features.get("attention_mask")
                 if mask is not None:
                     self._total = self._total + mask.sum()
+                elif "lengths" in features:  # padding-free texts: every id is a real token
+                    self._total = self._total + features["input_ids"].numel()
 
 
 class EvalReporter(TrainerCallback):
