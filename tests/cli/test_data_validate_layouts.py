@@ -114,18 +114,19 @@ def test_a_multimodal_file_is_refused_naming_the_setting_and_reads_with_it(
     assert "warning: 1 images (or other media) were dropped from 1 records" in out
 
 
-@pytest.mark.parametrize(("name", "record", "message"), [
-    ("trl_prompt_only.jsonl", {"prompt": [{"role": "user", "content": "What color is the sky?"}]},
+@pytest.mark.parametrize(("name", "record", "options", "message"), [
+    ("trl_prompt_only.jsonl", {"prompt": [{"role": "user", "content": "What color is the sky?"}]}, [],
      "it looks like prompt-only (a 'prompt' and no response): there is nothing to train on"),
     ("lf_preference.json", {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"},
-                            "rejected": {"from": "gpt", "value": "b"}},
+                            "rejected": {"from": "gpt", "value": "b"}}, ["--format", "sharegpt"],
      "it looks like preference ('chosen' and 'rejected')"),
 ])
 def test_a_layout_that_is_not_supervised_fine_tuning_is_refused_with_what_it_looks_like(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, record: dict[str, Any], message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, record: dict[str, Any], options: list[str],
+    message: str
 ) -> None:
     path = _write(tmp_path, name, [record])
-    assert main(["data", "validate", str(path)]) == 1
+    assert main(["data", "validate", *options, str(path)]) == 1
     captured = capsys.readouterr()
     assert message in captured.out + captured.err
 
