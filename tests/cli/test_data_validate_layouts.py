@@ -131,6 +131,17 @@ def test_a_layout_that_is_not_supervised_fine_tuning_is_refused_with_what_it_loo
     assert message in captured.out + captured.err
 
 
+def test_llamafactory_preference_data_reads_as_preference_pairs_when_detected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path, "lf_preference.json", [{"conversations": [{"from": "human", "value": "q"}],
+                                                    "chosen": {"from": "gpt", "value": "a"},
+                                                    "rejected": {"from": "gpt", "value": "b"}}])
+    assert main(["data", "validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("format: sharegpt-preference (") and "1 read, 1 usable, 0 bad" in out
+
+
 def test_a_bad_data_setting_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, "corpus.txt", "text")
     assert main(["data", "validate", "--data", "text_unit=sentence", str(path)]) == 2
