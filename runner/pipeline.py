@@ -188,6 +188,10 @@ def _train(job: LoadedJob, attempt: _Attempt, stop: StopRequest, *, runs_root: P
     from runner.train.context import RunContext
     from runner.train.recipes import recipe_for
 
+    # the data first: a missing or unreadable data file fails the run (reason data) before a model
+    # is resolved, which may mean a download or a GGUF conversion
+    _require_data_files(job)
+    data_fingerprint = _data_fingerprint(job)
     recipe = recipe_for(job.spec)
     train = recipe.load()  # an import problem shows before any model is resolved
     paths, resume_from = run_paths(attempt.run_dir), attempt.resume_from
@@ -200,7 +204,7 @@ def _train(job: LoadedJob, attempt: _Attempt, stop: StopRequest, *, runs_root: P
         spec=job.spec.model_dump(mode="json"),
         spec_sha256=job.sha256,
         model=model_info,
-        data_fingerprint=_data_fingerprint(job),
+        data_fingerprint=data_fingerprint,
         seed=job.spec.train.seed,
         command=command or sys.argv,
         cwd=job.path.parent,
@@ -254,6 +258,19 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _require_data_files(job: LoadedJob) -> None:
+    """DataFileError for the first data file that is missing or not a file (hf: data sets are read later)."""
+    from runner.data.records import DataFileError
+    from runner.spec.data_source import is_hub_data
+
+    for name in [*job.spec.data.train, *job.spec.data.eval]:
+        path = job.resolve_path(name)
+        if not is_hub_data(name) and not path.is_file():
+            problem, fix = (("is a folder", "list the data files inside it instead") if path.is_dir() else
+                            ("file not found", f"check the path (resolved to {path.absolute()})"))
+            raise DataFileError(name, problem, fix)
 
 
 def _data_fingerprint(job: LoadedJob) -> str:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.commands.common import EXIT_FAILED, EXIT_USAGE, Subparsers, load_job_or_report, missing_paths, optional_path
+
+if TYPE_CHECKING:
+    from runner.spec import LoadedJob
 
 
 def add_run(sub: Subparsers) -> None:
@@ -40,7 +44,7 @@ def run_command(args: argparse.Namespace) -> int:
     if missing_paths([args.job], "runner run"):
         return EXIT_USAGE
     job = load_job_or_report(args.job)
-    if job is None:
+    if job is None or _file_problems(job, registry, args.runs_dir):
         return EXIT_FAILED
     resume: bool | str = True if args.resume else False if args.fresh else "auto"
     try:
@@ -57,3 +61,17 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return result.exit_code
+
+
+def _file_problems(job: LoadedJob, registry: Path | None, runs_dir: str | None) -> bool:
+    """Report what `runner validate` finds on this machine (data files, model source, registry alias,
+    job name) before a run folder is made or a library is imported: a typo in a path costs no model load."""
+    from runner.outputs.runs import runs_root
+    from runner.spec.filechecks import Surroundings, check_files
+
+    issues = check_files(job, Surroundings(registry=registry, runs_dir=runs_root(runs_dir)))
+    for issue in issues:
+        print(issue, file=sys.stderr)
+    if issues:
+        print(f"{job.path}: cannot run here; fix the problems above (runner validate {job.path})", file=sys.stderr)
+    return bool(issues)

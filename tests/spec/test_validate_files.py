@@ -125,3 +125,38 @@ def test_the_daemon_scan_does_not_check_files(tmp_path: Path) -> None:
     _write(tmp_path, "jobs/job.toml", PKG + '[data]\ntrain = "arrives-later.jsonl"\n')
     spec = scan_folder(tmp_path / "jobs")["job.toml"]
     assert inspect_spec(tmp_path / "jobs", spec).valid
+
+
+def test_runner_run_names_a_missing_data_file_with_its_place_before_a_run_or_torch_starts(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    job = _write(tmp_path, "jobs/gone.toml", PKG + '[data]\ntrain = ["data/ok.jsonl", "data/gone.jsonl"]\n')
+    _write(tmp_path, "jobs/data/ok.jsonl", '{"text": "a"}\n')
+    probe = ("import sys; from runner.cli import main; code = main(['run', sys.argv[1], '--runs-dir', sys.argv[2]]); "
+             "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, str(job), str(tmp_path / "runs")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert f"{job}:4:27:" in done.stderr and "data.train[1]: data file not found" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout.strip() == "torch not imported"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_whose_data_file_is_missing_fails_before_its_model_is_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the daemon's runs skip the file checks of its scan (the data may still be on its way), so the
+    # run itself must find the missing file before it resolves, and perhaps downloads, a model
+    import runner.lineage
+    from runner.pipeline import run_job
+    from runner.spec import load_job
+
+    def resolve(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was resolved before the data was checked")
+
+    monkeypatch.setattr(runner.lineage, "resolve_job_model", resolve)
+    job = load_job(_write(tmp_path, "jobs/gone.toml", PKG + '[data]\ntrain = "data/gone.jsonl"\n'))
+    result = run_job(job, tmp_path / "runs")
+    assert (result.state.value, result.reason) == ("failed", "data")
+    assert result.message is not None and "data/gone.jsonl: file not found" in result.message
