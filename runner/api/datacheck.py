@@ -3,7 +3,9 @@
 The same format detection (on the first records), field mapping and per-record checks as
 `runner data validate` (`runner.data.formats`, `runner.data.embedding`), over
 `runner.data.stream.iter_records`: the memory of a check is one record, the detection sample
-and the listed bad records (`--api-max-errors`), whatever the file's size. An upload is read
+and the listed bad records (`--api-max-errors`), whatever the file's size. Plain text, CSV, TSV
+and Parquet go through the command line's readers, which read a file whole (bounded by
+`--api-max-table`); preference data is detected and checked as a preference job reads it. An upload is read
 from the spooled file the multipart parser wrote to disk, under the name the client gave it:
 answers never show a server-side temporary path. Image paths of image-text records resolve
 under `image_root`, which must lie under a data root (default: the file's folder, or for an
@@ -13,8 +15,11 @@ of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,14 +28,19 @@ from typing import IO, Any, get_args
 
 from runner.api.confine import BadPath, OutsideRoots, check_path_text, confine
 from runner.api.errors import ApiError, cut
+from runner.api.limits import Limits
 from runner.api.settings import ApiSettings
+from runner.data.plaintext import TEXT_SUFFIXES
+from runner.data.records import DataFileError, Record
 from runner.data.report import BadRecord, DataError
 from runner.data.stream import iter_records
+from runner.data.tables import TABLE_SUFFIXES
 from runner.spec.model import CANONICAL_FIELDS, DataFormat
 
 __all__ = ["DATA_FORMATS", "Source", "ValidateRequest", "check", "parse_json_request", "path_sources"]
 
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
+WHOLE_FILE_SUFFIXES = TEXT_SUFFIXES + TABLE_SUFFIXES  # read whole by their readers (pyarrow, paragraphs)
 SAMPLE_BYTES = 2 << 20  # the detection sample stops after this much of the input (and at DETECT_SAMPLE records)
 _EXAMPLE = '{"path": "data/train.jsonl", "format": "auto"}'
 
@@ -153,12 +163,12 @@ def check(settings: ApiSettings, sources: list[Source], request: ValidateRequest
         image_root: Path | None = _under_roots(settings, request.image_root, "image_root")
     else:
         image_root = None if all(s.folder for s in sources) else settings.data_roots[0]
-    sample = [r.data for r in _records(sources, limits.max_record, sample=True) if not isinstance(r, BadRecord)]
+    sample = [r.data for r in _records(sources, limits, sample=True) if not isinstance(r, BadRecord)]
     checker, fmt, reason = _checker(request, sample, image_root)
     total = ok = 0
     bad: list[dict[str, Any]] = []
     bad_count = 0
-    for source, item in _records_with_source(sources, limits.max_record):
+    for source, item in _records_with_source(sources, limits):
         total += 1
         problem = item.reason if isinstance(item, BadRecord) else checker(item.data, source)
         if problem is None:
@@ -195,6 +205,9 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
             return embedded, fmt, reason
         if not sample:  # no record could be read: the bad records say why
             return (lambda data, source: None), None, "no readable record to detect the format from"
+        preference = _preference_checker(request.data_format, sample, fields or None)
+        if preference is not None:
+            return preference
         if request.data_format == "auto":
             fmt, reason = formats.detect_format(sample, fields or None)
         else:
@@ -213,12 +226,36 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
     return causal, fmt, reason
 
 
-def _records(sources: list[Source], max_record: int, *, sample: bool = False) -> Iterator[Any]:
-    for _, item in _records_with_source(sources, max_record, sample=sample):
+def _preference_checker(data_format: str, sample: list[dict[str, Any]], fields: dict[str, str] | None
+                        ) -> tuple[Callable[[Mapping[str, Any], Source], str | None], str, str] | None:
+    """Preference data (given, or detected as `runner data validate` detects it): each pair normalised
+    as a preference job reads it; None for any other data."""
+    from runner.data import preference
+
+    if data_format == "auto" and preference.preference_vote(sample, fields) is None:
+        return None
+    if data_format != "auto" and data_format not in preference.FORMATS:
+        return None
+    fmt, reason = preference.detect_format(sample, fields) if data_format == "auto" else (data_format, "given")
+    resolved = preference.resolve_preference_fields(fmt, sample, fields)
+
+    def pair(data: Mapping[str, Any], source: Source) -> str | None:
+        try:
+            preference.normalize_preference(data, fmt, resolved)
+        except DataError as exc:
+            return str(exc)
+        return None
+
+    return pair, fmt, reason
+
+
+def _records(sources: list[Source], limits: Limits, *, sample: bool = False) -> Iterator[Any]:
+    for _, item in _records_with_source(sources, limits, sample=sample):
         yield item
 
 
-def _records_with_source(sources: list[Source], max_record: int, *, sample: bool = False) -> Iterator[tuple[Source, Any]]:
+def _records_with_source(sources: list[Source], limits: Limits, *, sample: bool = False
+                         ) -> Iterator[tuple[Source, Any]]:
     """Every record of every source in order; with `sample`, only the detection sample."""
     from runner.data.formats import DETECT_SAMPLE
 
@@ -226,12 +263,44 @@ def _records_with_source(sources: list[Source], max_record: int, *, sample: bool
     for source in sources:
         try:
             with source.open() as stream:
-                for item in iter_records(stream, source.name, suffix=source.suffix, max_record=max_record):
+                whole = source.suffix.lower() in WHOLE_FILE_SUFFIXES
+                items = (_whole_file(stream, source.name, limits.max_table) if whole
+                         else iter_records(stream, source.name, suffix=source.suffix, max_record=limits.max_record))
+                for item in items:
                     yield source, item
                     taken += not isinstance(item, BadRecord)
-                    if sample and (taken >= DETECT_SAMPLE or stream.tell() > SAMPLE_BYTES):
+                    if sample and (taken >= DETECT_SAMPLE or (not whole and stream.tell() > SAMPLE_BYTES)):
                         return
         except DataError as exc:
             raise ApiError(422, cut(str(exc))) from None
         except OSError as exc:
             raise ApiError(422, f"{source.name}: cannot be read ({exc.strerror})") from None
+
+
+def _whole_file(stream: IO[bytes], name: str, limit: int) -> list[Record | BadRecord]:
+    """A plain-text, CSV, TSV or Parquet file read by the command line's own readers, which take a
+    file and read it whole (pyarrow, the paragraph splitter): so its size is bounded (--api-max-table).
+    It is copied into a private folder under a fixed name, and every location and message of the
+    answer names it as the request did, never by the server's temporary path."""
+    from runner.data.reading import read_file
+
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    if size > limit:
+        raise ApiError(413, f"{cut(name, 200)} is {size} bytes; a plain-text, CSV, TSV or Parquet file is read "
+                            f"whole, and this server checks at most {limit} bytes of one (--api-max-table); check "
+                            "a larger one with `runner data validate`, or send it as JSONL")
+    with tempfile.TemporaryDirectory(prefix="runner-api-check-") as folder:
+        path = Path(folder) / f"data{Path(name).suffix.lower()}"
+        with open(path, "wb") as copy:
+            while chunk := stream.read(1 << 20):
+                copy.write(chunk)
+        try:
+            read = read_file(path)
+        except DataFileError as exc:
+            raise DataFileError(name, exc.problem.replace(str(path), name), exc.fix.replace(str(path), name),
+                                exc.line, exc.column) from None
+    items: list[Record | BadRecord] = [*read.records, *read.bad]
+    items.sort(key=lambda item: (item.location.row or 0, item.location.line or 0, item.location.index or 0))
+    return [Record(item.data, dataclasses.replace(item.location, file=name)) if isinstance(item, Record)
+            else BadRecord(dataclasses.replace(item.location, file=name), item.reason) for item in items]

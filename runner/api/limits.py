@@ -110,6 +110,10 @@ class Limits:
     max_record: int = _limit(
         MIB, "--api-max-record", "size",
         "one record of a data file checked by `/datasets/validate` (a longer one is a bad record)")
+    max_table: int = _limit(
+        16 * MIB, "--api-max-table", "size",
+        "a plain-text, CSV, TSV or Parquet file checked by `/datasets/validate` (read whole, as "
+        "`runner data validate` reads it, not record by record; over it, 413)")
     max_files: int = _limit(
         1000, "--api-max-files", "count",
         "data files named by one request: `path` of `/datasets/validate`, `data.train` + `data.eval` of a "

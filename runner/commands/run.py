@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.commands.common import EXIT_FAILED, EXIT_USAGE, Subparsers, load_job_or_report, missing_paths, optional_path
+from runner.commands.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Subparsers,
+    load_job_or_report,
+    missing_paths,
+    optional_path,
+)
 
 if TYPE_CHECKING:
     from runner.spec import LoadedJob
