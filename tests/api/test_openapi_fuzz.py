@@ -162,7 +162,8 @@ _multipart = st.builds(
                                 + b"\"\r\n\r\n" + content + b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"format\""
                                 + b"\r\n\r\n" + fmt.encode() + b"\r\n--XyZ--\r\n"),
     st.one_of(st.binary(max_size=300), _json_value.map(lambda v: (json.dumps(v) + "\n").encode())),
-    st.sampled_from(["auto", "alpaca", "image-text", "pairs", "nope"]), st.sampled_from(["d.jsonl", "d.json", "x"]))
+    st.sampled_from(["auto", "alpaca", "image-text", "pairs", "sharegpt-preference", "nope"]),
+    st.sampled_from(["d.jsonl", "d.json", "x", "d.txt", "d.csv", "d.tsv", "d.parquet"]))
 _body = st.one_of(st.just(b""), st.binary(max_size=500), _json_value.map(lambda v: json.dumps(v).encode()),
                   st.builds(lambda p, f: json.dumps({"path": p, "format": f}).encode(),
                             st.sampled_from(["data/train.jsonl", "/etc/shadow", "data", "x\u0000", "../..", "\ud800"]),
