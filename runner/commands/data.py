@@ -56,8 +56,15 @@ def data_validate_command(args: argparse.Namespace) -> int:
         check, max_length = _files_check(args, fields, settings), args.max_length
     if check is None:
         return error("name data files, or a job with --job", EXIT_USAGE)
+    from runner.data.conversation import FieldsError
+
     try:
         report = check()
+    except FieldsError as exc:  # --fields (or --format) that do not fit the data: a usage error
+        if args.job:
+            return error(str(exc))
+        print(f"runner data validate: error: --fields: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (DataError, SourceError) as exc:
         return error(str(exc))
     if args.json:

@@ -155,6 +155,16 @@ def test_a_field_mapping_written_the_wrong_way_round_is_a_usage_error(tmp_path: 
     assert code == 2 and "'query' is not a field of format 'alpaca'; expected one of instruction, input, output" in err
 
 
+def test_a_field_of_another_format_is_a_usage_error_once_the_format_is_detected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _jsonl(tmp_path / "d.jsonl", ALPACA)  # 'prompt' is a field of prompt-completion, not of alpaca
+    code, _, err = _data_validate(capsys, "--fields", "prompt=instruction", str(data))
+    assert code == 2
+    assert ("runner data validate: error: --fields: unknown field(s) ['prompt'] for format 'alpaca'; "
+            "expected some of ['instruction', 'input', 'output', 'system', 'history']") in err
+
+
 def test_a_data_file_named_on_the_command_line_that_does_not_exist_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
