@@ -67,8 +67,11 @@ IGNORED = {
 def convert(config: dict[str, Any], conv: Conversion) -> None:
     stage = config.get("stage", "sft")
     if stage not in ("sft", "pt"):
+        loss = stage if stage == "kto" else {"ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}.get(config.get("pref_loss"), "dpo")
+        preference = (f"; {stage} is a preference job of its own: write it by hand with [loss] type = \"{loss}\" "
+                      "(jobs/quickstart-dpo.toml is an example)" if stage in ("dpo", "kto") else "")
         raise ConvertError(f"stage: {stage!r}: only supervised fine-tuning (sft) and continued pre-training (pt) "
-                           "configs convert into a job here")
+                           f"configs convert into a job here{preference}")
     model_source(conv, config.get("model_name_or_path"), "model_name_or_path")
     _adapter(config, conv)
     _data(config, conv, stage)
@@ -181,7 +184,8 @@ def _dataset_info(config: dict[str, Any], conv: Conversion) -> tuple[dict[str, A
 def _entry_sources(name: str, entry: dict[str, Any], folder: Path, conv: Conversion) -> list[str]:
     if entry.get("ranking"):
         raise ConvertError(f"data set '{name}' is a preference data set (ranking: true): it trains a preference "
-                           "job, not supervised fine-tuning")
+                           'job (loss.type = "dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it), '
+                           "not supervised fine-tuning")
     if "hf_hub_url" in entry:
         query = f"?split={entry.get('split', 'train')}" + (f"&subset={entry['subset']}" if entry.get("subset") else "")
         for key in ("folder", "num_samples"):
