@@ -180,13 +180,13 @@ def test_dataset_info_columns_tags_and_hub_entries_become_fields_roles_and_hf_so
 
 @pytest.mark.parametrize(("edit", "message"), [
     (("stage: sft", "stage: dpo"), "stage: 'dpo': only supervised fine-tuning (sft) and continued pre-training (pt)"),
-    (("stage: sft", "stage: kto"), 'a preference job of its own: write it by hand with [loss] type = "kto" '
-                                   "(jobs/quickstart-dpo.toml is an example)"),
+    (("stage: sft", "stage: kto"), ('a preference job of its own: write it by hand with [loss] type = "kto" '
+                                    "(jobs/quickstart-dpo.toml is an example)")),
     (("stage: sft", "stage: ppo"), "stage: 'ppo': only supervised fine-tuning (sft) and continued pre-training (pt)"),
     (("dataset: identity,glaive_toolcall_en_demo", "dataset: nowhere"), "dataset: 'nowhere' is not a data set of"),
     (("dataset: identity,glaive_toolcall_en_demo", "dataset: dpo_demo"),
-     "data set 'dpo_demo' is a preference data set (ranking: true): it trains a preference job (loss.type = "
-     '"dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it)'),
+     ("data set 'dpo_demo' is a preference data set (ranking: true): it trains a preference job (loss.type = "
+      '"dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it)')),
 ])
 def test_a_llamafactory_config_that_cannot_become_a_job_says_why(tmp_path: Path, edit: tuple[str, str],
                                                                   message: str) -> None:
