@@ -80,10 +80,18 @@ def test_an_invalid_spec_is_refused_before_anything_runs(tmp_path: Path, capsys:
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_missing_model_folder_fails_as_a_config_error(tmp_path: Path, write_job: Callable[..., Path]) -> None:
+def test_a_missing_model_folder_is_named_before_a_run_and_fails_a_started_run_as_a_config_error(
+    tmp_path: Path, write_job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner.pipeline import run_job
+    from runner.spec import load_job
+
     job = write_job(model={"source": f"local:{tmp_path / 'nowhere'}"})
     runs = tmp_path / "runs"
-    assert main(["run", str(job), "--runs-dir", str(runs)]) == 1
+    assert main(["run", str(job), "--runs-dir", str(runs)]) == 1  # checked as runner validate checks it
+    err = capsys.readouterr().err
+    assert f"{job}:" in err and "model.source" in err and "nowhere" in err and not runs.exists()
+    run_job(load_job(job), runs)  # a daemon's run (its scan checks the spec alone) finds it when it resolves the model
     status = json.loads((_only_run(runs) / "status.json").read_text())
     assert status["state"] == "failed" and status["reason"] == "config"
     assert "nowhere" in status["error"]
