@@ -19,7 +19,9 @@ it once per step.
 
 Not folded (peft's own forward runs): dropout above 0 (the adapter sees other inputs than the
 base), several active adapters, DoRA and other variants, merged or disabled adapters, quantised
-or trainable base layers, mixed precision (autocast) and dtypes that differ.
+or trainable base layers, mixed precision (autocast) and dtypes that differ. A pass with the
+adapter disabled (the preference recipe's reference, `disable_adapter()`) runs the base layer
+alone and keeps the fold for the next adapted pass.
 
 peft internals read here (checked against peft `CHECKED_AGAINST`; tests/train/test_lora_fold.py
 pins them): a LoRA ``Linear`` has ``base_layer`` (an ``nn.Linear``), ``lora_A`` / ``lora_B`` /
@@ -128,7 +130,10 @@ def foldable(layer: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[st
 def _folded_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     adapter = foldable(self, x, args, kwargs)
     if adapter is None:
-        self.__dict__.pop("_runner_fold", None)  # a fold that is not used is not kept
+        # a fold that is not used is not kept, except across a pass with the adapter switched off (a
+        # preference loss's reference): the next adapted pass of the same step needs it again
+        if not self.disable_adapters:
+            self.__dict__.pop("_runner_fold", None)
         return super(type(self), self).forward(x, *args, **kwargs)
     folded = _fold_of(self, adapter)
     lora_a, lora_b = self.lora_A[adapter].weight, self.lora_B[adapter].weight

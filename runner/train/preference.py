@@ -7,7 +7,7 @@ evaluation -> train (or resume) -> final evaluation -> adapter saved complete-or
 
 Everything the recipe knows comes from the typed spec: the loss and its settings ([loss]), where
 the reference comes from (loss.reference), and the speed switches ([train.speed]: shared_prompt,
-packed_attention, token_budget). A typical job's model is another job's result
+packed_attention, token_budget, lora_fold). A typical job's model is another job's result
 (``model.source = "job:<sft job>"``), so the reference is the SFT model.
 """
 
@@ -34,6 +34,7 @@ from runner.train.common import (
     training_arguments,
 )
 from runner.train.context import RunContext, TrainOutcome
+from runner.train.lora_fold import fold_applies, fold_lora_layers
 from runner.train.losses.preference import build_preference_loss
 from runner.train.model import DeviceChoice, apply_adapter, load_causal_lm, quantization_record
 from runner.train.reference import (
@@ -66,6 +67,7 @@ def train_preference(ctx: RunContext) -> TrainOutcome:
     reference_kind = spec.reference
     frozen = FrozenCopy(copy.deepcopy(model)) if reference_kind == "copy" else None  # the base, before any update
     model = apply_adapter(model, spec.adapter, gradient_checkpointing=spec.train.gradient_checkpointing)
+    fold_adapter(ctx, model, runtime)
     trainable, total = report_parameters(ctx, model, runtime, preference={
         "loss": spec.loss_type, "beta": spec.preference_beta, "reference": reference_kind})
     print(f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%); "
@@ -164,6 +166,17 @@ def load_model(ctx: RunContext, choice: DeviceChoice, runtime: dict[str, Any]) -
     runtime["shared_prompt"] = shared
     record_runtime(ctx, runtime)
     return model, shared
+
+
+def fold_adapter(ctx: RunContext, model: Any, runtime: dict[str, Any]) -> None:
+    """LoRA with dropout 0 (train.speed.lora_fold): each adapted layer runs one GEMM with the adapter
+    folded into the weight. The adapter-off reference still runs peft's forward (the base weight
+    alone), and the fold is kept across it, so it is formed once per optimizer step."""
+    spec = ctx.job.spec
+    sharded = spec.resources.world_size > 1 and spec.resources.strategy == "fsdp"  # FSDP owns the weights
+    if spec.train.speed.lora_fold and fold_applies(spec.adapter.method, spec.adapter.dropout) and not sharded:
+        runtime["lora_fold"] = fold_lora_layers(model)
+        record_runtime(ctx, runtime)
 
 
 def precompute(ctx: RunContext, trainer: PreferenceTrainer, data: PreparedPreference, choice: DeviceChoice,

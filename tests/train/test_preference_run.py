@@ -92,9 +92,11 @@ def test_each_preference_loss_trains_and_reports(write_pref_job: Callable[..., P
 
 
 def test_speed_switches_off_learn_the_same(write_pref_job: Callable[..., Path], tmp_path: Path) -> None:
-    """The prompt shared or repeated, the batch whole or in parts: the same losses and adapter."""
+    """The prompt shared or repeated, the batch whole or in parts, LoRA folded into the weight or not:
+    the same losses and adapter."""
     results = []
-    for name, speed in (("on", {"token_budget": 64}), ("off", {"shared_prompt": False, "token_budget": 0})):
+    for name, speed in (("on", {"token_budget": 64}),
+                        ("off", {"shared_prompt": False, "token_budget": 0, "lora_fold": False})):
         job = write_pref_job(train={"speed": speed, "max_steps": 4}, adapter={"dropout": 0.0},
                              data={"eval_fraction": 0.0})
         runs = tmp_path / name
@@ -102,6 +104,7 @@ def test_speed_switches_off_learn_the_same(write_pref_job: Callable[..., Path], 
         run = _run(runs)
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["runtime"]["shared_prompt"] is (name == "on")
+        assert manifest["runtime"].get("lora_fold", 0) == (2 * 7 if name == "on" else 0)  # every linear layer
         steps = [m for m in _metrics(run) if "loss" in m]
         results.append(([m["loss"] for m in steps], [m["tokens_seen"] for m in steps],
                         load_file(run / "adapter" / "adapter_model.safetensors")))
