@@ -57,17 +57,32 @@ def segments(position_ids: torch.Tensor) -> list[Segment]:
     return out
 
 
-_last: tuple[torch.Tensor, int, list[Segment]] | None = None
+Branch = tuple[Segment, Any]  # a segment and the mask its branch attends with (None: plain causal)
+_last: tuple[torch.Tensor, int, torch.device, list[Branch]] | None = None
 
 
-def _segments_for_layer(position_ids: torch.Tensor) -> list[Segment]:
-    """`segments`, read once per forward pass (every layer gets the same tensor), keyed on the
-    tensor and its version counter as runner.train.attention does."""
+def _branch_mask(segment: Segment, device: torch.device) -> Any:
+    """The lower-right causal mask of a branch over ``[prompt keys, own keys]``. On the CPU torch
+    materialises a `causal_lower_right` bias on every call (no fused kernel takes it there), so the
+    same boolean mask is built here once per forward pass and shared by every layer; elsewhere the
+    bias object goes to SDPA, which can run it fused."""
+    start, end, prefix_start, prefix_end = segment
+    if prefix_end == prefix_start:
+        return None
+    length, keys = end - start, prefix_end - prefix_start + end - start
+    if device.type != "cpu":
+        return causal_lower_right(length, keys)
+    return torch.ones(length, keys, dtype=torch.bool, device=device).tril(diagonal=keys - length)
+
+
+def _branches_for_layer(position_ids: torch.Tensor, device: torch.device) -> list[Branch]:
+    """`segments` and their masks, worked out once per forward pass (every layer gets the same
+    tensor), keyed on the tensor and its version counter as runner.train.attention does."""
     global _last
-    if _last is not None and _last[0] is position_ids and _last[1] == position_ids._version:
-        return _last[2]
-    found = segments(position_ids)
-    _last = (position_ids, position_ids._version, found)
+    if _last is not None and _last[0] is position_ids and _last[1] == position_ids._version and _last[2] == device:
+        return _last[3]
+    found = [(segment, _branch_mask(segment, device)) for segment in segments(position_ids)]
+    _last = (position_ids, position_ids._version, device, found)
     return found
 
 
@@ -93,16 +108,15 @@ def shared_prompt_sdpa_forward(
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # kv heads shared by several query heads
     parts = []
-    for start, end, prefix_start, prefix_end in _segments_for_layer(position_ids):
+    for (start, end, prefix_start, prefix_end), mask in _branches_for_layer(position_ids, query.device):
         q = query[:, :, start:end]
-        if prefix_end == prefix_start:
+        if mask is None:
             parts.append(F.scaled_dot_product_attention(q, key[:, :, start:end], value[:, :, start:end],
                                                         dropout_p=dropout, scale=scaling, is_causal=True,
                                                         enable_gqa=gqa))
             continue
         k = torch.cat([key[:, :, prefix_start:prefix_end], key[:, :, start:end]], dim=2)
         v = torch.cat([value[:, :, prefix_start:prefix_end], value[:, :, start:end]], dim=2)
-        mask = causal_lower_right(end - start, k.shape[2])
         parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
                                                     enable_gqa=gqa))
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)

@@ -148,3 +148,21 @@ def test_a_batch_is_cut_between_pairs_within_the_token_budget() -> None:
     assert int(batch["items"]) == 3 and int(batch["chosen_tokens"]) == 4 + 7 + 2
     # throughput counts the pairs as separate sequences, whatever the layout
     assert sum(int(p["tokens"]) for p in batch["parts"]) == sum(2 * len(p) + len(c) + len(r) for p, c, r in PAIRS)
+
+
+def test_a_branch_mask_built_once_per_pass_is_torchs_lower_right_causal_mask() -> None:
+    from torch.nn.attention.bias import causal_lower_right
+
+    from runner.train.shared_prompt import _branch_mask, _branches_for_layer
+
+    row = packed_row(shared=True)
+    branches = _branches_for_layer(row["position_ids"], torch.device("cpu"))
+    assert [s for s, _ in branches] == segments(row["position_ids"])
+    assert _branches_for_layer(row["position_ids"], torch.device("cpu")) is branches  # every layer: the same masks
+    for (start, end, prefix_start, prefix_end), mask in branches:
+        if prefix_end == prefix_start:
+            assert mask is None
+            continue
+        keys = prefix_end - prefix_start + end - start
+        assert torch.equal(mask, causal_lower_right(end - start, keys)._materialize(torch.device("cpu")))
+    assert _branch_mask((10, 13, 0, 6), torch.device("cpu"))[0].tolist() == [True] * 7 + [False] * 2
