@@ -36,6 +36,9 @@ KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {
     ("runner.data.formats", "runner.data.embedding"):
         "guess_format and usage_problems (in formats) look at the embedding formats too, while embedding "
         "imports formats (and pipeline, which imports formats): a lazy import in formats closes the cycle",
+    ("runner.data.formats", "runner.data.preference"):
+        "guess_format, usage_problems and the SFT format check (in formats) recognise preference data too, while "
+        "preference imports formats (the prompt's chat rules): a lazy import in formats closes the cycle",
 }
 
 
