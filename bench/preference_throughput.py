@@ -10,7 +10,7 @@ such records. Each run is a fresh process with the same threads and environment;
 alternate within each repeat and the table reports medians.
 
 - runner: `python -m runner run JOB`, as users run it (shared prompt, LM head on reply positions,
-  token budget on); runner-<switch> variants turn one [train.speed] switch off, runner-precompute
+  token budget, LoRA folded into the weight); runner-<switch> variants turn one [train.speed] switch off, runner-precompute
   computes the reference once before training (loss.reference = "precompute").
 - trl-default: DPOTrainer with its defaults (padding to the longest, chosen and rejected as two
   padded rows each, gradient checkpointing on) except bf16, off as in every variant (fp32).
@@ -58,7 +58,9 @@ RUNNER_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "runner": {},
     "runner-no-shared-prompt": {"train": {"speed": {"shared_prompt": False}}},
     "runner-no-token-budget": {"train": {"speed": {"token_budget": 0}}},
-    "runner-all-off": {"train": {"speed": {"shared_prompt": False, "token_budget": 0, "packed_attention": False}}},
+    "runner-no-lora-fold": {"train": {"speed": {"lora_fold": False}}},
+    "runner-all-off": {"train": {"speed": {"shared_prompt": False, "token_budget": 0, "packed_attention": False,
+                                           "lora_fold": False}}},
     "runner-precompute": {"loss": {"reference": "precompute"}},
 }
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
