@@ -1,7 +1,7 @@
 """`POST /datasets/validate`: a data file checked as a job would read it, one record at a time.
 
 The same format detection (on the first records), field mapping and per-record checks as
-`runner data validate` (`runner.data.formats`, `runner.data.embedding`), over
+`runner data validate` (`runner.data.kinds`, `runner.data.formats`, `runner.data.embedding`), over
 `runner.data.stream.iter_records`: the memory of a check is one record, the detection sample
 and the listed bad records (`--api-max-errors`), whatever the file's size. Plain text, CSV, TSV
 and Parquet go through the command line's readers, which read a file whole (bounded by
@@ -187,7 +187,7 @@ def check(settings: ApiSettings, sources: list[Source], request: ValidateRequest
 def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root: Path | None
              ) -> tuple[Callable[[Mapping[str, Any], Source], str | None], str | None, str | None]:
     """The per-record check of the format (detected on the sample when "auto")."""
-    from runner.data import embedding, formats
+    from runner.data import embedding, formats, kinds
 
     fields = dict(request.fields or {})
     try:
@@ -209,7 +209,7 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
         if preference is not None:
             return preference
         if request.data_format == "auto":
-            fmt, reason = formats.detect_format(sample, fields or None)
+            fmt, reason = kinds.detect_format(sample, fields or None)
         else:
             fmt, reason = request.data_format, "given"
         resolved = formats.resolve_fields(fmt, sample, fields or None)
@@ -257,7 +257,7 @@ def _records(sources: list[Source], limits: Limits, *, sample: bool = False) -> 
 def _records_with_source(sources: list[Source], limits: Limits, *, sample: bool = False
                          ) -> Iterator[tuple[Source, Any]]:
     """Every record of every source in order; with `sample`, only the detection sample."""
-    from runner.data.formats import DETECT_SAMPLE
+    from runner.data.detection import DETECT_SAMPLE
 
     taken = 0
     for source in sources:

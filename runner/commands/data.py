@@ -88,7 +88,7 @@ def parse_fields(pairs: list[str], *, flag: str = "--fields", example: str = "in
 
 def _usage_problems(args: argparse.Namespace, fields: dict[str, str]) -> bool:
     """Print what is wrong with --format, --fields and the files named (a usage error, exit 2)."""
-    from runner.data.formats import usage_problems
+    from runner.data.kinds import usage_problems
 
     problems = usage_problems(args.format, fields) + [f"{f}: no such file or folder" for f in args.files
                                                       if not f.startswith("hf:") and not Path(f).exists()]

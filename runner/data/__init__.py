@@ -30,10 +30,10 @@ from runner.data.formats import (
     DomainPrefix,
     RecordError,
     RecordOptions,
-    detect_format,
     normalize_record,
     resolve_fields,
 )
+from runner.data.kinds import detect_format
 from runner.data.pipeline import PreparedData, build_examples, prepare_data, split_eval
 from runner.data.reading import ReadOptions, read_file, read_records
 from runner.data.records import DataFileError, ReadResult, Record

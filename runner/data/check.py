@@ -25,12 +25,8 @@ from typing import Any
 
 from runner.data.conversation import RecordOptions
 from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
-from runner.data.formats import (
-    DomainPrefix,
-    guess_format,
-    normalize_record,
-    resolve_fields,
-)
+from runner.data.formats import DomainPrefix, normalize_record, resolve_fields
+from runner.data.kinds import guess_format
 from runner.data.pipeline import data_warnings, detect_by_file
 from runner.data.reading import ReadOptions, read_records
 from runner.data.report import BadRecord, DataError, all_bad_message

@@ -28,8 +28,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.data.formats import RecordError, guess_format, vote_on_format
+from runner.data.conversation import RecordError
+from runner.data.embedding_formats import ALIASES, FORMATS, detect_format
+from runner.data.embedding_formats import field_key as _field
 from runner.data.images import image_problem, resolve_image
+from runner.data.kinds import guess_format
 from runner.data.pipeline import split_eval
 from runner.data.reading import ReadOptions, read_records
 from runner.data.records import Record
@@ -45,20 +48,6 @@ from runner.data.report import (
 )
 from runner.spec.limits import MAX_ABS_SCORE
 
-FORMATS: tuple[str, ...] = ("pairs", "triplets", "scored-pairs", "image-text")
-
-# canonical field -> names tried, in order, when data.fields does not map it
-ALIASES: dict[str, tuple[str, ...]] = {
-    "query": ("query", "anchor", "question", "q"),
-    "positive": ("positive", "pos", "document", "passage", "answer"),
-    "negative": ("negative", "negatives", "neg", "hard_negative", "hard_negatives"),
-    "sentence1": ("sentence1", "text1", "sentence_a"),
-    "sentence2": ("sentence2", "text2", "sentence_b"),
-    "score": ("score", "label", "similarity"),
-    "image": ("image", "image_path"),
-    "query_image": ("query_image",),
-    "task": ("task",),
-}
 # image-text records name their one text in many ways
 _IMAGE_TEXT = ("text", "caption")
 
@@ -127,39 +116,6 @@ def _number(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def _field(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str]) -> str | None:
-    """The record key holding `canonical`: the mapped name if data.fields maps it, else an alias."""
-    if canonical in fields:
-        return fields[canonical] if fields[canonical] in data else None
-    return next((name for name in ALIASES[canonical] if name in data), None)
-
-
-def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, str] | None:
-    def has(canonical: str) -> str | None:
-        return _field(data, canonical, fields)
-
-    if has("sentence1") and has("sentence2"):
-        return "scored-pairs", f"'{has('sentence1')}'/'{has('sentence2')}' keys"
-    if has("image") or has("query_image"):
-        return "image-text", f"'{has('image') or has('query_image')}' key"
-    if has("query") and has("positive"):
-        if has("negative"):
-            return "triplets", f"'{has('query')}'/'{has('positive')}'/'{has('negative')}' keys"
-        return "pairs", f"'{has('query')}'/'{has('positive')}' keys"
-    return None
-
-
-def detect_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """Guess the embedding format from the first records; return (format, reason)."""
-    given = dict(fields or {})
-    return vote_on_format(
-        records, lambda data: _classify(data, given),
-        "embedding data format: the first records have keys {keys}; expected "
-        "query + positive (pairs), + negative (triplets), sentence1 + sentence2 + score (scored-pairs) "
-        "or image / query_image + text (image-text). Set data.format and map your field names with data.fields.",
-    )
 
 
 # ---------------------------------------------------------------------------------------

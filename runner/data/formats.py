@@ -19,9 +19,7 @@ and the setting that reads it; the caller attaches the record's location.
 
 from __future__ import annotations
 
-import difflib
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +31,10 @@ from runner.data.conversation import (  # noqa: F401 (re-exported: the names hav
     RecordError,
     RecordOptions,
 )
+from runner.data.detection import DETECT_SAMPLE, vote_on_format
 from runner.data.report import DataError
 
 FORMATS: tuple[str, ...] = ("alpaca", "sharegpt", "messages", "text", "segments", "prompt-completion")
-DETECT_SAMPLE = 100  # records looked at by detect_format
 
 # canonical field -> names tried, in order, when data.fields does not map it
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -68,8 +66,8 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 # read from a message only when data.fields names them (otherwise runner.data.chat tries its aliases)
 MAPPED_ONLY = ("loss_weight", "reasoning")
-# synonyms accepted as keys of data.fields
-_FIELD_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
+# synonyms accepted as keys of data.fields (runner.data.kinds lists them as valid field names)
+FIELD_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
 
 @dataclass(frozen=True)
 class DomainPrefix:
@@ -99,37 +97,12 @@ class DomainPrefix:
 # detection and field resolution
 
 
-def vote_on_format(
-    records: Sequence[Mapping[str, Any]],
-    classify: Callable[[Mapping[str, Any]], tuple[str, str] | None],
-    expected: str,
-) -> tuple[str, str]:
-    """Each of the first DETECT_SAMPLE records votes with `classify`; the most common answer wins,
-    so a few stray records do not flip the decision (they fail later as bad records). `expected`
-    completes the error when no record matches ("cannot detect ...: the first records have keys ...")."""
-    votes: Counter[tuple[str, str]] = Counter()
-    sample = records[:DETECT_SAMPLE]
-    for data in sample:
-        guess = classify(data)
-        if guess is not None:
-            votes[guess] += 1
-    if not votes:
-        keys = sorted({k for data in sample for k in data})
-        raise DataError(f"cannot detect the {expected.format(keys=keys)}")
-    (fmt, reason), count = votes.most_common(1)[0]
-    return fmt, f"{reason} ({count} of {len(sample)} sampled records)"
-
-
-def detect_format(
+def detect_sft_format(
     records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
 ) -> tuple[str, str]:
-    """Guess the format from the first records; return (format, human-readable reason)."""
-    from runner.data.preference import preference_vote  # imports this module
-
-    preference = preference_vote(records, fields)
-    if preference is not None:  # they would pass for sharegpt or alpaca records with every record bad
-        raise DataError(f"the records are preference data ({preference[0]}: {preference[1]}): train them with "
-                        "loss.type = \"dpo\" (or ipo, orpo, simpo, kto), or set data.format")
+    """Guess the SFT format from the first records; return (format, human-readable reason).
+    runner.data.kinds.detect_format first rules out preference data, which would pass for sharegpt or
+    alpaca records."""
     canonical = _canonical(fields)
     try:
         return vote_on_format(
@@ -144,53 +117,6 @@ def detect_format(
 
         hint = explain(records[0]) if records else None
         raise DataError(f"{exc} The first record: {hint}." if hint else str(exc)) from None
-
-
-def guess_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """What the records look like, causal or embedding format (None: nothing fits): for the message
-    that explains why every record failed under a format set by hand."""
-    from runner.data.embedding import detect_format as detect_embedding  # imports this module
-    from runner.data.preference import detect_format as detect_preference
-
-    for detect in (detect_preference, detect_format, detect_embedding):
-        try:
-            return detect(records, fields)
-        except (DataError, ValueError):
-            continue
-    return None
-
-
-def usage_problems(data_format: str, fields: Mapping[str, str]) -> list[str]:
-    """What is wrong with a format and a field mapping given by hand (a command line, a request),
-    worded with the valid choices; empty when both are usable."""
-    from runner.data.embedding import ALIASES as EMBEDDING_FIELDS
-    from runner.data.embedding import FORMATS as EMBEDDING_FORMATS
-
-    from runner.data.preference import FORMATS as PREFERENCE_FORMATS
-    from runner.data.preference import field_names as preference_fields
-
-    formats = ("auto", *FORMATS, *EMBEDDING_FORMATS, *PREFERENCE_FORMATS)
-    problems = []
-    if data_format not in formats:
-        close = difflib.get_close_matches(data_format, formats, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        problems.append(f"--format {data_format!r}: expected one of {', '.join(formats)}{hint}")
-    if data_format in FORMATS:
-        valid = [*FORMAT_FIELDS[data_format], *(k for k, v in _FIELD_SYNONYMS.items() if v in FORMAT_FIELDS[data_format])]
-    elif data_format in EMBEDDING_FORMATS:
-        valid = list(EMBEDDING_FIELDS)
-    elif data_format in PREFERENCE_FORMATS:
-        valid = preference_fields(data_format)
-    else:
-        valid = sorted({*(c for names in FORMAT_FIELDS.values() for c in names), *_FIELD_SYNONYMS, *EMBEDDING_FIELDS,
-                        *(c for fmt in PREFERENCE_FORMATS for c in preference_fields(fmt))})
-    for canonical, name in fields.items():
-        if canonical not in valid:
-            swapped = f" (did you mean {name}={canonical}? the field name comes first)" if name in valid else ""
-            problems.append(f"--fields {canonical}={name}: {canonical!r} is not a field of "
-                            f"{'format ' + repr(data_format) if data_format != 'auto' else 'any format'}{swapped}; "
-                            f"expected one of {', '.join(valid)}")
-    return problems
 
 
 def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, str] | None:
@@ -261,7 +187,7 @@ def resolve_fields(
 
 
 def _canonical(fields: Mapping[str, str] | None) -> dict[str, str]:
-    return {_FIELD_SYNONYMS.get(k, k): v for k, v in (fields or {}).items()}
+    return {FIELD_SYNONYMS.get(k, k): v for k, v in (fields or {}).items()}
 
 
 def _first_turns(sample: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:

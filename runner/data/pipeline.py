@@ -17,13 +17,8 @@ from tqdm.auto import tqdm
 
 from runner.data.causal import IGNORE_INDEX, EncodeOptions, Example, encode, to_example
 from runner.data.conversation import RecordOptions
-from runner.data.formats import (
-    DomainPrefix,
-    detect_format,
-    guess_format,
-    normalize_record,
-    resolve_fields,
-)
+from runner.data.formats import DomainPrefix, normalize_record, resolve_fields
+from runner.data.kinds import detect_format, guess_format
 from runner.data.reading import ReadOptions, read_records
 from runner.data.records import Record
 from runner.data.report import (

@@ -28,15 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runner.data.detection import DETECT_SAMPLE, vote_on_format
 from runner.data.formats import (
-    DETECT_SAMPLE,
     FORMAT_FIELDS,
     ROLES,
     TEXT_ROLE,
     RecordError,
     normalize_record,
     resolve_fields,
-    vote_on_format,
 )
 
 FORMATS: tuple[str, ...] = ("preference", "sharegpt-preference", "alpaca-preference", "unpaired-preference")

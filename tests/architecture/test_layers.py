@@ -30,18 +30,6 @@ LAYERS: dict[str, int] = {
     "__main__": 11, "cli": 11,
 }
 
-# Imports known to close a cycle, each to be removed by the change that breaks its cycle. No new
-# entry belongs here: a new cycle is broken where it appears.
-KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    ("runner.data.formats", "runner.data.embedding"):
-        "guess_format and usage_problems (in formats) look at the embedding formats too, while embedding "
-        "imports formats (and pipeline, which imports formats): a lazy import in formats closes the cycle",
-    ("runner.data.formats", "runner.data.preference"):
-        "guess_format, usage_problems and the SFT format check (in formats) recognise preference data too, while "
-        "preference imports formats (the prompt's chat rules): a lazy import in formats closes the cycle",
-}
-
-
 def _module_name(path: Path) -> str:
     parts = list(path.with_suffix("").relative_to(PACKAGE.parent).parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -153,10 +141,7 @@ def test_the_cycle_finder_finds_a_cycle_and_only_cycles() -> None:
 
 
 def test_no_module_imports_itself_through_others() -> None:
-    graph = _module_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph[source].discard(target)
-    assert _cycles(graph) == []
+    assert _cycles(_module_graph()) == []
 
 
 def test_the_watcher_and_slurm_do_not_import_each_other_both_ways() -> None:

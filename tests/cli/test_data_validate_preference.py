@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runner.commands import main
-from runner.data.formats import detect_format
+from runner.data.kinds import detect_format
 from runner.data.report import DataError
 
 from ..train.tiny import save_tiny_causal_lm

@@ -266,7 +266,7 @@ def test_the_list_key_may_be_mapped_as_messages_or_conversations() -> None:
 
 
 def test_records_no_format_fits_are_refused_naming_their_keys_and_the_fix() -> None:
-    from runner.data.formats import detect_format
+    from runner.data.kinds import detect_format
     from runner.data.report import DataError
 
     with pytest.raises(DataError, match=r"cannot detect the data format: the first records have keys \[.body., .id.\].*data.format.*data.fields"):
@@ -274,7 +274,7 @@ def test_records_no_format_fits_are_refused_naming_their_keys_and_the_fix() -> N
 
 
 def test_the_majority_of_sampled_records_decides_the_format() -> None:
-    from runner.data.formats import detect_format
+    from runner.data.kinds import detect_format
 
     records = [{"instruction": "q", "output": "a"}] * 3 + [{"text": "t"}]
     fmt, reason = detect_format(records)
