@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "watch": 8,  # the daemon: it drives an executor (never the other way round)
     "api": 9,
     "commands": 10,
-    "__main__": 11, "cli": 11,
+    "__main__": 11,
 }
 
 def _module_name(path: Path) -> str:

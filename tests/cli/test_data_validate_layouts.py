@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 TOOLS = [{"name": "get_weather", "description": "The weather of a city",
           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]

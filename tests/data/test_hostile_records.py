@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 ALPACA = {"instruction": "What is 1 + 1?", "output": "2"}
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from runner.cli import main
+from runner.commands import main
 from runner.data.embedding import EmbeddingExample, Item
 from runner.spec import load_job
 from runner.train.embedder import EmbeddingCollator, build_embedder, pool, pool_packed

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.runs import list_runs
 
 from .conftest import start_run

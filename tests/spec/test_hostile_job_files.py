@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY_BUDGET = 768 << 20  # address space for a whole `runner validate` process

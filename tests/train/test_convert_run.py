@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.runs import list_runs
 from runner.spec.convert import convert_config, to_toml
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 
 from ..data.helpers import make_tokenizer
 

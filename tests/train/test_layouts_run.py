@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.runs import list_runs
 
 TOOLS = json.dumps([{"name": "search_recipes", "description": "Search for recipes",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runner.cli import main
+from runner.commands import main
 from runner.outputs.runs import list_runs
 
 # a preference the tiny model can pick up in a few steps: the chosen reply answers, the rejected one refuses

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from runner.cli import main
+from runner.commands import main
 from runner.machine import machine_switch, retired_settings
 from runner.outputs.runs import list_runs
 from runner.spec import load_job

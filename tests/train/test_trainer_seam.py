@@ -192,7 +192,7 @@ def test_a_trainers_own_step_metrics_reach_the_metrics_log(
     import json
 
     import runner.train.causal_lm as recipe
-    from runner.cli import main
+    from runner.commands import main
     from runner.outputs.runs import list_runs
 
     class Measuring(recipe.CausalTrainer):  # type: ignore[misc]
