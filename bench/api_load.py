@@ -78,9 +78,10 @@ class Server:
         self.label = label
         env = {**os.environ, "RUNNER_API_KEY": KEY, "PYTHONPATH": str(code)}
         self.log = root / "serve.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "runner", "serve", "jobs", "--listen", "127.0.0.1:0",
-                                      "--runs-dir", "runs"], cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"), start_new_session=True)
+        with open(self.log, "wb") as log:  # the server keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "runner", "serve", "jobs", "--listen", "127.0.0.1:0",
+                                          "--runs-dir", "runs"], cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 60
         while True:
             match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", self.log.read_text(errors="replace"))

@@ -106,11 +106,10 @@ def check_end_to_end() -> dict[str, float]:
     from trl import DPOConfig, DPOTrainer
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    from tests.data.helpers import make_tokenizer
-
     from runner.data.preference_collate import pack_groups
     from runner.train.reference import AdapterOff, reply_logps
     from runner.train.shared_prompt import use_shared_prompt_sdpa
+    from tests.data.helpers import make_tokenizer
 
     tokenizer = make_tokenizer()
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded from elsewhere
-from shared_data import shared_data  # noqa: E402
+from shared_data import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = shared_data() / "llamafactory" / "alpaca_en_demo.json"

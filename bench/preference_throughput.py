@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import StepTimer, _model_path, _peak_rss_mb, machine  # noqa: E402  (the SFT benchmark's helpers)
+from throughput import StepTimer, _model_path, _peak_rss_mb, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 # the shared data folder beside the checkout (a worktree sits one level deeper); --data overrides it

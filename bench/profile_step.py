@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _records, runner_job  # noqa: E402
+from throughput import _records, runner_job
 
 CATEGORIES = ("base GEMMs", "LoRA matmuls", "attention", "elementwise", "LM head + loss", "optimizer", "framework")
 VOCAB = 49152

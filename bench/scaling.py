@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shared_data import shared_data  # noqa: E402
+from shared_data import shared_data
 
 C4 = shared_data() / "llamafactory" / "c4_demo.jsonl"
 TOKENS_PER_STEP = 4096
@@ -53,9 +53,8 @@ def points(sweeps: list[str]) -> list[tuple[str, int, int]]:
 
 def records(max_length: int, count: int) -> list[dict[str, str]]:
     """`count` texts of max_length tokens (plus a margin the truncation cuts), cut from c4_demo."""
-    from transformers import AutoTokenizer
-
     from throughput import _model_path
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(_model_path()))
     stream: list[int] = []

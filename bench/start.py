@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _records, runner_job  # noqa: E402
+from throughput import _records, runner_job
 
 
 def one_run(job: Path, runs: Path, extra: list[str] | None = None) -> tuple[float, float, str]:

@@ -18,10 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _messages, _model_path, _records  # noqa: E402
+from throughput import _messages, _model_path, _records
 
 
 def build(variant: str, workdir: Path) -> tuple[Any, Any]:

@@ -49,7 +49,7 @@ from typing import Any
 from runner.spec.model import SpeedSection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded from elsewhere
-from shared_data import shared_data  # noqa: E402
+from shared_data import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = shared_data() / "llamafactory" / "alpaca_en_demo.json"
@@ -397,11 +397,11 @@ def machine() -> dict[str, Any]:
                    if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
     versions = {}
     for package in ("torch", "transformers", "peft", "accelerate", "trl", "datasets"):
-        try:
-            from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
             versions[package] = version(package)
-        except Exception:
+        except PackageNotFoundError:
             versions[package] = None
     from runner.allocator import find_jemalloc
 

@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runner.commands.watch import cancel_command  # noqa: E402
 from runner.outputs.runs import list_runs, read_status  # noqa: E402
 from runner.outputs.status import JobState  # noqa: E402
-from runner.commands.watch import cancel_command  # noqa: E402
 
 SPEC = """\
 [model]
@@ -82,8 +82,9 @@ def main() -> None:
         if args.poll:
             command += ["--poll", str(args.poll)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        daemon = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=open(root / "daemon.log", "wb"), start_new_session=True)
+        with open(root / "daemon.log", "wb") as log:  # the daemon keeps its own copy of the descriptor
+            daemon = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log,
+                                      start_new_session=True)
         try:
             deadline = time.monotonic() + 60
             while b"watching" not in (root / "daemon.log").read_bytes():

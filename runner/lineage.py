@@ -32,6 +32,7 @@ from runner.registry.derived import ensure_merged, locate_recorded_base
 from runner.registry.entries import Lineage, ModelEntry
 from runner.registry.folder_facts import count_parameters
 from runner.registry.gguf_convert import CHECKSUMS_FILE
+from runner.registry.registry_file import Registry, RegistryError, find_registry, utc_now_iso
 from runner.registry.sources import (
     JobSource,
     RegistrySource,
@@ -42,7 +43,6 @@ from runner.registry.sources import (
     register_resolver,
     resolve_in,
 )
-from runner.registry.registry_file import Registry, RegistryError, find_registry, utc_now_iso
 from runner.spec.loader import LoadedJob
 
 __all__ = [

@@ -138,7 +138,7 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     except KeyboardInterrupt:
         finish(JobState.INTERRUPTED, error="stopped before a checkpoint could be written")
         return RunResult(run_dir, JobState.INTERRUPTED, "interrupted", "stopped")
-    except Exception as exc:  # a crash: keep the traceback for the user, in the run folder
+    except Exception as exc:  # noqa: BLE001 - a crash of any kind: keep the traceback for the user, in the run folder
         if _is_oom(exc):
             return _fail(finish, run_dir, FailureClass.OOM, f"out of memory: {exc}")
         (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")

@@ -47,7 +47,7 @@ every = 50
 
 # [output]
 # register_as = "my-model"           # register the result in the model registry
-'''
+'''  # noqa: E501 - a line of the starter file as its reader sees it
 
 STARTER_DATA = (
     '{"instruction": "What is the capital of France?", "input": "", "output": "The capital of France is Paris."}\n'

@@ -271,7 +271,7 @@ def _log_tail(run: Path, lines: int = 80) -> str:
 
 
 def job_page(settings: ApiSettings, name: str, run_id: str | None) -> str:
-    run, status, runs = pick_run(settings, name, run_id)
+    run, _status, runs = pick_run(settings, name, run_id)
     live_url = f"/ui/jobs/{quote(name)}/live?run={quote(run.name)}"
     run_links = " ".join(
         (f'<a class="run-link{" current" if r == run else ""}" href="/ui/jobs/{quote(name)}?run={quote(r.name)}">'

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from runner.api.settings import ApiSettings, normalize_host
 
-__all__ = ["Guard", "UPLOAD_PATHS", "arrival"]
+__all__ = ["UPLOAD_PATHS", "Guard", "arrival"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -26,8 +26,8 @@ from runner.outputs.status import JobState, Status
 from runner.watch.store import SPEC_SNAPSHOT
 
 __all__ = [
-    "ApiError",
     "JOB_NAME",
+    "ApiError",
     "cancel_job",
     "finite",
     "job_detail",

@@ -49,7 +49,7 @@ def embed_command(args: argparse.Namespace) -> int:
     except ResultError as exc:
         return error(str(exc))
     lines = (json.dumps({"input": str(item), "embedding": [round(v, 7) for v in row]})
-             for item, row in zip(items, vectors.tolist()))
+             for item, row in zip(items, vectors.tolist(), strict=True))
     if args.out is None:
         for line in lines:
             print(line)

@@ -117,7 +117,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
                      format_size(e.size_bytes), e.license or "unknown", parent, source))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     print(f"{len(models)} model(s) in {registry.path}", file=sys.stderr)
     return EXIT_OK
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -121,7 +122,7 @@ def _unpack(arrays: Mapping[str, np.ndarray], prefix: str) -> list[Example]:
     ids = arrays[f"{prefix}_ids"]
     labels = arrays[f"{prefix}_labels"]
     out: list[Example] = []
-    for start, end in zip(offsets, offsets[1:]):
+    for start, end in itertools.pairwise(offsets):
         out.append({"input_ids": ids[start:end].tolist(), "labels": labels[start:end].tolist(),
                     "attention_mask": [1] * (end - start)})
     return out
@@ -177,7 +178,7 @@ def load_entry(path: Path, files: Sequence[str] = ()) -> tuple[list[Example], li
             if meta.get("format_version") != FORMAT_VERSION:
                 return None
             train, evaluation = _unpack(arrays, "train"), _unpack(arrays, "eval")
-        moved = dict(zip(meta.get("files", []), files))
+        moved = dict(zip(meta.get("files", []), files, strict=False))
         train_report = _report_from_json(meta["train_report"], moved)
         assert train_report is not None
         return train, evaluation, train_report, _report_from_json(meta["eval_report"], moved)

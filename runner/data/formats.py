@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.data.chat import ROLES, check_turn_order, normalize_chat, tools_of  # noqa: F401 (re-exported)
-from runner.data.conversation import (  # noqa: F401 (re-exported: the names have always lived here)
+from runner.data.conversation import (
     TEXT_ROLE,
     Conversation,
     FieldsError,

@@ -132,7 +132,7 @@ def _fit(prompt: list[int], replies: list[list[int]], max_length: int, names: Se
     if room < 1:
         raise RecordError(f"the prompt has {len(prompt)} tokens, which leaves no room for a reply in "
                           f"max_length={max_length}; raise data.max_length or shorten the prompt")
-    for name, reply in zip(names, replies):
+    for name, reply in zip(names, replies, strict=True):
         if not reply:
             raise RecordError(f"the {name} reply has no tokens")
     cut = [reply[:room] for reply in replies]

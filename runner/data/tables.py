@@ -81,7 +81,7 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
                 cells = next(csv.reader(io.StringIO(row.text, newline=""), delimiter=delimiter, quoting=quoting), [])
             except csv.Error:
                 cells = []
-            short.append((row.number, dict(zip(names, [*cells, *[""] * (len(names) - len(cells))]))))
+            short.append((row.number, dict(zip(names, [*cells, *[""] * (len(names) - len(cells))], strict=False))))
             return "skip"
         invalid.append(BadRecord(Location(name, row=row.number), (
             f"has {row.actual_columns} cells; the {'header names' if has_header else 'first row has'} "
@@ -101,7 +101,7 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
         raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
                             "check the quoting and the delimiter of the file") from None
     rows = _row_numbers(1 + has_header, {b.location.row for b in invalid} | {number for number, _ in short})
-    kept = [*zip(rows, table.to_pylist()), *short]
+    kept = [*zip(rows, table.to_pylist(), strict=False), *short]
     result = ReadResult(bad=invalid)
     for number, values in sorted(kept, key=lambda item: item[0]):
         result.records.append(Record(values, Location(name, row=number)))

@@ -78,8 +78,9 @@ class Executor(ABC):
     def stop(self, attempt: Attempt) -> None:
         """Ask the attempt to save a checkpoint and stop; its end comes from `poll`."""
 
-    def kill(self, attempt: Attempt) -> None:
-        """Stop the attempt without waiting for its checkpoint (it resumes from the previous one)."""
+    def kill(self, attempt: Attempt) -> None:  # noqa: B027 - optional: by default `stop` is all there is
+        """Stop the attempt without waiting for its checkpoint (it resumes from the previous one). By
+        default nothing more than `stop` did: an executor with a faster way overrides this."""
 
     def done(self, attempt: Attempt) -> None:
         """The attempt's end is recorded: its report is spent, its handles are released."""

@@ -50,6 +50,8 @@ from runner.outputs.status import (
 
 __all__ = [
     "COMPLETE_MARKER",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
     "CheckpointInfo",
     "FailureClass",
     "IllegalTransition",
@@ -60,8 +62,6 @@ __all__ = [
     "Status",
     "StatusFile",
     "StatusFormatError",
-    "TERMINAL_STATES",
-    "TRANSITIONS",
     "build_manifest",
     "find_interrupted_run",
     "find_resume_point",

@@ -137,7 +137,7 @@ class MetricsLog:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._repair_tail()
-            self._fh = open(self.path, "ab", buffering=0)
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held for the log's life, closed by close()
         return self._fh
 
     def append(self, record: Mapping[str, Any]) -> None:

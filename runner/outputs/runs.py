@@ -224,13 +224,16 @@ def find_interrupted_run(root: Path | str, job: str, spec_sha256: str) -> Path |
     return None
 
 
+def _job_names(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def status_rows(root: Path, job: str | None = None) -> list[tuple[Path, Status]]:
     """What `runner status` shows: every run of `job`; without one, each job's newest run plus any
     other run still pending (an older version still running while a newer one waits)."""
-    if job:
-        jobs = [job]
-    else:
-        jobs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    jobs = [job] if job else _job_names(root)
     rows: list[tuple[Path, Status]] = []
     for name in jobs:
         runs = [(run, status) for run in list_runs(root, name) if (status := read_status(run)) is not None]

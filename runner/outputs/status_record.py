@@ -18,12 +18,12 @@ from typing import Any
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TERMINAL_STATES",
     "FailureClass",
     "HistoryEntry",
     "JobState",
     "Status",
     "StatusFormatError",
-    "TERMINAL_STATES",
     "as_utc",
     "format_utc",
     "parse_utc",

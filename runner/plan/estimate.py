@@ -83,7 +83,7 @@ def estimate_memory(
     trainable = trainable_parameters(shape, method, r=r, target_modules=target_modules, bias=bias)
     mapped = 0
     if method == "qlora":
-        packed = sum(l.in_features * l.out_features for l in shape.quantized_linears)
+        packed = sum(linear.in_features * linear.out_features for linear in shape.quantized_linears)
         weights = int(packed * quantized_bytes_per_weight(double_quant) + shape.non_quantized_parameters * 4)
         if device == "cpu" and shape.checkpoint_bytes:  # the quantiser read the whole mapped file
             mapped = shape.checkpoint_bytes
@@ -105,10 +105,8 @@ def estimate_memory(
     logits = 2 * logit_rows * shape.vocab_size * 4  # logits + their gradient, fp32 for the loss
     retention = ALLOCATOR_RETENTION.get(device, {}).get(method, 1.0)
     activations = int((saved + logits) * retention)
-    if device == "cuda":
-        runtime = CUDA_CONTEXT_BYTES
-    else:
-        runtime = (calibration.runtime_bytes or 0) + data_tokens * DATA_BYTES_PER_TOKEN
+    runtime = (CUDA_CONTEXT_BYTES if device == "cuda"
+               else (calibration.runtime_bytes or 0) + data_tokens * DATA_BYTES_PER_TOKEN)
     base = runtime + weights + mapped + optimizer_bytes + reference_bytes
     if method == "full":
         head = shape.vocab_size * shape.hidden_size * weight_bytes  # the head's gradient comes first

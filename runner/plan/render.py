@@ -28,7 +28,8 @@ def render(plan: Plan) -> str:
                 f"{format_binary_size(m['checkpoint_bytes'])}")
     lines.append(f"          {m['parameters']:,} parameters{ckpt}")
     lines.append(f"device    {dev['device']}, weights {dev['dtype']}, precision {dev['precision']}, "
-                 f"attention {dev['attn_implementation']}" + (f", 4-bit compute {dev['compute_dtype']}" if dev.get("compute_dtype") else ""))
+                 f"attention {dev['attn_implementation']}"
+                 + (f", 4-bit compute {dev['compute_dtype']}" if dev.get("compute_dtype") else ""))
     lines.append(f"data      {d['records']:,} records -> {d['train_examples']:,} train / {d['eval_examples']:,} eval examples "
                  f"({d['format']}); {d['train_tokens']:,} train tokens, {d['trainable_tokens']:,} trained on; longest "
                  f"{d['longest']} ({d['truncated']} truncated){' [cached]' if d['cached'] else ''}")

@@ -44,11 +44,11 @@ class ModelShape:
     def non_quantized_parameters(self) -> int:
         """Parameters bitsandbytes leaves in full precision: everything but the linear weights
         (the output head stays full precision too)."""
-        return self.parameters - sum(l.in_features * l.out_features for l in self.quantized_linears)
+        return self.parameters - sum(linear.in_features * linear.out_features for linear in self.quantized_linears)
 
     @property
     def quantized_linears(self) -> tuple[Linear, ...]:
-        return tuple(l for l in self.linears if l.name != self.output_head)
+        return tuple(linear for linear in self.linears if linear.name != self.output_head)
 
 
 def lora_targets(shape: ModelShape, target_modules: Sequence[str]) -> list[Linear]:

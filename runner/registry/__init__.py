@@ -17,6 +17,7 @@ Heavy libraries (transformers, huggingface_hub) are imported only when a source 
 parsing sources while validating job files stays fast.
 """
 
+from runner.registry import lookup as _lookup  # noqa: F401 - installs the registry: resolver
 from runner.registry.checksums import (
     ADAPTER_FILE_PATTERNS,
     MODEL_FILE_PATTERNS,
@@ -26,7 +27,6 @@ from runner.registry.checksums import (
     sha256_file,
 )
 from runner.registry.folder_facts import WeightsHeaderError, count_parameters, read_safetensors_headers
-from runner.registry import lookup as _lookup  # noqa: F401 - installs the registry: resolver
 from runner.registry.gguf_convert import GGUFSnapshot, ensure_gguf_snapshot, gguf_quant_name, gguf_sha256
 from runner.registry.registry_file import ENV_REGISTRY, Registry, RegistryError, find_registry
 from runner.registry.sources import (

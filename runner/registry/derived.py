@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,6 @@ def ensure_merged(
                 "adapter_dir": str(adapter_dir),
                 "adapter_files": adapter_sums,
                 "base_model": base_model.to_dict(),
-                "merged_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "merged_at": datetime.now(UTC).isoformat(timespec="seconds"),
             })
     return out

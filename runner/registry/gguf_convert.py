@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ def gguf_quant_name(file: Path) -> str:
         if file_type is not None:
             name = gguf.LlamaFileType(int(file_type)).name
             return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except Exception:  # noqa: BLE001 - a name is only informative; fall back to the file name
+    except Exception:
         logger.debug("could not read the GGUF header of %s", file, exc_info=True)
     match = _QUANT_IN_NAME.search(file.name)
     return match.group(1).upper() if match else "unknown"
@@ -219,7 +219,7 @@ def ensure_gguf_snapshot(
                     "source_file": str(file),
                     "quant": quant,
                     "seconds": round(seconds, 3),
-                    "converted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "transformers": _version("transformers"),
                     "torch": _version("torch"),
                 },

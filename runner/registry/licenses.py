@@ -111,7 +111,7 @@ def _origin_folder(src: ModelSource | None) -> Path | None:
 
         spec = importlib.util.find_spec(src.package)
         if spec and spec.submodule_search_locations:
-            base = Path(list(spec.submodule_search_locations)[0])
+            base = Path(next(iter(spec.submodule_search_locations)))
             return base / src.subpath if src.subpath and (base / src.subpath).is_dir() else base
     if isinstance(src, GGUFSource):
         return src.folder

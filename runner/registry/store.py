@@ -121,7 +121,8 @@ def _pinned_source(parsed: ModelSource, resolved: ResolvedModel) -> str:
 def _check_import(registry: Registry, parsed: ModelSource, alias: str, kind: str | None, force: bool) -> None:
     """Refuse before anything is fetched: a source import does not take, an unknown kind, a taken alias."""
     if isinstance(parsed, (RegistrySource, JobSource)):
-        raise RegistryError(f"{parsed}: import takes hf:, local:, gguf: or pkg: sources (a job's result is registered with output.register_as)")
+        raise RegistryError(f"{parsed}: import takes hf:, local:, gguf: or pkg: sources "
+                            "(a job's result is registered with output.register_as)")
     if kind is not None and kind not in MODEL_KINDS:
         raise RegistryError(f"unknown kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
     existing = registry.entries().get(alias)

@@ -52,7 +52,8 @@ class DataSection(Section):
     )
     eval: DataSourceList = Field(
         default_factory=list,
-        description="Held-out evaluation data (files or hf: data sets). Leave empty and set eval_fraction to split the training data instead.",
+        description="Held-out evaluation data (files or hf: data sets). Leave empty and set eval_fraction to split "
+        "the training data instead.",
     )
     eval_fraction: float = Field(
         0.0,

@@ -147,7 +147,8 @@ def parse_job(data: bytes | str, *, display: str, default_name: str, path: Path 
         if spec.name is None:
             spec = spec.model_copy(update={"name": default_name})
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", default_name):
-                issues.append(SpecIssue(display, 1, 1, "name", f"the file name '{default_name}' is not a valid job name; set name = \"...\" (letters, digits, '.', '_', '-')"))
+                issues.append(SpecIssue(display, 1, 1, "name", f"the file name '{default_name}' is not a valid job name; "
+                                        "set name = \"...\" (letters, digits, '.', '_', '-')"))
         for rule_path, message in check_rules(spec):
             if len(rule_path) == 3 and isinstance(rule_path[2], int) and not positions.has(rule_path):
                 rule_path = rule_path[:2]  # `train = "x.txt"`: one item written as a plain value
@@ -170,9 +171,9 @@ def odd_numbers(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
         elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
             found.append((path, f"integer {value} is out of range: TOML integers are 64-bit (at most {INT64_MAX})"))
         elif isinstance(value, dict):
-            stack.extend((path + (key,), item) for key, item in value.items())
+            stack.extend(((*path, key), item) for key, item in value.items())
         elif isinstance(value, list):
-            stack.extend((path + (index,), item) for index, item in enumerate(value))
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
     return sorted(found, key=lambda found_item: str(found_item[0]))
 
 
@@ -258,7 +259,7 @@ def _schema_issue(
             known = sorted(schema.get("properties", {}))
             extras = [key for key in instance if key not in known]
             key = extras[0] if extras else "?"
-            path = path + (key,)
+            path = (*path, key)
             at_key = True
             message = f"unknown key '{key}'{_did_you_mean(key, known)}"
             if known and not _did_you_mean(key, known):
@@ -266,7 +267,7 @@ def _schema_issue(
         case "propertyNames":
             # jsonschema reports the offending key as the instance, at the parent table's path
             bad = str(instance)
-            path = path + (bad,)
+            path = (*path, bad)
             at_key = True
             options = [str(o) for o in schema.get("enum") or []]
             if options:

@@ -6,6 +6,7 @@ says what is wrong and how to fix it, in the words of the job file.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 
 from runner.spec.model import PREFERENCE_LOSSES, REFERENCE_FREE_LOSSES, JobSpec
@@ -141,7 +142,7 @@ def _matryoshka_dims(spec: JobSpec) -> Iterator[Problem]:
     if spec.loss.type == "matryoshka":
         if not dims:
             yield ("loss", "type"), "matryoshka needs loss.dims, e.g. dims = [384, 256, 128, 64]"
-        elif any(a <= b for a, b in zip(dims, dims[1:])):
+        elif any(a <= b for a, b in itertools.pairwise(dims)):
             yield ("loss", "dims"), f"dims must be strictly descending, found {dims}"
         projection = spec.model.projection_dim
         if projection is not None and dims and dims[0] > projection:

@@ -39,8 +39,8 @@ def sequence_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
     starts = [0]
     if pos.numel() > 1:
         starts += (torch.nonzero(pos[1:] != pos[:-1] + 1).reshape(-1) + 1).tolist()
-    ends = starts[1:] + [pos.numel()]
-    return list(zip(starts, ends))
+    ends = [*starts[1:], pos.numel()]
+    return list(zip(starts, ends, strict=True))
 
 
 _last_bounds: tuple[torch.Tensor, int, list[tuple[int, int]]] | None = None
@@ -96,7 +96,7 @@ def packed_sdpa_forward(
     return torch.cat([
         F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=causal,
                                        enable_gqa=gqa).transpose(1, 2)
-        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True)
     ], dim=1), None
 
 

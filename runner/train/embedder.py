@@ -125,7 +125,7 @@ class Embedder(nn.Module):
         if self.projection is not None:
             vectors = self.projection(vectors)
         vectors = F.normalize(vectors, dim=-1)
-        return dict(zip(sides, torch.split(vectors, [int(t["lengths"].shape[0]) for t in texts])))
+        return dict(zip(sides, torch.split(vectors, [int(t["lengths"].shape[0]) for t in texts]), strict=True))
 
     def encode(self, features: Mapping[str, Any]) -> torch.Tensor:
         """Preprocessor output -> [N, dim] unit vectors, in the order of the items."""
@@ -181,7 +181,7 @@ class Embedder(nn.Module):
         if missing or unexpected:
             raise ValueError(f"checkpoint does not fit this model: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
-        self.load_state_dict(dict(state), strict=False)
+        self.load_state_dict(dict(state), strict=True)
 
     def save_pretrained(self, folder: Path) -> None:
         """The adapter(s) (peft format; one subfolder per task) or full model, plus the projection."""

@@ -41,7 +41,7 @@ def top_documents(scores: torch.Tensor, depth: int) -> list[list[int]]:
 def ranked_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[set[int]], recall_at: Sequence[int]) -> dict[str, float]:
     """`retrieval_metrics` from each query's ranked corpus indices."""
     totals = {f"recall@{k}": 0.0 for k in recall_at} | {"mrr@10": 0.0, "ndcg@10": 0.0}
-    for docs, rel in zip(ranked, relevant):
+    for docs, rel in zip(ranked, relevant, strict=True):
         hits = [1 if d in rel else 0 for d in docs]
         for k in recall_at:
             totals[f"recall@{k}"] += sum(hits[:k]) / len(rel)
@@ -74,7 +74,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         raise ValueError("spearman needs two sequences of the same length, at least 2")
     rx, ry = _ranks(list(x)), _ranks(list(y))
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
     sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
     sy = math.sqrt(sum((b - my) ** 2 for b in ry))
     return cov / (sx * sy) if sx and sy else 0.0

@@ -56,7 +56,7 @@ class FoldedLoraFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        flat, down, folded, lora_a, lora_b = ctx.saved_tensors
+        flat, down, folded, _lora_a, lora_b = ctx.saved_tensors
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = (grad @ folded).reshape(ctx.in_shape) if ctx.needs_input_grad[0] else None
         grad_a = grad_b = None

@@ -11,9 +11,10 @@ import importlib.util
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from packaging.version import InvalidVersion, Version
@@ -138,15 +139,15 @@ def quantization_problem(device: str) -> str | None:
                 f"kernels); {version} is installed: pip install -U 'bitsandbytes>=0.49'")
     try:
         import bitsandbytes  # noqa: F401
-    except Exception as exc:  # a broken install (missing native library) fails here, not in a kernel
+    except Exception as exc:  # noqa: BLE001 - a broken install (missing native library) fails here, not in a kernel
         return f"bitsandbytes {version} is installed but cannot be imported: {exc}"
     return None
 
 
 def _quantization_config(adapter: AdapterSection, compute_dtype: torch.dtype) -> Any:
     try:
-        from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise ModelSetupError("qlora needs bitsandbytes: pip install '.[qlora]' (bitsandbytes>=0.49)") from exc
     return BitsAndBytesConfig(

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from runner.data.preference_collate import PreferenceCollator
-from runner.data.preference_tokens import PreparedPreference, PreferenceReport, prepare_preference_data
+from runner.data.preference_tokens import PreferenceReport, PreparedPreference, prepare_preference_data
 from runner.spec.loader import LoadedJob
 from runner.train import distributed
 from runner.train.attention import PACKED_SDPA, use_packed_sdpa

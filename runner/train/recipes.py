@@ -8,8 +8,9 @@ runner.train.trainers), its loss types in `LOSS_FAMILIES` and one row in `RECIPE
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from runner.spec.model import JobSpec
 from runner.train.model import ModelSetupError

@@ -148,8 +148,8 @@ def precompute_reference(datasets: Sequence[list[dict[str, Any]]], compute: Call
         values = [compute(examples) for examples in datasets]
         with contextlib.suppress(OSError):  # an unwritable cache costs a recomputation next time, nothing else
             _save(path, values)
-    for examples, logps in zip(datasets, values):
-        for example, pair in zip(examples, logps.tolist()):
+    for examples, logps in zip(datasets, values, strict=True):
+        for example, pair in zip(examples, logps.tolist(), strict=True):
             example["ref_logps"] = pair
     return hit
 

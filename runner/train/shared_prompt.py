@@ -41,11 +41,11 @@ def segments(position_ids: torch.Tensor) -> list[Segment]:
     starts = [0]
     if pos.numel() > 1:
         starts += (torch.nonzero(pos[1:] != pos[:-1] + 1).reshape(-1) + 1).tolist()
-    ends = starts[1:] + [pos.numel()]
+    ends = [*starts[1:], pos.numel()]
     first = pos[starts].tolist()
     out: list[Segment] = []
     group = 0
-    for start, end, p in zip(starts, ends, first):
+    for start, end, p in zip(starts, ends, first, strict=True):
         if p == 0:
             group = start
             out.append((start, end, start, start))

@@ -56,7 +56,7 @@ def cancel_runs(job: str, root: Path, *, say: Say = print, warn: Say = _print_er
         return CancelOutcome(EXIT_FAILED, 0, [])
     done = [_cancel_run(job, run, status, say, warn) for run, status in pending]
     code = EXIT_OK if all(d.ok for d in done) else EXIT_FAILED
-    return CancelOutcome(code, len(pending), [run for (run, _), d in zip(pending, done) if d.follow])
+    return CancelOutcome(code, len(pending), [run for (run, _), d in zip(pending, done, strict=True) if d.follow])
 
 
 def _cancel_run(job: str, run: Path, status: Status, say: Say, warn: Say) -> _Done:

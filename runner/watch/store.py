@@ -15,8 +15,9 @@ resolved), so a second daemon reaching the same folder through another path meet
 
 In the runs folder, `.watchers/<key>.lock` and `<key>.json` (key: a hash of the real jobs folder
 path) say which daemons write runs there: a second daemon of the same jobs folder is refused
-there too, whatever its `--state-dir`, and one of another jobs folder is warned about. Every file is written with runner.fsutil (temp + fsync + rename), so a
-kill at any instant leaves the previous or the next version, never a torn one.
+there too, whatever its `--state-dir`, and one of another jobs folder is warned about. Every file
+is written with runner.fsutil (temp + fsync + rename), so a kill at any instant leaves the previous
+or the next version, never a torn one.
 
 The per-run state (queued, running, ...) is not here: it lives in each run's status.json, and
 the daemon rebuilds its queue from the run folders it owns when it starts.

@@ -109,7 +109,7 @@ class Wakeups:
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
         previous = {sig: signal.getsignal(sig) for sig in handled}
         old_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
-        for sig, handler in zip(handled, (stop, stop, rescan, wake)):
+        for sig, handler in zip(handled, (stop, stop, rescan, wake), strict=True):
             signal.signal(sig, handler)
         try:
             yield

@@ -179,7 +179,7 @@ def test_the_dashboard_shows_the_jobs_table_and_a_drawn_loss_curve_in_chromium(
 
     with Image.open(shot) as image:
         data = image.convert("RGB").tobytes()
-    blue = sum(1 for r, g, b in zip(data[0::3], data[1::3], data[2::3]) if abs(r - 37) < 40 and abs(g - 99) < 40 and b > 190)
+    blue = sum(1 for r, g, b in zip(data[0::3], data[1::3], data[2::3], strict=False) if abs(r - 37) < 40 and abs(g - 99) < 40 and b > 190)
     assert blue > 30, "the sparkline (and the progress bar) are drawn in the screenshot"
 
     job = _chromium(f"{served.url}/ui/jobs/tiny#key={KEY}", tmp_path / "profile-job", "--dump-dom").stdout

@@ -4,7 +4,6 @@ the spec loader, sessions and the wrong-key throttle, checked on their own."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pytest

@@ -129,7 +129,7 @@ def test_key_files_hold_keys_or_their_hashes_and_only_digests_are_kept(tmp_path:
 def test_without_a_key_only_loopback_starts_and_then_with_a_generated_key(tmp_path: Path) -> None:
     (tmp_path / "jobs").mkdir()
     for listen in ("0.0.0.0:8200", "192.0.2.10:8200", "[::]:8200", "myhost.example:8200"):
-        with pytest.raises(ApiConfigError, match="refusing to listen .* without an API key"):
+        with pytest.raises(ApiConfigError, match=r"refusing to listen .* without an API key"):
             make_settings(tmp_path, env={}, listen=listen)
     settings = make_settings(tmp_path, env={}, listen="127.0.0.1:8200")
     key_path = tmp_path / ".runner" / "watch-jobs" / "api.key"

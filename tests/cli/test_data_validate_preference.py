@@ -68,5 +68,5 @@ def test_an_unknown_preference_field_is_a_usage_error(capsys: pytest.CaptureFixt
 
 def test_sft_detection_names_preference_data_instead_of_failing_every_record() -> None:
     rows = [json.loads(line) for line in (PREFERENCE / "sharegpt-train.jsonl").read_text().splitlines()[:5]]
-    with pytest.raises(DataError, match="the records are preference data .*sharegpt-preference.*loss.type"):
+    with pytest.raises(DataError, match=r"the records are preference data .*sharegpt-preference.*loss.type"):
         detect_format(rows)

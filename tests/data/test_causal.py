@@ -9,11 +9,11 @@ import pytest
 from runner.data import (
     IGNORE_INDEX,
     RecordError,
+    causal,
     encode_conversation,
     to_example,
     tokenize_conversation,
 )
-from runner.data import causal
 from runner.data.causal import has_generation_markers
 
 from .helpers import SMOLLM2_TEMPLATE, make_tokenizer
@@ -27,7 +27,7 @@ CONVERSATION = [
 
 
 def trained_ids(example: dict[str, list[int]]) -> list[int]:
-    return [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+    return [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != IGNORE_INDEX]
 
 
 def expected_assistant_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -47,8 +47,8 @@ def test_without_generation_markers_exactly_the_assistant_tokens_are_trained(tok
     assert example["input_ids"] == tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
     assert trained_ids(example) == expected_assistant_ids(tokenizer, CONVERSATION)
     # labels equal the input ids where trained, -100 elsewhere (prompt, headers, newlines)
-    assert all(label in (IGNORE_INDEX, t) for t, label in zip(example["input_ids"], example["labels"]))
-    prompt = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"]) if label == IGNORE_INDEX])
+    assert all(label in (IGNORE_INDEX, t) for t, label in zip(example["input_ids"], example["labels"], strict=True))
+    prompt = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == IGNORE_INDEX])
     assert "What is the capital of France?" in prompt and "SmolLM" in prompt and "Paris" not in prompt
     assert example["attention_mask"] == [1] * len(example["input_ids"])
 
@@ -142,5 +142,5 @@ def test_a_conversation_the_template_refuses_is_a_record_error() -> None:
     )
     tokenizer = make_tokenizer(chat_template=strict + SMOLLM2_TEMPLATE)
     messages = [*CONVERSATION[:2], {"role": "tool", "content": "{}"}, {"role": "assistant", "content": "ok"}]
-    with pytest.raises(RecordError, match="^the chat template rejected this conversation: no tool role$"):
+    with pytest.raises(RecordError, match=r"^the chat template rejected this conversation: no tool role$"):
         encode_conversation(tokenizer, messages)

@@ -93,7 +93,7 @@ def test_packing_collator_makes_one_row_with_restarting_positions(examples: list
     starts = [sum(lengths[:k]) for k in range(3)]
     # the first token of each sequence has no target: nothing learns to predict across a boundary
     assert [batch["labels"][0, s].item() for s in starts] == [IGNORE_INDEX] * 3
-    assert batch["labels"][0].tolist() == [x for e in examples for x in [IGNORE_INDEX] + e["labels"][1:]]
+    assert batch["labels"][0].tolist() == [x for e in examples for x in [IGNORE_INDEX, *e["labels"][1:]]]
 
 
 def test_make_collator_picks_by_packing_and_uses_the_tokenizer_pad_id(tokenizer: Any) -> None:
@@ -133,7 +133,7 @@ def test_packed_logits_and_loss_match_each_sequence_alone(
         singles = [alone(model, e) for e in examples]
 
     start = 0
-    for e, single in zip(examples, singles):
+    for e, single in zip(examples, singles, strict=True):
         n = len(e["input_ids"])
         delta = (packed.logits[0, start : start + n] - single.logits[0]).abs().max().item()
         assert delta <= 1e-4, f"sequence of {n} tokens differs by {delta} when packed"
@@ -145,7 +145,7 @@ def test_packed_logits_and_loss_match_each_sequence_alone(
         assert torch.equal(model(**batch).logits, packed.logits)
 
     weights = [n_trainable(e) for e in examples]
-    weighted_mean = sum(s.loss.item() * w for s, w in zip(singles, weights)) / sum(weights)
+    weighted_mean = sum(s.loss.item() * w for s, w in zip(singles, weights, strict=True)) / sum(weights)
     assert packed.loss.item() == pytest.approx(weighted_mean, abs=1e-4)
 
 

@@ -29,12 +29,12 @@ def normalize(record: dict[str, Any], fmt: str | None = None, options: RecordOpt
 
 def trained_text(tokenizer: Any, conv: Conversation, **options: Any) -> str:
     encoded = encode(tokenizer, conv, EncodeOptions(**options))
-    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
+    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX])
 
 
 def masked_text(tokenizer: Any, conv: Conversation, **options: Any) -> str:
     encoded = encode(tokenizer, conv, EncodeOptions(**options))
-    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE_INDEX])
+    return tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label == IGNORE_INDEX])
 
 
 def parts(*texts: str, spelling: str = "value") -> list[dict[str, str]]:

@@ -143,7 +143,7 @@ def test_skipped_bad_records_are_counted_and_the_report_gives_each_parts_lengths
 def test_replies_that_become_identical_when_cut_to_max_length_are_bad(tmp_path: Path, tokenizer: Any) -> None:
     same_start = {"prompt": "Hi", "chosen": "one two three four five six seven eight nine ten A",
                   "rejected": "one two three four five six seven eight nine ten B"}
-    with pytest.raises(BadRecordsError, match="identical in their first .* tokens"):
+    with pytest.raises(BadRecordsError, match=r"identical in their first .* tokens"):
         prepare_preference_data([write_jsonl(tmp_path / "p.jsonl", [same_start])], tokenizer, max_length=8)
 
 
@@ -160,7 +160,7 @@ def test_kto_splits_pairs_into_a_desirable_and_an_undesirable_completion_with_mi
 
 def test_unpaired_data_trains_only_with_kto(tmp_path: Path, tokenizer: Any) -> None:
     path = write_jsonl(tmp_path / "u.jsonl", [UNPAIRED, {**UNPAIRED, "label": "yes"}])
-    with pytest.raises(DataError, match="only loss.type = \"kto\""):
+    with pytest.raises(DataError, match=r"only loss.type = \"kto\""):
         prepare_preference_data([path], tokenizer, max_length=256)
     with pytest.raises(BadRecordsError, match=r"u.jsonl:2: 'label' is 'yes'; expected true"):
         prepare_preference_data([path], tokenizer, max_length=256, unpaired=True)
@@ -180,6 +180,6 @@ def test_implicit_prompts_that_share_no_user_turn_are_refused(tmp_path: Path, to
 
 
 def test_unknown_field_names_are_a_data_error(tmp_path: Path, tokenizer: Any) -> None:
-    with pytest.raises(DataError, match="data.fields: unknown field"):
+    with pytest.raises(DataError, match=r"data.fields: unknown field"):
         prepare_preference_data([write_json(tmp_path / "p.json", [ALPACA])], tokenizer, max_length=256,
                                 fields={"output": "chosen"}, format="alpaca-preference")

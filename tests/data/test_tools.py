@@ -61,8 +61,8 @@ def test_tools_a_template_cannot_render_go_into_the_system_prompt_and_the_token_
     growth = len(rendered.input_ids) - len(dropped.input_ids)
     assert abs(growth - len(tokenizer("\n\n" + block, add_special_tokens=False)["input_ids"])) <= 2
     # the definitions are prompt: the trained tokens are the same either way
-    trained = [t for t, label in zip(rendered.input_ids, rendered.labels) if label != IGNORE_INDEX]
-    assert trained == [t for t, label in zip(dropped.input_ids, dropped.labels) if label != IGNORE_INDEX]
+    trained = [t for t, label in zip(rendered.input_ids, rendered.labels, strict=True) if label != IGNORE_INDEX]
+    assert trained == [t for t, label in zip(dropped.input_ids, dropped.labels, strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(trained) == ('<tool_call>\n{"name": "search_recipes", "arguments": {"ingredients": '
                                          '["rice"]}}\n</tool_call><|im_end|>No recipes.<|im_end|>')
 
@@ -109,7 +109,7 @@ def test_dropped_tools_are_counted_and_said_once_in_the_report(tokenizer: Any, t
     rendered, report = build_examples(records, tokenizer, max_length=2048)
     assert report.tools == {"system-prompt": 2}
     assert [len(e["input_ids"]) for e in rendered][1] == [len(e["input_ids"]) for e in examples][1]
-    assert all(len(r["input_ids"]) > len(d["input_ids"]) for r, d in zip(rendered[::2], examples[::2]))
+    assert all(len(r["input_ids"]) > len(d["input_ids"]) for r, d in zip(rendered[::2], examples[::2], strict=True))
 
 
 def test_refused_tools_are_bad_records_located_in_the_file(tokenizer: Any, tmp_path: Path) -> None:

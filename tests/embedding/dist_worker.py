@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from runner.train.losses import CoSENTLoss, ContrastiveLoss, MatryoshkaLoss
+from runner.train.losses import ContrastiveLoss, CoSENTLoss, MatryoshkaLoss
 
 PER_RANK, DIM_IN, DIM_OUT = 6, 16, 8
 NEGATIVES = [2, 5]  # per rank
@@ -61,7 +61,7 @@ def main(out_path: str) -> None:
         q, p, n = out[:n_total], out[n_total:2 * n_total], out[2 * n_total:]
         ref_loss = make(False)(q, p, None if name == "cosent" else n, scores)
         ref_loss.backward()
-        grads = [a.grad - b.grad for a, b in zip(ddp.module.parameters(), reference.parameters())]
+        grads = [a.grad - b.grad for a, b in zip(ddp.module.parameters(), reference.parameters(), strict=True)]
         result[name] = {
             "loss": float(mean_loss), "reference_loss": float(ref_loss.detach()),
             "max_grad_diff": max(float(d.abs().max()) for d in grads),

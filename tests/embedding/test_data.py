@@ -78,7 +78,7 @@ def test_eval_fraction_and_retrieval_set(tmp_path: Path) -> None:
     assert full.relevant == [{0, 4}, {2, 5}, {3, 6}]  # q0 <- d0, d3; q1 <- d1, d4; q2 <- d2, d5
 
 
-def _examples(tmp_path: Path, rows: list[dict[str, str]], tasks: list[str] | None = None):  # noqa: ANN202
+def _examples(tmp_path: Path, rows: list[dict[str, str]], tasks: list[str] | None = None):
     return prepare_embedding_data([write_jsonl(tmp_path / "s.jsonl", rows)], tasks=tasks).train
 
 
@@ -101,7 +101,7 @@ def test_each_batch_holds_one_task_and_all_ranks_share_the_task_of_a_step(tmp_pa
     sampler = EmbeddingBatchSampler(examples, 3, world_size=2, seed=0)
     shards = [list(BatchSamplerShard(sampler, num_processes=2, process_index=r)) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(sampler) // 2
-    for step in zip(*shards):
+    for step in zip(*shards, strict=True):
         tasks = [{examples[i].task for i in batch} for batch in step]
         assert all(len(t) == 1 for t in tasks) and tasks[0] == tasks[1]
     seen = sorted(i for shard in shards for batch in shard for i in batch)
@@ -109,7 +109,7 @@ def test_each_batch_holds_one_task_and_all_ranks_share_the_task_of_a_step(tmp_pa
 
 
 def test_data_validate_checks_an_embedding_job_with_the_recipe_checks(
-    write_job, tmp_path: Path, capsys: pytest.CaptureFixture[str]  # noqa: ANN001
+    write_job, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from runner.commands import main
 

@@ -29,7 +29,7 @@ def test_two_ranks_match_one_process_over_the_global_batch(tmp_path: Path) -> No
         assert numbers["grad_norm"] > 1e-3, (name, numbers)  # gradients that could differ at all
 
 
-def test_a_multi_task_job_trains_in_two_processes_with_identical_replicas(write_job, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_multi_task_job_trains_in_two_processes_with_identical_replicas(write_job, tmp_path: Path) -> None:
     from runner.commands import main
 
     from .helpers import metrics_of, only_run, pair_rows, status_of

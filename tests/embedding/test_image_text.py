@@ -4,8 +4,9 @@ single tower (processor built without torchvision), 448 x 448 images, and bad im
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

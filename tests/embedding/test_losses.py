@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from runner.train.losses import CoSENTLoss, ContrastiveLoss, MatryoshkaLoss, MultiTaskLoss, build_loss
 from runner.spec.model import LossSection
+from runner.train.losses import ContrastiveLoss, CoSENTLoss, MatryoshkaLoss, MultiTaskLoss, build_loss
 
 Vector = list[float]
 
@@ -19,7 +19,7 @@ def _unit(v: Vector) -> Vector:
 
 
 def _dot(a: Vector, b: Vector) -> float:
-    return sum(x * y for x, y in zip(a, b))
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def _cross_entropy(logits: list[float], target: int) -> float:
@@ -38,7 +38,7 @@ def info_nce_reference(q: list[Vector], p: list[Vector], n: list[Vector], t: flo
 
 
 def cosent_reference(a: list[Vector], b: list[Vector], scores: list[float], t: float) -> float:
-    cos = [_dot(_unit(x), _unit(y)) for x, y in zip(a, b)]
+    cos = [_dot(_unit(x), _unit(y)) for x, y in zip(a, b, strict=True)]
     terms = [0.0] + [(cos[j] - cos[i]) / t for i in range(len(cos)) for j in range(len(cos)) if scores[i] > scores[j]]
     top = max(terms)
     return top + math.log(sum(math.exp(x - top) for x in terms))
@@ -94,7 +94,7 @@ def test_matryoshka_is_the_weighted_sum_of_base_losses_at_each_dim(base: str) ->
         parts = [info_nce_reference(q[:, :d].tolist(), p[:, :d].tolist(), negatives[:, :d].tolist(), 0.05, True) for d in dims]
     else:
         parts = [cosent_reference(q[:, :d].tolist(), p[:, :d].tolist(), scores.tolist(), 0.05) for d in dims]
-    assert abs(float(loss) - sum(w * x for w, x in zip(weights, parts))) < 1e-4
+    assert abs(float(loss) - sum(w * x for w, x in zip(weights, parts, strict=True))) < 1e-4
     assert abs(parts[0] - parts[-1]) > 1e-3  # the dims really differ, so a wrong slice would show
 
 

@@ -5,8 +5,9 @@ with last-token pooling); models that cannot take it stay padded."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

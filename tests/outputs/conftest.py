@@ -11,7 +11,6 @@ from runner.outputs.status import JobState, StatusFile, new_status
 
 from ._support import T0
 
-
 # How to reach each state from a fresh run (through legal transitions only).
 PATHS: dict[JobState, list[JobState]] = {
     JobState.QUEUED: [],

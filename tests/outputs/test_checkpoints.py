@@ -45,10 +45,9 @@ def test_saved_checkpoint_has_a_marker_with_step_and_file_hashes(tmp_path: Path)
 
 
 def test_crash_during_save_leaves_no_checkpoint_and_no_temp(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with new_checkpoint(tmp_path, 10) as tmp:
-            (tmp / "adapter_model.safetensors").write_bytes(b"w")
-            raise RuntimeError("killed mid-save")
+    with pytest.raises(RuntimeError), new_checkpoint(tmp_path, 10) as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(b"w")
+        raise RuntimeError("killed mid-save")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -96,10 +96,9 @@ def test_atomic_dir_publishes_only_on_clean_exit(tmp_path: Path) -> None:
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_atomic_dir_removes_temp_on_exception(tmp_path: Path, exc: type[BaseException]) -> None:
     final = tmp_path / "step-5"
-    with pytest.raises(exc):
-        with atomic_dir(final) as tmp:
-            (tmp / "half.bin").write_bytes(b"1")
-            raise exc()
+    with pytest.raises(exc), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"1")
+        raise exc()
     assert not final.exists()
     assert leftovers(tmp_path) == []
 
@@ -108,9 +107,8 @@ def test_atomic_dir_refuses_to_overwrite_by_default(tmp_path: Path) -> None:
     final = tmp_path / "adapter"
     final.mkdir()
     (final / "keep").write_text("old")
-    with pytest.raises(FileExistsError):
-        with atomic_dir(final):
-            pytest.fail("should fail before doing any work")
+    with pytest.raises(FileExistsError), atomic_dir(final):
+        pytest.fail("should fail before doing any work")
     assert (final / "keep").read_text() == "old"
     assert leftovers(tmp_path) == []
 
@@ -141,8 +139,7 @@ def test_atomic_dir_replace_that_fails_to_move_in_restores_old(
         real_rename(src, dst)
 
     monkeypatch.setattr(fsutil.os, "rename", flaky_rename)
-    with pytest.raises(OSError, match="simulated"):
-        with atomic_dir(final, replace=True) as tmp:
-            (tmp / "w").write_text("new")
+    with pytest.raises(OSError, match="simulated"), atomic_dir(final, replace=True) as tmp:
+        (tmp / "w").write_text("new")
     assert (final / "w").read_text() == "old"
     assert leftovers(tmp_path) == []

@@ -74,7 +74,7 @@ def test_manifest_records_inputs_and_installed_versions(tmp_path: Path, isolated
     assert m["created"] == "2026-11-22T04:45:01.000000Z"
     assert m["packages"]["torch"] == metadata.version("torch")
     assert m["packages"]["transformers"] == metadata.version("transformers")
-    assert m["python"]["version"] == "%d.%d.%d" % sys.version_info[:3]
+    assert m["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
     assert m["platform"]["machine"]
     json.dumps(m)  # the whole manifest is plain JSON
 

@@ -27,7 +27,7 @@ from runner.outputs.status import (
 
 from ._support import T0
 
-Q, R, S, F, C, I, V = (
+Q, R, S, F, C, I, V = (  # noqa: E741 - the initials of the states, as in the table they check
     JobState.QUEUED,
     JobState.RUNNING,
     JobState.SUCCEEDED,
@@ -62,7 +62,7 @@ def status_in(state: JobState) -> Status:
 
 def test_table_matches_the_documented_one() -> None:
     assert {k: set(v) for k, v in TRANSITIONS.items()} == EXPECTED
-    assert TERMINAL_STATES == {S, F, C, V}
+    assert {S, F, C, V} == TERMINAL_STATES
 
 
 @pytest.mark.parametrize(("frm", "to"), ALLOWED, ids=lambda s: str(s))

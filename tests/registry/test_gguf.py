@@ -12,9 +12,15 @@ import pytest
 import torch
 
 from runner.fsutil import TMP_PREFIX
-from runner.registry import SourceError, ensure_gguf_snapshot, gguf_quant_name, resolve_source, sha256_file
+from runner.registry import (
+    SourceError,
+    ensure_gguf_snapshot,
+    gguf_convert,
+    gguf_quant_name,
+    resolve_source,
+    sha256_file,
+)
 from runner.registry import checksums as checksums_mod
-from runner.registry import gguf_convert
 
 from .tiny_models import CHAT_TEMPLATE
 

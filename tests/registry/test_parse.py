@@ -64,7 +64,8 @@ def test_every_scheme_has_a_parser() -> None:
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
-        ("hg:org/name", ["unknown scheme 'hg' in 'hg:org/name'", "expected one of hf:, local:, gguf:, pkg:, registry:, job:", "did you mean 'hf:org/name'"]),
+        ("hg:org/name", ["unknown scheme 'hg' in 'hg:org/name'",
+                         "expected one of hf:, local:, gguf:, pkg:, registry:, job:", "did you mean 'hf:org/name'"]),
         ("HF:org/name", ["unknown scheme 'HF'", "did you mean 'hf:org/name'"]),
         ("s3:bucket/key", ["unknown scheme 's3'", "expected one of hf:"]),
         ("org/name", ["has no scheme", "did you mean 'hf:org/name'"]),

@@ -13,10 +13,18 @@ import jsonschema
 import pytest
 import torch
 
-from runner.registry import Registry, RegistryError, SourceError, find_registry, import_model, resolve_source, sha256_file
+from runner.registry import (
+    Registry,
+    RegistryError,
+    SourceError,
+    find_registry,
+    import_model,
+    resolve_source,
+    sha256_file,
+)
 from runner.registry.entries import ModelEntry
-from runner.registry.schema import SCHEMA_PATH, registry_schema, render_schema
 from runner.registry.folder_facts import count_parameters
+from runner.registry.schema import SCHEMA_PATH, registry_schema, render_schema
 
 from .tiny_models import copy_model
 
@@ -105,7 +113,9 @@ def test_import_local_copies_into_the_store_with_every_field(registry: Registry,
     assert dict(resolved.files) == entry.files
 
 
-def test_reimport_is_a_no_op_and_an_alias_is_not_silently_taken(registry: Registry, local_model: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_reimport_is_a_no_op_and_an_alias_is_not_silently_taken(
+    registry: Registry, local_model: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     import_model(registry, f"local:{local_model}", "tiny", progress=False)
     before = registry.path.read_text()
     assert import_model(registry, f"local:{local_model}", "tiny", progress=False).action == "unchanged"
@@ -115,7 +125,7 @@ def test_reimport_is_a_no_op_and_an_alias_is_not_silently_taken(registry: Regist
     config = json.loads((other / "config.json").read_text())
     config["rms_norm_eps"] = 1e-3
     (other / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RegistryError, match="already registered for local:.*--force"):
+    with pytest.raises(RegistryError, match=r"already registered for local:.*--force"):
         import_model(registry, f"local:{other}", "tiny", progress=False)
     replaced = import_model(registry, f"local:{other}", "tiny", progress=False, force=True)
     assert replaced.action == "replaced" and registry.get("tiny").source == f"local:{other}"
@@ -164,7 +174,7 @@ def test_a_missing_store_is_rebuilt_from_the_pinned_source(registry: Registry, l
 def test_pickle_only_folders_are_refused(registry: Registry, tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = copy_model(tiny_model_dir, tmp_path / "pickled")
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    with pytest.raises(SourceError, match="only pickle weights .* can run arbitrary code"):
+    with pytest.raises(SourceError, match=r"only pickle weights .* can run arbitrary code"):
         import_model(registry, f"local:{folder}", "pickled", progress=False)
     assert not registry.path.exists()
 

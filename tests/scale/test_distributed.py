@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from safetensors.torch import load_file
@@ -17,7 +17,6 @@ from runner.outputs.runs import list_runs
 from runner.train.distributed import state_digest
 
 from .conftest import start_run
-
 
 
 def _run_dir(runs: Path, job: str = "ddp") -> Path:

@@ -4,8 +4,8 @@ the calibration's extrapolation, and the command's verdicts."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -27,7 +27,7 @@ from runner.spec.model import AdapterSection, JobSpec, ModelSection, ResourcesSe
 from runner.train.model import apply_adapter, choose_device, count_parameters
 
 # the tiny model of tests/train/tiny.py: hidden 64, MLP 128, 2 layers, 4 heads of 16, 2 KV heads, tied
-H, I, L, KV = 64, 128, 2, 2 * 16
+H, I, L, KV = 64, 128, 2, 2 * 16  # noqa: E741 - hidden, intermediate, layers: the usual notation
 
 
 def _vocab(folder: Path) -> int:
@@ -164,9 +164,9 @@ def test_choose_device_resolves_and_refuses_with_reasons() -> None:
     assert choose_device(model, ResourcesSection(precision="bf16"), qlora).compute_dtype == "bfloat16"
     from runner.train.model import ModelSetupError
 
-    with pytest.raises(ModelSetupError, match="fp16.*needs a CUDA device"):
+    with pytest.raises(ModelSetupError, match=r"fp16.*needs a CUDA device"):
         choose_device(model, ResourcesSection(precision="fp16"))
-    with pytest.raises(ModelSetupError, match="flash_attention_2.*cannot run here: flash-attn needs a CUDA GPU"):
+    with pytest.raises(ModelSetupError, match=r"flash_attention_2.*cannot run here: flash-attn needs a CUDA GPU"):
         choose_device(ModelSection(source="local:x", attn_implementation="flash_attention_2"), cpu)
     with pytest.raises(ModelSetupError, match="no CUDA device is visible"):
         choose_device(model, ResourcesSection(device="cuda"))

@@ -5,8 +5,9 @@ reference model's share of the peak (none when precomputed; a second set of weig
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

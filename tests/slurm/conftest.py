@@ -163,7 +163,7 @@ JobCompType=jobcomp/none
 NodeName={NODES[0]} NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[0]} CPUs={hardware['CPUs']} RealMemory={hardware['RealMemory']} State=UNKNOWN
 NodeName={NODES[1]} NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[1]} CPUs={hardware['CPUs']} RealMemory={hardware['RealMemory']} State=UNKNOWN
 PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
-""")
+""")  # noqa: E501 - slurm.conf wants each node on one line
     saved = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)  # for this process, the daemons and the jobs (sbatch exports it)
     cluster = Cluster(root, conf)

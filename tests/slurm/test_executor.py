@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.outputs.runs import find_interrupted_run, new_run_dir, run_paths
-from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.outputs.attempts import Final, write_outcome
-from runner.outputs.runs import OUTCOME_FILE
+from runner.outputs.runs import OUTCOME_FILE, find_interrupted_run, new_run_dir, run_paths
+from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.slurm.executor import SLURM_KEY, SlurmExecutor, Submission, live_job
 from runner.slurm.node import check_allocation
 from runner.slurm.states import JobInfo

@@ -59,7 +59,7 @@ def test_memory_sizes_are_written_the_way_sbatch_reads_them(written: str, sbatch
 
 @pytest.mark.parametrize("written", ["2048", "lots", "0G", "16Gi"])
 def test_a_memory_size_without_a_unit_or_unreadable_is_refused(written: str) -> None:
-    with pytest.raises(ValueError, match="resources.memory"):
+    with pytest.raises(ValueError, match=r"resources.memory"):
         memory_option(written)
     assert any("resources.memory" in p for p in problems(f'memory = "{written}"'))
 

@@ -230,7 +230,7 @@ def test_an_axolotl_config_becomes_a_job_that_validates(tmp_path: Path) -> None:
 def test_the_tool_is_recognised_or_named(tmp_path: Path) -> None:
     unknown = tmp_path / "mystery.yaml"
     unknown.write_text("foo: 1\nbar: 2\n", encoding="utf-8")
-    with pytest.raises(ConvertError, match="cannot tell which tool this config is for .* --from axolotl"):
+    with pytest.raises(ConvertError, match=r"cannot tell which tool this config is for .* --from axolotl"):
         convert_config(unknown)
     conversion = convert_config(_axolotl(tmp_path), job_path=tmp_path / "x.toml", tool="axolotl")
     assert conversion.tool == "Axolotl"

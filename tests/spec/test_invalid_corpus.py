@@ -39,6 +39,6 @@ def test_invalid_file_reports_exactly_its_problems(path: Path) -> None:
     issues = caught.value.issues
     assert all(issue.file == str(path) for issue in issues)
     assert len(issues) == len(expected), "\n".join(map(str, issues))
-    for (line, column, dotted_path, message), issue in zip(sorted(expected), sorted(issues)):
+    for (line, column, dotted_path, message), issue in zip(sorted(expected), sorted(issues), strict=True):
         assert (issue.line, issue.column, issue.path) == (line, column, dotted_path), str(issue)
         assert issue.message.startswith(message), str(issue)

@@ -97,9 +97,9 @@ def test_arbitrary_bytes_never_escape_the_project_error(data: bytes) -> None:
 def _key_paths(node: dict[str, Any], prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
     paths = []
     for key, value in node.items():
-        paths.append(prefix + (key,))
+        paths.append((*prefix, key))
         if isinstance(value, dict):
-            paths.extend(_key_paths(value, prefix + (key,)))
+            paths.extend(_key_paths(value, (*prefix, key)))
     return paths
 
 

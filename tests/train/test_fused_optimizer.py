@@ -3,8 +3,8 @@ AdamW over the trainable tensors only, and it moves the weights as the per-tenso
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch

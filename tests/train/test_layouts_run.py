@@ -4,8 +4,8 @@ tools warning where a user looks (console, status.json, data validate), and new 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

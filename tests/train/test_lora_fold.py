@@ -94,7 +94,7 @@ def test_the_function_equals_a_float64_lora_linear_with_its_gradients() -> None:
     upstream = torch.randn_like(reference)
     expected = torch.autograd.grad(reference, (x, lora_a, lora_b), upstream)
     got = torch.autograd.grad(folded, (x, lora_a, lora_b), upstream)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         assert torch.allclose(g, e)
 
 

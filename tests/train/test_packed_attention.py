@@ -3,6 +3,7 @@ sequence alone; anything that is not a flattened batch is left to transformers' 
 
 from __future__ import annotations
 
+import itertools
 import sys
 import types
 
@@ -129,9 +130,9 @@ def _fake_flash_attn() -> types.ModuleType:
     def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
         assert q.dim() == 3 and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and max_q == max_k
         ends = cu_q.tolist()
-        assert max_q == max(b - a for a, b in zip(ends, ends[1:]))
+        assert max_q == max(b - a for a, b in itertools.pairwise(ends))
         outs = []
-        for a, b in zip(ends, ends[1:]):
+        for a, b in itertools.pairwise(ends):
             outs.append(F.scaled_dot_product_attention(
                 q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), scale=softmax_scale,
                 is_causal=causal, enable_gqa=k.shape[1] != q.shape[1]).transpose(0, 1))

@@ -115,8 +115,8 @@ def test_each_paired_loss_and_its_gradient_match_a_float64_reference(name, loss,
     assert abs(float(out.loss.detach()) - reference(*values)) < 1e-6
     out.loss.backward()
     expected = _numeric_gradient(reference, values)
-    for got, want in zip([policy.chosen, policy.rejected], expected[:2]):
-        assert max(abs(g - w) for g, w in zip(got.grad.tolist(), want)) < 1e-5
+    for got, want in zip([policy.chosen, policy.rejected], expected[:2], strict=True):
+        assert max(abs(g - w) for g, w in zip(got.grad.tolist(), want, strict=True)) < 1e-5
     if not loss.needs_reference:  # a reference-free loss does not depend on the reference at all
         assert all(abs(g) < 1e-12 for row in expected[2:] for g in row)
 
@@ -153,9 +153,9 @@ KL_REF = [-41.5, -35.0, -50.0, -42.0]
 
 
 def kto_ref(policy, ref, kl_policy, kl_ref, beta=0.1, wd=1.0, wu=1.0) -> float:
-    z = max(0.0, sum(p - r for p, r in zip(kl_policy, kl_ref)) / len(kl_policy))
+    z = max(0.0, sum(p - r for p, r in zip(kl_policy, kl_ref, strict=True)) / len(kl_policy))
     total = 0.0
-    for p, r, good in zip(policy, ref, KTO_DESIRABLE):
+    for p, r, good in zip(policy, ref, KTO_DESIRABLE, strict=True):
         ratio = p - r
         total += wd * (1 - _sigmoid(beta * (ratio - z))) if good else wu * (1 - _sigmoid(beta * (z - ratio)))
     return total / len(policy)
@@ -176,8 +176,8 @@ def test_kto_and_its_gradient_match_a_float64_reference(beta, wd, wu) -> None:
     assert abs(float(out.loss.detach()) - reference(KTO_POLICY)) < 1e-6
     out.loss.backward()
     expected = _numeric_gradient(lambda p: reference(p), [KTO_POLICY])[0]
-    assert max(abs(g - w) for g, w in zip(policy.grad.tolist(), expected)) < 1e-5
-    assert float(out.extra["kl"]) == pytest.approx(max(0.0, sum(p - r for p, r in zip(KL_POLICY, KL_REF)) / 4))
+    assert max(abs(g - w) for g, w in zip(policy.grad.tolist(), expected, strict=True)) < 1e-5
+    assert float(out.extra["kl"]) == pytest.approx(max(0.0, sum(p - r for p, r in zip(KL_POLICY, KL_REF, strict=True)) / 4))
     assert out.chosen_rewards.shape == (3,) and out.rejected_rewards.shape == (3,)
 
 

@@ -5,8 +5,9 @@ records stop the run before training; the result works with generate, export and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

@@ -27,7 +27,7 @@ def test_each_model_kind_and_loss_trains_with_its_recipe(kind: str, loss: str, r
 
 
 def test_a_combination_without_a_recipe_is_a_config_error_naming_it() -> None:
-    with pytest.raises(ModelSetupError, match="no training recipe for model.kind 'causal-lm' with loss.type 'contrastive'"):
+    with pytest.raises(ModelSetupError, match=r"no training recipe for model.kind 'causal-lm' with loss.type 'contrastive'"):
         recipe_for(_spec("causal-lm", "contrastive"))
 
 
@@ -53,6 +53,6 @@ def test_several_processes_need_a_rank_aware_recipe(tmp_path: Path) -> None:
     spec = _spec("causal-lm")
     ctx = SimpleNamespace(job=SimpleNamespace(spec=spec), run_dir=tmp_path)
     single = Recipe("single", CAUSAL_LM.module, CAUSAL_LM.function, distributed=False)
-    with pytest.raises(ModelSetupError, match="resources.nproc > 1 is not supported for model.kind 'causal-lm'"):
+    with pytest.raises(ModelSetupError, match=r"resources.nproc > 1 is not supported for model.kind 'causal-lm'"):
         launch_workers(ctx, single)  # type: ignore[arg-type]
     assert not (tmp_path / ".workers").exists()

@@ -51,7 +51,7 @@ def packed_row(shared: bool) -> dict[str, torch.Tensor]:
 
 def test_the_shared_layout_repeats_no_prompt_and_branches_the_rejected_reply_from_it() -> None:
     row = packed_row(shared=True)
-    (p0, c0, r0), (p1, c1, r1), _ = PAIRS
+    (p0, c0, r0), (_p1, _c1, _r1), _ = PAIRS
     assert row["input_ids"][0, :len(p0) + len(c0) + len(r0)].tolist() == p0 + c0 + r0
     assert row["position_ids"][0, :13].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 6, 7, 8]
     assert segments(row["position_ids"])[:3] == [(0, 10, 0, 0), (10, 13, 0, 6), (13, 22, 13, 13)]

@@ -4,8 +4,9 @@ they change how fast a run trains, never what it learns; the environment no long
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch

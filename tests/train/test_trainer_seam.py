@@ -13,8 +13,8 @@ import inspect
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import transformers
@@ -57,9 +57,8 @@ def test_every_private_trainer_method_overridden_is_listed_and_only_in_the_base_
     unlisted = []
     for cls in _runner_trainers():
         for name in _overrides(cls):
-            if name.startswith("_") and not name.startswith("__"):
-                if cls is not RunTrainer or name not in PRIVATE_OVERRIDES:
-                    unlisted.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+            if name.startswith("_") and not name.startswith("__") and (cls is not RunTrainer or name not in PRIVATE_OVERRIDES):
+                unlisted.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
     assert unlisted == [], ("private Trainer methods may be overridden only in runner.train.trainers.base, "
                             "listed in PRIVATE_OVERRIDES and its docstring")
     assert set(PRIVATE_OVERRIDES) == {n for n in _overrides(RunTrainer) if n.startswith("_")}
@@ -102,9 +101,8 @@ def test_only_the_base_trainer_imports_the_trainer_class() -> None:
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformers")
-                    and any(alias.name == "Trainer" for alias in node.names)):
-                importers.append(str(path.relative_to(ROOT)))
-            elif isinstance(node, ast.Attribute) and node.attr == "Trainer":
+                    and any(alias.name == "Trainer" for alias in node.names)) or (
+                        isinstance(node, ast.Attribute) and node.attr == "Trainer"):
                 importers.append(str(path.relative_to(ROOT)))
     assert importers == ["runner/train/trainers/base.py"]
 

@@ -65,7 +65,8 @@ def _resolve_pkg(src: PackageSource, ctx: ResolveContext) -> ResolvedModel:
         return gguf_model(ggufs[0], source, ctx)
     if len(ggufs) > 1:
         names = ", ".join(p.name for p in ggufs)
-        raise SourceError(f"{source}: several .gguf files ({names}); name one, e.g. 'pkg:{src.package}/{ggufs[0].relative_to(folders[0]).as_posix()}'")
+        example = ggufs[0].relative_to(folders[0]).as_posix()
+        raise SourceError(f"{source}: several .gguf files ({names}); name one, e.g. 'pkg:{src.package}/{example}'")
     problem = model_folder_problem(target, source) or f"{source}: no model in {target}"
     inner = sorted(p.relative_to(folders[0]).as_posix() for p in target.iterdir() if (p / "config.json").is_file())
     if inner:

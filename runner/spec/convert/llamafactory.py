@@ -80,7 +80,7 @@ def convert(config: dict[str, Any], conv: Conversion) -> None:
                "quantization_bit", "quantization_type", "double_quantization", "dataset", "eval_dataset",
                "cutoff_len", "max_samples", "train_on_prompt", "packing", "val_size", "trust_remote_code",
                *TRAINING_KEYS}
-    for key, value in config.items():
+    for key in config:
         if key in handled or (key in IGNORED and IGNORED[key] is None):
             continue
         conv.skip(key, IGNORED.get(key) or "no counterpart in a job file")
@@ -154,7 +154,7 @@ def _data(config: dict[str, Any], conv: Conversion, stage: str) -> None:
         conv.set("data.max_records", config["max_samples"], "max_samples")
     if config.get("train_on_prompt"):
         conv.set("data.train_on_prompt", True, "train_on_prompt")
-    if config.get("packing") or config.get("neat_packing") or stage == "pt" and config.get("packing") is None:
+    if config.get("packing") or config.get("neat_packing") or (stage == "pt" and config.get("packing") is None):
         conv.set("data.packing", True, "neat_packing" if config.get("neat_packing") else "packing")
     val = config.get("val_size")
     if isinstance(val, float) and 0 < val < 1 and not conv.get("data.eval"):

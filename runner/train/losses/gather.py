@@ -42,4 +42,4 @@ def gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     with warnings.catch_warnings():  # torch 2.13 points to a private module instead; this is the public autograd gather
         warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is deprecated", category=FutureWarning)
         parts = all_gather(padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)]), sum(sizes[:rank])

@@ -32,7 +32,7 @@ class MatryoshkaLoss(nn.Module):
         scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
         total = query.new_zeros(())
-        for dim, weight in zip(self.dims, self.weights):
+        for dim, weight in zip(self.dims, self.weights, strict=True):
             truncated = None if negatives is None else negatives[..., :dim]
             total = total + weight * self.base(query[..., :dim], positive[..., :dim], truncated, scores)
         return total

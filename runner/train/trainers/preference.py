@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from accelerate.utils import send_to_device
-
 from transformers import TrainerCallback
 
 from runner.outputs.status import StatusFile
@@ -190,7 +189,7 @@ class PreferenceMetrics:
         counts = torch.tensor([self.counts[n] for n in names], device=sums.device)
         if accelerator is not None and accelerator.num_processes > 1:
             sums, counts = accelerator.reduce(sums, "sum"), accelerator.reduce(counts, "sum")
-        means = {n: float(s / c) for n, s, c in zip(names, sums.tolist(), counts.tolist())}
+        means = {n: float(s / c) for n, s, c in zip(names, sums.tolist(), counts.tolist(), strict=True)}
         if "reward_chosen" in means and "reward_rejected" in means:
             means["reward_margin"] = means["reward_chosen"] - means["reward_rejected"]
         self.sums, self.counts = {}, {}

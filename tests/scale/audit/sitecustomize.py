@@ -34,7 +34,7 @@ if _ROOT and _LOGS and _RANK is not None:
 
     def _hook(event: str, args: tuple) -> None:
         if event == "open":
-            path, mode, flags = (tuple(args) + (None, None, None))[:3]
+            path, mode, flags = ((*tuple(args), None, None, None))[:3]
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and bool(flags & _WRITE_FLAGS))
             if writing and _under_root(path):

@@ -27,8 +27,19 @@ from runner.train.losses.preference.orpo import ORPOLoss
 from runner.train.losses.preference.simpo import SimPOLoss
 
 __all__ = [
-    "BatchTotals", "DPOLoss", "IPOLoss", "KTOLoss", "ORPOLoss", "PairedLoss", "PreferenceOutput", "SequenceLogps", "SimPOLoss",
-    "UnpairedLogps", "build_preference_loss", "PREFERENCE_LOSSES", "REFERENCE_FREE",
+    "PREFERENCE_LOSSES",
+    "REFERENCE_FREE",
+    "BatchTotals",
+    "DPOLoss",
+    "IPOLoss",
+    "KTOLoss",
+    "ORPOLoss",
+    "PairedLoss",
+    "PreferenceOutput",
+    "SequenceLogps",
+    "SimPOLoss",
+    "UnpairedLogps",
+    "build_preference_loss",
 ]
 
 PREFERENCE_LOSSES = ("dpo", "ipo", "orpo", "simpo", "kto")
