@@ -314,7 +314,7 @@ def register_run(
     entry = ModelEntry(
         source=f"job:{lineage['job']}",
         revision=run_dir.name,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         architecture=str(architectures[0]) if architectures else (base_entry.architecture if base_entry else None),
         model_type=config.get("model_type") or (base_entry.model_type if base_entry else None),
         parameters=count_parameters(folder),

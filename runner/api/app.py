@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from runner.api import dashboard, datacheck, views
 from runner.api.auth import COOKIE_NAME, Gate, Verdict, presented_key
@@ -45,8 +46,9 @@ _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the 
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 HeaderKey = Annotated[str | None, Security(_header_key)]
 
-_UNAUTHORIZED = {401: {"description": "no key, or a wrong one: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"},
-                 429: {"description": "too many wrong keys from this address: wait for Retry-After seconds"}}
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no key, or a wrong one: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"},
+    429: {"description": "too many wrong keys from this address: wait for Retry-After seconds"}}
 _ERRORS = {"description": "what is wrong, where (file, line, column, key path) and how to fix it"}
 
 
@@ -141,7 +143,7 @@ def create_app(settings: ApiSettings) -> Guard:
     _dashboard_routes(app, settings, gate)
     _session_routes(app, settings, gate)
 
-    def holds_key(scope: dict[str, Any]) -> bool:
+    def holds_key(scope: Scope) -> bool:
         """For the guard's share of request slots: a valid key or session (no throttle accounting)."""
         connection = HTTPConnection(scope)
         return settings.keys.check(presented_key(connection.headers)) or gate.sessions.valid(
@@ -248,9 +250,9 @@ def _dataset_routes(app: FastAPI, settings: ApiSettings, keyed: list[Any]) -> No
             texts = [form.get(part) for part in ("format", "fields", "image_root")]
             if not all(t is None or isinstance(t, str) for t in texts):
                 raise ApiError(422, "'format', 'fields' and 'image_root' are text parts")
-            data_format, raw_fields, image_root = texts
+            data_format, raw_fields, image_root = (t if isinstance(t, str) else None for t in texts)
             asked = datacheck.ValidateRequest([], str(data_format or "auto"), datacheck.parse_form_fields(raw_fields),
-                                              image_root or None)  # type: ignore[arg-type]
+                                              image_root or None)
             name = datacheck.upload_name(upload.filename)
             source = datacheck.Source(name, lambda: contextlib.nullcontext(upload.file), Path(name).suffix)
             return await run_in_threadpool(datacheck.check, settings, [source], asked)

@@ -62,7 +62,7 @@ def _named_paths(job: LoadedJob) -> list[tuple[tuple[str | int, ...], Path]]:
     from runner.registry.sources import GGUFSource, LocalSource, SourceError, parse_source
 
     found: list[tuple[tuple[str | int, ...], Path]] = []
-    data = job.raw.get("data") if isinstance(job.raw.get("data"), dict) else {}
+    data = found_data if isinstance(found_data := job.raw.get("data"), dict) else {}
     for key in ("train", "eval"):
         value = data.get(key)
         items = [(("data", key), value)] if isinstance(value, str) else \
@@ -87,7 +87,7 @@ def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[P
     """One issue per path of the job that lies outside the roots (or is no usable path); the first
     `located` carry their line and column (an answer lists no more than that)."""
     positions = SourceMap(text)
-    issues = []
+    issues: list[SpecIssue] = []
     for where, path in _named_paths(job):
         try:
             confine(path, roots)

@@ -236,7 +236,7 @@ def _facts(status: Status, detail: dict[str, Any]) -> str:
 
 
 def _errors(status: Status) -> str:
-    issues = status.extra.get("errors") if isinstance(status.extra.get("errors"), list) else []
+    issues = found if isinstance(found := status.extra.get("errors"), list) else []
     if not status.error and not issues:
         return '<section class="errors none"><h2>Errors</h2><p>none</p></section>'
     items = "".join(f"<li><code>{escape(str(i.get('file')))}:{escape(str(i.get('line')))}:{escape(str(i.get('column')))}"

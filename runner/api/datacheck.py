@@ -23,8 +23,9 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO, Any, get_args
+from typing import IO, Any, BinaryIO, get_args
 
 from runner.api.confine import BadPath, OutsideRoots, confine
 from runner.api.errors import ApiError, cut
@@ -35,7 +36,7 @@ from runner.data.records import DataFileError, Record
 from runner.data.report import BadRecord, DataError
 from runner.data.stream import iter_records
 from runner.data.tables import TABLE_SUFFIXES
-from runner.spec.model import CANONICAL_FIELDS, DataFormat
+from runner.spec.data_section import CANONICAL_FIELDS, DataFormat
 
 __all__ = ["DATA_FORMATS", "Source", "ValidateRequest", "check", "parse_json_request", "path_sources"]
 
@@ -43,6 +44,10 @@ DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 WHOLE_FILE_SUFFIXES = TEXT_SUFFIXES + TABLE_SUFFIXES  # read whole by their readers (pyarrow, paragraphs)
 SAMPLE_BYTES = 2 << 20  # the detection sample stops after this much of the input (and at DETECT_SAMPLE records)
 _EXAMPLE = '{"path": "data/train.jsonl", "format": "auto"}'
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
 
 
 @dataclass(frozen=True)
@@ -144,8 +149,7 @@ def path_sources(settings: ApiSettings, paths: list[str]) -> list[Source]:
                 raise ApiError(422, f"{cut(given, 200)} is not a file; name a .json or .jsonl data file")
         except OSError as exc:
             raise ApiError(422, f"{cut(given, 200)}: cannot be read ({exc.strerror})") from None
-        sources.append(Source(given, lambda p=resolved: open(p, "rb"),  # noqa: SIM115 - an opener: its reader closes it
-                              resolved.suffix, resolved.parent))
+        sources.append(Source(given, partial(_open_binary, resolved), resolved.suffix, resolved.parent))
     return sources
 
 

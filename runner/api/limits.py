@@ -166,6 +166,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
 
 def _shown(spec: dataclasses.Field[Any]) -> str:
     value, kind = spec.default, spec.metadata["kind"]
+    if not isinstance(value, int | float):
+        return str(value)
     if kind == "seconds":
         return f"{value / 3600:g} h" if value >= 3600 and value % 3600 == 0 else f"{value:g} s"
     if kind == "size":

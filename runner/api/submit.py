@@ -217,7 +217,7 @@ def _prescan(settings: ApiSettings, data: bytes) -> None:
 
 
 def _count_files(raw: dict[str, Any], limit: int) -> None:
-    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    data = found if isinstance(found := raw.get("data"), dict) else {}
     count = sum(len(v) if isinstance(v, list) else 1 for v in (data.get("train"), data.get("eval")) if v is not None)
     if count > limit:
         raise ApiError(422, f"the job file names {count} data files (data.train + data.eval); a job submitted "

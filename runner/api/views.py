@@ -83,7 +83,7 @@ def readiness(settings: ApiSettings) -> tuple[bool, dict[str, Any]]:
         queue["jobs"] = len({status.job for _, status in status_rows(settings.runs_root)})
     except (OSError, ValueError, AttributeError) as exc:
         queue.update(ok=False, detail=f"cannot read the queue: {exc}")
-    ready = daemon["ok"] and queue["ok"]
+    ready = bool(daemon["ok"] and queue["ok"])
     return ready, {"ready": ready, "checks": {"daemon": daemon, "queue": queue}}
 
 
@@ -204,11 +204,11 @@ def pick_run(settings: ApiSettings, name: str, run_id: str | None = None) -> tup
             if status is not None:
                 return run, status, runs
         raise ApiError(404, f"no readable status.json in the runs of job '{name}'")
-    run = next((r for r in runs if r.name == run_id), None)
-    status = read_status(run) if run is not None else None
-    if run is None or status is None:
+    asked = next((r for r in runs if r.name == run_id), None)
+    status = read_status(asked) if asked is not None else None
+    if asked is None or status is None:
         raise ApiError(404, f"job '{name}' has no run '{run_id}' (runs: {', '.join(r.name for r in runs)})")
-    return run, status, runs
+    return asked, status, runs
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -260,8 +260,8 @@ def job_detail(settings: ApiSettings, name: str, run_id: str | None = None) -> d
     run, status, runs = pick_run(settings, name, run_id)
     spec = run_spec(run) or {}
     manifest = _read_json(run_paths(run).manifest) or {}
-    spec_model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-    resolved = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    spec_model = found if isinstance(found := spec.get("model"), dict) else {}
+    resolved = pinned if isinstance(pinned := manifest.get("model"), dict) else {}
     model = {
         "source": resolved.get("source") or spec_model.get("source"),
         "kind": spec_model.get("kind", "causal-lm" if spec_model else None),
@@ -271,7 +271,7 @@ def job_detail(settings: ApiSettings, name: str, run_id: str | None = None) -> d
     }
     adapter = dict(status.adapter) if status.adapter else (spec.get("adapter") if isinstance(spec.get("adapter"), dict)
                                                            else None)
-    watch = status.extra.get("watch") if isinstance(status.extra.get("watch"), dict) else {}
+    watch = found_watch if isinstance(found_watch := status.extra.get("watch"), dict) else {}
     errors = status.extra.get("errors") if isinstance(status.extra.get("errors"), list) else []
     others = []
     for other in runs:

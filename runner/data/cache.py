@@ -77,7 +77,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_key(files: Sequence[Path], tokenizer: Any, settings: Mapping[str, Any]) -> str:
+def cache_key(files: Sequence[str | Path], tokenizer: Any, settings: Mapping[str, Any]) -> str:
     """Changes when any data file's bytes, the tokenizer, a setting or the tokenising code changes.
 
     The data files count by content and position, not by path: the same data under another folder
@@ -163,7 +163,7 @@ def save_entry(path: Path, train: Sequence[Example], evaluation: Sequence[Exampl
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy types **kwds as allow_pickle
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
 
@@ -195,7 +195,7 @@ def _prune(folder: Path, keep: int) -> None:
 Loaded = tuple[list[Example], list[Example], DataReport, DataReport | None]
 
 
-def cached(files: Sequence[Path], tokenizer: Any, settings: Mapping[str, Any], build: Callable[[], Loaded], *,
+def cached(files: Sequence[str | Path], tokenizer: Any, settings: Mapping[str, Any], build: Callable[[], Loaded], *,
            enabled: bool = True, folder: Path | None = None) -> tuple[Loaded, bool]:
     """`build()`'s result from the cache when an entry with this key exists, else built and stored.
     Returns (result, whether it came from the cache). A cache that cannot be written is skipped."""

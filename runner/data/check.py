@@ -100,7 +100,7 @@ def check_causal_files(
     by_file, fmt, reason = detect_by_file(read.records, data_format, mapping)
     report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason if data_format == "auto"
                               else "given", "records_read": len(read.records) + len(read.bad)}
-    roles = {role: list(names) for role, names in settings.roles.items()} or None
+    roles = {str(role): list(names) for role, names in settings.roles.items()} or None
     if load_tokenizer is not None:
         from runner.data.pipeline import build_examples
 

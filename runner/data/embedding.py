@@ -215,10 +215,10 @@ def to_example(
             negatives = _negatives(data, negative_key, None)
     task = None
     if tasks is not None:
-        key = _field(data, "task", fields)
-        if key is None:
+        task_key = _field(data, "task", fields)
+        if task_key is None:
             raise RecordError(f"missing 'task' label; multi-task training needs one of {', '.join(tasks)}")
-        task = data[key]
+        task = data[task_key]
         if task not in tasks:
             raise RecordError(f"task {task!r} is not one of loss.tasks ({', '.join(tasks)})")
     return EmbeddingExample(query, positive, negatives, score, task)

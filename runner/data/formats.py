@@ -191,7 +191,7 @@ def _canonical(fields: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _first_turns(sample: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
-    out = []
+    out: list[Mapping[str, Any]] = []
     for data in sample:
         turns = data.get(key)
         if isinstance(turns, list) and turns and isinstance(turns[0], dict):

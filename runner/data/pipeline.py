@@ -220,7 +220,7 @@ def prepare_data(
     )
     read_options = ReadOptions(text_unit=text_unit, csv_header=csv_header)
     read = read_records(train_files, read_options)
-    train_records, eval_records = read.records, []
+    train_records, eval_records = read.records, list[Record]()
     if eval_fraction:
         train_records, eval_records = split_eval(read.records, eval_fraction, seed)
     train_records = train_records[:max_records] if max_records else train_records

@@ -239,7 +239,7 @@ def _sharegpt(data: Mapping[str, Any], fields: Fields) -> PreferencePair:
     if not isinstance(turns, list) or not turns:
         raise RecordError(f"'{conv_key}' is empty" if isinstance(turns, list) else f"'{conv_key}' is not a list")
     last = turns[-1]
-    if isinstance(last, dict) and ROLES.get(last.get(role_key)) not in ("user", "tool"):  # type: ignore[arg-type]
+    if isinstance(last, dict) and ROLES.get(str(last.get(role_key))) not in ("user", "tool"):
         raise RecordError(f"the prompt ('{conv_key}') must end with a human (or observation) turn, which the chosen "
                           f"and rejected replies answer; its last turn is {last.get(role_key)!r}")
     replies = []

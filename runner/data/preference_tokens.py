@@ -257,7 +257,7 @@ def prepare_preference_data(
     options: dict[str, Any] = dict(max_length=max_length, fields=fields, unpaired=unpaired, seed=seed,
                                    progress=progress)
     read = read_records(train_files)
-    train_records, eval_records = read.records, []
+    train_records, eval_records = read.records, list[Record]()
     if eval_fraction:
         train_records, eval_records = split_eval(read.records, eval_fraction, seed)
     train_records = train_records[:max_records] if max_records else train_records

@@ -35,6 +35,12 @@ from runner.spec.limits import MAX_RECORD_DEPTH, MAX_RECORD_INT_DIGITS
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_ws(text: str, pos: int = 0) -> int:
+    """The index of the first non-whitespace character at or after `pos`."""
+    match = _WS.match(text, pos)
+    return match.end() if match is not None else pos  # [ ...]* matches everywhere: never None
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (the unrolled form: fast in `re`)
 _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{\]}]')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -288,7 +294,7 @@ def _read_json(name: str, text: str, top: Any) -> ReadResult:
     def line_of(offset: int) -> int:
         return bisect.bisect_right(line_starts, offset)
 
-    start = _WS.match(text).end()
+    start = _skip_ws(text)
     if isinstance(top, list):
         elements = _array_elements(text, start)
     elif isinstance(top, dict):
@@ -337,7 +343,7 @@ def _append(result: ReadResult, value: Any, location: Location) -> None:
 
 def _array_elements(text: str, pos: int) -> list[tuple[Any, int, str | None]]:
     """(value, start offset, reason to refuse it) of each element of the array at text[pos] == '['."""
-    pos = _WS.match(text, pos + 1).end()
+    pos = _skip_ws(text, pos + 1)
     out: list[tuple[Any, int, str | None]] = []
     if text[pos] == "]":
         return out
@@ -346,28 +352,28 @@ def _array_elements(text: str, pos: int) -> list[tuple[Any, int, str | None]]:
     while True:
         value, end = bounded.decoder.raw_decode(text, pos)
         out.append((value, pos, _refusal(bounded, value, text[pos:end] if surrogates else "")))
-        pos = _WS.match(text, end).end()
+        pos = _skip_ws(text, end)
         if text[pos] == "]":
             return out
-        pos = _WS.match(text, pos + 1).end()  # skip ","
+        pos = _skip_ws(text, pos + 1)  # skip ","
 
 
 def _object_value_offsets(text: str, pos: int) -> dict[str, int]:
     """Start offset of each member value of the object starting at text[pos] == '{'."""
-    pos = _WS.match(text, pos + 1).end()
+    pos = _skip_ws(text, pos + 1)
     out: dict[str, int] = {}
     if text[pos] == "}":
         return out
     skipper = BoundedJSON()  # decodes values only to skip them
     while True:
-        key, end = json.decoder.scanstring(text, pos + 1)
-        pos = _WS.match(text, end).end()  # at ":"
-        pos = _WS.match(text, pos + 1).end()
+        key, end = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]  # public, absent from typeshed
+        pos = _skip_ws(text, end)  # at ":"
+        pos = _skip_ws(text, pos + 1)
         out[key] = pos
         _, end = skipper.decoder.raw_decode(text, pos)
         skipper.take()
-        pos = _WS.match(text, end).end()
+        pos = _skip_ws(text, end)
         if text[pos] == "}":
             return out
-        pos = _WS.match(text, pos + 1).end()
+        pos = _skip_ws(text, pos + 1)
 

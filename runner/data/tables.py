@@ -22,7 +22,7 @@ import io
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from runner.data.records import DataFileError, ReadResult, Record, read_text
 from runner.data.report import BadRecord, Location
@@ -51,7 +51,7 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
         raise DataFileError(name, "file is empty", "add rows to it, or remove it from the list of data files", 1, 1)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(text)
     quoted = delimiter != "\t"
-    quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     try:
         first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting))
     except csv.Error as exc:

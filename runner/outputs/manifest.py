@@ -156,4 +156,5 @@ def write_manifest(path: Path | str, manifest: Mapping[str, Any]) -> None:
 
 
 def read_manifest(path: Path | str) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    manifest: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    return manifest

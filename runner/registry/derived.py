@@ -164,7 +164,7 @@ def ensure_merged(
 
     def reusable() -> bool:
         manifest = read_snapshot_manifest(out)
-        return bool(manifest) and manifest.get("adapter_files") == adapter_sums and (out / "config.json").is_file()
+        return manifest is not None and bool(manifest) and manifest.get("adapter_files") == adapter_sums and (out / "config.json").is_file()
 
     if reusable():
         return out

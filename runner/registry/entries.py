@@ -10,12 +10,12 @@ runner.registry.schema``) and a test keeps the two identical.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 ALIAS_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-REGISTRY_VERSION = 1
+REGISTRY_VERSION: Final = 1
 
 ModelKind = Literal["causal-lm", "embedding", "image-text-embedding"]
 MODEL_KINDS: tuple[str, ...] = ("causal-lm", "embedding", "image-text-embedding")

@@ -56,7 +56,7 @@ def read_safetensors_headers(folder: Path | str) -> dict[str, tuple[str, tuple[i
         path = folder / name
         try:
             with safe_open(path, framework="numpy") as handle:
-                for key in handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
                     view = handle.get_slice(key)
                     tensors[key] = (str(view.get_dtype()), tuple(int(d) for d in view.get_shape()))
         except (OSError, SafetensorError) as exc:

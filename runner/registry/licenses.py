@@ -61,7 +61,8 @@ def _dist_license(package: str) -> str | None:
         dists = importlib.metadata.packages_distributions().get(package) or []
         for dist in dists:
             meta = importlib.metadata.metadata(dist)
-            value = meta.get("License-Expression") or meta.get("License")
+            found = [*(meta.get_all("License-Expression") or []), *(meta.get_all("License") or [])]
+            value = next((str(v) for v in found if v), None)
             if value and len(value) < 80:
                 return value
     except Exception:  # noqa: BLE001

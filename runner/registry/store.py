@@ -157,7 +157,7 @@ def _new_entry(
     return ModelEntry(
         source=_pinned_source(parsed, resolved),
         revision=resolved.revision or _content_id(files),
-        kind=chosen_kind,  # type: ignore[arg-type]
+        kind=chosen_kind,
         architecture=facts.architecture,
         model_type=facts.model_type,
         parameters=facts.parameters,

@@ -25,9 +25,10 @@ from runner.spec.data_source import is_hub_data
 from runner.spec.errors import JobSpecError, SpecIssue, dotted
 from runner.spec.limits import MAX_JOB_FILE_BYTES
 from runner.spec.loader import LoadedJob, find_job_files, load_job, read_toml
-from runner.spec.model import NAME_PATTERN, JobSpec
+from runner.spec.model import JobSpec
 from runner.spec.positions import SourceMap
 from runner.spec.rules import Problem
+from runner.spec.section import NAME_PATTERN
 
 __all__ = ["FILE_RULES", "Surroundings", "check_files", "validate_job_file"]
 
@@ -220,5 +221,5 @@ def validate_job_file(path: Path, where: Surroundings | None) -> tuple[LoadedJob
 def _raw_at(raw: dict[str, object], path: tuple[str | int, ...]) -> object:
     node: object = raw
     for part in path:
-        node = node.get(part) if isinstance(node, dict) else None  # type: ignore[call-overload]
+        node = node.get(part) if isinstance(node, dict) else None
     return node

@@ -194,11 +194,12 @@ class _CannotPrune(Exception):
 def _without(raw: dict[str, Any], paths: list[tuple[str | int, ...] | None]) -> dict[str, Any]:
     """A deep copy of `raw` with the values at `paths` removed (defaults then fill them in)."""
 
-    if any(not path for path in paths):
+    present = [path for path in paths if path]
+    if len(present) < len(paths):
         raise _CannotPrune
     pruned = copy.deepcopy(raw)
     # deepest and highest list index first, so earlier removals never shift later paths
-    for path in sorted(paths, key=lambda p: (len(p), p[-1] if isinstance(p[-1], int) else -1), reverse=True):
+    for path in sorted(present, key=lambda p: (len(p), p[-1] if isinstance(p[-1], int) else -1), reverse=True):
         node: Any = pruned
         try:
             for part in path[:-1]:
@@ -228,12 +229,13 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value}"
 
 
-def _expected_type(schema_type: str | list[str]) -> str:
+def _expected_type(schema_type: object) -> str:
+    """`type` of a JSON Schema: a name or a list of names."""
     if isinstance(schema_type, list):
         if set(schema_type) == {"string", "array"}:
             return "a string or an array of strings"
-        return " or ".join(_TYPE_NAMES.get(t, t) for t in schema_type)
-    return _TYPE_NAMES.get(schema_type, schema_type)
+        return " or ".join(_TYPE_NAMES.get(str(t), str(t)) for t in schema_type)
+    return _TYPE_NAMES.get(str(schema_type), str(schema_type))
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:
@@ -257,7 +259,7 @@ def _schema_issue(
     match validator:
         case "additionalProperties":
             known = sorted(schema.get("properties", {}))
-            extras = [key for key in instance if key not in known]
+            extras = [key for key in (instance if isinstance(instance, dict) else {}) if key not in known]
             key = extras[0] if extras else "?"
             path = (*path, key)
             at_key = True
@@ -283,7 +285,7 @@ def _schema_issue(
         case "type":
             message = f"expected {_expected_type(error.validator_value)}, found {_describe(instance)}"
         case "enum":
-            options = [str(option) for option in error.validator_value]
+            options = [str(option) for option in error.validator_value] if isinstance(error.validator_value, list) else []
             hint = _did_you_mean(instance, options) if isinstance(instance, str) else ""
             message = f"expected one of {', '.join(repr(o) for o in options)}, found {_describe(instance)}{hint}"
         case "pattern":

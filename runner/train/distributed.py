@@ -99,7 +99,7 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     try:
         from peft import PeftModel, get_peft_model_state_dict
     except ImportError:  # pragma: no cover - peft is a dependency
-        PeftModel = None  # type: ignore[assignment]
+        PeftModel = None  # type: ignore[assignment, misc]
     if PeftModel is not None and isinstance(model, PeftModel):
         return dict(get_peft_model_state_dict(model))
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -137,7 +137,7 @@ def sharding_report(model: Any) -> dict[str, Any]:
         return {"kind": "fsdp2", "sharded": local < total, "local_elements": local, "global_elements": total}
     fsdp1 = [m for m in model.modules() if isinstance(m, FullyShardedDataParallel)]
     if fsdp1:
-        flat = [m._flat_param for m in fsdp1 if getattr(m, "_flat_param", None) is not None]
+        flat = [m._flat_param for m in fsdp1 if m._flat_param is not None]
         local = sum(f.numel() for f in flat)
         total = sum(int(torch.Size(f._unpadded_unsharded_size).numel()) for f in flat)
         return {"kind": "fsdp1", "sharded": local < total, "local_elements": local, "global_elements": total}

@@ -99,7 +99,7 @@ class Embedder(nn.Module):
 
     def __init__(self, backbone: nn.Module, info: EmbedderInfo) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone: Any = backbone  # a transformers or peft model: its API is wider than nn.Module's
         self.info = info
         self.projection = nn.Linear(info.hidden_size, info.projection_dim) if info.projection_dim else None
         self._task_params: list[nn.Parameter] = []

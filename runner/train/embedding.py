@@ -117,7 +117,7 @@ def prepare_embedding_job_data(job: LoadedJob) -> EmbeddingData:
         eval_fraction=data.eval_fraction,
         seed=spec.train.seed,
         format=data.format,
-        fields=dict(data.fields),
+        fields=dict(data.fields.items()),
         image_root=job.resolve_path(data.image_root) if data.image_root else None,
         on_bad_record=data.on_bad_record,
         tasks=list(spec.loss.tasks) if spec.loss_type == "multi-task" else None,
@@ -164,7 +164,7 @@ def _check_loss_fits_data(job: LoadedJob, scored: bool) -> None:
     """CoSENT needs scored pairs and scored pairs need CoSENT (the format may have been detected)."""
     spec = job.spec
     if spec.loss_type == "multi-task":
-        kinds = {task.type for task in spec.loss.tasks.values()}
+        kinds: set[str] = {task.type for task in spec.loss.tasks.values()}
     else:
         kinds = {spec.loss.base if spec.loss_type == "matryoshka" else spec.loss_type}
     if scored and kinds != {"cosent"}:

@@ -90,7 +90,7 @@ def choose_device(
     if resources.nproc > 1 and device == "cuda" and torch.cuda.device_count() < resources.nproc:
         raise ModelSetupError(f"resources.nproc = {resources.nproc} needs one GPU per process; "
                               f"{torch.cuda.device_count()} visible")
-    compute = None
+    compute: str | None = None
     if adapter is not None and adapter.method == "qlora":
         problem = quantization_problem(device)
         if problem:
@@ -301,7 +301,7 @@ def load_for_inference(adapter_dir: Path, base_path: Path | None = None, *, devi
     info = json.loads((Path(adapter_dir) / "runner_adapter.json").read_text(encoding="utf-8"))
     target = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     if info["method"] == "full":
-        return AutoModelForCausalLM.from_pretrained(str(adapter_dir)).to(target).eval()
+        return AutoModelForCausalLM.from_pretrained(str(adapter_dir)).to(target).eval()  # type: ignore[arg-type]  # transformers types .to as unbound
     from peft import PeftModel
 
     base = Path(base_path) if base_path is not None else Path(info["base_model"]["path"])
@@ -321,7 +321,7 @@ def load_for_inference(adapter_dir: Path, base_path: Path | None = None, *, devi
         kwargs["device_map"] = {"": 0} if target == "cuda" else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
     if "device_map" not in kwargs:
-        model = model.to(target)
+        model = model.to(target)  # type: ignore[arg-type]  # transformers types .to as unbound
     elif target == "cpu":  # the training numerics: bitsandbytes' packed CPU kernel computes in bf16
         keep_4bit_layers_trainable(model)
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval()

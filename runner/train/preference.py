@@ -127,7 +127,7 @@ def prepare_preference_job_data(job: LoadedJob, tokenizer: Any, *, progress: boo
     return prepare_preference_data(
         [job.resolve_path(p) for p in data.train], tokenizer, max_length=data.max_length,
         eval_files=[job.resolve_path(p) for p in data.eval], eval_fraction=data.eval_fraction, seed=spec.train.seed,
-        format=data.format, fields=dict(data.fields) or None, on_bad_record=data.on_bad_record,
+        format=data.format, fields=dict(data.fields.items()) or None, on_bad_record=data.on_bad_record,
         unpaired=spec.loss_type == "kto", max_records=data.max_records, eval_max_records=spec.eval.max_records,
         progress=progress,
     )

@@ -172,7 +172,7 @@ def _load(path: Path, sizes: Sequence[int]) -> list[np.ndarray] | None:
 def _save(path: Path, values: Sequence[np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    np.savez(buffer, **{f"set{i}": np.asarray(v, dtype=np.float32) for i, v in enumerate(values)})
+    np.savez(buffer, **{f"set{i}": np.asarray(v, dtype=np.float32) for i, v in enumerate(values)})  # type: ignore[arg-type]  # numpy types **kwds as allow_pickle
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)

@@ -54,4 +54,4 @@ class Executors:
                   "allow_remote_code": c.allow_remote_code, "log": self.log}
         if name == "slurm":
             return SlurmExecutor(poll=c.slurm_poll, **common)  # type: ignore[arg-type]
-        return KINDS[name](**common)  # type: ignore[call-arg]
+        return KINDS[name](**common)

@@ -45,7 +45,7 @@ def hub_offline() -> bool:
 def _silent_tqdm() -> type:
     from tqdm.auto import tqdm
 
-    class SilentTqdm(tqdm):  # type: ignore[misc, valid-type]
+    class SilentTqdm(tqdm):  # type: ignore[type-arg]  # generic in its stubs only: tqdm[Any] fails at run time
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

@@ -131,7 +131,7 @@ def _data(config: dict[str, Any], conv: Conversion, stage: str) -> None:
         sources: list[str] = []
         for name in _names(config.get(key)):
             entry = info.get(name) if info is not None else None
-            if entry is None:
+            if entry is None or info_path is None:  # an entry comes from the file at info_path
                 where = f"{info_path}" if info_path else "no dataset_info.json was found"
                 raise ConvertError(f"{key}: '{name}' is not a data set of {where}; add it there, or name one "
                                    "that is")

@@ -30,9 +30,10 @@ def to_toml(conv: Conversion) -> str:
         header = _TABLE.match(line)
         if header:
             table = header.group(1)
-        key = _KEY_LINE.match(line)
-        origin = origins.get(f"{table}.{key.group(1)}" if table else key.group(1)) if key else None
-        lines.append(f"{line}  # {origin}" if origin and "\n" not in line else line)
+        assignment = _KEY_LINE.match(line)
+        name = assignment.group(1) if assignment else None
+        note = origins.get(f"{table}.{name}" if table else name) if name else None
+        lines.append(f"{line}  # {note}" if note and "\n" not in line else line)
     return "\n".join([*_header(conv), "", *lines]) + "\n"
 
 

@@ -121,7 +121,7 @@ class RunTrainer(Trainer):
             if distributed.is_writer():  # under torchrun, rank 0 alone writes the run's files
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
         # the caller's callbacks first: a stop one of them asks for at a step end is seen at that step
-        super().__init__(*args, callbacks=[*(callbacks or []), *ours], **kwargs)
+        super().__init__(*args, callbacks=[*(callbacks or []), *ours], **kwargs)  # type: ignore[misc]  # args never reach callbacks
         if run is not None and run.plain_logs:  # ProgressReporter prints one line per log; the printer would repeat it
             self.remove_callback(PrinterCallback)
 

@@ -42,12 +42,13 @@ class EmbeddingTrainer(RunTrainer):
         super().__init__(*args, token_counter=EmbeddingTokenCounter(), **kwargs)
 
     def get_train_dataloader(self) -> DataLoader:
+        examples: Any = self.train_dataset  # the recipe's list of EmbeddingExample
         sampler = EmbeddingBatchSampler(
-            self.train_dataset, self.args.per_device_train_batch_size, world_size=self.args.world_size,
+            examples, self.args.per_device_train_batch_size, world_size=self.args.world_size,
             seed=self.args.seed, shuffle=self.args.train_sampling_strategy != "sequential",
             no_duplicates=self.no_duplicates,
         )
-        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+        loader = DataLoader(examples, batch_sampler=sampler, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers)
         return self.accelerator.prepare(loader)
 
@@ -84,6 +85,8 @@ class EmbeddingTrainer(RunTrainer):
         from safetensors.torch import save_file
 
         folder = output_dir or self.args.output_dir
+        if folder is None:
+            raise ValueError("no output_dir to save the model in")
         os.makedirs(folder, exist_ok=True)
         save_file(self.accelerator.unwrap_model(self.model).trainable_state_dict(), os.path.join(folder, TRAINED_WEIGHTS))
 

@@ -76,12 +76,12 @@ class PreferenceTrainer(RunTrainer):
         reference = self.reference_logps(model, part)
         totals = part.get("totals")
         if self.unpaired:
-            policy = UnpairedLogps(logps, tokens, part["label"])
+            unpaired = UnpairedLogps(logps, tokens, part["label"])
             kl = part.get("kl_ratio")
             if kl is None:
                 kl = self.kl_ratio(model, part)
-            ref = UnpairedLogps(reference[0::2], tokens, part["label"])
-            return self.preference_loss(policy, ref, kl, totals=totals), policy
+            unpaired_ref = UnpairedLogps(self.required_reference(model, part)[0::2], tokens, part["label"])
+            return self.preference_loss(unpaired, unpaired_ref, kl, totals=totals), unpaired
         policy = SequenceLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
         ref = SequenceLogps(reference[0::2], reference[1::2], tokens[0::2], tokens[1::2]) if reference is not None else None
         return self.preference_loss(policy, ref, totals=totals), policy
@@ -96,12 +96,19 @@ class PreferenceTrainer(RunTrainer):
             part["ref_logps"] = self.reference(self.accelerator.unwrap_model(model), row)
         return part["ref_logps"]
 
+    def required_reference(self, model: Any, part: dict[str, Any]) -> torch.Tensor:
+        """`reference_logps` for the losses that cannot do without them (KTO)."""
+        reference = self.reference_logps(model, part)
+        if reference is None:
+            raise ValueError("this loss compares with a reference model, and the run has none")
+        return reference
+
     def kl_ratio(self, model: Any, part: dict[str, Any]) -> torch.Tensor:
         """KTO: the policy-minus-reference log-ratio of each prompt with another example's
         completion, averaged over every process's batch (no gradient): [1]."""
         with torch.no_grad():
             policy = reply_logps(self.accelerator.unwrap_model(model), part["kl"])
-        ratio = policy - self.reference_logps(model, part)[1::2]
+        ratio = policy - self.required_reference(model, part)[1::2]
         if self.args.world_size > 1:
             both = self.accelerator.reduce(torch.stack([ratio.sum(), torch.tensor(float(ratio.numel()),
                                                                                   device=ratio.device)]), "sum")
@@ -126,7 +133,7 @@ class PreferenceTrainer(RunTrainer):
         """The loss and the preference metrics over the held-out examples, logged like the
         Trainer's own evaluation (and reported to callbacks with on_evaluate)."""
         started = time.perf_counter()
-        model = self.model
+        model: Any = self.model
         was_training = model.training
         model.eval()
         metrics = PreferenceMetrics()
