@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -154,7 +155,7 @@ def notes(spec: JobSpec, kind: str | None, budget: int) -> list[str]:
             f"positions only; reference: {reference}"]
 
 
-def suggest_preference(shape: ModelShape, spec: JobSpec, rows: PreferenceRows, estimate_peak: Any, budget: int,
+def suggest_preference(shape: ModelShape, spec: JobSpec, rows: PreferenceRows, estimate_peak: Callable[..., int], budget: int,
                        qlora_ok: bool) -> list[str]:
     """Changes to a preference job that bring its peak under `budget`, each with the peak it gives.
     `estimate_peak(method, batch, checkpointing, reference_kind)` is the plan's memory estimate."""
