@@ -46,7 +46,8 @@ def _config(app: Any, limits: Limits) -> Any:
 
     return uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
                           lifespan="off", http=protocol_class(limits), ws="none",
-                          timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  # a float works (call_later) limit_concurrency=None,
+                          limit_concurrency=None,
+                          timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  # a float works (call_later)
                           h11_max_incomplete_event_size=limits.max_header_size, timeout_graceful_shutdown=3)
 
 

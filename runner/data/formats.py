@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.data.chat import ROLES, check_turn_order, normalize_chat, tools_of  # noqa: F401 (re-exported)
-from runner.data.conversation import (
+from runner.data.conversation import (  # also re-exported: the names have always lived here
     TEXT_ROLE,
     Conversation,
     FieldsError,

@@ -93,7 +93,7 @@ def gguf_quant_name(file: Path) -> str:
         if file_type is not None:
             name = gguf.LlamaFileType(int(file_type)).name
             return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except Exception:
+    except Exception:  # a name is only informative (logged at debug): fall back to the file name
         logger.debug("could not read the GGUF header of %s", file, exc_info=True)
     match = _QUANT_IN_NAME.search(file.name)
     return match.group(1).upper() if match else "unknown"
