@@ -133,7 +133,7 @@ def test_runner_run_names_a_missing_data_file_with_its_place_before_a_run_or_tor
 
     job = _write(tmp_path, "jobs/gone.toml", PKG + '[data]\ntrain = ["data/ok.jsonl", "data/gone.jsonl"]\n')
     _write(tmp_path, "jobs/data/ok.jsonl", '{"text": "a"}\n')
-    probe = ("import sys; from runner.cli import main; code = main(['run', sys.argv[1], '--runs-dir', sys.argv[2]]); "
+    probe = ("import sys; from runner.commands import main; code = main(['run', sys.argv[1], '--runs-dir', sys.argv[2]]); "
              "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", probe, str(job), str(tmp_path / "runs")], capture_output=True,
                           text=True, timeout=120, check=False)

@@ -67,7 +67,7 @@ IGNORED = {
 def convert(config: dict[str, Any], conv: Conversion) -> None:
     stage = config.get("stage", "sft")
     if stage not in ("sft", "pt"):
-        loss = stage if stage == "kto" else {"ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}.get(config.get("pref_loss"), "dpo")
+        loss = stage if stage == "kto" else {"ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}.get(str(config.get("pref_loss")), "dpo")
         preference = (f"; {stage} is a preference job of its own: write it by hand with [loss] type = \"{loss}\" "
                       "(jobs/quickstart-dpo.toml is an example)" if stage in ("dpo", "kto") else "")
         raise ConvertError(f"stage: {stage!r}: only supervised fine-tuning (sft) and continued pre-training (pt) "
