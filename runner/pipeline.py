@@ -111,6 +111,15 @@ def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", com
     """`registry`: the registry file for registry: sources and output.register_as (None: found from
     the job file's folder, see runner.registry.store.find_registry); `allow_remote_code`: the
     runner's --allow-remote-code (model.trust_remote_code is refused without it)."""
+    from runner.train.startup import lean_imports
+
+    with lean_imports(job.spec):  # before the first import of the training libraries
+        return _run_job(job, runs_root, resume=resume, command=command, supervised=supervised, registry=registry,
+                        allow_remote_code=allow_remote_code)
+
+
+def _run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str, command: list[str] | None,
+             supervised: Supervision | None, registry: Path | None, allow_remote_code: bool) -> RunResult:
     from runner.data.report import DataError
     from runner.lineage import ResumeRefused
     from runner.registry.sources import SourceError

@@ -12,31 +12,33 @@ To add a command: a module here with `add_<name>(sub)` and its handler, and a li
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from runner.commands import convert, data, embed, models, plan, results, run, serve, validate, watch
-from runner.commands.common import Parser, Subparsers
+from runner.commands.common import Parser
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-# in the order of `runner --help`
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
-    validate.add_validate, validate.add_init, convert.add_convert, run.add_run, plan.add_plan, models.add_models,
-    data.add_data,
-    results.add_generate, results.add_export, embed.add_embed, watch.add_watch, serve.add_serve,
-    watch.add_status, watch.add_cancel, watch.add_logs,
+# (module of runner.commands, its add_* function), in the order of `runner --help`. The modules are
+# imported when the parser is built, so a training command re-executes under jemalloc before any
+# of them (and the libraries they import) is loaded.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("validate", "add_validate"), ("validate", "add_init"), ("convert", "add_convert"), ("run", "add_run"),
+    ("plan", "add_plan"), ("models", "add_models"), ("data", "add_data"),
+    ("results", "add_generate"), ("results", "add_export"), ("embed", "add_embed"), ("watch", "add_watch"),
+    ("serve", "add_serve"), ("watch", "add_status"), ("watch", "add_cancel"), ("watch", "add_logs"),
 )
 # commands that train in this process (or its children): re-executed under jemalloc when present
-_TRAINING = (run.run_command, watch.watch_command)
+_TRAINING = frozenset({"run", "watch"})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="runner", description="Declarative fine-tuning jobs: TOML specs in, adapters out.")
     parser.add_argument("--version", action="version", version=f"runner {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in COMMANDS:
-        add(sub)
+    for module, add in COMMANDS:
+        getattr(importlib.import_module(f"runner.commands.{module}"), add)(sub)
     return parser
 
 
@@ -50,11 +52,11 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if argv is None and args.func in _TRAINING:
+    if argv is None and sys.argv[1:2] and sys.argv[1] in _TRAINING:  # the only option before a command is --version
         from runner.allocator import reexec_with_jemalloc
 
         reexec_with_jemalloc()  # returns only when it is off, missing or already loaded
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -131,7 +131,10 @@ def optimizer_name(optimizer: str, *, fused: bool) -> str:
 def train_or_resume(trainer: Any, ctx: RunContext) -> bool:
     """Train from the start or from ctx.resume_from; True when the run was stopped before its last
     step (agreed by every rank: a stop that arrives after the last step lets the run finish)."""
-    trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    from runner.train.startup import frozen_heap
+
+    with frozen_heap():  # the collector skips what start-up built (see runner.train.startup)
+        trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     return ctx.stop.agreed() and trainer.state.global_step < trainer.state.max_steps
 
 
