@@ -2,12 +2,14 @@
 end of the first optimizer step, with the model snapshot and the tokenised-data cache warm (the
 throughput benchmark's job, one step), and where the import time goes (`python -X importtime`).
 
-    PYTHONPATH=. python bench/start.py --repeats 5 [--importtime 25]
+    PYTHONPATH=. python bench/start.py --repeats 5 [--importtime 25] [--baseline /tmp/basecode]
 
 Each run is a fresh `python -m runner run JOB` process; the first run (not counted) warms the
 caches. "loop" is the moment the runner prints `training: ...` (the Trainer's on_train_begin);
 "first step" is the time stamp of the first step's metrics line. `--importtime N` runs once more
-under `-X importtime` and prints the N imports with the largest cumulative time.
+under `-X importtime` and prints the N imports with the largest cumulative time. `--baseline DIR`
+runs the runner of another tree (e.g. `git archive main` unpacked in DIR) in turns with this one,
+so both see the same stretch of a shared machine; the ratio is the result.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import _records, runner_job
 
 
-def one_run(job: Path, runs: Path, extra: list[str] | None = None) -> tuple[float, float, str]:
+def one_run(job: Path, runs: Path, extra: list[str] | None = None, code: Path | None = None) -> tuple[float, float, str]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(code or Path(__file__).resolve().parents[1])
     env.pop("RUNNER_JEMALLOC_ACTIVE", None)
     with tempfile.TemporaryFile(mode="w+") as errors:  # a file, not a pipe: -X importtime writes a lot there
         started = time.time()
@@ -63,23 +66,37 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--records", type=int, default=8, help="records in the job (one batch of 8: one step)")
     parser.add_argument("--importtime", type=int, default=0)
+    parser.add_argument("--baseline", type=Path, help="a tree of the runner to compare with, run in turns")
     args = parser.parse_args()
+    sides = {"this tree": None, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(args.records)))
         job = work / "bench.toml"
         job.write_text(runner_job("runner", max_steps=1))
-        one_run(job, work / "runs")  # warm: model snapshot, data cache
-        loops, firsts, loads = [], [], [os.getloadavg()[0]]
+        for code in sides.values():
+            one_run(job, work / "runs", code=code)  # warm: model snapshot, data cache
+        loops: dict[str, list[float]] = {side: [] for side in sides}
+        firsts: dict[str, list[float]] = {side: [] for side in sides}
+        loads = [os.getloadavg()[0]]
         for i in range(args.repeats):
-            loop, first, _ = one_run(job, work / "runs")
-            loops.append(loop)
-            firsts.append(first)
-            loads.append(os.getloadavg()[0])
-            print(f"run {i + 1}: start -> loop {loop:.2f} s, start -> first step end {first:.2f} s", flush=True)
-        print(f"medians of {args.repeats}: start -> loop {statistics.median(loops):.2f} s, start -> first step end "
-              f"{statistics.median(firsts):.2f} s (best {min(loops):.2f} / {min(firsts):.2f}); "
-              f"1-min load {min(loads):.2f}-{max(loads):.2f}; {sys.executable}")
+            order = list(sides) if i % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                loop, first, _ = one_run(job, work / "runs", code=sides[side])
+                loops[side].append(loop)
+                firsts[side].append(first)
+                loads.append(os.getloadavg()[0])
+                print(f"run {i + 1} {side}: start -> loop {loop:.2f} s, start -> first step end {first:.2f} s",
+                      flush=True)
+        print(f"{args.repeats} runs per side, {args.records} records (one step); 1-min load "
+              f"{min(loads):.2f}-{max(loads):.2f}; {sys.executable}")
+        for side in sides:
+            print(f"  {side:10s} medians: start -> loop {statistics.median(loops[side]):.2f} s, start -> first step "
+                  f"end {statistics.median(firsts[side]):.2f} s (best {min(loops[side]):.2f} / {min(firsts[side]):.2f})")
+        if args.baseline:
+            print(f"  this tree / baseline (medians): start -> loop "
+                  f"{statistics.median(loops['this tree']) / statistics.median(loops['baseline']):.2f}, "
+                  f"first step end {statistics.median(firsts['this tree']) / statistics.median(firsts['baseline']):.2f}")
         if args.importtime:
             _, _, stderr = one_run(job, work / "runs", ["-X", "importtime"])
             for seconds, name in top_imports(stderr, args.importtime):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import _messages, _model_path, _records
+from throughput import _messages, _model_path, _records, matmul_ceiling_gflops
 
 
 def build(variant: str, workdir: Path) -> tuple[Any, Any]:
@@ -106,6 +106,8 @@ def main() -> None:
         for name in names:  # warm-up: first allocations, kernel choice
             step(*built[name], data[0])
         loads = [os.getloadavg()[0]]
+        ceilings: list[float] = []
+        params = sum(p.numel() for p in built[names[0]][1].parameters())
         for r in range(args.rounds):
             chunk = data[(r + 1) * args.batches:(r + 2) * args.batches]
             order = names if r % 2 == 0 else names[::-1]
@@ -116,13 +118,18 @@ def main() -> None:
                     tokens += int(batch["input_ids"].numel())
                 rates[name].append(tokens / (time.perf_counter() - started))
             loads.append(os.getloadavg()[0])
-            print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names), flush=True)
+            ceilings.append(matmul_ceiling_gflops())
+            print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names)
+                  + f"; fp32 matmul {ceilings[-1]:.0f} GFLOP/s", flush=True)
     base = statistics.median(rates[names[0]])
+    best = max(ceilings)
     print(f"load {min(loads):.2f}-{max(loads):.2f}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.batches} batches")
+          f"{args.rounds} rounds x {args.batches} batches; best fp32 matmul {best:.0f} GFLOP/s "
+          f"(MFU = 4 x {params / 1e6:.1f} M parameters x tokens/s over it)")
     for name in names:
         med = statistics.median(rates[name])
-        print(f"  {name:24s} {med:7.1f} tokens/s  x{med / base:.3f}  (runs {', '.join(f'{x:.0f}' for x in rates[name])})")
+        print(f"  {name:24s} {med:7.1f} tokens/s  x{med / base:.3f}  MFU {4 * params * med / (best * 1e9):.3f}  "
+              f"(runs {', '.join(f'{x:.0f}' for x in rates[name])})")
 
 
 if __name__ == "__main__":
