@@ -41,13 +41,14 @@ BATCHES = (1, 2, 4, 8, 16)
 HIDDEN, LAYERS = 576, 30  # SmolLM2-135M
 
 
-def points(sweeps: list[str]) -> list[tuple[str, int, int]]:
+def points(sweeps: list[str], tokens_per_step: int = TOKENS_PER_STEP,
+           batches: tuple[int, ...] = BATCHES) -> list[tuple[str, int, int]]:
     """(sweep, max_length, batch_size) of every point."""
     out = []
     if "length" in sweeps:
-        out += [("length", n, TOKENS_PER_STEP // n) for n in LENGTHS]
+        out += [("length", n, max(tokens_per_step // n, 1)) for n in LENGTHS]
     if "batch" in sweeps:
-        out += [("batch", 512, b) for b in BATCHES]
+        out += [("batch", 512, b) for b in batches]
     return out
 
 
@@ -108,6 +109,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps per point (tokens/s over 2..N)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens-per-step", type=int, default=TOKENS_PER_STEP, help="of the length sweep")
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help="of the batch sweep")
     parser.add_argument("--json")
     parser.add_argument("--worker", nargs=2, type=int, metavar=("MAX_LENGTH", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -118,7 +121,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result))
         return
 
-    todo = points(args.sweeps.split(","))
+    todo = points(args.sweeps.split(","), args.tokens_per_step, tuple(int(b) for b in args.batches.split(",")))
     runs: dict[str, list[dict[str, Any]]] = {f"{s}:{n}:{b}": [] for s, n, b in todo}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     for repeat in range(args.repeats):

@@ -64,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},
     "lora-fold": {"model_hooks": (_fold,)},
     "fused-adamw": {"optim": "adamw_torch_fused"},
+    "fold+fused": {"model_hooks": (_fold,), "optim": "adamw_torch_fused"},  # the runner's defaults
     "no-budget": {"token_budget": 0},
 }
 
