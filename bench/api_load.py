@@ -49,8 +49,10 @@ from runner.outputs.status import JobState, StatusFile, new_status  # noqa: E402
 
 KEY = "bench-api-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-SPEC = ('name = "{name}"\n[model]\nsource = "local:../models/tiny"\n[data]\ntrain = "../data/train.jsonl"\n'
-        "max_length = 128\n[adapter]\nr = 8\nalpha = 16\n[train]\nmax_steps = 4\nbatch_size = 4\nseed = {seed}\n")
+SPEC = (
+    'name = "{name}"\n[model]\nsource = "local:../models/tiny"\n[data]\ntrain = "../data/train.jsonl"\n'
+    "max_length = 128\n[adapter]\nr = 8\nalpha = 16\n[train]\nmax_steps = 4\nbatch_size = 4\nseed = {seed}\n"
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,9 +81,15 @@ class Server:
         env = {**os.environ, "RUNNER_API_KEY": KEY, "PYTHONPATH": str(code)}
         self.log = root / "serve.log"
         with open(self.log, "wb") as log:  # the server keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([sys.executable, "-m", "runner", "serve", "jobs", "--listen", "127.0.0.1:0",
-                                          "--runs-dir", "runs"], cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", "serve", "jobs", "--listen", "127.0.0.1:0", "--runs-dir", "runs"],
+                cwd=root,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while True:
             match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", self.log.read_text(errors="replace"))
@@ -148,11 +156,13 @@ class IdleHolder(threading.Thread):
             key.fileobj.close()  # type: ignore[union-attr]
 
 
-async def client_loop(url: str, client_id: int, until: float, think: float, post_share: float,
-                      results: dict[str, list[Any]]) -> None:
+async def client_loop(
+    url: str, client_id: int, until: float, think: float, post_share: float, results: dict[str, list[Any]]
+) -> None:
     rng = random.Random(client_id)
-    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30,
-                                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers=AUTH, timeout=30, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    ) as client:
         n = 0
         while time.monotonic() < until:
             await asyncio.sleep(rng.expovariate(1 / think))
@@ -185,26 +195,38 @@ def load_phase(args: argparse.Namespace, tmp: Path, code: Path) -> dict[str, Any
         until = time.monotonic() + args.duration
 
         async def run_clients() -> None:
-            await asyncio.gather(*(client_loop(server.url, i, until, args.think, args.post_share, results)
-                                   for i in range(args.clients)))
+            await asyncio.gather(
+                *(client_loop(server.url, i, until, args.think, args.post_share, results) for i in range(args.clients))
+            )
 
         asyncio.run(run_clients())
     finally:
         holder.stop_event.set()
         holder.join(5)
         server.stop()
-    report: dict[str, Any] = {"clients": args.clients, "think_s": args.think, "duration_s": args.duration,
-                              "idle_target": args.idle, "idle_open_min": min(holder.open_samples or [0]),
-                              "idle_open_median": statistics.median(holder.open_samples or [0]),
-                              "idle_63_or_more_share": sum(n >= 63 for n in holder.open_samples)
-                              / max(1, len(holder.open_samples)),
-                              "idle_closed_by_server": holder.reopened, "idle_refused": holder.refused, "kinds": {}}
+    report: dict[str, Any] = {
+        "clients": args.clients,
+        "think_s": args.think,
+        "duration_s": args.duration,
+        "idle_target": args.idle,
+        "idle_open_min": min(holder.open_samples or [0]),
+        "idle_open_median": statistics.median(holder.open_samples or [0]),
+        "idle_63_or_more_share": sum(n >= 63 for n in holder.open_samples) / max(1, len(holder.open_samples)),
+        "idle_closed_by_server": holder.reopened,
+        "idle_refused": holder.refused,
+        "kinds": {},
+    }
     for kind, rows in results.items():
         times = [t * 1000 for t, status in rows if isinstance(status, int)] or [float("nan")]
         statuses = Counter(str(status) for _, status in rows)
-        report["kinds"][kind] = {"requests": len(rows), "statuses": dict(statuses),
-                                 "p50_ms": percentile(times, 0.5), "p95_ms": percentile(times, 0.95),
-                                 "p99_ms": percentile(times, 0.99), "max_ms": max(times)}
+        report["kinds"][kind] = {
+            "requests": len(rows),
+            "statuses": dict(statuses),
+            "p50_ms": percentile(times, 0.5),
+            "p95_ms": percentile(times, 0.95),
+            "p99_ms": percentile(times, 0.99),
+            "max_ms": max(times),
+        }
     return report
 
 
@@ -231,9 +253,14 @@ def folder_phase(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     finally:
         for _, _, server in servers:
             server.stop()
-    return {f"{label}, {files} files": {"p50_ms": statistics.median(values), "p95_ms": percentile(values, 0.95),
-                                        "posts": len(values)}
-            for (label, files), values in times.items()}
+    return {
+        f"{label}, {files} files": {
+            "p50_ms": statistics.median(values),
+            "p95_ms": percentile(values, 0.95),
+            "posts": len(values),
+        }
+        for (label, files), values in times.items()
+    }
 
 
 def main() -> None:
@@ -257,25 +284,32 @@ def main() -> None:
             loads[label] = load_phase(args, Path(tmp) / f"load-{label.replace(' ', '-')}", code)
         sizes = folder_phase(args, Path(tmp))
     load_avg = os.getloadavg()
-    print(f"load: {args.clients} clients (think {args.think:g} s, {args.post_share:.0%} POST) for {args.duration:g} s "
-          f"with {args.idle} idle connections held open; 1-min load avg {load_avg[0]:.2f}")
-    print("| server | request | count | p50 ms | p95 ms | p99 ms | max ms | statuses | idle sockets open: median, "
-          "share of time >= 63 |")
+    print(
+        f"load: {args.clients} clients (think {args.think:g} s, {args.post_share:.0%} POST) for {args.duration:g} s "
+        f"with {args.idle} idle connections held open; 1-min load avg {load_avg[0]:.2f}"
+    )
+    print(
+        "| server | request | count | p50 ms | p95 ms | p99 ms | max ms | statuses | idle sockets open: median, "
+        "share of time >= 63 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, load in loads.items():
         for kind, row in load["kinds"].items():
-            print(f"| {label} | {kind} | {row['requests']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                  f"{row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
-                  f"{', '.join(f'{k}: {v}' for k, v in sorted(row['statuses'].items()))} | "
-                  f"{load['idle_open_median']:g}, {load['idle_63_or_more_share']:.0%} |")
+            print(
+                f"| {label} | {kind} | {row['requests']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                f"{row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
+                f"{', '.join(f'{k}: {v}' for k, v in sorted(row['statuses'].items()))} | "
+                f"{load['idle_open_median']:g}, {load['idle_63_or_more_share']:.0%} |"
+            )
     print("\nPOST /jobs by folder size (sequential, servers alternating):")
     print("| variant | p50 ms | p95 ms | posts |")
     print("|---|---|---|---|")
     for label, row in sizes.items():
         print(f"| {label} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['posts']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "load": loads, "folder_size": sizes,
-                                               "loadavg": load_avg}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "load": loads, "folder_size": sizes, "loadavg": load_avg}, indent=2)
+        )
 
 
 if __name__ == "__main__":

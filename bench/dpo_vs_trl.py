@@ -39,8 +39,12 @@ class GivenLogps(torch.nn.Module):
 
     def forward(self, **kwargs: Any) -> Any:
         zeros = torch.zeros_like(self.per_token)
-        return SimpleNamespace(log_probs=self.per_token, entropy=zeros, mean_logits=zeros,
-                               is_top1=torch.zeros_like(self.per_token, dtype=torch.bool))
+        return SimpleNamespace(
+            log_probs=self.per_token,
+            entropy=zeros,
+            mean_logits=zeros,
+            is_top1=torch.zeros_like(self.per_token, dtype=torch.bool),
+        )
 
 
 def _bare_trainer(loss_type: str, beta: float) -> Any:
@@ -69,15 +73,20 @@ def check_formulas(seed: int, loss_type: str, beta: float) -> dict[str, float]:
     completion = torch.zeros(2 * pairs, length, dtype=torch.long)
     for i in range(pairs):
         p = int(prompt[i])
-        completion[i, p:p + int(chosen_len[i])] = 1
-        completion[pairs + i, p:p + int(rejected_len[i])] = 1
+        completion[i, p : p + int(chosen_len[i])] = 1
+        completion[pairs + i, p : p + int(rejected_len[i])] = 1
     per_token = -torch.rand(2 * pairs, length - 1, generator=generator, dtype=torch.float64).float() * 3
     per_token = per_token * completion[:, 1:]  # TRL's fused head gives 0 outside the completion
     ref = -torch.rand(2 * pairs, generator=generator).float() * 40 - 5
-    inputs = {"input_ids": torch.ones(2 * pairs, length, dtype=torch.long),
-              "attention_mask": (torch.arange(length) < (prompt.repeat(2) + torch.cat([chosen_len, rejected_len]))[:, None]
-                                 ).long(),
-              "completion_mask": completion, "ref_chosen_logps": ref[:pairs], "ref_rejected_logps": ref[pairs:]}
+    inputs = {
+        "input_ids": torch.ones(2 * pairs, length, dtype=torch.long),
+        "attention_mask": (
+            torch.arange(length) < (prompt.repeat(2) + torch.cat([chosen_len, rejected_len]))[:, None]
+        ).long(),
+        "completion_mask": completion,
+        "ref_chosen_logps": ref[:pairs],
+        "ref_rejected_logps": ref[pairs:],
+    }
     trainer = _bare_trainer(loss_type, beta)
     trl_loss = trainer._compute_loss(GivenLogps(per_token), inputs, return_outputs=False)
     logps = per_token.sum(dim=1)
@@ -90,12 +99,14 @@ def check_formulas(seed: int, loss_type: str, beta: float) -> dict[str, float]:
     if loss_type == "sigmoid":  # TRL's IPO logs summed-log-ratio rewards; ours are per token (IPO's own scale)
         metrics = trainer._metrics["train"]
         margin = ours.chosen_rewards - ours.rejected_rewards
-        diffs.update({
-            "rewards/chosen": abs(metrics["rewards/chosen"][-1] - float(ours.chosen_rewards.mean())),
-            "rewards/rejected": abs(metrics["rewards/rejected"][-1] - float(ours.rejected_rewards.mean())),
-            "rewards/accuracies": abs(metrics["rewards/accuracies"][-1] - float((margin > 0).float().mean())),
-            "rewards/margins": abs(metrics["rewards/margins"][-1] - float(margin.mean())),
-        })
+        diffs.update(
+            {
+                "rewards/chosen": abs(metrics["rewards/chosen"][-1] - float(ours.chosen_rewards.mean())),
+                "rewards/rejected": abs(metrics["rewards/rejected"][-1] - float(ours.rejected_rewards.mean())),
+                "rewards/accuracies": abs(metrics["rewards/accuracies"][-1] - float((margin > 0).float().mean())),
+                "rewards/margins": abs(metrics["rewards/margins"][-1] - float(margin.mean())),
+            }
+        )
     return diffs
 
 
@@ -113,25 +124,52 @@ def check_end_to_end() -> dict[str, float]:
 
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     base = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
     base.config.use_cache = False
-    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for q, c, r in [
-        ("What is the capital of France?", "The capital of France is Paris.", "I do not know."),
-        ("Hello!", "Hello! How can I help you today?", "What?"),
-        ("Translate to French: good morning.", "Bonjour.", "Good morning."),
-        ("Describe a process of making crepes.", "Mix flour, eggs and milk, then cook thin layers.", "No."),
-    ]]
-    args = DPOConfig(output_dir="/tmp/dpo-vs-trl", per_device_train_batch_size=4, beta=0.1, report_to="none",
-                     use_cpu=True, bf16=False, max_length=256, disable_dropout=True, gradient_checkpointing=False)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for q, c, r in [
+            ("What is the capital of France?", "The capital of France is Paris.", "I do not know."),
+            ("Hello!", "Hello! How can I help you today?", "What?"),
+            ("Translate to French: good morning.", "Bonjour.", "Good morning."),
+            ("Describe a process of making crepes.", "Mix flour, eggs and milk, then cook thin layers.", "No."),
+        ]
+    ]
+    args = DPOConfig(
+        output_dir="/tmp/dpo-vs-trl",
+        per_device_train_batch_size=4,
+        beta=0.1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        max_length=256,
+        disable_dropout=True,
+        gradient_checkpointing=False,
+    )
     # TRL's own LoRA set-up (peft_config): its reference is then the base, the adapter switched off, as the
     # runner's; the adapter's B matrices are randomised afterwards so that the policy differs from it
-    trainer = DPOTrainer(model=base, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
-                                                task_type="CAUSAL_LM"))
+    trainer = DPOTrainer(
+        model=base,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     model = trainer.model
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -159,7 +197,9 @@ def check_end_to_end() -> dict[str, float]:
         "logps/rejected": abs(metrics["logps/rejected"] - float(policy.rejected.mean())),
         "rewards/chosen": abs(metrics["rewards/chosen"] - float(ours.chosen_rewards.mean())),
         "rewards/rejected": abs(metrics["rewards/rejected"] - float(ours.rejected_rewards.mean())),
-        "rewards/margins": abs(metrics["rewards/margins"] - float((ours.chosen_rewards - ours.rejected_rewards).mean())),
+        "rewards/margins": abs(
+            metrics["rewards/margins"] - float((ours.chosen_rewards - ours.rejected_rewards).mean())
+        ),
     }
 
 

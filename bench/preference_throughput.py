@@ -49,9 +49,14 @@ from throughput import StepTimer, _model_path, _peak_rss_mb, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 # the shared data folder beside the checkout (a worktree sits one level deeper); --data overrides it
-DATA = next((up / "shared" / "data" / "llamafactory" / "dpo_en_demo.json" for up in ROOT.parents
-             if (up / "shared" / "data" / "llamafactory" / "dpo_en_demo.json").is_file()),
-            ROOT.parent / "shared" / "data" / "llamafactory" / "dpo_en_demo.json")
+DATA = next(
+    (
+        up / "shared" / "data" / "llamafactory" / "dpo_en_demo.json"
+        for up in ROOT.parents
+        if (up / "shared" / "data" / "llamafactory" / "dpo_en_demo.json").is_file()
+    ),
+    ROOT.parent / "shared" / "data" / "llamafactory" / "dpo_en_demo.json",
+)
 MAX_LENGTH, BATCH, LR, BETA = 512, 4, 5e-5, 0.1
 VARIANTS = ("runner", "trl-default", "trl-padding-free")
 RUNNER_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -59,8 +64,9 @@ RUNNER_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "runner-no-shared-prompt": {"train": {"speed": {"shared_prompt": False}}},
     "runner-no-token-budget": {"train": {"speed": {"token_budget": 0}}},
     "runner-no-lora-fold": {"train": {"speed": {"lora_fold": False}}},
-    "runner-all-off": {"train": {"speed": {"shared_prompt": False, "token_budget": 0, "packed_attention": False,
-                                           "lora_fold": False}}},
+    "runner-all-off": {
+        "train": {"speed": {"shared_prompt": False, "token_budget": 0, "packed_attention": False, "lora_fold": False}}
+    },
     "runner-precompute": {"loss": {"reference": "precompute"}},
 }
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -102,8 +108,10 @@ def tokenised_pairs(records: list[dict[str, Any]]) -> list[dict[str, list[int]]]
 
     tokenizer = _tokenizer()
     fields = resolve_preference_fields("sharegpt-preference", records)
-    return [to_preference_example(normalize_preference(r, "sharegpt-preference", fields), tokenizer, MAX_LENGTH)[0]
-            for r in records]
+    return [
+        to_preference_example(normalize_preference(r, "sharegpt-preference", fields), tokenizer, MAX_LENGTH)[0]
+        for r in records
+    ]
 
 
 def pair_tokens(pairs: list[dict[str, list[int]]]) -> int:
@@ -130,9 +138,11 @@ def heldout_metrics(model: Any, pairs: list[dict[str, list[int]]]) -> dict[str, 
             rewards = BETA * (policy - reference)
             margins.append(float(rewards[0] - rewards[1]))
     margin = torch.tensor(margins, dtype=torch.float64)
-    return {"heldout_reward_accuracy": float((margin > 0).double().mean()),
-            "heldout_reward_margin": float(margin.mean()),
-            "heldout_loss": float(-F.logsigmoid(margin).mean())}
+    return {
+        "heldout_reward_accuracy": float((margin > 0).double().mean()),
+        "heldout_reward_margin": float(margin.mean()),
+        "heldout_loss": float(-F.logsigmoid(margin).mean()),
+    }
 
 
 def _result(start: float, timer: StepTimer, tokens: int, rss_mb: float, heldout: dict[str, float]) -> dict[str, Any]:
@@ -175,16 +185,21 @@ def runner_job(variant: str) -> str:
     return tomli_w.dumps(spec)
 
 
-def worker_runner(train: list[dict[str, Any]], heldout: list[dict[str, Any]], start: float, workdir: Path,
-                  variant: str) -> dict[str, Any]:
+def worker_runner(
+    train: list[dict[str, Any]], heldout: list[dict[str, Any]], start: float, workdir: Path, variant: str
+) -> dict[str, Any]:
     import resource
 
     (workdir / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train), encoding="utf-8")
     job = workdir / "bench.toml"
     job.write_text(runner_job(variant), encoding="utf-8")
     runs = workdir / "runs"
-    process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert process.stdout is not None
     train_begin, log = None, []
     for line in process.stdout:
@@ -197,27 +212,42 @@ def worker_runner(train: list[dict[str, Any]], heldout: list[dict[str, Any]], st
     (run,) = [p for p in (runs / "bench").iterdir() if p.is_dir()]
     steps = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
     timer = StepTimer()
-    timer.train_begin, timer.step_ends, timer.losses = train_begin, [m["time"] for m in steps], [m["loss"] for m in steps]
+    timer.train_begin, timer.step_ends, timer.losses = (
+        train_begin,
+        [m["time"] for m in steps],
+        [m["loss"] for m in steps],
+    )
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(_model_path()), dtype="float32", attn_implementation="sdpa")
     model = PeftModel.from_pretrained(base, str(run / "adapter"))
-    result = _result(start, timer, pair_tokens(tokenised_pairs(train)), rss, heldout_metrics(model, tokenised_pairs(heldout)))
+    result = _result(
+        start, timer, pair_tokens(tokenised_pairs(train)), rss, heldout_metrics(model, tokenised_pairs(heldout))
+    )
     result["runner_tokens_seen"] = steps[-1]["tokens_seen"]
     return result
 
 
 def _conversational(record: dict[str, Any]) -> dict[str, Any]:
-    roles = {"human": "user", "gpt": "assistant", "system": "system", "function_call": "assistant",
-             "observation": "tool"}
+    roles = {
+        "human": "user",
+        "gpt": "assistant",
+        "system": "system",
+        "function_call": "assistant",
+        "observation": "tool",
+    }
     prompt = [{"role": roles[t["from"]], "content": t["value"]} for t in record["conversations"]]
-    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": record["chosen"]["value"]}],
-            "rejected": [{"role": "assistant", "content": record["rejected"]["value"]}]}
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": record["chosen"]["value"]}],
+        "rejected": [{"role": "assistant", "content": record["rejected"]["value"]}],
+    }
 
 
-def worker_trl(train: list[dict[str, Any]], heldout: list[dict[str, Any]], start: float, workdir: Path,
-               padding_free: bool) -> dict[str, Any]:
+def worker_trl(
+    train: list[dict[str, Any]], heldout: list[dict[str, Any]], start: float, workdir: Path, padding_free: bool
+) -> dict[str, Any]:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -226,19 +256,37 @@ def worker_trl(train: list[dict[str, Any]], heldout: list[dict[str, Any]], start
     tokenizer = _tokenizer()
     base = AutoModelForCausalLM.from_pretrained(str(_model_path()), dtype="float32", attn_implementation="sdpa")
     config = DPOConfig(
-        output_dir=str(workdir / "out"), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
-        beta=BETA, max_length=MAX_LENGTH, padding_free=padding_free, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, bf16=False, disable_tqdm=True, seed=42,
+        output_dir=str(workdir / "out"),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LR,
+        beta=BETA,
+        max_length=MAX_LENGTH,
+        padding_free=padding_free,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        seed=42,
     )
     timer = StepTimer()
     # LoRA through TRL's peft_config: its reference is then the base with the adapter switched off, as the
     # runner's (given a PeftModel, TRL would keep a second "ref" adapter and compute it every step)
-    trainer = DPOTrainer(model=base, args=config, train_dataset=Dataset.from_list([_conversational(r) for r in train]),
-                         processing_class=tokenizer, callbacks=[timer.callback()], peft_config=LoraConfig(**LORA))
+    trainer = DPOTrainer(
+        model=base,
+        args=config,
+        train_dataset=Dataset.from_list([_conversational(r) for r in train]),
+        processing_class=tokenizer,
+        callbacks=[timer.callback()],
+        peft_config=LoraConfig(**LORA),
+    )
     trainer.train()
     rss = _peak_rss_mb()
-    return _result(start, timer, pair_tokens(tokenised_pairs(train)), rss,
-                   heldout_metrics(trainer.model, tokenised_pairs(heldout)))
+    return _result(
+        start, timer, pair_tokens(tokenised_pairs(train)), rss, heldout_metrics(trainer.model, tokenised_pairs(heldout))
+    )
 
 
 def run_worker(variant: str, train_n: int, heldout_n: int, start: float) -> dict[str, Any]:
@@ -259,9 +307,25 @@ def _spawn(variant: str, train: int, heldout: int, threads: int) -> dict[str, An
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         load_before = os.getloadavg()[0]
-        done = subprocess.run([sys.executable, __file__, "--worker", variant, "--records", str(train), "--heldout",
-                               str(heldout), "--out", out.name, "--start", repr(time.time())],
-                              env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--records",
+                str(train),
+                "--heldout",
+                str(heldout),
+                "--out",
+                out.name,
+                "--start",
+                repr(time.time()),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         result = json.loads(Path(out.name).read_text())
@@ -279,15 +343,19 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
         return statistics.median(values) if values else None
 
     speed = {v: med(v, "tokens_per_s") for v in runs}
-    lines = ["| variant | pair tokens/s | vs TRL default | vs TRL padding_free | start → 1st step end (s) | peak RSS (MB) "
-             "| last-step loss | held-out reward accuracy | held-out margin | held-out loss |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | pair tokens/s | vs TRL default | vs TRL padding_free | start → 1st step end (s) | peak RSS (MB) "
+        "| last-step loss | held-out reward accuracy | held-out margin | held-out loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for v in runs:
         rel = [speed[v] / speed[p] if speed.get(p) and speed[v] else None for p in ("trl-default", "trl-padding-free")]
-        lines.append(f"| {v} | {_fmt(speed[v], '.1f')} | {_fmt(rel[0], '.2f')}x | {_fmt(rel[1], '.2f')}x | "
-                     f"{_fmt(med(v, 'first_step_s'), '.1f')} | {_fmt(med(v, 'peak_rss_mb'), '.0f')} | "
-                     f"{_fmt(med(v, 'final_loss'), '.4f')} | {_fmt(med(v, 'heldout_reward_accuracy'), '.3f')} | "
-                     f"{_fmt(med(v, 'heldout_reward_margin'), '.4f')} | {_fmt(med(v, 'heldout_loss'), '.4f')} |")
+        lines.append(
+            f"| {v} | {_fmt(speed[v], '.1f')} | {_fmt(rel[0], '.2f')}x | {_fmt(rel[1], '.2f')}x | "
+            f"{_fmt(med(v, 'first_step_s'), '.1f')} | {_fmt(med(v, 'peak_rss_mb'), '.0f')} | "
+            f"{_fmt(med(v, 'final_loss'), '.4f')} | {_fmt(med(v, 'heldout_reward_accuracy'), '.3f')} | "
+            f"{_fmt(med(v, 'heldout_reward_margin'), '.4f')} | {_fmt(med(v, 'heldout_loss'), '.4f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -295,9 +363,11 @@ def describe(runs: dict[str, list[dict[str, Any]]], train: int, heldout: int, th
     loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
     repeats = max(len(rs) for rs in runs.values())
     tokens = next(r["pair_tokens"] for rs in runs.values() for r in rs)
-    return (f"{train} training pairs ({tokens} pair tokens), {heldout} held-out pairs, batch {BATCH}, "
-            f"{repeats} runs per variant, {threads} threads; medians. 1-min load average before/after the runs: "
-            f"{min(loads):.2f}-{max(loads):.2f}.")
+    return (
+        f"{train} training pairs ({tokens} pair tokens), {heldout} held-out pairs, batch {BATCH}, "
+        f"{repeats} runs per variant, {threads} threads; medians. 1-min load average before/after the runs: "
+        f"{min(loads):.2f}-{max(loads):.2f}."
+    )
 
 
 def main() -> None:
@@ -306,8 +376,11 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=32, help="held-out pairs")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from {', '.join([*VARIANTS, *RUNNER_VARIANTS])}")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join([*VARIANTS, *RUNNER_VARIANTS])}",
+    )
     parser.add_argument("--json", help="also write every run, the machine and the table to this file")
     parser.add_argument("--report", help="print the table of a saved --json file and exit")
     parser.add_argument("--job", metavar="VARIANT", help="print the job file of a runner variant and exit")
@@ -340,21 +413,37 @@ def main() -> None:
         for variant in variants:  # interleaved, so a noisy stretch hits every variant alike
             result = _spawn(variant, args.records, args.heldout, args.threads)
             runs[variant].append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {variant}: {result['tokens_per_s']:.1f} pair tok/s, first step "
-                  f"{result['first_step_s']:.1f} s, rss {result['peak_rss_mb']:.0f} MB, held-out reward accuracy "
-                  f"{result['heldout_reward_accuracy']:.3f}, load {result['load_before']:.2f}->{result['load_after']:.2f}",
-                  flush=True)
+            print(
+                f"[{repeat + 1}/{args.repeats}] {variant}: {result['tokens_per_s']:.1f} pair tok/s, first step "
+                f"{result['first_step_s']:.1f} s, rss {result['peak_rss_mb']:.0f} MB, held-out reward accuracy "
+                f"{result['heldout_reward_accuracy']:.3f}, load {result['load_before']:.2f}->{result['load_after']:.2f}",
+                flush=True,
+            )
             if args.json:  # partial results survive an interrupted benchmark
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps({"runs": runs, "partial": True, **saved}, indent=2),
-                                           encoding="utf-8")
+                Path(args.json).write_text(
+                    json.dumps({"runs": runs, "partial": True, **saved}, indent=2), encoding="utf-8"
+                )
     text, summary = table(runs), describe(runs, args.records, args.heldout, args.threads)
     print("\n" + summary + "\n" + text)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), **saved, "repeats": args.repeats,
-            "machine": machine(), "summary": summary, "table": text, "runs": runs}, indent=2), encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "started": started,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    **saved,
+                    "repeats": args.repeats,
+                    "machine": machine(),
+                    "summary": summary,
+                    "table": text,
+                    "runs": runs,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
 
 
 if __name__ == "__main__":

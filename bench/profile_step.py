@@ -40,14 +40,51 @@ VOCAB = 49152
 GEMMS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int4pack_mm"}
 LOSS_OPS = ("log_softmax", "nll_loss", "cross_entropy", "softmax_backward")
 ATTENTION = ("scaled_dot_product", "flash_attention", "_efficient_attention")
-NO_DATA = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::t", "aten::transpose", "aten::expand",
-           "aten::as_strided", "aten::unsqueeze", "aten::squeeze", "aten::slice", "aten::select", "aten::detach",
-           "aten::alias", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::permute",
-           "aten::linear", "aten::matmul", "aten::_unsafe_view", "aten::unflatten", "aten::flatten",
-           "aten::resolve_conj", "aten::resolve_neg", "aten::lift_fresh", "aten::numpy_T", "aten::split",
-           "aten::split_with_sizes", "aten::chunk", "aten::narrow", "aten::result_type", "aten::item",
-           "aten::_local_scalar_dense", "aten::is_nonzero", "aten::contiguous", "aten::to", "aten::_to_copy",
-           "aten::type_as", "aten::dropout", "aten::identity", "aten::set_", "detach", "aten::unbind"}
+NO_DATA = {
+    "aten::view",
+    "aten::reshape",
+    "aten::_reshape_alias",
+    "aten::t",
+    "aten::transpose",
+    "aten::expand",
+    "aten::as_strided",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::slice",
+    "aten::select",
+    "aten::detach",
+    "aten::alias",
+    "aten::empty",
+    "aten::empty_like",
+    "aten::empty_strided",
+    "aten::permute",
+    "aten::linear",
+    "aten::matmul",
+    "aten::_unsafe_view",
+    "aten::unflatten",
+    "aten::flatten",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::lift_fresh",
+    "aten::numpy_T",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::chunk",
+    "aten::narrow",
+    "aten::result_type",
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "aten::is_nonzero",
+    "aten::contiguous",
+    "aten::to",
+    "aten::_to_copy",
+    "aten::type_as",
+    "aten::dropout",
+    "aten::identity",
+    "aten::set_",
+    "detach",
+    "aten::unbind",
+}
 
 
 def _ancestors(event: Any) -> list[str]:
@@ -61,8 +98,11 @@ def _ancestors(event: Any) -> list[str]:
 def categorise(event: Any, rank: int) -> str:
     name = event.name
     above = _ancestors(event)
-    if any(a.startswith(("Optimizer.step", "Optimizer.zero_grad")) for a in above) or name.startswith(
-            ("Optimizer.", "aten::_foreach", "aten::_fused_adam")) or "clip_grad" in " ".join(above):
+    if (
+        any(a.startswith(("Optimizer.step", "Optimizer.zero_grad")) for a in above)
+        or name.startswith(("Optimizer.", "aten::_foreach", "aten::_fused_adam"))
+        or "clip_grad" in " ".join(above)
+    ):
         return "optimizer"
     if any(key in name for key in ATTENTION) or any(any(k in a for k in ATTENTION) for a in above):
         return "attention"
@@ -161,13 +201,15 @@ def main() -> None:
     if args.trace:
         prof.export_chrome_trace(args.trace)
     seconds, detail = fold(list(prof.events()), state["wall"], rank)
-    tokens = sum(state["tokens"][warmup:warmup + args.steps])
+    tokens = sum(state["tokens"][warmup : warmup + args.steps])
     ends = state["step_ends"]
     plain = (ends[-1] - ends[-2]) / state["tokens"][-1] * 1000 if len(ends) > warmup + args.steps else None
     wall = state["wall"]
-    print(f"profiled steps {warmup + 1}-{warmup + args.steps}: {tokens} tokens, {wall:.2f} s with the profiler "
-          f"({tokens / wall:.0f} tokens/s); unprofiled step after it: "
-          f"{plain:.3f} s per 1000 tokens; threads {torch.get_num_threads()}; load {os.getloadavg()[0]:.2f}")
+    print(
+        f"profiled steps {warmup + 1}-{warmup + args.steps}: {tokens} tokens, {wall:.2f} s with the profiler "
+        f"({tokens / wall:.0f} tokens/s); unprofiled step after it: "
+        f"{plain:.3f} s per 1000 tokens; threads {torch.get_num_threads()}; load {os.getloadavg()[0]:.2f}"
+    )
     print("| part | s per step | share |\n|---|---|---|")
     for category in CATEGORIES:
         value = seconds.get(category, 0.0)
@@ -176,9 +218,21 @@ def main() -> None:
     top = sorted(detail.items(), key=lambda kv: -kv[1])[:12]
     print("elementwise detail: " + ", ".join(f"{k.removeprefix('aten::')} {v / args.steps:.3f}" for k, v in top))
     if args.json:
-        Path(args.json).write_text(json.dumps({"seconds": seconds, "detail": detail, "wall": wall, "tokens": tokens,
-                                               "steps": args.steps, "plain_s_per_1000": plain,
-                                               "load": os.getloadavg()[0], "speed": args.speed}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "detail": detail,
+                    "wall": wall,
+                    "tokens": tokens,
+                    "steps": args.steps,
+                    "plain_s_per_1000": plain,
+                    "load": os.getloadavg()[0],
+                    "speed": args.speed,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

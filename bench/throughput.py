@@ -184,8 +184,9 @@ class CountingCollator:
         return batch
 
 
-def _result(start: float, timer: StepTimer, real: int, padded: int, n_params: int, rss_mb: float,
-            heldout: float) -> dict[str, Any]:
+def _result(
+    start: float, timer: StepTimer, real: int, padded: int, n_params: int, rss_mb: float, heldout: float
+) -> dict[str, Any]:
     steps = len(timer.step_ends)
     # tokens/s over steps 2..N: the first step carries one-off warm-up (allocations, kernel choice)
     per_step_real = real / steps
@@ -240,8 +241,13 @@ def worker_runner(records: int, start: float, workdir: Path, variant: str, max_s
     runs = workdir / "runs"
     env = {**os.environ, **env_over}
     env.pop("RUNNER_JEMALLOC_ACTIVE", None)
-    process = subprocess.Popen([sys.executable, "-m", "runner", "run", str(job_file), "--runs-dir", str(runs),
-                                "--fresh"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(job_file), "--runs-dir", str(runs), "--fresh"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert process.stdout is not None
     train_begin, log = None, []
     for line in process.stdout:  # the runner prints "training: ..." as its training loop starts
@@ -289,18 +295,38 @@ def worker_trl(records: int, start: float, workdir: Path, padding_free: bool) ->
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer = _hf_model_and_tokenizer()
-    rows = [{"prompt": [{"role": "user", "content": _prompt(r)}],
-             "completion": [{"role": "assistant", "content": r["output"]}]} for r in _records(records)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": _prompt(r)}],
+            "completion": [{"role": "assistant", "content": r["output"]}],
+        }
+        for r in _records(records)
+    ]
     config = SFTConfig(
-        output_dir=str(workdir / "out"), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=2e-4,
+        output_dir=str(workdir / "out"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=2e-4,
         # TRL refuses max_length with padding_free and no packing (it cannot enforce it there); the
         # benchmark records are all shorter than 512 tokens, so both settings see the same tokens
-        max_length=None if padding_free else 512, padding_free=padding_free, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, bf16=False, disable_tqdm=True, seed=42,
+        max_length=None if padding_free else 512,
+        padding_free=padding_free,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        seed=42,
     )
     timer = StepTimer()
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, callbacks=[timer.callback()])
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[timer.callback()],
+    )
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     trainer.train()
@@ -322,12 +348,21 @@ def worker_trainer_pad(records: int, start: float, workdir: Path) -> dict[str, A
     counter = CountingCollator(PadCollator(tokenizer.pad_token_id or tokenizer.eos_token_id))
     timer = StepTimer()
     args = TrainingArguments(
-        output_dir=str(workdir / "out"), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=2e-4,
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
+        output_dir=str(workdir / "out"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=42,
         remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=counter,
-                      callbacks=[timer.callback()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=examples, data_collator=counter, callbacks=[timer.callback()]
+    )
     trainer.train()
     rss = _peak_rss_mb()
     n_params = sum(p.numel() for p in model.parameters())
@@ -350,12 +385,21 @@ def worker_trainer_flat(records: int, start: float, workdir: Path) -> dict[str, 
     counter = CountingCollator(DataCollatorWithFlattening(return_position_ids=True, separator_id=-100))
     timer = StepTimer()
     args = TrainingArguments(
-        output_dir=str(workdir / "out"), per_device_train_batch_size=8, num_train_epochs=1, learning_rate=2e-4,
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
+        output_dir=str(workdir / "out"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=2e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=42,
         remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=counter,
-                      callbacks=[timer.callback()])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=examples, data_collator=counter, callbacks=[timer.callback()]
+    )
     trainer.train()
     rss = _peak_rss_mb()
     n_params = sum(p.numel() for p in model.parameters())
@@ -391,10 +435,30 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    memory = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    memory = (
+        next(
+            (
+                int(line.split()[1]) // 1024
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ),
+            None,
+        )
+        if Path("/proc/meminfo").exists()
+        else None
+    )
     versions = {}
     for package in ("torch", "transformers", "peft", "accelerate", "trl", "datasets"):
         from importlib.metadata import PackageNotFoundError, version
@@ -405,9 +469,16 @@ def machine() -> dict[str, Any]:
             versions[package] = None
     from runner.allocator import find_jemalloc
 
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_mb": memory, "python": platform.python_version(),
-            "platform": platform.platform(), "torch_threads_default": torch.get_num_threads(),
-            "versions": versions, "jemalloc_library": find_jemalloc()}
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "memory_mb": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads_default": torch.get_num_threads(),
+        "versions": versions,
+        "jemalloc_library": find_jemalloc(),
+    }
 
 
 def _spawn(variant: str, records: int, threads: int, max_steps: int | None = None) -> dict[str, Any]:
@@ -421,8 +492,18 @@ def _spawn(variant: str, records: int, threads: int, max_steps: int | None = Non
         env = preload_environment({**env, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}, library)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         load_before = os.getloadavg()[0]
-        cmd = [sys.executable, __file__, "--worker", variant, "--records", str(records), "--out", out.name,
-               "--start", repr(time.time())]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            variant,
+            "--records",
+            str(records),
+            "--out",
+            out.name,
+            "--start",
+            repr(time.time()),
+        ]
         if max_steps:
             cmd += ["--max-steps", str(max_steps)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -452,26 +533,31 @@ def table(runs: dict[str, list[dict[str, Any]]]) -> str:
     for rs in runs.values():
         for r in rs:
             r["mfu_best_ceiling"] = r["tokens_per_s"] * GFLOP_PER_TOKEN_FACTOR * r["params"] / 1e9 / ceiling
-    lines = ["| variant | real tokens/s | vs TRL default | vs TRL padding_free | padding | MFU | start → loop (s) "
-             "| start → 1st step end (s) | peak RSS (MB) | last-step loss | mean loss | held-out loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | real tokens/s | vs TRL default | vs TRL padding_free | padding | MFU | start → loop (s) "
+        "| start → 1st step end (s) | peak RSS (MB) | last-step loss | mean loss | held-out loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for v in variants:
         rel = [speed[v] / speed[p] if speed.get(p) and speed[v] else None for p in ("trl-default", "trl-padding-free")]
         lines.append(
             f"| {v} | {_fmt(speed[v], '.1f')} | {_fmt(rel[0], '.2f')}x | {_fmt(rel[1], '.2f')}x | "
             f"{_fmt(med(v, 'padding_fraction'), '.1%')} | {_fmt(med(v, 'mfu_best_ceiling'), '.3f')} | {_fmt(med(v, 'setup_s'), '.1f')} | "
             f"{_fmt(med(v, 'first_step_s'), '.1f')} | {_fmt(med(v, 'peak_rss_mb'), '.0f')} | "
-            f"{_fmt(med(v, 'final_loss'), '.4f')} | {_fmt(med(v, 'mean_loss'), '.4f')} | {_fmt(med(v, 'heldout_loss'), '.4f')} |")
+            f"{_fmt(med(v, 'final_loss'), '.4f')} | {_fmt(med(v, 'mean_loss'), '.4f')} | {_fmt(med(v, 'heldout_loss'), '.4f')} |"
+        )
     return "\n".join(lines)
 
 
 def describe(runs: dict[str, list[dict[str, Any]]], records: int, repeats: int, threads: int) -> str:
     ceilings = [r["ceiling_gflops"] for rs in runs.values() for r in rs]
     loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
-    return (f"{records or '?'} records, {repeats} runs per variant, {threads or '?'} threads; medians. "
-            f"fp32 matmul ceiling measured after each run: best {max(ceilings):.0f} GFLOP/s (the MFU "
-            f"denominator), median {statistics.median(ceilings):.0f}, lowest {min(ceilings):.0f}. "
-            f"1-min load average before/after the runs: {min(loads):.2f}-{max(loads):.2f}.")
+    return (
+        f"{records or '?'} records, {repeats} runs per variant, {threads or '?'} threads; medians. "
+        f"fp32 matmul ceiling measured after each run: best {max(ceilings):.0f} GFLOP/s (the MFU "
+        f"denominator), median {statistics.median(ceilings):.0f}, lowest {min(ceilings):.0f}. "
+        f"1-min load average before/after the runs: {min(loads):.2f}-{max(loads):.2f}."
+    )
 
 
 def report(path: Path) -> None:
@@ -488,8 +574,11 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated, from {', '.join([*VARIANTS[1:], *RUNNER_ABLATIONS])}")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, from {', '.join([*VARIANTS[1:], *RUNNER_ABLATIONS])}",
+    )
     parser.add_argument("--json", help="also write every run, the machine and the table to this file")
     parser.add_argument("--report", help="print the table of a saved --json file and exit")
     parser.add_argument("--job", metavar="VARIANT", help="print the job file of a runner variant and exit")
@@ -523,22 +612,42 @@ def main() -> None:
         for variant in variants:  # interleaved, so a noisy stretch hits every variant alike
             result = _spawn(variant, args.records, args.threads)
             runs[variant].append(result)
-            print(f"[{repeat + 1}/{args.repeats}] {variant}: {result['tokens_per_s']:.1f} tok/s, "
-                  f"MFU {result['mfu']:.3f}, first step {result['first_step_s']:.1f} s, "
-                  f"rss {result['peak_rss_mb']:.0f} MB, held-out loss {result['heldout_loss']:.4f}, "
-                  f"load {result['load_before']:.2f}->{result['load_after']:.2f}", flush=True)
+            print(
+                f"[{repeat + 1}/{args.repeats}] {variant}: {result['tokens_per_s']:.1f} tok/s, "
+                f"MFU {result['mfu']:.3f}, first step {result['first_step_s']:.1f} s, "
+                f"rss {result['peak_rss_mb']:.0f} MB, held-out loss {result['heldout_loss']:.4f}, "
+                f"load {result['load_before']:.2f}->{result['load_after']:.2f}",
+                flush=True,
+            )
             if args.json:  # partial results survive an interrupted benchmark
-                Path(args.json).write_text(json.dumps({"runs": runs, "partial": True, "records": args.records,
-                                                       "threads": args.threads}, indent=2), encoding="utf-8")
+                Path(args.json).write_text(
+                    json.dumps(
+                        {"runs": runs, "partial": True, "records": args.records, "threads": args.threads}, indent=2
+                    ),
+                    encoding="utf-8",
+                )
     text, summary = table(runs), describe(runs, args.records, args.repeats, args.threads)
     print("\n" + summary + "\n" + text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]), "records": args.records,
-            "repeats": args.repeats, "threads": args.threads, "machine": machine(), "summary": summary,
-            "table": text, "runs": runs}, indent=2), encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "started": started,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    "records": args.records,
+                    "repeats": args.repeats,
+                    "threads": args.threads,
+                    "machine": machine(),
+                    "summary": summary,
+                    "table": text,
+                    "runs": runs,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ def main() -> None:
         rc = cli_main(["validate", "--quiet", "--no-files", str(folder)])
         elapsed = time.perf_counter() - start
         shutil.rmtree(folder)
-    print(f"validated {count} job files in {elapsed:.2f} s ({1000 * elapsed / count:.2f} ms per file, imports included); exit {rc}")
+    print(
+        f"validated {count} job files in {elapsed:.2f} s ({1000 * elapsed / count:.2f} ms per file, imports included); exit {rc}"
+    )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ def main() -> None:
             command += ["--poll", str(args.poll)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with open(root / "daemon.log", "wb") as log:  # the daemon keeps its own copy of the descriptor
-            daemon = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log,
-                                      start_new_session=True)
+            daemon = subprocess.Popen(
+                command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+            )
         try:
             deadline = time.monotonic() + 60
             while b"watching" not in (root / "daemon.log").read_bytes():
@@ -111,9 +112,11 @@ def main() -> None:
             code = daemon.wait(60)
 
     mode = f"--poll {args.poll:g}" if args.poll else "filesystem events"
-    print(f"runner watch ({mode}), {args.specs} specs, landing -> running: "
-          f"p50 {1000 * statistics.median(latencies):.0f} ms, p95 {1000 * percentile(latencies, 0.95):.0f} ms, "
-          f"max {1000 * max(latencies):.0f} ms (target p95 <= 1000 ms)")
+    print(
+        f"runner watch ({mode}), {args.specs} specs, landing -> running: "
+        f"p50 {1000 * statistics.median(latencies):.0f} ms, p95 {1000 * percentile(latencies, 0.95):.0f} ms, "
+        f"max {1000 * max(latencies):.0f} ms (target p95 <= 1000 ms)"
+    )
     print(f"idle CPU over {wall:.0f} s: {used:.2f} s = {100 * used / wall:.3f} % (target < 1 %); daemon exit {code}")
 
 

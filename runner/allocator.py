@@ -24,8 +24,12 @@ from runner.machine import machine_switch
 ENV_SWITCH = "RUNNER_JEMALLOC"
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 _MARK = "RUNNER_JEMALLOC_ACTIVE"  # set in the re-executed process: never re-execute twice
-_SEARCH = ("/usr/lib/*-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2",
-           "/usr/local/lib/libjemalloc.so.2")
+_SEARCH = (
+    "/usr/lib/*-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+)
 
 
 def find_jemalloc(env: Mapping[str, str] = os.environ) -> str | None:

@@ -146,9 +146,7 @@ def atomic_write_json(path: Path | str, obj: Any, *, indent: int | None = 2) -> 
 
 
 @contextmanager
-def atomic_dir(
-    final_path: Path | str, *, replace: bool = False, durable: bool = True
-) -> Iterator[Path]:
+def atomic_dir(final_path: Path | str, *, replace: bool = False, durable: bool = True) -> Iterator[Path]:
     """Build a folder under a temp name and publish it by rename: complete-or-absent.
 
     Yields a fresh temp sibling ``.tmp-<name>-<random>``.  On clean exit its

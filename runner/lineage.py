@@ -164,10 +164,14 @@ def _resolve_job(src: JobSource, ctx: ResolveContext) -> ResolvedModel:
     if run is None:
         runs = list_runs(root, src.name)
         if not runs:
-            raise SourceError(f"{src}: job '{src.name}' has no runs under {root}; run it first (runner run jobs/{src.name}.toml)")
+            raise SourceError(
+                f"{src}: job '{src.name}' has no runs under {root}; run it first (runner run jobs/{src.name}.toml)"
+            )
         status = read_status(runs[-1])
         state = status.state.value if status is not None else "unknown"
-        raise SourceError(f"{src}: job '{src.name}' has no successful run under {root} (latest run {runs[-1].name}: {state})")
+        raise SourceError(
+            f"{src}: job '{src.name}' has no successful run under {root} (latest run {runs[-1].name}: {state})"
+        )
     return resolve_run(run, ctx, source=str(src))
 
 
@@ -323,8 +327,11 @@ def register_run(
         size_bytes=sum((folder / n).stat().st_size for n in files),
         store=registry.relative_store(folder),
         files=files,
-        format_note=(f"LoRA adapter ({method}) of job {lineage['job']}" if form == "adapter"
-                     else f"{method} result of job {lineage['job']}, merged"),
+        format_note=(
+            f"LoRA adapter ({method}) of job {lineage['job']}"
+            if form == "adapter"
+            else f"{method} result of job {lineage['job']}, merged"
+        ),
         imported_at=utc_now_iso(),
         lineage=Lineage(**lineage),
     )
@@ -341,8 +348,9 @@ def register_job_result(
     assert alias
     reg = Registry(registry or find_registry(start=job.path.parent))
     check_register_as(job, reg)
-    entry = register_run(reg, run_dir, alias, kind=job.spec.model.kind, merge=job.spec.output.merge, runs_root=runs_root)
+    entry = register_run(
+        reg, run_dir, alias, kind=job.spec.model.kind, merge=job.spec.output.merge, runs_root=runs_root
+    )
     assert entry.lineage is not None
     parent = entry.lineage.fine_tuned_from or entry.lineage.base_source
     return f"registered as '{alias}' in {reg.path} ({entry.lineage.form}, fine-tuned from {parent})"
-

@@ -52,5 +52,9 @@ def machine_switch(name: str, env: Mapping[str, str] | None = None) -> str | boo
 def retired_settings(env: Mapping[str, str] | None = None) -> list[str]:
     """One line for each retired variable that is set: what replaced it."""
     env = os.environ if env is None else env
-    return [f"{name} is no longer read: speed switches are job settings now; set {key} in the job file "
-            "([train.speed] table)" for name, key in RETIRED.items() if env.get(name, "").strip()]
+    return [
+        f"{name} is no longer read: speed switches are job settings now; set {key} in the job file "
+        "([train.speed] table)"
+        for name, key in RETIRED.items()
+        if env.get(name, "").strip()
+    ]

@@ -28,12 +28,7 @@ from runner.outputs.checkpoints import find_resume_point
 from runner.outputs.leftovers import remove_leftovers
 from runner.outputs.manifest import build_manifest, write_manifest
 from runner.outputs.metrics import MetricsLog
-from runner.outputs.runs import (
-    OUTCOME_FILE,
-    find_interrupted_run,
-    new_run_dir,
-    run_paths,
-)
+from runner.outputs.runs import OUTCOME_FILE, find_interrupted_run, new_run_dir, run_paths
 from runner.outputs.status import FailureClass, JobState, StatusFile, new_status
 from runner.spec.loader import LoadedJob
 
@@ -42,8 +37,16 @@ if TYPE_CHECKING:
     from runner.train.stop import StopRequest
 
 # How a supervised run reports its end; defined with the outputs (runner.outputs.attempts).
-__all__ = ["OUTCOME_FILE", "Outcome", "RunResult", "Supervision", "prepare_run", "read_outcome", "run_job",
-           "write_outcome"]
+__all__ = [
+    "OUTCOME_FILE",
+    "Outcome",
+    "RunResult",
+    "Supervision",
+    "prepare_run",
+    "read_outcome",
+    "run_job",
+    "write_outcome",
+]
 
 
 @dataclass(frozen=True)
@@ -105,21 +108,43 @@ class _Attempt:
     finish: Callable[..., object]
 
 
-def run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", command: list[str] | None = None,
-            supervised: Supervision | None = None, registry: Path | None = None,
-            allow_remote_code: bool = False) -> RunResult:
+def run_job(
+    job: LoadedJob,
+    runs_root: Path,
+    *,
+    resume: bool | str = "auto",
+    command: list[str] | None = None,
+    supervised: Supervision | None = None,
+    registry: Path | None = None,
+    allow_remote_code: bool = False,
+) -> RunResult:
     """`registry`: the registry file for registry: sources and output.register_as (None: found from
     the job file's folder, see runner.registry.store.find_registry); `allow_remote_code`: the
     runner's --allow-remote-code (model.trust_remote_code is refused without it)."""
     from runner.train.startup import lean_imports
 
     with lean_imports(job.spec):  # before the first import of the training libraries
-        return _run_job(job, runs_root, resume=resume, command=command, supervised=supervised, registry=registry,
-                        allow_remote_code=allow_remote_code)
+        return _run_job(
+            job,
+            runs_root,
+            resume=resume,
+            command=command,
+            supervised=supervised,
+            registry=registry,
+            allow_remote_code=allow_remote_code,
+        )
 
 
-def _run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str, command: list[str] | None,
-             supervised: Supervision | None, registry: Path | None, allow_remote_code: bool) -> RunResult:
+def _run_job(
+    job: LoadedJob,
+    runs_root: Path,
+    *,
+    resume: bool | str,
+    command: list[str] | None,
+    supervised: Supervision | None,
+    registry: Path | None,
+    allow_remote_code: bool,
+) -> RunResult:
     from runner.data.report import DataError
     from runner.lineage import ResumeRefused
     from runner.registry.sources import SourceError
@@ -132,8 +157,15 @@ def _run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str, command: li
     stop = StopRequest()
     restore_signals = stop.install()
     try:
-        outcome = _train(job, attempt, stop, runs_root=runs_root, registry=registry,
-                         allow_remote_code=allow_remote_code, command=command)
+        outcome = _train(
+            job,
+            attempt,
+            stop,
+            runs_root=runs_root,
+            registry=registry,
+            allow_remote_code=allow_remote_code,
+            command=command,
+        )
     except DataError as exc:
         return _fail(finish, run_dir, FailureClass.DATA, str(exc))
     except TrainingDiverged as exc:
@@ -151,15 +183,16 @@ def _run_job(job: LoadedJob, runs_root: Path, *, resume: bool | str, command: li
         if _is_oom(exc):
             return _fail(finish, run_dir, FailureClass.OOM, f"out of memory: {exc}")
         (run_dir / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
-        return _fail(finish, run_dir, FailureClass.CRASH, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.log'})")
+        return _fail(
+            finish, run_dir, FailureClass.CRASH, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.log'})"
+        )
     finally:
         restore_signals()
         remove_leftovers(run_dir)  # nothing half-written outlives the attempt (a torn save, the staging folder)
     return _conclude(job, attempt, outcome, stop, runs_root=runs_root, registry=registry, supervised=supervised)
 
 
-def _begin_attempt(job: LoadedJob, runs_root: Path, *, resume: bool | str,
-                   supervised: Supervision | None) -> _Attempt:
+def _begin_attempt(job: LoadedJob, runs_root: Path, *, resume: bool | str, supervised: Supervision | None) -> _Attempt:
     """The run folder (new, or an interrupted run to resume), its resume point, and the run set running."""
     if supervised is None:
         run_dir, status, resuming = prepare_run(job, runs_root, resume=resume)
@@ -189,8 +222,16 @@ def _begin_attempt(job: LoadedJob, runs_root: Path, *, resume: bool | str,
     return _Attempt(run_dir, status, resume_from, finish)
 
 
-def _train(job: LoadedJob, attempt: _Attempt, stop: StopRequest, *, runs_root: Path, registry: Path | None,
-           allow_remote_code: bool, command: list[str] | None) -> TrainOutcome:
+def _train(
+    job: LoadedJob,
+    attempt: _Attempt,
+    stop: StopRequest,
+    *,
+    runs_root: Path,
+    registry: Path | None,
+    allow_remote_code: bool,
+    command: list[str] | None,
+) -> TrainOutcome:
     """Resolve the model, write the manifest, and run the job's recipe (in torchrun workers when
     the job has several processes: this process owns the run)."""
     from runner.lineage import resolve_job_model, verify_resume_base
@@ -207,23 +248,33 @@ def _train(job: LoadedJob, attempt: _Attempt, stop: StopRequest, *, runs_root: P
     # relative local:/gguf: paths in a job file are relative to the file, like its data paths;
     # a resumed checkpoint trains on exactly the base it recorded (verified), or the run is refused
     pinned = verify_resume_base(job, resume_from, runs_root=runs_root, registry=registry) if resume_from else None
-    resolved, model_info = resolve_job_model(job, runs_root=runs_root, registry=registry,
-                                             allow_remote_code=allow_remote_code, pinned=pinned)
-    write_manifest(paths.manifest, build_manifest(
-        spec=job.spec.model_dump(mode="json"),
-        spec_sha256=job.sha256,
-        model=model_info,
-        data_fingerprint=data_fingerprint,
-        seed=job.spec.train.seed,
-        command=command or sys.argv,
-        cwd=job.path.parent,
-    ))
+    resolved, model_info = resolve_job_model(
+        job, runs_root=runs_root, registry=registry, allow_remote_code=allow_remote_code, pinned=pinned
+    )
+    write_manifest(
+        paths.manifest,
+        build_manifest(
+            spec=job.spec.model_dump(mode="json"),
+            spec_sha256=job.sha256,
+            model=model_info,
+            data_fingerprint=data_fingerprint,
+            seed=job.spec.train.seed,
+            command=command or sys.argv,
+            cwd=job.path.parent,
+        ),
+    )
     with MetricsLog(paths.metrics) as metrics:
         if resume_from is not None:
             metrics.rewind_to(int(resume_from.name.rsplit("-", 1)[-1]))
         context = RunContext(
-            job=job, run_dir=attempt.run_dir, model_path=resolved.path, model_info=model_info,
-            status=attempt.status, metrics=metrics, stop=stop, resume_from=resume_from,
+            job=job,
+            run_dir=attempt.run_dir,
+            model_path=resolved.path,
+            model_info=model_info,
+            status=attempt.status,
+            metrics=metrics,
+            stop=stop,
+            resume_from=resume_from,
         )
         if job.spec.resources.world_size > 1:
             from runner.train.launch import launch_workers
@@ -232,8 +283,16 @@ def _train(job: LoadedJob, attempt: _Attempt, stop: StopRequest, *, runs_root: P
         return train(context)
 
 
-def _conclude(job: LoadedJob, attempt: _Attempt, outcome: TrainOutcome, stop: StopRequest, *, runs_root: Path,
-              registry: Path | None, supervised: Supervision | None) -> RunResult:
+def _conclude(
+    job: LoadedJob,
+    attempt: _Attempt,
+    outcome: TrainOutcome,
+    stop: StopRequest,
+    *,
+    runs_root: Path,
+    registry: Path | None,
+    supervised: Supervision | None,
+) -> RunResult:
     """How the run ended: interrupted (resumable), or succeeded once its result is registered."""
     from runner.lineage import register_job_result
 
@@ -243,8 +302,12 @@ def _conclude(job: LoadedJob, attempt: _Attempt, outcome: TrainOutcome, stop: St
         how = "the daemon resumes it when it runs again" if supervised else f"`runner run {job.path}` resumes it"
         print(f"interrupted at step {outcome.global_step}; {how}", flush=True)
         return RunResult(run_dir, JobState.INTERRUPTED, "interrupted")
-    summary = {"eval_loss_before": outcome.eval_loss_before, "eval_loss_after": outcome.eval_loss_after,
-               "train_seconds": round(outcome.seconds, 1), **outcome.extra}
+    summary = {
+        "eval_loss_before": outcome.eval_loss_before,
+        "eval_loss_after": outcome.eval_loss_after,
+        "train_seconds": round(outcome.seconds, 1),
+        **outcome.extra,
+    }
     if job.spec.output.register_as:  # before the success is recorded: a job: source may use the entry next
         try:
             print(register_job_result(job, run_dir, runs_root=runs_root, registry=registry), flush=True)
@@ -277,8 +340,11 @@ def _require_data_files(job: LoadedJob) -> None:
     for name in [*job.spec.data.train, *job.spec.data.eval]:
         path = job.resolve_path(name)
         if not is_hub_data(name) and not path.is_file():
-            problem, fix = (("is a folder", "list the data files inside it instead") if path.is_dir() else
-                            ("file not found", f"check the path (resolved to {path.absolute()})"))
+            problem, fix = (
+                ("is a folder", "list the data files inside it instead")
+                if path.is_dir()
+                else ("file not found", f"check the path (resolved to {path.absolute()})")
+            )
             raise DataFileError(name, problem, fix)
 
 

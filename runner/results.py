@@ -21,8 +21,16 @@ from runner.outputs.status import JobState
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ResultError", "base_model_path", "embed_items", "export_result", "find_result", "generate_text",
-           "load_result", "read_embed_inputs"]
+__all__ = [
+    "ResultError",
+    "base_model_path",
+    "embed_items",
+    "export_result",
+    "find_result",
+    "generate_text",
+    "load_result",
+    "read_embed_inputs",
+]
 
 EMBED_BATCH = 32
 
@@ -96,14 +104,19 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
 
     model.eval()
     if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
     else:
         ids = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    new_tokens = out[0, ids["input_ids"].shape[1]:]
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    new_tokens = out[0, ids["input_ids"].shape[1] :]
     text: str = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
     # a completion of special tokens only would read as nothing; show them rather than a blank
     return text or str(tokenizer.decode(new_tokens, skip_special_tokens=False).strip())
@@ -165,8 +178,14 @@ def _input_records(path: Path) -> list[Item]:
     return items
 
 
-def embed_items(adapter_dir: Path, items: list[Item], *, dim: int | None, task: str | None,
-                note: Callable[[str], None] = lambda message: None) -> torch.Tensor:
+def embed_items(
+    adapter_dir: Path,
+    items: list[Item],
+    *,
+    dim: int | None,
+    task: str | None,
+    note: Callable[[str], None] = lambda message: None,
+) -> torch.Tensor:
     """[len(items), dim] float32 unit vectors; `dim` truncates (Matryoshka) and re-normalises;
     `task` picks a multi-task model's adapter. `note` hears about a dim the model was not trained for."""
     import torch
@@ -182,13 +201,14 @@ def embed_items(adapter_dir: Path, items: list[Item], *, dim: int | None, task: 
     vectors = []
     with torch.no_grad():
         for start in range(0, len(items), EMBED_BATCH):
-            vectors.append(model.encode(preprocess(items[start:start + EMBED_BATCH])))
+            vectors.append(model.encode(preprocess(items[start : start + EMBED_BATCH])))
     out = torch.cat(vectors).float()
     return F.normalize(out[:, :dim], dim=-1) if dim is not None else out
 
 
-def _check_embed_request(adapter_dir: Path, info: dict[str, Any], *, dim: int | None, task: str | None,
-                         note: Callable[[str], None]) -> None:
+def _check_embed_request(
+    adapter_dir: Path, info: dict[str, Any], *, dim: int | None, task: str | None, note: Callable[[str], None]
+) -> None:
     if "embedder" not in info:
         raise ResultError(f"{adapter_dir} is not an embedding model's result; use `runner generate` for causal LMs")
     tasks, size = info["embedder"].get("tasks") or [], info["embedder"]["dim"]

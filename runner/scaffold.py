@@ -6,7 +6,7 @@ from pathlib import Path
 
 from runner.spec.schema import render_schema
 
-STARTER_JOB = '''#:schema ../schemas/job.schema.json
+STARTER_JOB = """#:schema ../schemas/job.schema.json
 # A fine-tuning job. `runner validate jobs/` checks it; `runner run jobs/example.toml` runs it;
 # `runner watch jobs/` runs every job in this folder as it is added or changed.
 name = "example"                     # default: the file name
@@ -47,20 +47,20 @@ every = 50
 
 # [output]
 # register_as = "my-model"           # register the result in the model registry
-'''  # noqa: E501 - a line of the starter file as its reader sees it
+"""  # noqa: E501 - a line of the starter file as its reader sees it
 
 STARTER_DATA = (
     '{"instruction": "What is the capital of France?", "input": "", "output": "The capital of France is Paris."}\n'
     '{"instruction": "Reverse the words.", "input": "red green blue", "output": "blue green red"}\n'
 )
 
-TAPLO = '''[[rule]]
+TAPLO = """[[rule]]
 include = ["jobs/**/*.toml"]
 
 [rule.schema]
 path = "./schemas/job.schema.json"
 enabled = true
-'''
+"""
 
 
 def write_starter(root: Path, *, force: bool = False) -> list[Path]:

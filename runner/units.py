@@ -18,8 +18,15 @@ import math
 import re
 from decimal import Decimal
 
-__all__ = ["SIZE_HELP", "SIZE_WITH_UNIT_PATTERN", "format_binary_size", "format_count", "format_size", "parse_size",
-           "short_duration"]
+__all__ = [
+    "SIZE_HELP",
+    "SIZE_WITH_UNIT_PATTERN",
+    "format_binary_size",
+    "format_count",
+    "format_size",
+    "parse_size",
+    "short_duration",
+]
 
 SIZE_HELP = "GB = 10^9 bytes, GiB and G = 2^30 bytes"
 # a size that names its unit, as job files must (a bare number would mean bytes, never what was meant)
@@ -34,8 +41,10 @@ def parse_size(text: str) -> int:
     docstring). Raises ValueError naming what was given and what is accepted."""
     match = _SIZE.fullmatch(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a size: write e.g. 16GB (16 x 10^9 bytes), 16GiB or 16G "
-                         f"(16 x 2^30 bytes), 512MiB, or a number of bytes")
+        raise ValueError(
+            f"{text!r} is not a size: write e.g. 16GB (16 x 10^9 bytes), 16GiB or 16G "
+            f"(16 x 2^30 bytes), 512MiB, or a number of bytes"
+        )
     number, letter, suffix = Decimal(match.group(1)), match.group(2), match.group(3)
     if letter is None:
         return int(number)

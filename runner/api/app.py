@@ -48,7 +48,8 @@ HeaderKey = Annotated[str | None, Security(_header_key)]
 
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"description": "no key, or a wrong one: send `Authorization: Bearer KEY` or `X-API-Key: KEY`"},
-    429: {"description": "too many wrong keys from this address: wait for Retry-After seconds"}}
+    429: {"description": "too many wrong keys from this address: wait for Retry-After seconds"},
+}
 _ERRORS = {"description": "what is wrong, where (file, line, column, key path) and how to fix it"}
 
 
@@ -69,22 +70,50 @@ def _safe_next(value: str | None) -> str:
 
 
 # The request body of POST /datasets/validate, for the OpenAPI document.
-_VALIDATE_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["path"],
-                                     "additionalProperties": False, "properties": {
-        "path": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-                 "description": "file(s) on the server, relative to the first data root"},
-        "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
-        "fields": {"type": "object", "additionalProperties": {"type": "string"}},
-        "image_root": {"type": "string", "description": "the folder image paths of image-text "
-                       "records are relative to, under a data root (default: the file's folder)"}}}},
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                       "additionalProperties": False, "properties": {
-        "file": {"type": "string", "format": "binary"},
-        "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
-        "fields": {"type": "string", "description": "a JSON object: canonical field -> your field"},
-        "image_root": {"type": "string", "description": "the folder image paths are relative to, "
-                       "under a data root (default: the first data root)"}}}}}}}
+_VALIDATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["path"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "path": {
+                            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                            "description": "file(s) on the server, relative to the first data root",
+                        },
+                        "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
+                        "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "image_root": {
+                            "type": "string",
+                            "description": "the folder image paths of image-text "
+                            "records are relative to, under a data root (default: the file's folder)",
+                        },
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "format": {"type": "string", "enum": list(datacheck.DATA_FORMATS), "default": "auto"},
+                        "fields": {"type": "string", "description": "a JSON object: canonical field -> your field"},
+                        "image_root": {
+                            "type": "string",
+                            "description": "the folder image paths are relative to, "
+                            "under a data root (default: the first data root)",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -101,32 +130,50 @@ def _client(request: Request) -> str:
 
 def _refused(verdict: Verdict) -> HTTPException:
     if verdict.status == 429:
-        return HTTPException(429, f"too many wrong keys from this address; try again in {verdict.retry_after:.0f} s",
-                             headers={"Retry-After": str(max(1, round(verdict.retry_after)))})
-    return HTTPException(401, "an API key is needed: send Authorization: Bearer KEY or X-API-Key: KEY",
-                         headers={"WWW-Authenticate": 'Bearer realm="runner"'})
+        return HTTPException(
+            429,
+            f"too many wrong keys from this address; try again in {verdict.retry_after:.0f} s",
+            headers={"Retry-After": str(max(1, round(verdict.retry_after)))},
+        )
+    return HTTPException(
+        401,
+        "an API key is needed: send Authorization: Bearer KEY or X-API-Key: KEY",
+        headers={"WWW-Authenticate": 'Bearer realm="runner"'},
+    )
 
 
 def create_app(settings: ApiSettings) -> Guard:
-    app = FastAPI(default_response_class=AsciiJSONResponse,
+    app = FastAPI(
+        default_response_class=AsciiJSONResponse,
         title="runner API",
         version=_version(),
-        description=("Jobs, runs, metrics and data checks of one `runner watch` jobs folder. Every endpoint but "
-                     "`/livez` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`. Non-finite numbers in "
-                     "metrics and statuses are given as the strings \"NaN\", \"Infinity\" and \"-Infinity\"."),
-        openapi_url=None, docs_url=None, redoc_url=None,
+        description=(
+            "Jobs, runs, metrics and data checks of one `runner watch` jobs folder. Every endpoint but "
+            "`/livez` needs `Authorization: Bearer KEY` or `X-API-Key: KEY`. Non-finite numbers in "
+            'metrics and statuses are given as the strings "NaN", "Infinity" and "-Infinity".'
+        ),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     limits = settings.limits
-    gate = Gate(settings.keys, failures_per_minute=limits.auth_failures_per_minute,
-                session_ttl=limits.session_ttl, max_sessions=limits.max_sessions)
+    gate = Gate(
+        settings.keys,
+        failures_per_minute=limits.auth_failures_per_minute,
+        session_ttl=limits.session_ttl,
+        max_sessions=limits.max_sessions,
+    )
     job_index = JobIndex(settings.jobs_dir)
 
     async def require_key(request: Request, credentials: Bearer = None, api_key: HeaderKey = None) -> None:
         """A key in a header; for reads, the dashboard's session cookie also does."""
         presented = credentials.credentials if credentials is not None else api_key
-        if presented is None and request.method in ("GET", "HEAD") \
-                and gate.sessions.valid(request.cookies.get(COOKIE_NAME)):
+        if (
+            presented is None
+            and request.method in ("GET", "HEAD")
+            and gate.sessions.valid(request.cookies.get(COOKIE_NAME))
+        ):
             return
         verdict = gate.check_key(presented, _client(request))
         if not verdict.ok:
@@ -147,7 +194,8 @@ def create_app(settings: ApiSettings) -> Guard:
         """For the guard's share of request slots: a valid key or session (no throttle accounting)."""
         connection = HTTPConnection(scope)
         return settings.keys.check(presented_key(connection.headers)) or gate.sessions.valid(
-            connection.cookies.get(COOKIE_NAME))
+            connection.cookies.get(COOKIE_NAME)
+        )
 
     return Guard(app, settings, holds_key)
 
@@ -159,54 +207,97 @@ def _job_routes(app: FastAPI, settings: ApiSettings, job_index: JobIndex, keyed:
     def livez() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], dependencies=keyed, responses={**_UNAUTHORIZED, 503: {"description": "not ready"}},
-             summary="a daemon holds the jobs folder's lock and the queue is readable")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        dependencies=keyed,
+        responses={**_UNAUTHORIZED, 503: {"description": "not ready"}},
+        summary="a daemon holds the jobs folder's lock and the queue is readable",
+    )
     def readyz() -> JSONResponse:
         ready, body = views.readiness(settings)
         return AsciiJSONResponse(body, status_code=200 if ready else 503)
 
     # ------------------------------------------------------------------ jobs
 
-    @app.get("/jobs", tags=["jobs"], dependencies=keyed, responses=_UNAUTHORIZED,
-             summary="every job's newest run (and any older run still pending): state, progress, loss, ETA")
+    @app.get(
+        "/jobs",
+        tags=["jobs"],
+        dependencies=keyed,
+        responses=_UNAUTHORIZED,
+        summary="every job's newest run (and any older run still pending): state, progress, loss, ETA",
+    )
     def list_jobs() -> dict[str, Any]:
         return {"jobs": views.jobs_table(settings)}
 
-    @app.post("/jobs", tags=["jobs"], dependencies=keyed, status_code=201,
-              summary="submit a job file (TOML); validated like `runner validate`, written into the jobs folder",
-              responses={**_UNAUTHORIZED, 200: {"description": "the same file is already there: nothing changed"},
-                         403: {"description": "the job names paths outside the allowed data roots"},
-                         409: {"description": "the name clashes with another file of the jobs folder"},
-                         413: {"description": "the body is over the size limit"},
-                         422: _ERRORS},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/toml": {"schema": {"type": "string"}},
-                  "text/plain": {"schema": {"type": "string"}}}}})
-    async def submit(request: Request,
-                     name: Annotated[str | None, Query(description="the job name, when the file sets none")] = None
-                     ) -> JSONResponse:
+    @app.post(
+        "/jobs",
+        tags=["jobs"],
+        dependencies=keyed,
+        status_code=201,
+        summary="submit a job file (TOML); validated like `runner validate`, written into the jobs folder",
+        responses={
+            **_UNAUTHORIZED,
+            200: {"description": "the same file is already there: nothing changed"},
+            403: {"description": "the job names paths outside the allowed data roots"},
+            409: {"description": "the name clashes with another file of the jobs folder"},
+            413: {"description": "the body is over the size limit"},
+            422: _ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/toml": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def submit(
+        request: Request, name: Annotated[str | None, Query(description="the job name, when the file sets none")] = None
+    ) -> JSONResponse:
         arrived = request.scope["state"]["arrival"]
         data = await request.body()
         status, body = await run_in_threadpool(submit_job, settings, job_index, data, name, arrived)
         return AsciiJSONResponse(body, status_code=status)
 
-    @app.get("/jobs/{name}", tags=["jobs"], dependencies=keyed, responses={**_UNAUTHORIZED, 404: {"description": "no such job"}},
-             summary="a run's status: state, reason, attempt, progress, model, adapter / LoRA settings, errors")
+    @app.get(
+        "/jobs/{name}",
+        tags=["jobs"],
+        dependencies=keyed,
+        responses={**_UNAUTHORIZED, 404: {"description": "no such job"}},
+        summary="a run's status: state, reason, attempt, progress, model, adapter / LoRA settings, errors",
+    )
     def get_job(name: JobName, run: RunId = None) -> dict[str, Any]:
         return views.job_detail(settings, name, run)
 
-    @app.get("/jobs/{name}/metrics", tags=["jobs"], dependencies=keyed,
-             responses={**_UNAUTHORIZED, 404: {"description": "no such job"}},
-             summary="the run's metrics.jsonl records; with since=STEP only those logged after that step")
-    def get_metrics(name: JobName, run: RunId = None,
-                    since: Annotated[int | None, Query(ge=0, description="only records with step > since")] = None
-                    ) -> dict[str, Any]:
+    @app.get(
+        "/jobs/{name}/metrics",
+        tags=["jobs"],
+        dependencies=keyed,
+        responses={**_UNAUTHORIZED, 404: {"description": "no such job"}},
+        summary="the run's metrics.jsonl records; with since=STEP only those logged after that step",
+    )
+    def get_metrics(
+        name: JobName,
+        run: RunId = None,
+        since: Annotated[int | None, Query(ge=0, description="only records with step > since")] = None,
+    ) -> dict[str, Any]:
         return views.job_metrics(settings, name, since, run)
 
-    @app.post("/jobs/{name}/cancel", tags=["jobs"], dependencies=keyed, status_code=202,
-              responses={**_UNAUTHORIZED, 404: {"description": "no such job"},
-                         409: {"description": "the job has no queued, running or interrupted run"}},
-              summary="cancel the job's pending runs, as `runner cancel` does")
+    @app.post(
+        "/jobs/{name}/cancel",
+        tags=["jobs"],
+        dependencies=keyed,
+        status_code=202,
+        responses={
+            **_UNAUTHORIZED,
+            404: {"description": "no such job"},
+            409: {"description": "the job has no queued, running or interrupted run"},
+        },
+        summary="cancel the job's pending runs, as `runner cancel` does",
+    )
     def cancel(name: JobName) -> JSONResponse:
         status, body = views.cancel_job(settings, name)
         return AsciiJSONResponse(body, status_code=status)
@@ -215,12 +306,21 @@ def _job_routes(app: FastAPI, settings: ApiSettings, job_index: JobIndex, keyed:
 def _dataset_routes(app: FastAPI, settings: ApiSettings, keyed: list[Any]) -> None:
     # -------------------------------------------------------------- datasets
 
-    @app.post("/datasets/validate", tags=["data"], dependencies=keyed,
-              summary="check a data file as a job would: format, record count, every bad record with its location",
-              responses={**_UNAUTHORIZED, 403: {"description": "the path is outside the allowed data roots"},
-                         404: {"description": "no such file"}, 413: {"description": "the upload is too large"},
-                         415: {"description": "neither JSON nor multipart/form-data"}, 422: _ERRORS},
-              openapi_extra=_VALIDATE_BODY)
+    @app.post(
+        "/datasets/validate",
+        tags=["data"],
+        dependencies=keyed,
+        summary="check a data file as a job would: format, record count, every bad record with its location",
+        responses={
+            **_UNAUTHORIZED,
+            403: {"description": "the path is outside the allowed data roots"},
+            404: {"description": "no such file"},
+            413: {"description": "the upload is too large"},
+            415: {"description": "neither JSON nor multipart/form-data"},
+            422: _ERRORS,
+        },
+        openapi_extra=_VALIDATE_BODY,
+    )
     async def validate_dataset(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "application/json":
@@ -229,8 +329,11 @@ def _dataset_routes(app: FastAPI, settings: ApiSettings, keyed: list[Any]) -> No
             return await run_in_threadpool(datacheck.check, settings, sources, asked)
         if kind == "multipart/form-data":
             return await _validate_upload(request)
-        raise ApiError(415, 'send application/json {"path": ..., "format": ...} or multipart/form-data with a '
-                            "'file' part (and optionally 'format', 'fields' and 'image_root')")
+        raise ApiError(
+            415,
+            'send application/json {"path": ..., "format": ...} or multipart/form-data with a '
+            "'file' part (and optionally 'format', 'fields' and 'image_root')",
+        )
 
     async def _validate_upload(request: Request) -> dict[str, Any]:
         """The multipart parser streams the file part to a spooled temporary file (on disk past 1 MiB);
@@ -242,8 +345,10 @@ def _dataset_routes(app: FastAPI, settings: ApiSettings, keyed: list[Any]) -> No
         try:
             unknown = sorted(set(form.keys()) - {"file", "format", "fields", "image_root"})
             if unknown:
-                raise ApiError(422, f"unknown part(s) {', '.join(map(repr, unknown))[:300]}; expected file, format, "
-                                    "fields, image_root")
+                raise ApiError(
+                    422,
+                    f"unknown part(s) {', '.join(map(repr, unknown))[:300]}; expected file, format, fields, image_root",
+                )
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
                 raise ApiError(422, "multipart/form-data needs a file part named 'file'")
@@ -251,8 +356,9 @@ def _dataset_routes(app: FastAPI, settings: ApiSettings, keyed: list[Any]) -> No
             if not all(t is None or isinstance(t, str) for t in texts):
                 raise ApiError(422, "'format', 'fields' and 'image_root' are text parts")
             data_format, raw_fields, image_root = (t if isinstance(t, str) else None for t in texts)
-            asked = datacheck.ValidateRequest([], str(data_format or "auto"), datacheck.parse_form_fields(raw_fields),
-                                              image_root or None)
+            asked = datacheck.ValidateRequest(
+                [], str(data_format or "auto"), datacheck.parse_form_fields(raw_fields), image_root or None
+            )
             name = datacheck.upload_name(upload.filename)
             source = datacheck.Source(name, lambda: contextlib.nullcontext(upload.file), Path(name).suffix)
             return await run_in_threadpool(datacheck.check, settings, [source], asked)
@@ -338,17 +444,31 @@ def _session_routes(app: FastAPI, settings: ApiSettings, gate: Gate) -> None:
             next_path = _safe_next((form.get("next") or ["/"])[0])
         verdict = gate.check_key(key or None, _client(request))
         if not verdict.ok:
-            message = ("Too many wrong keys from this address; try again in "
-                       f"{verdict.retry_after:.0f} s." if verdict.status == 429 else "That key was not accepted.")
+            message = (
+                f"Too many wrong keys from this address; try again in {verdict.retry_after:.0f} s."
+                if verdict.status == 429
+                else "That key was not accepted."
+            )
             headers = {"Retry-After": str(max(1, round(verdict.retry_after)))} if verdict.status == 429 else None
             if from_form:
-                return HTMLResponse(dashboard.login_page(next_path, message), status_code=verdict.status,
-                                    headers=headers)
+                return HTMLResponse(
+                    dashboard.login_page(next_path, message), status_code=verdict.status, headers=headers
+                )
             return AsciiJSONResponse({"detail": message}, status_code=verdict.status, headers=headers)
-        response: Response = (RedirectResponse(next_path, status_code=303) if from_form
-                              else AsciiJSONResponse({"ok": True, "expires_in": int(limits.session_ttl)}))
-        response.set_cookie(COOKIE_NAME, gate.sessions.open(), max_age=int(limits.session_ttl), httponly=True,
-                            samesite="strict", path="/", secure=over_tls(request))
+        response: Response = (
+            RedirectResponse(next_path, status_code=303)
+            if from_form
+            else AsciiJSONResponse({"ok": True, "expires_in": int(limits.session_ttl)})
+        )
+        response.set_cookie(
+            COOKIE_NAME,
+            gate.sessions.open(),
+            max_age=int(limits.session_ttl),
+            httponly=True,
+            samesite="strict",
+            path="/",
+            secure=over_tls(request),
+        )
         return response
 
     @app.post("/logout", include_in_schema=False)

@@ -27,8 +27,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["COOKIE_NAME", "KEY_ENV", "MIN_KEY_LENGTH", "ApiKeyError", "ApiKeys", "FailureThrottle", "Gate", "Sessions",
-           "Verdict", "generated_key", "presented_key"]
+__all__ = [
+    "COOKIE_NAME",
+    "KEY_ENV",
+    "MIN_KEY_LENGTH",
+    "ApiKeyError",
+    "ApiKeys",
+    "FailureThrottle",
+    "Gate",
+    "Sessions",
+    "Verdict",
+    "generated_key",
+    "presented_key",
+]
 
 KEY_ENV = "RUNNER_API_KEY"
 MIN_KEY_LENGTH = 16
@@ -48,8 +59,7 @@ def _digest(key: str) -> bytes:
 
 def _check_length(key: str, where: str) -> None:
     if len(key) < MIN_KEY_LENGTH:
-        raise ApiKeyError(f"{where}: an API key needs at least {MIN_KEY_LENGTH} characters "
-                        f"(make one with {_MAKE_ONE})")
+        raise ApiKeyError(f"{where}: an API key needs at least {MIN_KEY_LENGTH} characters (make one with {_MAKE_ONE})")
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,9 @@ class ApiKeys:
                 text = key_file.read_text(encoding="utf-8")
                 mode = key_file.stat().st_mode
             except OSError as exc:
-                raise ApiKeyError(f"{key_file}: cannot read the API key file ({exc.strerror}); "
-                                "check the path given to --api-key-file") from None
+                raise ApiKeyError(
+                    f"{key_file}: cannot read the API key file ({exc.strerror}); check the path given to --api-key-file"
+                ) from None
             raw_keys = 0
             for number, line in enumerate(text.splitlines(), start=1):
                 entry = line.strip()
@@ -96,11 +107,15 @@ class ApiKeys:
                     digests.append(_digest(entry))
                     raw_keys += 1
             if len(digests) == (1 if value else 0):
-                raise ApiKeyError(f"{key_file}: no key in the API key file; write one key per line "
-                                f"(or sha256:HEX of a key), e.g. from {_MAKE_ONE}")
+                raise ApiKeyError(
+                    f"{key_file}: no key in the API key file; write one key per line "
+                    f"(or sha256:HEX of a key), e.g. from {_MAKE_ONE}"
+                )
             if raw_keys and mode & 0o077:
-                warnings.append(f"{key_file} holds keys and is readable by other users; chmod 600 it "
-                                "(or store sha256:HEX lines instead of the keys)")
+                warnings.append(
+                    f"{key_file} holds keys and is readable by other users; chmod 600 it "
+                    "(or store sha256:HEX lines instead of the keys)"
+                )
             sources.append(str(key_file))
         return cls(tuple(digests), tuple(sources), tuple(warnings))
 
@@ -164,8 +179,7 @@ class FailureThrottle:
     needs only this one bucket, in memory, at most `max_clients` addresses (the emptiest and
     stalest forgotten first)."""
 
-    def __init__(self, per_minute: int, max_clients: int = 4096,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_minute: int, max_clients: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity, self.rate = float(per_minute), per_minute / 60.0
         self.max_clients, self._clock = max_clients, clock
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when)

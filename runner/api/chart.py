@@ -66,21 +66,32 @@ def _span(values: Sequence[float], pad: float) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def line_chart(series: Sequence[Series], *, title: str, width: int = 640, height: int = 260,
-               x_label: str = "step", css_class: str = "chart") -> str:
+def line_chart(
+    series: Sequence[Series],
+    *,
+    title: str,
+    width: int = 640,
+    height: int = 260,
+    x_label: str = "step",
+    css_class: str = "chart",
+) -> str:
     """An SVG chart of every series (x: step); an empty chart says that nothing is logged yet."""
     drawn = [Series(s.name, downsample(s.points), s.color, s.markers) for s in series]
     drawn = [s for s in drawn if s.points]
     left, right, top, bottom = 58, 14, 30, 40
     plot_w, plot_h = width - left - right, height - top - bottom
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="{escape(css_class)}" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
-             f"<title>{escape(title)}</title>",
-             f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#111827">{escape(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#ffffff" stroke="#d1d5db"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{escape(css_class)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="18" font-size="13" font-weight="600" fill="#111827">{escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#ffffff" stroke="#d1d5db"/>',
+    ]
     if not drawn:
-        parts.append(f'<text class="chart-empty" x="{left + plot_w / 2}" y="{top + plot_h / 2}" font-size="12" '
-                     f'text-anchor="middle" fill="#6b7280">nothing logged yet</text></svg>')
+        parts.append(
+            f'<text class="chart-empty" x="{left + plot_w / 2}" y="{top + plot_h / 2}" font-size="12" '
+            f'text-anchor="middle" fill="#6b7280">nothing logged yet</text></svg>'
+        )
         return "".join(parts)
     xs = [p[0] for s in drawn for p in s.points]
     ys = [p[1] for s in drawn for p in s.points]
@@ -95,34 +106,46 @@ def line_chart(series: Sequence[Series], *, title: str, width: int = 640, height
 
     for tick in nice_ticks(y0, y1):
         y = sy(tick)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#f1f5f9"/>'
-                     f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#4b5563">'
-                     f"{_label(tick)}</text>")
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#f1f5f9"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#4b5563">'
+            f"{_label(tick)}</text>"
+        )
     for tick in nice_ticks(x0, x1, 6):
         if float(tick).is_integer() or x1 - x0 < 6:
             x = sx(tick)
-            parts.append(f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#9ca3af"/>'
-                         f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" '
-                         f'fill="#4b5563">{_label(tick)}</text>')
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" font-size="11" text-anchor="middle" '
-                 f'fill="#4b5563">{escape(x_label)}</text>')
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}" stroke="#9ca3af"/>'
+                f'<text x="{x:.1f}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle" '
+                f'fill="#4b5563">{_label(tick)}</text>'
+            )
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 6}" font-size="11" text-anchor="middle" '
+        f'fill="#4b5563">{escape(x_label)}</text>'
+    )
     for s in drawn:
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s.points)
         name = escape(s.name)
         if len(s.points) > 1:
-            parts.append(f'<polyline class="series" data-series="{name}" data-points="{len(s.points)}" fill="none" '
-                         f'stroke="{s.color}" stroke-width="1.8" stroke-linejoin="round" points="{coords}"/>')
+            parts.append(
+                f'<polyline class="series" data-series="{name}" data-points="{len(s.points)}" fill="none" '
+                f'stroke="{s.color}" stroke-width="1.8" stroke-linejoin="round" points="{coords}"/>'
+            )
         if s.markers or len(s.points) == 1:
-            parts.extend(f'<circle class="marker" data-series="{name}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" '
-                         f'fill="{s.color}"><title>{name} {_label(y)} at {x_label} {_label(x)}</title></circle>'
-                         for x, y in s.points[-200:])
+            parts.extend(
+                f'<circle class="marker" data-series="{name}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" '
+                f'fill="{s.color}"><title>{name} {_label(y)} at {x_label} {_label(x)}</title></circle>'
+                for x, y in s.points[-200:]
+            )
     legend_x = left + plot_w - 8
     for i, s in enumerate(reversed(drawn)):
         y = top + 14 + 16 * (len(drawn) - 1 - i)
         last = s.points[-1][1]
-        parts.append(f'<rect x="{legend_x - 150}" y="{y - 9}" width="10" height="10" fill="{s.color}"/>'
-                     f'<text x="{legend_x - 136}" y="{y}" font-size="11" fill="#111827">{escape(s.name)} '
-                     f"{_label(last)}</text>")
+        parts.append(
+            f'<rect x="{legend_x - 150}" y="{y - 9}" width="10" height="10" fill="{s.color}"/>'
+            f'<text x="{legend_x - 136}" y="{y}" font-size="11" fill="#111827">{escape(s.name)} '
+            f"{_label(last)}</text>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -136,8 +159,12 @@ def sparkline(points: Sequence[Point], *, width: int = 120, height: int = 28, co
     x0, x1 = min(xs), max(xs)
     y0, y1 = _span(ys, 0.08)
     span_x = (x1 - x0) or 1.0
-    coords = " ".join(f"{2 + (x - x0) / span_x * (width - 4):.1f},{height - 2 - (y - y0) / (y1 - y0) * (height - 4):.1f}"
-                      for x, y in pts)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {width} {height}" width="{width}" '
-            f'height="{height}" role="img" aria-label="loss curve"><polyline class="series" data-series="loss" '
-            f'data-points="{len(pts)}" fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/></svg>')
+    coords = " ".join(
+        f"{2 + (x - x0) / span_x * (width - 4):.1f},{height - 2 - (y - y0) / (y1 - y0) * (height - 4):.1f}"
+        for x, y in pts
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" role="img" aria-label="loss curve"><polyline class="series" data-series="loss" '
+        f'data-points="{len(pts)}" fill="none" stroke="{color}" stroke-width="1.5" points="{coords}"/></svg>'
+    )

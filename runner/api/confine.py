@@ -43,8 +43,10 @@ class OutsideRoots(Exception):
     roots: tuple[Path, ...]
 
     def __str__(self) -> str:
-        return (f"{self.path} is outside the allowed data roots ({', '.join(map(str, self.roots))}); "
-                "put the file under one of them, or start the API with --api-data-root FOLDER")
+        return (
+            f"{self.path} is outside the allowed data roots ({', '.join(map(str, self.roots))}); "
+            "put the file under one of them, or start the API with --api-data-root FOLDER"
+        )
 
 
 def confine(path: Path, roots: Sequence[Path], *, shown: str | None = None) -> Path:
@@ -65,8 +67,11 @@ def _named_paths(job: LoadedJob) -> list[tuple[tuple[str | int, ...], Path]]:
     data = found_data if isinstance(found_data := job.raw.get("data"), dict) else {}
     for key in ("train", "eval"):
         value = data.get(key)
-        items = [(("data", key), value)] if isinstance(value, str) else \
-            [(("data", key, i), item) for i, item in enumerate(value or []) if isinstance(item, str)]
+        items = (
+            [(("data", key), value)]
+            if isinstance(value, str)
+            else [(("data", key, i), item) for i, item in enumerate(value or []) if isinstance(item, str)]
+        )
         # an hf: data set is not a path here: it is read from the datasets cache (or the Hub)
         found.extend((where, job.resolve_path(item)) for where, item in items if not item.startswith("hf:"))
     if isinstance(data.get("image_root"), str):
@@ -82,8 +87,9 @@ def _named_paths(job: LoadedJob) -> list[tuple[tuple[str | int, ...], Path]]:
     return found
 
 
-def job_paths_outside(job: LoadedJob, text: str, display: str, roots: Sequence[Path],
-                      located: int = 100) -> list[SpecIssue]:
+def job_paths_outside(
+    job: LoadedJob, text: str, display: str, roots: Sequence[Path], located: int = 100
+) -> list[SpecIssue]:
     """One issue per path of the job that lies outside the roots (or is no usable path); the first
     `located` carry their line and column (an answer lists no more than that)."""
     positions = SourceMap(text)

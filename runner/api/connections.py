@@ -114,8 +114,9 @@ def protocol_class(limits: Limits) -> type[H11Protocol]:
             self.deadline: asyncio.TimerHandle | None = None
             self.address = self.client[0] if self.client else "?"
             if not table.admit(self, self.address):
-                log.warning("refused a connection from %s: every connection under the caps is answering a request",
-                            self.address)
+                log.warning(
+                    "refused a connection from %s: every connection under the caps is answering a request", self.address
+                )
                 self.activity = BUSY  # never chosen to make room while it closes
                 transport.close()
                 return

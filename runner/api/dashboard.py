@@ -64,9 +64,13 @@ class _MetricsCache:
             if not isinstance(step, int):
                 continue
             for name, value in record.items():
-                if (name in ("loss", *_PREFERENCE) or name.startswith("eval_")) and isinstance(value, (int, float)) \
-                        and not isinstance(value, bool) and math.isfinite(value) \
-                        and not name.endswith(_EVAL_NOISE):
+                if (
+                    (name in ("loss", *_PREFERENCE) or name.startswith("eval_"))
+                    and isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and not name.endswith(_EVAL_NOISE)
+                ):
                     curves.setdefault(name, []).append((float(step), float(value)))
         with self._lock:
             self._entries[key] = (stamp, curves)
@@ -84,13 +88,15 @@ CURVES = _MetricsCache()
 
 def _page(title: str, body: str, *, refresh: bool = True) -> str:
     noscript = '<noscript><meta http-equiv="refresh" content="10"></noscript>' if refresh else ""
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
-            f"<link rel=\"stylesheet\" href=\"/static/dashboard.css\">{noscript}"
-            "<script src=\"/static/dashboard.js\" defer></script></head>"
-            f"<body><header><a class=\"brand\" href=\"/\">runner</a><span class=\"sub\">{escape(title)}</span>"
-            "<form class=\"logout\" method=\"post\" action=\"/logout\"><button type=\"submit\">log out</button></form>"
-            f"</header><main>{body}</main></body></html>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+        f'<link rel="stylesheet" href="/static/dashboard.css">{noscript}'
+        '<script src="/static/dashboard.js" defer></script></head>'
+        f'<body><header><a class="brand" href="/">runner</a><span class="sub">{escape(title)}</span>'
+        '<form class="logout" method="post" action="/logout"><button type="submit">log out</button></form>'
+        f"</header><main>{body}</main></body></html>"
+    )
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -121,8 +127,10 @@ def _progress_bar(status: Status) -> str:
     if not status.total_steps:
         return escape(str(status.step))
     fraction = max(0.0, min(1.0, status.step / status.total_steps))
-    return (f'<progress max="{status.total_steps}" value="{status.step}">{fraction:.0%}</progress> '
-            f'<span class="steps">{status.step}/{status.total_steps}</span>')
+    return (
+        f'<progress max="{status.total_steps}" value="{status.step}">{fraction:.0%}</progress> '
+        f'<span class="steps">{status.step}/{status.total_steps}</span>'
+    )
 
 
 def _reason(status: Status) -> str:
@@ -141,22 +149,28 @@ def _reason(status: Status) -> str:
 def login_page(next_path: str, message: str | None = None) -> str:
     """What an unauthenticated browser gets: a form for the key (or a `#key=` link, via the script)."""
     note = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
-    body = (f'<section class="login"><h1>API key needed</h1>{note}'
-            "<p>This dashboard is closed: enter the API key the daemon was started with "
-            "(<code>RUNNER_API_KEY</code>, <code>--api-key-file</code>, or the generated "
-            "<code>api.key</code> in the daemon's state folder).</p>"
-            '<form id="login" method="post" action="/login">'
-            f'<input type="hidden" name="next" value="{escape(next_path)}">'
-            '<label>API key <input type="password" name="key" autocomplete="current-password" required></label> '
-            '<button type="submit">Open the dashboard</button></form>'
-            '<p class="hint">A link of the form <code>http://HOST:PORT/#key=KEY</code> logs in directly; '
-            "the key stays in the browser (a fragment is never sent to the server).</p></section>")
+    body = (
+        f'<section class="login"><h1>API key needed</h1>{note}'
+        "<p>This dashboard is closed: enter the API key the daemon was started with "
+        "(<code>RUNNER_API_KEY</code>, <code>--api-key-file</code>, or the generated "
+        "<code>api.key</code> in the daemon's state folder).</p>"
+        '<form id="login" method="post" action="/login">'
+        f'<input type="hidden" name="next" value="{escape(next_path)}">'
+        '<label>API key <input type="password" name="key" autocomplete="current-password" required></label> '
+        '<button type="submit">Open the dashboard</button></form>'
+        '<p class="hint">A link of the form <code>http://HOST:PORT/#key=KEY</code> logs in directly; '
+        "the key stays in the browser (a fragment is never sent to the server).</p></section>"
+    )
     return _page("log in", body, refresh=False)
 
 
 def error_page(status: int, detail: str) -> str:
-    return _page(f"error {status}", f'<p class="crumbs"><a href="/">jobs</a></p><h1>{status}</h1>'
-                                    f'<p class="error" role="alert">{escape(detail)}</p>', refresh=False)
+    return _page(
+        f"error {status}",
+        f'<p class="crumbs"><a href="/">jobs</a></p><h1>{status}</h1>'
+        f'<p class="error" role="alert">{escape(detail)}</p>',
+        refresh=False,
+    )
 
 
 def jobs_table(settings: ApiSettings) -> str:
@@ -164,30 +178,38 @@ def jobs_table(settings: ApiSettings) -> str:
     rows = job_rows(settings)
     now = datetime.now(UTC)
     if not rows:
-        return ('<p class="empty" id="jobs-empty">No runs yet. Put a job file into '
-                f"<code>{escape(str(settings.jobs_dir))}</code> or submit one with <code>POST /jobs</code>.</p>")
-    out = ['<table class="jobs" id="jobs-table"><thead><tr><th>job</th><th>state</th><th>attempt</th>'
-           "<th>progress</th><th>ETA</th><th>loss</th><th>loss curve</th><th>updated</th><th>reason</th>"
-           "</tr></thead><tbody>"]
+        return (
+            '<p class="empty" id="jobs-empty">No runs yet. Put a job file into '
+            f"<code>{escape(str(settings.jobs_dir))}</code> or submit one with <code>POST /jobs</code>.</p>"
+        )
+    out = [
+        '<table class="jobs" id="jobs-table"><thead><tr><th>job</th><th>state</th><th>attempt</th>'
+        "<th>progress</th><th>ETA</th><th>loss</th><th>loss curve</th><th>updated</th><th>reason</th>"
+        "</tr></thead><tbody>"
+    ]
     for run, status in rows:
         curves = CURVES.curves(run_paths(run).metrics)
         eta = short_duration(status.eta_seconds) if status.state is JobState.RUNNING else "-"
         link = f"/ui/jobs/{quote(status.job)}?run={quote(run.name)}"
-        out.append(f'<tr data-job="{escape(status.job)}" data-state="{escape(str(status.state))}">'
-                   f'<td><a href="{escape(link)}">{escape(status.job)}</a><div class="run">{escape(run.name)}</div></td>'
-                   f"<td>{_badge(status.state)}</td><td>{status.attempt}</td><td>{_progress_bar(status)}</td>"
-                   f"<td>{eta}</td><td>{_number(status.loss)}</td>"
-                   f'<td>{sparkline(curves.get("loss", []))}</td>'
-                   f"<td>{_ago(status.updated, now)}</td><td class=\"reason\">{_reason(status)}</td></tr>")
+        out.append(
+            f'<tr data-job="{escape(status.job)}" data-state="{escape(str(status.state))}">'
+            f'<td><a href="{escape(link)}">{escape(status.job)}</a><div class="run">{escape(run.name)}</div></td>'
+            f"<td>{_badge(status.state)}</td><td>{status.attempt}</td><td>{_progress_bar(status)}</td>"
+            f"<td>{eta}</td><td>{_number(status.loss)}</td>"
+            f"<td>{sparkline(curves.get('loss', []))}</td>"
+            f'<td>{_ago(status.updated, now)}</td><td class="reason">{_reason(status)}</td></tr>'
+        )
     out.append("</tbody></table>")
     return "".join(out)
 
 
 def index_page(settings: ApiSettings) -> str:
-    body = ("<h1>Jobs</h1>"
-            f'<p class="meta">jobs folder <code>{escape(str(settings.jobs_dir))}</code> &middot; runs '
-            f'<code>{escape(str(settings.runs_root))}</code></p>'
-            f'<div id="jobs" data-refresh="/ui/jobs-table" data-every="3000">{jobs_table(settings)}</div>')
+    body = (
+        "<h1>Jobs</h1>"
+        f'<p class="meta">jobs folder <code>{escape(str(settings.jobs_dir))}</code> &middot; runs '
+        f"<code>{escape(str(settings.runs_root))}</code></p>"
+        f'<div id="jobs" data-refresh="/ui/jobs-table" data-every="3000">{jobs_table(settings)}</div>'
+    )
     return _page("jobs", body)
 
 
@@ -198,15 +220,26 @@ def _charts(run: Path) -> str:
         loss.append(Series("eval loss", curves["eval_loss"], PALETTE[1], markers=True))
     parts = [line_chart(loss, title="loss", css_class="chart chart-loss")]
     for name in (n for n in _PREFERENCE if curves.get(n) or curves.get(f"eval_{n}")):
-        series = [Series("train", curves.get(name, []), PALETTE[0]),
-                  Series("eval", curves.get(f"eval_{name}", []), PALETTE[1], markers=True)]
-        parts.append(line_chart(series, title=name.replace("_", " "), css_class=f"chart chart-{name.replace('_', '-')}"))
+        series = [
+            Series("train", curves.get(name, []), PALETTE[0]),
+            Series("eval", curves.get(f"eval_{name}", []), PALETTE[1], markers=True),
+        ]
+        parts.append(
+            line_chart(series, title=name.replace("_", " "), css_class=f"chart chart-{name.replace('_', '-')}")
+        )
     # rewards and summed log-probabilities live on scales of their own: charted above, or not at all
-    others = sorted(name for name in curves if name.startswith("eval_") and name != "eval_loss"
-                    and not name.startswith(("eval_reward_", "eval_logp_chosen", "eval_logp_rejected")))[:8]
+    others = sorted(
+        name
+        for name in curves
+        if name.startswith("eval_")
+        and name != "eval_loss"
+        and not name.startswith(("eval_reward_", "eval_logp_chosen", "eval_logp_rejected"))
+    )[:8]
     if others:
-        series = [Series(name.removeprefix("eval_"), curves[name], PALETTE[(i + 2) % len(PALETTE)], markers=True)
-                  for i, name in enumerate(others)]
+        series = [
+            Series(name.removeprefix("eval_"), curves[name], PALETTE[(i + 2) % len(PALETTE)], markers=True)
+            for i, name in enumerate(others)
+        ]
         parts.append(line_chart(series, title="evaluation", css_class="chart chart-eval"))
     return f'<div class="charts">{"".join(parts)}</div>'
 
@@ -214,11 +247,17 @@ def _charts(run: Path) -> str:
 def _facts(status: Status, detail: dict[str, Any]) -> str:
     model = detail.get("model") or {}
     adapter = status.adapter or detail.get("adapter")
-    adapter_text = ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in adapter.items()
-                             ) if isinstance(adapter, dict) else "-"
+    adapter_text = (
+        ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in adapter.items())
+        if isinstance(adapter, dict)
+        else "-"
+    )
     eval_loss = status.extra.get("eval_loss")
     facts = [
-        ("state", _badge(status.state) + (f" <span class=\"reason\">{_reason(status)}</span>" if _reason(status) else "")),
+        (
+            "state",
+            _badge(status.state) + (f' <span class="reason">{_reason(status)}</span>' if _reason(status) else ""),
+        ),
         ("attempt", str(status.attempt)),
         ("progress", _progress_bar(status)),
         ("epoch", _number(status.epoch)),
@@ -239,9 +278,12 @@ def _errors(status: Status) -> str:
     issues = found if isinstance(found := status.extra.get("errors"), list) else []
     if not status.error and not issues:
         return '<section class="errors none"><h2>Errors</h2><p>none</p></section>'
-    items = "".join(f"<li><code>{escape(str(i.get('file')))}:{escape(str(i.get('line')))}:{escape(str(i.get('column')))}"
-                    f"</code> {escape(str(i.get('path') or ''))} {escape(str(i.get('message')))}</li>"
-                    for i in issues if isinstance(i, dict))
+    items = "".join(
+        f"<li><code>{escape(str(i.get('file')))}:{escape(str(i.get('line')))}:{escape(str(i.get('column')))}"
+        f"</code> {escape(str(i.get('path') or ''))} {escape(str(i.get('message')))}</li>"
+        for i in issues
+        if isinstance(i, dict)
+    )
     listed = f"<ul>{items}</ul>" if items else ""
     text = f"<pre>{escape(status.error)}</pre>" if status.error and not items else ""
     return f'<section class="errors"><h2>Errors</h2>{listed}{text}</section>'
@@ -274,17 +316,26 @@ def job_page(settings: ApiSettings, name: str, run_id: str | None) -> str:
     run, _status, runs = pick_run(settings, name, run_id)
     live_url = f"/ui/jobs/{quote(name)}/live?run={quote(run.name)}"
     run_links = " ".join(
-        (f'<a class="run-link{" current" if r == run else ""}" href="/ui/jobs/{quote(name)}?run={quote(r.name)}">'
-         f"{escape(r.name)}</a>") for r in reversed(runs))
+        (
+            f'<a class="run-link{" current" if r == run else ""}" href="/ui/jobs/{quote(name)}?run={quote(r.name)}">'
+            f"{escape(r.name)}</a>"
+        )
+        for r in reversed(runs)
+    )
     spec_text, spec_origin = run_spec_text(run)
-    spec = f"<pre class=\"spec\">{escape(spec_text)}</pre>" if spec_text else "<p>-</p>"
+    spec = f'<pre class="spec">{escape(spec_text)}</pre>' if spec_text else "<p>-</p>"
     log = _log_tail(run)
-    log_html = (f"<details><summary>train.log (last lines)</summary><pre class=\"log\">{escape(log)}</pre></details>"
-                if log else "")
-    body = (f'<p class="crumbs"><a href="/">jobs</a> / {escape(name)}</p><h1>{escape(name)}</h1>'
-            f'<p class="runs">runs: {run_links}</p>'
-            f'<div id="live" data-refresh="{escape(live_url)}" data-every="3000">{job_live(settings, name, run.name)}</div>'
-            f"<section><h2>Spec <small>({escape(spec_origin)})</small></h2>{spec}</section>{log_html}"
-            f'<p class="meta">JSON: <a href="/jobs/{quote(name)}?run={quote(run.name)}">status</a> &middot; '
-            f'<a href="/jobs/{quote(name)}/metrics?run={quote(run.name)}">metrics</a></p>')
+    log_html = (
+        f'<details><summary>train.log (last lines)</summary><pre class="log">{escape(log)}</pre></details>'
+        if log
+        else ""
+    )
+    body = (
+        f'<p class="crumbs"><a href="/">jobs</a> / {escape(name)}</p><h1>{escape(name)}</h1>'
+        f'<p class="runs">runs: {run_links}</p>'
+        f'<div id="live" data-refresh="{escape(live_url)}" data-every="3000">{job_live(settings, name, run.name)}</div>'
+        f"<section><h2>Spec <small>({escape(spec_origin)})</small></h2>{spec}</section>{log_html}"
+        f'<p class="meta">JSON: <a href="/jobs/{quote(name)}?run={quote(run.name)}">status</a> &middot; '
+        f'<a href="/jobs/{quote(name)}/metrics?run={quote(run.name)}">metrics</a></p>'
+    )
     return _page(f"{name} ({run.name})", body)

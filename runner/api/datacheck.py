@@ -84,8 +84,9 @@ def parse_json_request(data: bytes) -> ValidateRequest:
         raise ApiError(422, f"send a JSON object: {_EXAMPLE}")
     unknown = sorted(set(payload) - {"path", "format", "fields", "image_root"})
     if unknown:
-        raise ApiError(422, f"unknown key(s) {cut(', '.join(map(repr, unknown)), 200)}; expected path, format, "
-                            "fields, image_root")
+        raise ApiError(
+            422, f"unknown key(s) {cut(', '.join(map(repr, unknown)), 200)}; expected path, format, fields, image_root"
+        )
     path = payload.get("path")
     paths = [path] if isinstance(path, str) else path
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
@@ -106,11 +107,16 @@ def _fields(fields: Any) -> dict[str, str] | None:
     if fields is None:
         return None
     if not isinstance(fields, dict):
-        raise ApiError(422, "'fields' must be a JSON object: {\"instruction\": \"question\"}")
+        raise ApiError(422, '\'fields\' must be a JSON object: {"instruction": "question"}')
     for key, value in fields.items():
         if key not in CANONICAL_FIELDS or not isinstance(value, str) or not value:
-            raise ApiError(422, cut(f"fields: {key!r} -> {value!r} is not a mapping of a canonical field "
-                                    f"({', '.join(CANONICAL_FIELDS)}) to a field name of your records"))
+            raise ApiError(
+                422,
+                cut(
+                    f"fields: {key!r} -> {value!r} is not a mapping of a canonical field "
+                    f"({', '.join(CANONICAL_FIELDS)}) to a field name of your records"
+                ),
+            )
     return dict(fields)
 
 
@@ -137,8 +143,11 @@ def path_sources(settings: ApiSettings, paths: list[str]) -> list[Source]:
     if not paths:
         raise ApiError(422, f'name at least one data file in "path": {_EXAMPLE}')
     if len(paths) > settings.limits.max_files:
-        raise ApiError(422, f'"path" names {len(paths)} files; one request may name at most '
-                            f"{settings.limits.max_files} (--api-max-files)")
+        raise ApiError(
+            422,
+            f'"path" names {len(paths)} files; one request may name at most '
+            f"{settings.limits.max_files} (--api-max-files)",
+        )
     sources = []
     for given in paths:
         resolved = _under_roots(settings, given, "path")
@@ -182,15 +191,32 @@ def check(settings: ApiSettings, sources: list[Source], request: ValidateRequest
         bad_count += 1
         if len(bad) < limits.max_errors:
             location = item.location
-            bad.append({"file": location.file, "line": location.line, "index": location.index,
-                        "reason": cut(problem), "location": str(location)})
-    return {"files": [s.name for s in sources], "format": fmt, "format_reason": reason, "records": total,
-            "records_ok": ok, "bad_count": bad_count, "bad_records": bad, "bad_records_truncated": bad_count > len(bad),
-            "image_root": str(image_root) if image_root is not None else None, "valid": bad_count == 0}
+            bad.append(
+                {
+                    "file": location.file,
+                    "line": location.line,
+                    "index": location.index,
+                    "reason": cut(problem),
+                    "location": str(location),
+                }
+            )
+    return {
+        "files": [s.name for s in sources],
+        "format": fmt,
+        "format_reason": reason,
+        "records": total,
+        "records_ok": ok,
+        "bad_count": bad_count,
+        "bad_records": bad,
+        "bad_records_truncated": bad_count > len(bad),
+        "image_root": str(image_root) if image_root is not None else None,
+        "valid": bad_count == 0,
+    }
 
 
-def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root: Path | None
-             ) -> tuple[Callable[[Mapping[str, Any], Source], str | None], str | None, str | None]:
+def _checker(
+    request: ValidateRequest, sample: list[dict[str, Any]], image_root: Path | None
+) -> tuple[Callable[[Mapping[str, Any], Source], str | None], str | None, str | None]:
     """The per-record check of the format (detected on the sample when "auto")."""
     from runner.data import embedding, formats, kinds
 
@@ -231,8 +257,9 @@ def _checker(request: ValidateRequest, sample: list[dict[str, Any]], image_root:
     return causal, fmt, reason
 
 
-def _preference_checker(data_format: str, sample: list[dict[str, Any]], fields: dict[str, str] | None
-                        ) -> tuple[Callable[[Mapping[str, Any], Source], str | None], str, str] | None:
+def _preference_checker(
+    data_format: str, sample: list[dict[str, Any]], fields: dict[str, str] | None
+) -> tuple[Callable[[Mapping[str, Any], Source], str | None], str, str] | None:
     """Preference data (given, or detected as `runner data validate` detects it): each pair normalised
     as a preference job reads it; None for any other data."""
     from runner.data import preference
@@ -259,8 +286,9 @@ def _records(sources: list[Source], limits: Limits, *, sample: bool = False) -> 
         yield item
 
 
-def _records_with_source(sources: list[Source], limits: Limits, *, sample: bool = False
-                         ) -> Iterator[tuple[Source, Any]]:
+def _records_with_source(
+    sources: list[Source], limits: Limits, *, sample: bool = False
+) -> Iterator[tuple[Source, Any]]:
     """Every record of every source in order; with `sample`, only the detection sample."""
     from runner.data.detection import DETECT_SAMPLE
 
@@ -269,8 +297,11 @@ def _records_with_source(sources: list[Source], limits: Limits, *, sample: bool 
         try:
             with source.open() as stream:
                 whole = source.suffix.lower() in WHOLE_FILE_SUFFIXES
-                items = (_whole_file(stream, source.name, limits.max_table) if whole
-                         else iter_records(stream, source.name, suffix=source.suffix, max_record=limits.max_record))
+                items = (
+                    _whole_file(stream, source.name, limits.max_table)
+                    if whole
+                    else iter_records(stream, source.name, suffix=source.suffix, max_record=limits.max_record)
+                )
                 for item in items:
                     yield source, item
                     taken += not isinstance(item, BadRecord)
@@ -292,9 +323,12 @@ def _whole_file(stream: IO[bytes], name: str, limit: int) -> list[Record | BadRe
     size = stream.seek(0, os.SEEK_END)
     stream.seek(0)
     if size > limit:
-        raise ApiError(413, f"{cut(name, 200)} is {size} bytes; a plain-text, CSV, TSV or Parquet file is read "
-                            f"whole, and this server checks at most {limit} bytes of one (--api-max-table); check "
-                            "a larger one with `runner data validate`, or send it as JSONL")
+        raise ApiError(
+            413,
+            f"{cut(name, 200)} is {size} bytes; a plain-text, CSV, TSV or Parquet file is read "
+            f"whole, and this server checks at most {limit} bytes of one (--api-max-table); check "
+            "a larger one with `runner data validate`, or send it as JSONL",
+        )
     with tempfile.TemporaryDirectory(prefix="runner-api-check-") as folder:
         path = Path(folder) / f"data{Path(name).suffix.lower()}"
         with open(path, "wb") as copy:
@@ -303,9 +337,14 @@ def _whole_file(stream: IO[bytes], name: str, limit: int) -> list[Record | BadRe
         try:
             read = read_file(path)
         except DataFileError as exc:
-            raise DataFileError(name, exc.problem.replace(str(path), name), exc.fix.replace(str(path), name),
-                                exc.line, exc.column) from None
+            raise DataFileError(
+                name, exc.problem.replace(str(path), name), exc.fix.replace(str(path), name), exc.line, exc.column
+            ) from None
     items: list[Record | BadRecord] = [*read.records, *read.bad]
     items.sort(key=lambda item: (item.location.row or 0, item.location.line or 0, item.location.index or 0))
-    return [Record(item.data, dataclasses.replace(item.location, file=name)) if isinstance(item, Record)
-            else BadRecord(dataclasses.replace(item.location, file=name), item.reason) for item in items]
+    return [
+        Record(item.data, dataclasses.replace(item.location, file=name))
+        if isinstance(item, Record)
+        else BadRecord(dataclasses.replace(item.location, file=name), item.reason)
+        for item in items
+    ]

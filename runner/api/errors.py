@@ -29,14 +29,24 @@ def _cut_entry(entry: Any) -> Any:
 
 def cap_errors(errors: Sequence[Any], limit: int) -> dict[str, Any]:
     """`errors` (the first `limit`, each cut), `errors_total` and `errors_truncated`."""
-    return {"errors": [_cut_entry(e) for e in errors[:limit]], "errors_total": len(errors),
-            "errors_truncated": len(errors) > limit}
+    return {
+        "errors": [_cut_entry(e) for e in errors[:limit]],
+        "errors_total": len(errors),
+        "errors_truncated": len(errors) > limit,
+    }
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str, *, errors: Sequence[Any] | None = None,
-                 extra: Mapping[str, Any] | None = None, max_errors: int = 100,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        errors: Sequence[Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        max_errors: int = 100,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = cut(detail)

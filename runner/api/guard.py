@@ -39,8 +39,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 UPLOAD_PATHS = frozenset({"/datasets/validate"})
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -64,14 +66,25 @@ def arrival() -> int:
     before that write" is a comparison."""
     return next(_ARRIVALS)
 
+
 CLOSE = ((b"connection", b"close"),)
 
 
 async def _json(send: Send, status: int, detail: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"cache-control", b"no-store"), *SECURITY_HEADERS, *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *SECURITY_HEADERS,
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -118,8 +131,9 @@ class Guard:
         cap = cap if keyed else max(1, cap // 4)
         if self.in_flight[keyed] >= cap:
             whose = "requests" if keyed else "requests without a key"
-            await _json(send, 503, f"the server is answering {cap} {whose}; retry in a moment",
-                        ((b"retry-after", b"1"),))
+            await _json(
+                send, 503, f"the server is answering {cap} {whose}; retry in a moment", ((b"retry-after", b"1"),)
+            )
             return
         self.in_flight[keyed] += 1
         try:
@@ -133,8 +147,14 @@ class Guard:
         if len(hosts) != 1 or normalize_host(hosts[0]) not in self.settings.allowed_hosts:
             shown = hosts[0][:200] if len(hosts) == 1 else ("none" if not hosts else "several")
             # The allowed names are not listed: the refused page may belong to an attacker.
-            return 400, (f"Host header {shown!r} is not allowed here; to reach the API under another name, "
-                         "start it with --api-allow-host NAME"), ()
+            return (
+                400,
+                (
+                    f"Host header {shown!r} is not allowed here; to reach the API under another name, "
+                    "start it with --api-allow-host NAME"
+                ),
+                (),
+            )
         if scope["method"] not in SAFE_METHODS:
             foreign = _foreign_origin(scope, hosts[0])
             if foreign is not None:
@@ -144,8 +164,14 @@ class Guard:
             if not value.strip().isdigit():
                 return 400, "Content-Length is not a number", CLOSE
             if int(value) > limit:
-                return 413, (f"request body of {int(value)} bytes is over the limit of {limit} bytes for "
-                             f"{scope['path']}{_hint(scope)}"), CLOSE
+                return (
+                    413,
+                    (
+                        f"request body of {int(value)} bytes is over the limit of {limit} bytes for "
+                        f"{scope['path']}{_hint(scope)}"
+                    ),
+                    CLOSE,
+                )
         return None
 
     def _limit(self, scope: Scope) -> int:
@@ -159,7 +185,8 @@ class Guard:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit, timeout = self._limit(scope), self.settings.limits.body_timeout
         has_body = any(_header(scope, b"transfer-encoding")) or any(
-            v.strip() not in ("", "0") for v in _header(scope, b"content-length"))
+            v.strip() not in ("", "0") for v in _header(scope, b"content-length")
+        )
         received = 0
         body_done = not has_body
         started = False
@@ -183,15 +210,19 @@ class Guard:
             try:
                 message = await asyncio.wait_for(receive(), max(left, 0.001))
             except TimeoutError:
-                await refuse(408, f"the request body arrives too slowly (a pause of {timeout:g} s, or under "
-                                  f"{MIN_BODY_RATE // 1024} KiB/s on average)")
+                await refuse(
+                    408,
+                    f"the request body arrives too slowly (a pause of {timeout:g} s, or under "
+                    f"{MIN_BODY_RATE // 1024} KiB/s on average)",
+                )
                 raise _Refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if received > limit:
-                    await refuse(413, f"request body is over the limit of {limit} bytes for {scope['path']}"
-                                      f"{_hint(scope)}")
+                    await refuse(
+                        413, f"request body is over the limit of {limit} bytes for {scope['path']}{_hint(scope)}"
+                    )
                     raise _Refused
             else:
                 body_done = True

@@ -61,82 +61,125 @@ def _limit(default: float | int, flag: str, kind: str, what: str) -> Any:
 class Limits:
     # connections
     first_byte_timeout: float = _limit(
-        5.0, "--api-timeout-first-byte", "seconds",
-        "time from opening a connection to its first request byte (then it is closed)")
+        5.0,
+        "--api-timeout-first-byte",
+        "seconds",
+        "time from opening a connection to its first request byte (then it is closed)",
+    )
     header_timeout: float = _limit(
-        10.0, "--api-timeout-headers", "seconds",
-        "time from a request's first byte to the end of its headers (then the connection is closed)")
+        10.0,
+        "--api-timeout-headers",
+        "seconds",
+        "time from a request's first byte to the end of its headers (then the connection is closed)",
+    )
     keep_alive_timeout: float = _limit(
-        5.0, "--api-timeout-keep-alive", "seconds",
-        "idle time of a keep-alive connection between requests (then it is closed)")
+        5.0,
+        "--api-timeout-keep-alive",
+        "seconds",
+        "idle time of a keep-alive connection between requests (then it is closed)",
+    )
     body_timeout: float = _limit(
-        15.0, "--api-timeout-body", "seconds",
+        15.0,
+        "--api-timeout-body",
+        "seconds",
         "pause while a request body arrives; after this long a body must also average 16 KiB/s (else 408 "
-        "and the connection is closed)")
+        "and the connection is closed)",
+    )
     max_connections_per_client: int = _limit(
-        256, "--api-max-connections-per-client", "count",
+        256,
+        "--api-max-connections-per-client",
+        "count",
         "open connections per client address (over it, that address's oldest connection without a "
         "complete request head, else its oldest idle keep-alive one, is closed to make room; if all are "
-        "answering requests, the new one is refused)")
+        "answering requests, the new one is refused)",
+    )
     max_connections: int = _limit(
-        1024, "--api-max-connections", "count",
-        "open connections in all (the same rule, over all addresses)")
+        1024, "--api-max-connections", "count", "open connections in all (the same rule, over all addresses)"
+    )
     max_requests: int = _limit(
-        64, "--api-max-requests", "count",
+        64,
+        "--api-max-requests",
+        "count",
         "requests being answered at once, a quarter of it for requests without a valid key (over it, 503 "
-        "with Retry-After; `/livez` is always answered and idle connections never count)")
+        "with Retry-After; `/livez` is always answered and idle connections never count)",
+    )
     max_header_size: int = _limit(
-        16 * KIB, "--api-max-header-size", "size",
-        "request line and headers of one request (over it, 400)")
+        16 * KIB, "--api-max-header-size", "size", "request line and headers of one request (over it, 400)"
+    )
     # authentication
     auth_failures_per_minute: int = _limit(
-        10, "--api-auth-failures-per-minute", "count",
+        10,
+        "--api-auth-failures-per-minute",
+        "count",
         "wrong keys per minute from one client address, in bursts of as many (over it, 429 with "
-        "Retry-After for any key from that address)")
+        "Retry-After for any key from that address)",
+    )
     session_ttl: float = _limit(
-        43200.0, "--api-session-ttl", "seconds",
-        "lifetime of a dashboard login (logging out or a restart ends it sooner)")
+        43200.0,
+        "--api-session-ttl",
+        "seconds",
+        "lifetime of a dashboard login (logging out or a restart ends it sooner)",
+    )
     max_sessions: int = _limit(
-        256, "--api-max-sessions", "count",
-        "dashboard logins kept at once (over it, the one closest to expiry ends)")
+        256, "--api-max-sessions", "count", "dashboard logins kept at once (over it, the one closest to expiry ends)"
+    )
     # what a request may hold
-    max_body: int = _limit(
-        MIB, "--api-max-body", "size",
-        "a job file, a JSON body or a login form (over it, 413)")
+    max_body: int = _limit(MIB, "--api-max-body", "size", "a job file, a JSON body or a login form (over it, 413)")
     max_upload: int = _limit(
-        64 * MIB, "--api-max-upload", "size",
-        "a data file uploaded to `/datasets/validate` (multipart; streamed to disk, checked record by "
-        "record)")
+        64 * MIB,
+        "--api-max-upload",
+        "size",
+        "a data file uploaded to `/datasets/validate` (multipart; streamed to disk, checked record by record)",
+    )
     max_record: int = _limit(
-        MIB, "--api-max-record", "size",
-        "one record of a data file checked by `/datasets/validate` (a longer one is a bad record)")
+        MIB,
+        "--api-max-record",
+        "size",
+        "one record of a data file checked by `/datasets/validate` (a longer one is a bad record)",
+    )
     max_table: int = _limit(
-        16 * MIB, "--api-max-table", "size",
+        16 * MIB,
+        "--api-max-table",
+        "size",
         "a plain-text, CSV, TSV or Parquet file checked by `/datasets/validate` (read whole, as "
-        "`runner data validate` reads it, not record by record; over it, 413)")
+        "`runner data validate` reads it, not record by record; over it, 413)",
+    )
     max_files: int = _limit(
-        1000, "--api-max-files", "count",
+        1000,
+        "--api-max-files",
+        "count",
         "data files named by one request: `path` of `/datasets/validate`, `data.train` + `data.eval` of a "
-        "submitted job (over it, 422)")
+        "submitted job (over it, 422)",
+    )
     job_max_depth: int = _limit(
-        MAX_NESTING_DEPTH, "--api-job-max-depth", "count",
+        MAX_NESTING_DEPTH,
+        "--api-job-max-depth",
+        "count",
         "nesting of a submitted job file: tables, dotted-key parts, arrays (checked before parsing; 422; "
-        "at most the limit of `runner/spec/limits.py`)")
+        "at most the limit of `runner/spec/limits.py`)",
+    )
     job_max_keys: int = _limit(
-        MAX_KEYS, "--api-job-max-keys", "count",
+        MAX_KEYS,
+        "--api-job-max-keys",
+        "count",
         "keys of a submitted job file, dotted parts one each (checked before parsing; 422; at most the "
-        "limit of `runner/spec/limits.py`)")
+        "limit of `runner/spec/limits.py`)",
+    )
     max_errors: int = _limit(
-        100, "--api-max-errors", "count",
-        "entries of an error list in an answer (the total is always given; each message is cut at 1,000 "
-        "characters)")
+        100,
+        "--api-max-errors",
+        "count",
+        "entries of an error list in an answer (the total is always given; each message is cut at 1,000 characters)",
+    )
 
     def __post_init__(self) -> None:
         if self.max_upload < 1024 or self.max_body < 1024:
             raise ValueError("--api-max-body and --api-max-upload must allow at least 1024 bytes")
         if self.job_max_depth > MAX_NESTING_DEPTH or self.job_max_keys > MAX_KEYS:
-            raise ValueError(f"--api-job-max-depth and --api-job-max-keys can only lower the job-file limits of "
-                             f"runner.spec.limits (nesting {MAX_NESTING_DEPTH}, keys {MAX_KEYS})")
+            raise ValueError(
+                f"--api-job-max-depth and --api-job-max-keys can only lower the job-file limits of "
+                f"runner.spec.limits (nesting {MAX_NESTING_DEPTH}, keys {MAX_KEYS})"
+            )
         if self.max_record > self.max_upload:
             object.__setattr__(self, "max_record", self.max_upload)
 
@@ -150,8 +193,14 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("API limits (see the README's limits table)")
     for spec in _fields():
         meta = spec.metadata
-        group.add_argument(meta["flag"], type=_PARSERS[meta["kind"]], default=None, dest=_dest(spec),
-                           metavar=meta["kind"].upper(), help=f"{meta['what']} (default {_shown(spec)})")
+        group.add_argument(
+            meta["flag"],
+            type=_PARSERS[meta["kind"]],
+            default=None,
+            dest=_dest(spec),
+            metavar=meta["kind"].upper(),
+            help=f"{meta['what']} (default {_shown(spec)})",
+        )
 
 
 def _dest(spec: dataclasses.Field[Any]) -> str:
@@ -160,7 +209,9 @@ def _dest(spec: dataclasses.Field[Any]) -> str:
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    given = {spec.name: getattr(args, _dest(spec)) for spec in _fields() if getattr(args, _dest(spec), None) is not None}
+    given = {
+        spec.name: getattr(args, _dest(spec)) for spec in _fields() if getattr(args, _dest(spec), None) is not None
+    }
     return Limits(**given)
 
 

@@ -31,8 +31,10 @@ def bind(settings: ApiSettings) -> socket.socket:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
         sock.close()
-        raise ApiConfigError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
-                             "is another process using the port? choose another with --api HOST:PORT") from None
+        raise ApiConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+            "is another process using the port? choose another with --api HOST:PORT"
+        ) from None
     sock.set_inheritable(False)  # the daemon's job processes must not hold the API's port
     return sock
 
@@ -44,11 +46,20 @@ def _config(app: Any, limits: Limits) -> Any:
 
     from runner.api.connections import protocol_class
 
-    return uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False, server_header=False,
-                          lifespan="off", http=protocol_class(limits), ws="none",
-                          limit_concurrency=None,
-                          timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  # a float works (call_later)
-                          h11_max_incomplete_event_size=limits.max_header_size, timeout_graceful_shutdown=3)
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="off",
+        http=protocol_class(limits),
+        ws="none",
+        limit_concurrency=None,
+        timeout_keep_alive=limits.keep_alive_timeout,  # type: ignore[arg-type]  # a float works (call_later)
+        h11_max_incomplete_event_size=limits.max_header_size,
+        timeout_graceful_shutdown=3,
+    )
 
 
 class BackgroundServer:
@@ -59,8 +70,9 @@ class BackgroundServer:
 
         self.server = uvicorn.Server(_config(app, limits))
         self.sock = sock
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="runner-api",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="runner-api", daemon=True
+        )
 
     def start(self, timeout: float = 15.0) -> None:
         self.thread.start()

@@ -34,9 +34,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     host, port_text = "127.0.0.1", value
     if value.startswith("["):
         end = value.find("]")
-        if end < 0 or not value[end + 1:].startswith(":"):
+        if end < 0 or not value[end + 1 :].startswith(":"):
             raise ApiConfigError(f"--api {text!r}: write [IPv6]:PORT, e.g. [::1]:8200")
-        host, port_text = value[1:end], value[end + 2:]
+        host, port_text = value[1:end], value[end + 2 :]
     elif ":" in value:
         head, _, port_text = value.rpartition(":")
         host = head or host
@@ -71,7 +71,7 @@ def normalize_host(value: str) -> str:
     """A Host header (or a name given on the command line) without port, brackets or final dot."""
     host = value.strip().lower()
     if host.startswith("["):
-        host = host[1:host.find("]")] if "]" in host else host[1:]
+        host = host[1 : host.find("]")] if "]" in host else host[1:]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
     return host.rstrip(".")
@@ -100,10 +100,21 @@ class ApiSettings:
         return self.limits.max_upload
 
     @classmethod
-    def build(cls, *, jobs_dir: Path, runs_root: Path, state_dir: Path, listen: str = DEFAULT_LISTEN,
-              key_file: Path | None = None, allow_hosts: Sequence[str] = (), data_roots: Sequence[Path] = (),
-              env: Mapping[str, str] | None = None, limits: Limits | None = None, max_upload: int | None = None,
-              behind_tls_proxy: bool = False) -> ApiSettings:
+    def build(
+        cls,
+        *,
+        jobs_dir: Path,
+        runs_root: Path,
+        state_dir: Path,
+        listen: str = DEFAULT_LISTEN,
+        key_file: Path | None = None,
+        allow_hosts: Sequence[str] = (),
+        data_roots: Sequence[Path] = (),
+        env: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
+        max_upload: int | None = None,
+        behind_tls_proxy: bool = False,
+    ) -> ApiSettings:
         """Check everything the API will rely on; `ApiConfigError` says what to change."""
         jobs_dir = jobs_dir.absolute()
         if not jobs_dir.is_dir():
@@ -118,11 +129,13 @@ class ApiSettings:
             if not is_loopback(host):
                 raise ApiConfigError(
                     f"refusing to listen on {host}:{port} without an API key: anyone who can reach it could "
-                    f"submit and cancel jobs. Set {KEY_ENV} or --api-key-file, or listen on 127.0.0.1")
+                    f"submit and cancel jobs. Set {KEY_ENV} or --api-key-file, or listen on 127.0.0.1"
+                )
             key, path = generated_key(state_dir.absolute())
             keys = ApiKeys.of(key, str(path))
-            notes.append(f"no API key configured: generated one in {path} (set {KEY_ENV} or --api-key-file "
-                         "to choose your own)")
+            notes.append(
+                f"no API key configured: generated one in {path} (set {KEY_ENV} or --api-key-file to choose your own)"
+            )
         allowed = set(LOOPBACK_NAMES)
         if _is_wildcard(host):
             allowed.add(normalize_host(socket.gethostname()))
@@ -141,9 +154,19 @@ class ApiSettings:
                 limits = dataclasses.replace(limits, max_upload=max_upload)
             except ValueError as exc:
                 raise ApiConfigError(str(exc)) from None
-        return cls(jobs_dir=jobs_dir, runs_root=runs_root.absolute(), state_dir=state_dir.absolute(), keys=keys,
-                   allowed_hosts=frozenset(allowed), data_roots=tuple(roots), host=host, port=port,
-                   limits=limits, behind_tls_proxy=behind_tls_proxy, notes=tuple(notes))
+        return cls(
+            jobs_dir=jobs_dir,
+            runs_root=runs_root.absolute(),
+            state_dir=state_dir.absolute(),
+            keys=keys,
+            allowed_hosts=frozenset(allowed),
+            data_roots=tuple(roots),
+            host=host,
+            port=port,
+            limits=limits,
+            behind_tls_proxy=behind_tls_proxy,
+            notes=tuple(notes),
+        )
 
     @property
     def url(self) -> str:

@@ -92,8 +92,9 @@ class JobIndex:
             pending.extend(f"{prefix}{d}/" for d in dirs)
         gone = self._folders.keys() - folders.keys()
         if gone:
-            self._entries = {rel: e for rel, e in self._entries.items()
-                             if rel.rpartition("/")[0] + "/" not in gone or "/" not in rel}
+            self._entries = {
+                rel: e for rel, e in self._entries.items() if rel.rpartition("/")[0] + "/" not in gone or "/" not in rel
+            }
         self._folders = folders
         self._restat_some()
 
@@ -164,12 +165,18 @@ class JobIndex:
             owner = owners[0]
             if named_inside or Path(owner).stem == job:
                 return self.jobs_dir / owner, self.sha256(owner)
-            raise ApiError(409, f"job '{job}' is defined by {owner}; add name = \"{job}\" to the submitted file "
-                                "so it can replace that file's content")
+            raise ApiError(
+                409,
+                f"job '{job}' is defined by {owner}; add name = \"{job}\" to the submitted file "
+                "so it can replace that file's content",
+            )
         relative = f"{job}.toml"
         if relative in self._entries:
-            raise ApiError(409, f"{relative} in the jobs folder defines job '{self._entries[relative].job}', "
-                                f"not '{job}'; choose another name")
+            raise ApiError(
+                409,
+                f"{relative} in the jobs folder defines job '{self._entries[relative].job}', "
+                f"not '{job}'; choose another name",
+            )
         return self.jobs_dir / relative, None
 
     def write(self, target: Path, data: bytes, seen: str | None, arrived: int) -> bool:
@@ -182,14 +189,20 @@ class JobIndex:
                 return False
             if now != seen or self._written.get(relative, 0) > arrived:
                 job = Path(relative).stem
-                raise ApiError(409, f"{relative} was {'created' if seen is None else 'changed'} by another "
-                                    "submission while this one was being checked; nothing was written. Look at "
-                                    f"GET /jobs/{job} and submit again to replace it")
+                raise ApiError(
+                    409,
+                    f"{relative} was {'created' if seen is None else 'changed'} by another "
+                    "submission while this one was being checked; nothing was written. Look at "
+                    f"GET /jobs/{job} and submit again to replace it",
+                )
             atomic_write_bytes(target, data)
             self._written[relative] = arrival()  # requests that arrived before this write conflict with it
             st = target.stat()
-            self._entries[relative] = _Entry((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
-                                             fallback_job_name(data, target.stem), hashlib.sha256(data).hexdigest())
+            self._entries[relative] = _Entry(
+                (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                fallback_job_name(data, target.stem),
+                hashlib.sha256(data).hexdigest(),
+            )
             return True
 
 
@@ -203,25 +216,48 @@ def _prescan(settings: ApiSettings, data: bytes) -> None:
     if shape.problem is not None:
         offset, message = shape.problem
     elif shape.depth > limits.job_max_depth:
-        offset, message = len(text), (f"nested {shape.depth} levels deep; this server takes job files at most "
-                                      f"{limits.job_max_depth} deep (--api-job-max-depth)")
+        offset, message = (
+            len(text),
+            (
+                f"nested {shape.depth} levels deep; this server takes job files at most "
+                f"{limits.job_max_depth} deep (--api-job-max-depth)"
+            ),
+        )
     elif shape.keys > limits.job_max_keys:
-        offset, message = len(text), (f"{shape.keys} keys; this server takes job files of at most "
-                                      f"{limits.job_max_keys} keys (--api-job-max-keys)")
+        offset, message = (
+            len(text),
+            (
+                f"{shape.keys} keys; this server takes job files of at most "
+                f"{limits.job_max_keys} keys (--api-job-max-keys)"
+            ),
+        )
     else:
         return
     line = text.count("\n", 0, offset) + 1
-    raise ApiError(422, f"the job file is refused before parsing: {message}; nothing was written",
-                   errors=[{"file": "submitted", "line": line, "column": offset - (text.rfind("\n", 0, offset) + 1) + 1,
-                            "path": "", "message": message}])
+    raise ApiError(
+        422,
+        f"the job file is refused before parsing: {message}; nothing was written",
+        errors=[
+            {
+                "file": "submitted",
+                "line": line,
+                "column": offset - (text.rfind("\n", 0, offset) + 1) + 1,
+                "path": "",
+                "message": message,
+            }
+        ],
+    )
 
 
 def _count_files(raw: dict[str, Any], limit: int) -> None:
     data = found if isinstance(found := raw.get("data"), dict) else {}
     count = sum(len(v) if isinstance(v, list) else 1 for v in (data.get("train"), data.get("eval")) if v is not None)
     if count > limit:
-        raise ApiError(422, f"the job file names {count} data files (data.train + data.eval); a job submitted "
-                            f"through the API may name at most {limit} (--api-max-files); nothing was written")
+        raise ApiError(
+            422,
+            f"the job file names {count} data files (data.train + data.eval); a job submitted "
+            f"through the API may name at most {limit} (--api-max-files); nothing was written",
+        )
 
 
 def _job_name(data: bytes, name: str | None, max_files: int) -> tuple[str | None, bool, bool]:
@@ -234,19 +270,26 @@ def _job_name(data: bytes, name: str | None, max_files: int) -> tuple[str | None
         _count_files(raw, max_files)
     declared = raw.get("name") if raw is not None and isinstance(raw.get("name"), str) else None
     if declared is not None and name is not None and declared != name:
-        raise ApiError(422, f"the file says name = \"{declared[:100]}\" but the request asks for job '{name}'; "
-                            "drop ?name= or make them agree")
+        raise ApiError(
+            422,
+            f"the file says name = \"{declared[:100]}\" but the request asks for job '{name}'; "
+            "drop ?name= or make them agree",
+        )
     if name is not None and not re.fullmatch(JOB_NAME, name):
-        raise ApiError(422, f"?name={name[:100]!r} is not a valid job name (letters, digits, '.', '_', '-'; "
-                            "starting with a letter or digit; at most 64)")
+        raise ApiError(
+            422,
+            f"?name={name[:100]!r} is not a valid job name (letters, digits, '.', '_', '-'; "
+            "starting with a letter or digit; at most 64)",
+        )
     job_name = declared or name
     if job_name is None and raw is not None:
-        raise ApiError(422, "the job has no name: set name = \"...\" in the file or pass ?name=NAME")
+        raise ApiError(422, 'the job has no name: set name = "..." in the file or pass ?name=NAME')
     return job_name, declared is not None, raw is not None
 
 
-def submit_job(settings: ApiSettings, index: JobIndex, data: bytes, name: str | None,
-               arrived: int) -> tuple[int, dict[str, Any]]:
+def submit_job(
+    settings: ApiSettings, index: JobIndex, data: bytes, name: str | None, arrived: int
+) -> tuple[int, dict[str, Any]]:
     """Validate a job file like `runner validate`, then write it atomically into the jobs folder.
 
     Idempotent: the same bytes again change nothing (200); a new or changed file is written
@@ -266,14 +309,22 @@ def submit_job(settings: ApiSettings, index: JobIndex, data: bytes, name: str | 
     try:
         job = parse_job(data, display=display, default_name=job_name or "submitted", path=target)
     except JobSpecError as exc:
-        raise ApiError(422, f"{display} is not a valid job file ({len(exc.issues)} problem(s)); nothing was written",
-                       errors=exc.issues, max_errors=limit) from None
+        raise ApiError(
+            422,
+            f"{display} is not a valid job file ({len(exc.issues)} problem(s)); nothing was written",
+            errors=exc.issues,
+            max_errors=limit,
+        ) from None
     except RecursionError:
         raise ApiError(422, f"{display} nests too deeply to be read; nothing was written") from None
     outside = job_paths_outside(job, data.decode("utf-8"), display, settings.data_roots, located=limit)
     if outside:
-        raise ApiError(403, f"{display} names paths outside the allowed data roots or unusable paths; nothing "
-                            "was written", errors=outside, max_errors=limit)
+        raise ApiError(
+            403,
+            f"{display} names paths outside the allowed data roots or unusable paths; nothing was written",
+            errors=outside,
+            max_errors=limit,
+        )
     created = index.write(target, data, seen, arrived)
     sha256 = hashlib.sha256(data).hexdigest()
     existing = None
@@ -282,8 +333,17 @@ def submit_job(settings: ApiSettings, index: JobIndex, data: bytes, name: str | 
         if status is not None and status.spec_sha256 == sha256:
             existing = {"run_id": run.name, "state": str(status.state)}
             break
-    body = {"job": job.name, "file": display, "sha256": sha256, "created": created,
-            "status_url": f"/jobs/{job.name}", "existing_run": existing,
-            "detail": ("written; the daemon queues it once it sees the file" if created else
-                       "unchanged: the jobs folder already holds this exact file")}
+    body = {
+        "job": job.name,
+        "file": display,
+        "sha256": sha256,
+        "created": created,
+        "status_url": f"/jobs/{job.name}",
+        "existing_run": existing,
+        "detail": (
+            "written; the daemon queues it once it sees the file"
+            if created
+            else "unchanged: the jobs folder already holds this exact file"
+        ),
+    }
     return (201 if created else 200), body

@@ -69,9 +69,14 @@ def readiness(settings: ApiSettings) -> tuple[bool, dict[str, Any]]:
             lock.release()
         else:
             held = True
-    daemon = {"ok": held, "pid": pid if held else None, "state_dir": str(settings.state_dir),
-              "detail": "the daemon holds the lock" if held else
-              f"no `runner watch {settings.jobs_dir}` holds {lock.path}: jobs are not being run"}
+    daemon = {
+        "ok": held,
+        "pid": pid if held else None,
+        "state_dir": str(settings.state_dir),
+        "detail": "the daemon holds the lock"
+        if held
+        else f"no `runner watch {settings.jobs_dir}` holds {lock.path}: jobs are not being run",
+    }
     queue: dict[str, Any] = {"ok": True, "runs_root": str(settings.runs_root)}
     try:
         state_file = settings.state_dir / "state.json"
@@ -104,27 +109,29 @@ def _first_line(text: str | None) -> str | None:
 def run_summary(run_dir: Path, status: Status) -> dict[str, Any]:
     """One row of the jobs table: the same facts `runner status` shows."""
     eval_loss = status.extra.get("eval_loss")
-    return finite({
-        "job": status.job,
-        "run_id": run_dir.name,
-        "state": str(status.state),
-        "reason": None if status.reason is None else str(status.reason),
-        "error_summary": _first_line(status.error),
-        "waiting": status.extra.get("waiting") if status.state is JobState.QUEUED else None,
-        "attempt": status.attempt,
-        "step": status.step,
-        "total_steps": status.total_steps,
-        "progress": _progress(status),
-        "epoch": status.epoch,
-        "loss": status.loss,
-        "eval_loss": eval_loss if isinstance(eval_loss, (int, float)) else None,
-        "eta_seconds": status.eta_seconds if status.state is JobState.RUNNING else None,
-        "tokens_per_second": status.tokens_per_second,
-        "created": _time(status.created),
-        "started": _time(status.started),
-        "updated": _time(status.updated),
-        "finished": _time(status.finished),
-    })
+    return finite(
+        {
+            "job": status.job,
+            "run_id": run_dir.name,
+            "state": str(status.state),
+            "reason": None if status.reason is None else str(status.reason),
+            "error_summary": _first_line(status.error),
+            "waiting": status.extra.get("waiting") if status.state is JobState.QUEUED else None,
+            "attempt": status.attempt,
+            "step": status.step,
+            "total_steps": status.total_steps,
+            "progress": _progress(status),
+            "epoch": status.epoch,
+            "loss": status.loss,
+            "eval_loss": eval_loss if isinstance(eval_loss, (int, float)) else None,
+            "eta_seconds": status.eta_seconds if status.state is JobState.RUNNING else None,
+            "tokens_per_second": status.tokens_per_second,
+            "created": _time(status.created),
+            "started": _time(status.started),
+            "updated": _time(status.updated),
+            "finished": _time(status.finished),
+        }
+    )
 
 
 def _time(value: Any) -> str | None:
@@ -196,8 +203,11 @@ def pick_run(settings: ApiSettings, name: str, run_id: str | None = None) -> tup
     """The newest run of the job (or the one asked for); 404 when there is none."""
     runs = list_runs(settings.runs_root, name)
     if not runs:
-        raise ApiError(404, f"no runs of job '{name}' under {settings.runs_root}; submit it with POST /jobs "
-                            "or put its file in the jobs folder")
+        raise ApiError(
+            404,
+            f"no runs of job '{name}' under {settings.runs_root}; submit it with POST /jobs "
+            "or put its file in the jobs folder",
+        )
     if run_id is None:
         for run in reversed(runs):
             status = read_status(run)
@@ -269,35 +279,47 @@ def job_detail(settings: ApiSettings, name: str, run_id: str | None = None) -> d
         "alias": resolved.get("alias"),
         "fine_tuned_from": resolved.get("fine_tuned_from"),
     }
-    adapter = dict(status.adapter) if status.adapter else (spec.get("adapter") if isinstance(spec.get("adapter"), dict)
-                                                           else None)
+    adapter = (
+        dict(status.adapter)
+        if status.adapter
+        else (spec.get("adapter") if isinstance(spec.get("adapter"), dict) else None)
+    )
     watch = found_watch if isinstance(found_watch := status.extra.get("watch"), dict) else {}
     errors = status.extra.get("errors") if isinstance(status.extra.get("errors"), list) else []
     others = []
     for other in runs:
         other_status = read_status(other)
         if other_status is not None:
-            others.append({"run_id": other.name, "state": str(other_status.state),
-                           "created": _time(other_status.created), "finished": _time(other_status.finished)})
-    return finite({
-        **run_summary(run, status),
-        "model": model,
-        "adapter": adapter,
-        "trainable_params": status.trainable_params,
-        "total_params": status.total_params,
-        "error": status.error,
-        "errors": errors,
-        "spec_file": watch.get("spec"),
-        "spec_sha256": status.spec_sha256,
-        "resumed_from": status.resumed_from,
-        "data": status.extra.get("data"),
-        "runs": others,
-        "status": status.to_dict(),
-    })
+            others.append(
+                {
+                    "run_id": other.name,
+                    "state": str(other_status.state),
+                    "created": _time(other_status.created),
+                    "finished": _time(other_status.finished),
+                }
+            )
+    return finite(
+        {
+            **run_summary(run, status),
+            "model": model,
+            "adapter": adapter,
+            "trainable_params": status.trainable_params,
+            "total_params": status.total_params,
+            "error": status.error,
+            "errors": errors,
+            "spec_file": watch.get("spec"),
+            "spec_sha256": status.spec_sha256,
+            "resumed_from": status.resumed_from,
+            "data": status.extra.get("data"),
+            "runs": others,
+            "status": status.to_dict(),
+        }
+    )
 
 
-def job_metrics(settings: ApiSettings, name: str, since: int | None = None,
-                run_id: str | None = None) -> dict[str, Any]:
+def job_metrics(
+    settings: ApiSettings, name: str, since: int | None = None, run_id: str | None = None
+) -> dict[str, Any]:
     run, _, _ = pick_run(settings, name, run_id)
     log = MetricsLog(run_paths(run).metrics)
     try:
@@ -305,8 +327,15 @@ def job_metrics(settings: ApiSettings, name: str, since: int | None = None,
     except MetricsFormatError as exc:
         raise ApiError(500, f"{exc}; the metrics log is damaged (only its last line may be torn by a crash)") from None
     steps = [r["step"] for r in records if isinstance(r.get("step"), int)]
-    return finite({"job": name, "run_id": run.name, "since": since, "last_step": max(steps) if steps else since,
-                   "records": records})
+    return finite(
+        {
+            "job": name,
+            "run_id": run.name,
+            "since": since,
+            "last_step": max(steps) if steps else since,
+            "records": records,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------ cancelling
@@ -327,5 +356,10 @@ def cancel_job(settings: ApiSettings, name: str) -> tuple[int, dict[str, Any]]:
         status = read_status(run)
         if status is not None and (run in outcome.targets or status.state is JobState.CANCELLED):
             runs.append({"run_id": run.name, "state": str(status.state)})
-    return 202, {"job": name, "requested": [run.name for run in outcome.targets], "messages": messages,
-                 "runs": runs, "complete": outcome.code == 0}
+    return 202, {
+        "job": name,
+        "requested": [run.name for run in outcome.targets],
+        "messages": messages,
+        "runs": runs,
+        "complete": outcome.code == 0,
+    }

@@ -24,10 +24,21 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 # imported when the parser is built, so a training command re-executes under jemalloc before any
 # of them (and the libraries they import) is loaded.
 COMMANDS: tuple[tuple[str, str], ...] = (
-    ("validate", "add_validate"), ("validate", "add_init"), ("convert", "add_convert"), ("run", "add_run"),
-    ("plan", "add_plan"), ("models", "add_models"), ("data", "add_data"),
-    ("results", "add_generate"), ("results", "add_export"), ("embed", "add_embed"), ("watch", "add_watch"),
-    ("serve", "add_serve"), ("watch", "add_status"), ("watch", "add_cancel"), ("watch", "add_logs"),
+    ("validate", "add_validate"),
+    ("validate", "add_init"),
+    ("convert", "add_convert"),
+    ("run", "add_run"),
+    ("plan", "add_plan"),
+    ("models", "add_models"),
+    ("data", "add_data"),
+    ("results", "add_generate"),
+    ("results", "add_export"),
+    ("embed", "add_embed"),
+    ("watch", "add_watch"),
+    ("serve", "add_serve"),
+    ("watch", "add_status"),
+    ("watch", "add_cancel"),
+    ("watch", "add_logs"),
 )
 # commands that train in this process (or its children): re-executed under jemalloc when present
 _TRAINING = frozenset({"run", "watch"})

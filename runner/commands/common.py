@@ -17,8 +17,18 @@ from runner.units import SIZE_HELP, parse_size
 if TYPE_CHECKING:
     from runner.spec import LoadedJob
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "SIZE_HELP", "Parser", "error", "load_job_or_report",
-           "missing_paths", "optional_path", "size_argument"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "SIZE_HELP",
+    "Parser",
+    "error",
+    "load_job_or_report",
+    "missing_paths",
+    "optional_path",
+    "size_argument",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 1: invalid input or a failed run; 2: a usage error
 

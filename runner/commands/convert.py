@@ -13,10 +13,15 @@ from runner.commands.common import EXIT_OK, EXIT_USAGE, Subparsers, error
 def add_convert(sub: Subparsers) -> None:
     convert = sub.add_parser("convert", help="write a job file from an Axolotl or LLaMA-Factory training config")
     convert.add_argument("config", help="the training config (YAML)")
-    convert.add_argument("--to", help="the job file to write (default: print it; paths in it are then relative to "
-                                      "the current folder)")
-    convert.add_argument("--from", dest="tool", choices=["axolotl", "llamafactory"],
-                         help="the tool the config is for (default: recognised by its keys)")
+    convert.add_argument(
+        "--to", help="the job file to write (default: print it; paths in it are then relative to the current folder)"
+    )
+    convert.add_argument(
+        "--from",
+        dest="tool",
+        choices=["axolotl", "llamafactory"],
+        help="the tool the config is for (default: recognised by its keys)",
+    )
     convert.add_argument("--force", action="store_true", help="overwrite an existing job file")
     convert.set_defaults(func=convert_command)
 
@@ -48,8 +53,10 @@ def convert_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, text)
-    print(f"wrote {target}: {len(conversion.mapped)} settings from the {conversion.tool} config, "
-          f"{len(conversion.unmapped)} keys not carried over (listed at the top of the file, with the reason)",
-          file=sys.stderr)
+    print(
+        f"wrote {target}: {len(conversion.mapped)} settings from the {conversion.tool} config, "
+        f"{len(conversion.unmapped)} keys not carried over (listed at the top of the file, with the reason)",
+        file=sys.stderr,
+    )
     print(f"next: runner validate {target}; runner data validate --job {target}", file=sys.stderr)
     return EXIT_OK

@@ -18,15 +18,28 @@ if TYPE_CHECKING:
 def add_data(sub: Subparsers) -> None:
     data = sub.add_parser("data", help="check data files")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
-    dvalidate = data_sub.add_parser("validate", help="read, detect the format of and check data files; list every bad record")
-    dvalidate.add_argument("files", nargs="*",
-                           help="data files (JSON, JSONL, .txt, CSV, TSV, Parquet) or hf:ORG/NAME data sets")
+    dvalidate = data_sub.add_parser(
+        "validate", help="read, detect the format of and check data files; list every bad record"
+    )
+    dvalidate.add_argument(
+        "files", nargs="*", help="data files (JSON, JSONL, .txt, CSV, TSV, Parquet) or hf:ORG/NAME data sets"
+    )
     dvalidate.add_argument("--job", help="check the data of this job file (its format, fields and tokenizer)")
     dvalidate.add_argument("--format", default="auto", help="record format (default: auto-detect)")
-    dvalidate.add_argument("--fields", action="append", default=[], metavar="CANONICAL=NAME",
-                           help="field mapping, e.g. --fields instruction=question (repeatable)")
-    dvalidate.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
-                           help="a [data] setting of a job, e.g. --data images=drop --data text_unit=line (repeatable)")
+    dvalidate.add_argument(
+        "--fields",
+        action="append",
+        default=[],
+        metavar="CANONICAL=NAME",
+        help="field mapping, e.g. --fields instruction=question (repeatable)",
+    )
+    dvalidate.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [data] setting of a job, e.g. --data images=drop --data text_unit=line (repeatable)",
+    )
     dvalidate.add_argument("--tokenizer", help="a model source whose tokenizer gives token length statistics")
     dvalidate.add_argument("--max-length", type=int, default=512, help="truncation length for the statistics")
     dvalidate.add_argument("--json", action="store_true", help="machine-readable output")
@@ -90,8 +103,9 @@ def _usage_problems(args: argparse.Namespace, fields: dict[str, str]) -> bool:
     """Print what is wrong with --format, --fields and the files named (a usage error, exit 2)."""
     from runner.data.kinds import usage_problems
 
-    problems = usage_problems(args.format, fields) + [f"{f}: no such file or folder" for f in args.files
-                                                      if not f.startswith("hf:") and not Path(f).exists()]
+    problems = usage_problems(args.format, fields) + [
+        f"{f}: no such file or folder" for f in args.files if not f.startswith("hf:") and not Path(f).exists()
+    ]
     for problem in problems:
         print(f"runner data validate: error: {problem}", file=sys.stderr)
     return bool(problems)
@@ -124,19 +138,37 @@ def _job_check(job: LoadedJob, args: argparse.Namespace) -> Check:
         return None
     fields: dict[str, str] = {key: name for key, name in data.fields.items()}
     if job.spec.model.kind != "causal-lm":
-        return partial(check_embedding_files, files, data.format, fields,
-                       image_root=job.resolve_path(data.image_root) if data.image_root else None,
-                       tasks=list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None,
-                       settings=data)
+        return partial(
+            check_embedding_files,
+            files,
+            data.format,
+            fields,
+            image_root=job.resolve_path(data.image_root) if data.image_root else None,
+            tasks=list(job.spec.loss.tasks) if job.spec.loss_type == "multi-task" else None,
+            settings=data,
+        )
     source = args.tokenizer or job.spec.model.source
     if job.spec.loss_type in PREFERENCE_LOSSES:
-        return partial(check_preference_files, files, data.format, fields or None,
-                       load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
-                       unpaired=job.spec.loss_type == "kto")
-    return partial(check_causal_files, files, data.format, fields or None,
-                   domain=DomainPrefix(data.domain_field, data.domain_format) if data.domain_field else None,
-                   load_tokenizer=partial(_tokenizer, source, job.path.parent), max_length=data.max_length,
-                   train_on_prompt=data.train_on_prompt, settings=data)
+        return partial(
+            check_preference_files,
+            files,
+            data.format,
+            fields or None,
+            load_tokenizer=partial(_tokenizer, source, job.path.parent),
+            max_length=data.max_length,
+            unpaired=job.spec.loss_type == "kto",
+        )
+    return partial(
+        check_causal_files,
+        files,
+        data.format,
+        fields or None,
+        domain=DomainPrefix(data.domain_field, data.domain_format) if data.domain_field else None,
+        load_tokenizer=partial(_tokenizer, source, job.path.parent),
+        max_length=data.max_length,
+        train_on_prompt=data.train_on_prompt,
+        settings=data,
+    )
 
 
 def _files_check(args: argparse.Namespace, fields: dict[str, str], settings: Any) -> Check:
@@ -159,11 +191,25 @@ def _files_check(args: argparse.Namespace, fields: dict[str, str], settings: Any
     load = partial(_tokenizer, args.tokenizer, None) if args.tokenizer else None
     domain = DomainPrefix(settings.domain_field, settings.domain_format) if settings.domain_field else None
     if is_preference_data(list(args.files), args.format, fields or None):
-        return partial(check_preference_files, list(args.files), args.format, fields or None, load_tokenizer=load,
-                       max_length=args.max_length)
-    return partial(check_causal_files, list(args.files), args.format, fields or None, load_tokenizer=load,
-                   max_length=args.max_length, train_on_prompt=settings.train_on_prompt, domain=domain,
-                   settings=settings)
+        return partial(
+            check_preference_files,
+            list(args.files),
+            args.format,
+            fields or None,
+            load_tokenizer=load,
+            max_length=args.max_length,
+        )
+    return partial(
+        check_causal_files,
+        list(args.files),
+        args.format,
+        fields or None,
+        load_tokenizer=load,
+        max_length=args.max_length,
+        train_on_prompt=settings.train_on_prompt,
+        domain=domain,
+        settings=settings,
+    )
 
 
 def _tokenizer(source: str, base_dir: Path | None) -> Any:
@@ -180,8 +226,11 @@ def _print_report(report: dict[str, Any], max_length: int) -> None:
     print(f"records: {report['records_read']} read, {report['records_ok']} usable, {len(report['bad_records'])} bad")
     if report.get("lengths"):
         lengths = report["lengths"]
-        print("tokens per example: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items())
-              + f"; {report['truncated']} truncated at max_length={max_length}")
+        print(
+            "tokens per example: "
+            + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items())
+            + f"; {report['truncated']} truncated at max_length={max_length}"
+        )
     for part, lengths in (report.get("parts") or {}).items():  # preference data: prompts, chosen, rejected
         print(f"{part} tokens: " + ", ".join(f"{k} {round(v, 1)}" for k, v in lengths.items()))
     for bad in report["bad_records"]:

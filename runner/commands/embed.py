@@ -26,7 +26,7 @@ def add_embed(sub: Subparsers) -> None:
     emb.add_argument("job", help="job name or job file")
     emb.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     emb.add_argument("--image", action="append", default=[], help="an image file to embed (repeatable)")
-    emb.add_argument("--input", help="a file of inputs: .txt (one text per line) or .jsonl ({\"text\"} / {\"image\"})")
+    emb.add_argument("--input", help='a file of inputs: .txt (one text per line) or .jsonl ({"text"} / {"image"})')
     emb.add_argument("--out", help="write a .npy matrix or .jsonl lines instead of printing")
     emb.add_argument("--dim", type=int, help="Matryoshka: truncate to this many dimensions (re-normalised)")
     emb.add_argument("--task", help="multi-task models: the task whose adapter embeds")
@@ -44,12 +44,15 @@ def embed_command(args: argparse.Namespace) -> int:
             raise ResultError(f"--out {args.out}: write a .npy (float32 matrix) or a .jsonl file")
         adapter_dir = find_result(args.job, runs_root(args.runs_dir), args.run)
         items = read_embed_inputs(args.text, args.image, args.input)
-        vectors = embed_items(adapter_dir, items, dim=args.dim, task=args.task,
-                              note=lambda message: print(message, file=sys.stderr))
+        vectors = embed_items(
+            adapter_dir, items, dim=args.dim, task=args.task, note=lambda message: print(message, file=sys.stderr)
+        )
     except ResultError as exc:
         return error(str(exc))
-    lines = (json.dumps({"input": str(item), "embedding": [round(v, 7) for v in row]})
-             for item, row in zip(items, vectors.tolist(), strict=True))
+    lines = (
+        json.dumps({"input": str(item), "embedding": [round(v, 7) for v in row]})
+        for item, row in zip(items, vectors.tolist(), strict=True)
+    )
     if args.out is None:
         for line in lines:
             print(line)

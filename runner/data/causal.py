@@ -41,13 +41,7 @@ import jinja2
 
 from runner.data.conversation import INTERNAL_KEYS, Conversation, RecordError
 from runner.data.report import DataError
-from runner.data.tools import (
-    TemplateFeatures,
-    as_openai_tools,
-    template_features,
-    tool_call_text,
-    with_tools_in_system,
-)
+from runner.data.tools import TemplateFeatures, as_openai_tools, template_features, tool_call_text, with_tools_in_system
 
 IGNORE_INDEX = -100
 Example = dict[str, list[int]]
@@ -124,8 +118,11 @@ def encode_conversation(
     tools: Sequence[dict[str, Any]] | None = None,
 ) -> Encoded:
     """Render messages with the chat template and label the assistant tokens (all if train_on_prompt)."""
-    return encode(tokenizer, Conversation(list(messages), list(tools) if tools else None),
-                  EncodeOptions(train_on_prompt=train_on_prompt))
+    return encode(
+        tokenizer,
+        Conversation(list(messages), list(tools) if tools else None),
+        EncodeOptions(train_on_prompt=train_on_prompt),
+    )
 
 
 def encode(tokenizer: Any, conv: Conversation, options: EncodeOptions | None = None) -> Encoded:
@@ -149,7 +146,8 @@ def _encode(tokenizer: Any, conv: Conversation, options: EncodeOptions) -> Encod
     features = template_features(tokenizer, template)
     messages, metas, tools, handling = _fit_to_template(conv, features, options.tools)
     weighted = any("loss_weight" in m for m in metas) or (
-        options.reasoning == "mask" and any(m.get("reasoning") for m in metas))
+        options.reasoning == "mask" and any(m.get("reasoning") for m in metas)
+    )
     if weighted:
         ids, mask = _weighted_mask(tokenizer, messages, metas, template, tools, options)
         return _apply_mask(ids, mask, handling)
@@ -175,8 +173,9 @@ def _encode(tokenizer: Any, conv: Conversation, options: EncodeOptions) -> Encod
     return _apply_mask(ids, mask, handling)
 
 
-def _fit_to_template(conv: Conversation, features: TemplateFeatures, tools_policy: str
-                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]] | None, str | None]:
+def _fit_to_template(
+    conv: Conversation, features: TemplateFeatures, tools_policy: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]] | None, str | None]:
     """The messages as this template takes them, the normalised message behind each (an inserted
     system prompt has a bare one), the tools to pass it, and how the tools were handled."""
     messages: list[dict[str, Any]] = []
@@ -201,9 +200,11 @@ def _fit_to_template(conv: Conversation, features: TemplateFeatures, tools_polic
         return fitted, ([{"role": "system"}] if len(fitted) > len(messages) else []) + metas, None, "system-prompt"
     if tools_policy == "drop":
         return messages, metas, None, "dropped"
-    raise RecordError(f"defines {len(conv.tools)} tool(s), but the chat template does not render tools and "
-                      "data.tools = \"refuse\"; set data.tools = \"render\" to list them in the system prompt, "
-                      "or \"drop\" to leave them out")
+    raise RecordError(
+        f"defines {len(conv.tools)} tool(s), but the chat template does not render tools and "
+        'data.tools = "refuse"; set data.tools = "render" to list them in the system prompt, '
+        'or "drop" to leave them out'
+    )
 
 
 def think_block(reasoning: str) -> str:
@@ -249,8 +250,10 @@ def to_example(encoded: Encoded, max_length: int) -> tuple[Example, bool]:
                 f"no response tokens left after truncation to max_length={max_length} "
                 f"(the example has {len(encoded.input_ids)} tokens); raise data.max_length"
             )
-        raise RecordError("no trainable tokens: every message is masked (loss_weight 0, segments labelled "
-                          "false) or the chat template rendered no assistant tokens")
+        raise RecordError(
+            "no trainable tokens: every message is masked (loss_weight 0, segments labelled "
+            "false) or the chat template rendered no assistant tokens"
+        )
     n = len(kept.input_ids)
     return {"input_ids": kept.input_ids, "labels": kept.labels, "attention_mask": [1] * n}, truncated
 
@@ -316,8 +319,14 @@ def _mask_from_prefixes(
     return _token_mask(tokenizer, text, spans, [], base=0)
 
 
-def _weighted_mask(tokenizer: Any, messages: list[dict[str, Any]], metas: list[dict[str, Any]], template: str,
-                   tools: Any, options: EncodeOptions) -> tuple[list[int], list[int]]:
+def _weighted_mask(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    metas: list[dict[str, Any]],
+    template: str,
+    tools: Any,
+    options: EncodeOptions,
+) -> tuple[list[int], list[int]]:
     """Trained and masked character spans per message (loss_weight, masked reasoning), as tokens."""
     text = _render(tokenizer, messages, template, tools, False)
     prefixes = [""] + [_render(tokenizer, messages[:k], template, tools, False) for k in range(1, len(messages))]
@@ -372,13 +381,16 @@ def _reasoning_span(text: str, start: int, end: int, reasoning: str) -> tuple[in
 
 
 def _unstable(k: int) -> str:
-    return (f"the chat template is not prefix-stable at message {k + 1}: rendering the conversation up to it is "
-            "not a prefix of the whole rendering, so its tokens cannot be located; use a template with "
-            "{% generation %} markers, or train_on_prompt = true without per-message loss weights")
+    return (
+        f"the chat template is not prefix-stable at message {k + 1}: rendering the conversation up to it is "
+        "not a prefix of the whole rendering, so its tokens cannot be located; use a template with "
+        "{% generation %} markers, or train_on_prompt = true without per-message loss weights"
+    )
 
 
-def _token_mask(tokenizer: Any, text: str, trained: Sequence[tuple[int, int]], masked: Sequence[tuple[int, int]],
-                *, base: int) -> tuple[list[int], list[int]]:
+def _token_mask(
+    tokenizer: Any, text: str, trained: Sequence[tuple[int, int]], masked: Sequence[tuple[int, int]], *, base: int
+) -> tuple[list[int], list[int]]:
     """1 for tokens that overlap a trained span, 0 for those that overlap a masked one (masked wins),
     `base` for the rest."""
     if tokenizer.is_fast:

@@ -42,8 +42,9 @@ WEIGHT_KEYS = ("loss_weight", "train")
 _PASSTHROUGH = ("tool_call_id", "name")
 
 
-def normalize_chat(data: Mapping[str, Any], fields: Mapping[str, str], fmt: str,
-                   options: RecordOptions | None = None) -> Conversation:
+def normalize_chat(
+    data: Mapping[str, Any], fields: Mapping[str, str], fmt: str, options: RecordOptions | None = None
+) -> Conversation:
     options = options or RecordOptions()
     key = fields["conversations"]
     if key not in data:
@@ -68,14 +69,16 @@ def normalize_chat(data: Mapping[str, Any], fields: Mapping[str, str], fmt: str,
         if role == "system":
             if messages:
                 raise RecordError(f"{where} is a system turn; only the first turn may be one")
-        elif role == "assistant" and not (message["content"].strip() or message.get("tool_calls")
-                                          or message.get("reasoning")):
+        elif role == "assistant" and not (
+            message["content"].strip() or message.get("tool_calls") or message.get("reasoning")
+        ):
             raise RecordError(f"empty assistant turn ({where})")
         elif role == "user" and not message["content"].strip() and not (found or count_markers(message["content"])):
             raise RecordError(f"empty user turn ({where})")
         elif role == "tool" and (not messages or messages[-1]["role"] not in ("assistant", "tool")):
-            raise RecordError(f"{where} is a tool result ({turn[fields['role']]!r}) that does not follow "
-                              "an assistant turn")
+            raise RecordError(
+                f"{where} is a tool result ({turn[fields['role']]!r}) that does not follow an assistant turn"
+            )
         if messages and role != "system":
             check_turn_order(messages[-1]["role"], role, where, n, fmt)
         messages.append(message)
@@ -89,8 +92,9 @@ def normalize_chat(data: Mapping[str, Any], fields: Mapping[str, str], fmt: str,
     return Conversation(messages, tools_of(data, fields["tools"]), media_dropped=dropped)
 
 
-def _message(turn: Any, n: int, key: str, fields: Mapping[str, str], roles: Mapping[str, str]
-             ) -> tuple[dict[str, Any], int]:
+def _message(
+    turn: Any, n: int, key: str, fields: Mapping[str, str], roles: Mapping[str, str]
+) -> tuple[dict[str, Any], int]:
     """One turn -> (normalised message, media parts its content held)."""
     where = f"'{key}' turn {n}"
     role_key, content_key = fields["role"], fields["content"]
@@ -101,8 +105,10 @@ def _message(turn: Any, n: int, key: str, fields: Mapping[str, str], roles: Mapp
     name = turn[role_key]
     role = roles.get(name) if isinstance(name, str) else None
     if role is None:
-        raise RecordError(f"{where} has role {name!r}; expected one of {', '.join(roles)} "
-                          "(more names for a role: data.roles, e.g. {assistant = [\"bot\"]})")
+        raise RecordError(
+            f"{where} has role {name!r}; expected one of {', '.join(roles)} "
+            '(more names for a role: data.roles, e.g. {assistant = ["bot"]})'
+        )
     content = parse_content(turn.get(content_key), f"{where} '{content_key}'")
     message: dict[str, Any] = {"role": role, "content": content.text}
     calls = list(content.tool_calls)
@@ -173,17 +179,25 @@ def check_turn_order(previous: str, role: str, where: str, n: int, fmt: str) -> 
     requires (user/observation in odd places, gpt/function_call in even ones). OpenAI-style
     `messages` may hold several tool results in a row (parallel tool calls), as there."""
     if role == "user" and previous == "user":
-        raise RecordError(f"{where} is a second user turn in a row (after turn {n - 1}); merge them, "
-                          "or put the assistant's reply between them")
+        raise RecordError(
+            f"{where} is a second user turn in a row (after turn {n - 1}); merge them, "
+            "or put the assistant's reply between them"
+        )
     if role == "user" and previous == "tool":
-        raise RecordError(f"{where} is a user turn right after a tool result (turn {n - 1}); the assistant's "
-                          "answer to the tool result goes between them")
+        raise RecordError(
+            f"{where} is a user turn right after a tool result (turn {n - 1}); the assistant's "
+            "answer to the tool result goes between them"
+        )
     if role == "assistant" and previous == "assistant":
-        raise RecordError(f"{where} is a second assistant turn in a row (after turn {n - 1}); merge them, "
-                          "or put the user's turn between them")
+        raise RecordError(
+            f"{where} is a second assistant turn in a row (after turn {n - 1}); merge them, "
+            "or put the user's turn between them"
+        )
     if role == "tool" and previous == "tool" and fmt == "sharegpt":
-        raise RecordError(f"{where} is a second tool result in a row (after turn {n - 1}); sharegpt turns "
-                          "alternate (user or observation, then gpt or function_call): merge the results")
+        raise RecordError(
+            f"{where} is a second tool result in a row (after turn {n - 1}); sharegpt turns "
+            "alternate (user or observation, then gpt or function_call): merge the results"
+        )
 
 
 def tools_of(data: Mapping[str, Any], key: str) -> list[dict[str, Any]] | None:
@@ -226,7 +240,7 @@ def apply_media_policy(messages: list[dict[str, Any]], media: int, policy: str) 
         raise RecordError(
             f"holds {media} image{'s' if media != 1 else ''} or other media (image parts, an 'images' list or "
             f"{IMAGE_MARKER} markers, as in LLaMA-Factory's multimodal layout); a causal LM here reads text only: "
-            "set data.images = \"drop\" to train on the text without them"
+            'set data.images = "drop" to train on the text without them'
         )
     for message in messages:
         if IMAGE_MARKER in message["content"]:

@@ -32,8 +32,15 @@ from runner.data.reading import ReadOptions, read_records
 from runner.data.report import BadRecord, DataError, all_bad_message
 from runner.spec.data_section import DataSection
 
-__all__ = ["EMBEDDING_FORMATS", "check_causal_files", "check_data_files", "check_embedding_files",
-           "check_preference_files", "data_settings", "is_preference_data"]
+__all__ = [
+    "EMBEDDING_FORMATS",
+    "check_causal_files",
+    "check_data_files",
+    "check_embedding_files",
+    "check_preference_files",
+    "data_settings",
+    "is_preference_data",
+]
 
 
 def data_settings(changes: Mapping[str, str] | None = None) -> DataSection:
@@ -57,8 +64,9 @@ def data_settings(changes: Mapping[str, str] | None = None) -> DataSection:
         raise ValueError(f"--data: {problems}") from None
 
 
-def check_data_files(files: list[str], *, data_format: str = "auto",
-                     fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+def check_data_files(
+    files: list[str], *, data_format: str = "auto", fields: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Files of either model family, told apart by `data_format` (auto-detection: causal formats,
     preference data included)."""
     if data_format in EMBEDDING_FORMATS:
@@ -83,8 +91,14 @@ def is_preference_data(files: list[str], data_format: str, fields: Mapping[str, 
 
 
 def check_causal_files(
-    files: list[str], data_format: str, fields: Mapping[str, str] | None, *, domain: DomainPrefix | None = None,
-    load_tokenizer: Callable[[], Any] | None = None, max_length: int = 512, train_on_prompt: bool = False,
+    files: list[str],
+    data_format: str,
+    fields: Mapping[str, str] | None,
+    *,
+    domain: DomainPrefix | None = None,
+    load_tokenizer: Callable[[], Any] | None = None,
+    max_length: int = 512,
+    train_on_prompt: bool = False,
     settings: DataSection | None = None,
 ) -> dict[str, Any]:
     """Causal-LM data (alpaca, sharegpt, messages, text, segments, prompt-completion). `load_tokenizer`
@@ -95,30 +109,53 @@ def check_causal_files(
     read = read_records(files, ReadOptions(text_unit=settings.text_unit, csv_header=settings.csv_header))
     records = [r.data for r in read.records]
     if not records:
-        raise DataError("no readable records in: " + ", ".join(files)
-                        + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else ""))
+        raise DataError(
+            "no readable records in: "
+            + ", ".join(files)
+            + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else "")
+        )
     by_file, fmt, reason = detect_by_file(read.records, data_format, mapping)
-    report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason if data_format == "auto"
-                              else "given", "records_read": len(read.records) + len(read.bad)}
+    report: dict[str, Any] = {
+        "files": files,
+        "format": fmt,
+        "format_reason": reason if data_format == "auto" else "given",
+        "records_read": len(read.records) + len(read.bad),
+    }
     roles = {str(role): list(names) for role, names in settings.roles.items()} or None
     if load_tokenizer is not None:
         from runner.data.pipeline import build_examples
 
         examples, data_report = build_examples(
-            read.records, load_tokenizer(), max_length=max_length, format=data_format, fields=mapping,
+            read.records,
+            load_tokenizer(),
+            max_length=max_length,
+            format=data_format,
+            fields=mapping,
             domain_field=domain.field if domain else None,
             domain_format=domain.format if domain else "[{value}] ",
-            train_on_prompt=train_on_prompt, on_bad_record="skip", read_errors=read.bad, progress=None,
-            tools=settings.tools, reasoning=settings.reasoning, images=settings.images, roles=roles,
+            train_on_prompt=train_on_prompt,
+            on_bad_record="skip",
+            read_errors=read.bad,
+            progress=None,
+            tools=settings.tools,
+            reasoning=settings.reasoning,
+            images=settings.images,
+            roles=roles,
         )
-        report.update(records_ok=len(examples), bad_records=list(data_report.bad_records),
-                      lengths=asdict(data_report.lengths) if data_report.lengths else None,
-                      truncated=data_report.truncated, tools=dict(data_report.tools),
-                      warnings=list(data_report.warnings))
+        report.update(
+            records_ok=len(examples),
+            bad_records=list(data_report.bad_records),
+            lengths=asdict(data_report.lengths) if data_report.lengths else None,
+            truncated=data_report.truncated,
+            tools=dict(data_report.tools),
+            warnings=list(data_report.warnings),
+        )
         return report
     bad: list[BadRecord] = list(read.bad)
-    resolved = {f: resolve_fields(f, [r.data for r in read.records if by_file[r.location.file] == f], mapping)
-                for f in set(by_file.values())}
+    resolved = {
+        f: resolve_fields(f, [r.data for r in read.records if by_file[r.location.file] == f], mapping)
+        for f in set(by_file.values())
+    }
     options = RecordOptions.of(settings.images, roles)
     ok = media = media_records = 0
     for record in read.records:
@@ -134,31 +171,59 @@ def check_causal_files(
     report.update(records_ok=ok, bad_records=bad, warnings=data_warnings({}, ok, media, media_records))
     if not ok:
         forced = data_format != "auto"
-        report["summary"] = all_bad_message(report["records_read"], bad, fmt=fmt, forced=forced,
-                                            looks_like=guess_format(records, mapping) if forced else None)
+        report["summary"] = all_bad_message(
+            report["records_read"],
+            bad,
+            fmt=fmt,
+            forced=forced,
+            looks_like=guess_format(records, mapping) if forced else None,
+        )
     return report
 
 
-def check_embedding_files(files: list[str], data_format: str, fields: Mapping[str, str], *,
-                          image_root: Path | None = None, tasks: list[str] | None = None,
-                          settings: DataSection | None = None) -> dict[str, Any]:
+def check_embedding_files(
+    files: list[str],
+    data_format: str,
+    fields: Mapping[str, str],
+    *,
+    image_root: Path | None = None,
+    tasks: list[str] | None = None,
+    settings: DataSection | None = None,
+) -> dict[str, Any]:
     """Embedding data (pairs, triplets, scored pairs, image-text): fields, types, images, task labels."""
     from runner.data.embedding import prepare_embedding_data
 
     settings = settings or data_settings()
-    data = prepare_embedding_data(files, format=data_format, fields=dict(fields), image_root=image_root,
-                                  on_bad_record="skip", tasks=tasks,
-                                  read_options=ReadOptions(text_unit=settings.text_unit,
-                                                           csv_header=settings.csv_header))
+    data = prepare_embedding_data(
+        files,
+        format=data_format,
+        fields=dict(fields),
+        image_root=image_root,
+        on_bad_record="skip",
+        tasks=tasks,
+        read_options=ReadOptions(text_unit=settings.text_unit, csv_header=settings.csv_header),
+    )
     report = data.train_report
-    return {"files": files, "format": report.format, "format_reason": report.format_reason,
-            "records_read": report.records_read, "records_ok": report.records_kept,
-            "bad_records": list(report.bad_records), "warnings": list(report.warnings)}
+    return {
+        "files": files,
+        "format": report.format,
+        "format_reason": report.format_reason,
+        "records_read": report.records_read,
+        "records_ok": report.records_kept,
+        "bad_records": list(report.bad_records),
+        "warnings": list(report.warnings),
+    }
 
 
-def check_preference_files(files: list[str], data_format: str, fields: Mapping[str, str] | None, *,
-                           load_tokenizer: Callable[[], Any] | None = None, max_length: int = 512,
-                           unpaired: bool = False) -> dict[str, Any]:
+def check_preference_files(
+    files: list[str],
+    data_format: str,
+    fields: Mapping[str, str] | None,
+    *,
+    load_tokenizer: Callable[[], Any] | None = None,
+    max_length: int = 512,
+    unpaired: bool = False,
+) -> dict[str, Any]:
     """Preference data (runner.data.preference): every record normalised and, with a tokenizer,
     tokenised as the run does it, with the token lengths of the prompts and of each kind of reply."""
     from runner.data.preference import FORMATS as PREFERENCE_FORMATS
@@ -170,21 +235,38 @@ def check_preference_files(files: list[str], data_format: str, fields: Mapping[s
     read = read_records(files)
     records = [r.data for r in read.records]
     if not records:
-        raise DataError("no readable records in: " + ", ".join(files)
-                        + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else ""))
+        raise DataError(
+            "no readable records in: "
+            + ", ".join(files)
+            + ("\n" + "\n".join(str(b) for b in read.bad) if read.bad else "")
+        )
     fmt, reason = detect_preference(records, mapping) if data_format == "auto" else (data_format, "given")
     if fmt not in PREFERENCE_FORMATS:
         raise DataError(f"format {fmt!r} is not preference data")
-    report: dict[str, Any] = {"files": files, "format": fmt, "format_reason": reason,
-                              "records_read": len(read.records) + len(read.bad)}
+    report: dict[str, Any] = {
+        "files": files,
+        "format": fmt,
+        "format_reason": reason,
+        "records_read": len(read.records) + len(read.bad),
+    }
     if load_tokenizer is not None:
         examples, data_report = build_preference_examples(
-            read.records, load_tokenizer(), max_length=max_length, format=fmt, fields=mapping,
-            unpaired=unpaired or fmt == "unpaired-preference", read_errors=read.bad)
-        report.update(records_ok=len(read.records) - (len(data_report.bad_records) - len(read.bad)),
-                      examples=len(examples), bad_records=list(data_report.bad_records),
-                      lengths=asdict(data_report.lengths) if data_report.lengths else None,
-                      parts=data_report.part_lengths(), truncated=data_report.truncated)
+            read.records,
+            load_tokenizer(),
+            max_length=max_length,
+            format=fmt,
+            fields=mapping,
+            unpaired=unpaired or fmt == "unpaired-preference",
+            read_errors=read.bad,
+        )
+        report.update(
+            records_ok=len(read.records) - (len(data_report.bad_records) - len(read.bad)),
+            examples=len(examples),
+            bad_records=list(data_report.bad_records),
+            lengths=asdict(data_report.lengths) if data_report.lengths else None,
+            parts=data_report.part_lengths(),
+            truncated=data_report.truncated,
+        )
         return report
     try:
         resolved = resolve_preference_fields(fmt, records, mapping)

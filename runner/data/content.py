@@ -49,8 +49,10 @@ def parse_content(value: Any, where: str) -> Content:
     if isinstance(value, dict):
         value = [value]  # a single part written without its list
     if not isinstance(value, list):
-        raise RecordError(f"{where} is a {type(value).__name__}; expected a string or a list of parts "
-                          "({\"type\": \"text\", \"text\": ...})")
+        raise RecordError(
+            f"{where} is a {type(value).__name__}; expected a string or a list of parts "
+            '({"type": "text", "text": ...})'
+        )
     out = Content()
     texts: list[str] = []
     for n, part in enumerate(value, start=1):
@@ -70,8 +72,10 @@ def parse_content(value: Any, where: str) -> Content:
         elif kind in IMAGE_TYPES or kind in OTHER_MEDIA_TYPES:
             out.media += 1
         else:
-            raise RecordError(f"{at} has type {kind!r}; the parts read are text, reasoning, tool_call and "
-                              "image (audio and video as media)")
+            raise RecordError(
+                f"{at} has type {kind!r}; the parts read are text, reasoning, tool_call and "
+                "image (audio and video as media)"
+            )
     out.text = "".join(texts)
     return out
 
@@ -82,15 +86,17 @@ def tool_calls_of(value: Any, where: str) -> list[dict[str, Any]]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise RecordError(f"{where} is not a JSON tool call ({e.msg} at column {e.colno}); write "
-                              "{\"name\": ..., \"arguments\": {...}}") from None
+            raise RecordError(
+                f"{where} is not a JSON tool call ({e.msg} at column {e.colno}); write "
+                '{"name": ..., "arguments": {...}}'
+            ) from None
     calls = value if isinstance(value, list) else [value]
     out = []
     for call in calls:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):  # already OpenAI-shaped
             call = call["function"]
         if not (isinstance(call, dict) and isinstance(call.get("name"), str) and call["name"]):
-            raise RecordError(f"{where} is not a tool call: expected {{\"name\": ..., \"arguments\": {{...}}}}")
+            raise RecordError(f'{where} is not a tool call: expected {{"name": ..., "arguments": {{...}}}}')
         arguments = call.get("arguments", call.get("parameters", {}))
         if isinstance(arguments, str):
             try:

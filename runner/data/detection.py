@@ -14,9 +14,7 @@ DETECT_SAMPLE = 100  # records looked at by a detection
 
 
 def vote_on_format(
-    records: Sequence[Mapping[str, Any]],
-    classify: Callable[[Mapping[str, Any]], tuple[str, str] | None],
-    expected: str,
+    records: Sequence[Mapping[str, Any]], classify: Callable[[Mapping[str, Any]], tuple[str, str] | None], expected: str
 ) -> tuple[str, str]:
     """Each of the first DETECT_SAMPLE records votes with `classify`; the most common answer wins,
     so a few stray records do not flip the decision (they fail later as bad records). `expected`

@@ -135,7 +135,9 @@ def _required(data: Mapping[str, Any], canonical: str, fields: Mapping[str, str]
     key = _field(data, canonical, fields)
     if key is None:
         names = [fields[canonical]] if canonical in fields else list(ALIASES[canonical])
-        raise RecordError(f"missing field {' / '.join(repr(n) for n in names)} ({canonical}) required by format '{fmt}'")
+        raise RecordError(
+            f"missing field {' / '.join(repr(n) for n in names)} ({canonical}) required by format '{fmt}'"
+        )
     return key
 
 
@@ -187,13 +189,17 @@ def to_example(
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise RecordError(f"'{key}' must be a finite number, found {value!r}")
         if abs(value) > MAX_ABS_SCORE:
-            raise RecordError(f"'{key}' is {value:g}, outside the range of scores (-{MAX_ABS_SCORE:g} to "
-                              f"{MAX_ABS_SCORE:g}); put the scores on a scale such as 0 to 1 or 0 to 5")
+            raise RecordError(
+                f"'{key}' is {value:g}, outside the range of scores (-{MAX_ABS_SCORE:g} to "
+                f"{MAX_ABS_SCORE:g}); put the scores on a scale such as 0 to 1 or 0 to 5"
+            )
         score = float(value)
     elif fmt == "image-text":
         image_key, query_image_key = _field(data, "image", fields), _field(data, "query_image", fields)
         if (image_key is None) == (query_image_key is None):
-            raise RecordError("an image-text record needs exactly one of 'image' (image document) or 'query_image' (image query)")
+            raise RecordError(
+                "an image-text record needs exactly one of 'image' (image document) or 'query_image' (image query)"
+            )
         text_key = _field(data, "query", fields) or _field(data, "positive", fields)
         text_key = text_key or next((k for k in _IMAGE_TEXT if k in data), None)
         if text_key is None:
@@ -210,7 +216,9 @@ def to_example(
     else:
         query = Item(text=_text(data, _required(data, "query", fields, fmt)))
         positive = Item(text=_text(data, _required(data, "positive", fields, fmt)))
-        negative_key = _required(data, "negative", fields, fmt) if fmt == "triplets" else _field(data, "negative", fields)
+        negative_key = (
+            _required(data, "negative", fields, fmt) if fmt == "triplets" else _field(data, "negative", fields)
+        )
         if negative_key is not None:
             negatives = _negatives(data, negative_key, None)
     task = None
@@ -296,8 +304,9 @@ def prepare_embedding_data(
     summary = None
     if not train:
         looks_like = guess_format([r.data for r in records], fields) if format != "auto" else None
-        summary = all_bad_message(len(records) + len(read.bad), bad, fmt=fmt, forced=format != "auto",
-                                  looks_like=looks_like)
+        summary = all_bad_message(
+            len(records) + len(read.bad), bad, fmt=fmt, forced=format != "auto", looks_like=looks_like
+        )
     enforce_policy([*bad, *eval_bad], on_bad_record, summary)
     if summary is not None:
         raise DataError(f"no usable training examples: {summary}")
@@ -421,8 +430,10 @@ class EmbeddingBatchSampler:
             target = first_open
             if self.keys is not None:
                 keys = self.keys[index]
-                target = next((b for b in range(first_open, len(batches))
-                               if len(batches[b]) < size and not keys & seen[b]), first_open)
+                target = next(
+                    (b for b in range(first_open, len(batches)) if len(batches[b]) < size and not keys & seen[b]),
+                    first_open,
+                )
                 seen[target] |= keys
             batches[target].append(index)
         return batches

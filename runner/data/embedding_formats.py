@@ -51,7 +51,8 @@ def detect_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str
     """Guess the embedding format from the first records; return (format, reason)."""
     given = dict(fields or {})
     return vote_on_format(
-        records, lambda data: _classify(data, given),
+        records,
+        lambda data: _classify(data, given),
         "embedding data format: the first records have keys {keys}; expected "
         "query + positive (pairs), + negative (triplets), sentence1 + sentence2 + score (scored-pairs) "
         "or image / query_image + text (image-text). Set data.format and map your field names with data.fields.",

@@ -69,6 +69,7 @@ MAPPED_ONLY = ("loss_weight", "reasoning")
 # synonyms accepted as keys of data.fields (runner.data.kinds lists them as valid field names)
 FIELD_SYNONYMS = {"messages": "conversations", "from": "role", "value": "content"}
 
+
 @dataclass(frozen=True)
 class DomainPrefix:
     """Render ``format.format(value=record[field])`` before the first user message.
@@ -97,16 +98,15 @@ class DomainPrefix:
 # detection and field resolution
 
 
-def detect_sft_format(
-    records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
-) -> tuple[str, str]:
+def detect_sft_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Guess the SFT format from the first records; return (format, human-readable reason).
     runner.data.kinds.detect_format first rules out preference data, which would pass for sharegpt or
     alpaca records."""
     canonical = _canonical(fields)
     try:
         return vote_on_format(
-            records, lambda data: _classify(data, canonical),
+            records,
+            lambda data: _classify(data, canonical),
             "data format: the first records have keys {keys}; expected "
             "'conversations'/'messages' (sharegpt/messages), instruction + output (alpaca), 'text', "
             "'segments' or prompt + completion message lists. "

@@ -61,17 +61,26 @@ def load(source: HubDataSource) -> Any:
     try:
         dataset = datasets.load_dataset(source.repo_id, source.subset, split=source.split, revision=source.revision)
     except ConnectionError as exc:
-        raise DataFileError(name, f"not in the datasets cache, and the Hub cannot be reached ({_first_line(exc)})",
-                            "read it once with network access (it is cached then), or point HF_DATASETS_CACHE at a "
-                            "cache that holds it") from None
+        raise DataFileError(
+            name,
+            f"not in the datasets cache, and the Hub cannot be reached ({_first_line(exc)})",
+            "read it once with network access (it is cached then), or point HF_DATASETS_CACHE at a cache that holds it",
+        ) from None
     except (ValueError, KeyError) as exc:  # unknown split or subset, missing config name
-        raise DataFileError(name, _first_line(exc), "name a split and subset the data set has "
-                            "(?split=...&subset=...)") from None
+        raise DataFileError(
+            name, _first_line(exc), "name a split and subset the data set has (?split=...&subset=...)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds (not found, gated, bad files)
-        raise DataFileError(name, f"cannot be loaded: {type(exc).__name__}: {_first_line(exc)}",
-                            "check the data set's id, revision and access rights") from None
-    media = [column for column, feature in dataset.features.items()
-             if type(feature).__name__ in ("Image", "Audio", "Video") and getattr(feature, "decode", False)]
+        raise DataFileError(
+            name,
+            f"cannot be loaded: {type(exc).__name__}: {_first_line(exc)}",
+            "check the data set's id, revision and access rights",
+        ) from None
+    media = [
+        column
+        for column, feature in dataset.features.items()
+        if type(feature).__name__ in ("Image", "Audio", "Video") and getattr(feature, "decode", False)
+    ]
     for column in media:
         dataset = dataset.cast_column(column, type(dataset.features[column])(decode=False))
     return dataset
@@ -88,8 +97,9 @@ def _datasets() -> Any:
     try:
         import datasets
     except ImportError:
-        raise DataFileError("hf:", "Hub data sets are read with the 'datasets' library, which is not installed",
-                            INSTALL_HINT) from None
+        raise DataFileError(
+            "hf:", "Hub data sets are read with the 'datasets' library, which is not installed", INSTALL_HINT
+        ) from None
     return datasets
 
 

@@ -39,8 +39,10 @@ def resolve_image(value: str, root: Path) -> Path:
     candidate = Path(os.path.normpath(path if path.is_absolute() else root.absolute() / path))
     top = Path(os.path.normpath(root.absolute()))
     if not candidate.is_relative_to(top) or not Path(os.path.realpath(candidate)).is_relative_to(os.path.realpath(top)):
-        raise RecordError(f"image path {value!r} leads outside the image folder (data.image_root, by default "
-                          "the data file's folder); keep images under it")
+        raise RecordError(
+            f"image path {value!r} leads outside the image folder (data.image_root, by default "
+            "the data file's folder); keep images under it"
+        )
     return candidate
 
 

@@ -26,18 +26,20 @@ from runner.data.preference import preference_vote
 from runner.data.report import DataError
 
 
-def detect_format(
-    records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
-) -> tuple[str, str]:
+def detect_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Guess the SFT format from the first records; return (format, human-readable reason)."""
     preference = preference_vote(records, fields)
     if preference is not None:  # they would pass for sharegpt or alpaca records with every record bad
-        raise DataError(f"the records are preference data ({preference[0]}: {preference[1]}): train them with "
-                        "loss.type = \"dpo\" (or ipo, orpo, simpo, kto), or set data.format")
+        raise DataError(
+            f"the records are preference data ({preference[0]}: {preference[1]}): train them with "
+            'loss.type = "dpo" (or ipo, orpo, simpo, kto), or set data.format'
+        )
     return detect_sft_format(records, fields)
 
 
-def guess_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+def guess_format(
+    records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
     """What the records look like, causal, preference or embedding format (None: nothing fits): for
     the message that explains why every record failed under a format set by hand."""
     for detect in (detect_preference, detect_format, detect_embedding):
@@ -58,18 +60,29 @@ def usage_problems(data_format: str, fields: Mapping[str, str]) -> list[str]:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         problems.append(f"--format {data_format!r}: expected one of {', '.join(formats)}{hint}")
     if data_format in FORMATS:
-        valid = [*FORMAT_FIELDS[data_format], *(k for k, v in FIELD_SYNONYMS.items() if v in FORMAT_FIELDS[data_format])]
+        valid = [
+            *FORMAT_FIELDS[data_format],
+            *(k for k, v in FIELD_SYNONYMS.items() if v in FORMAT_FIELDS[data_format]),
+        ]
     elif data_format in EMBEDDING_FORMATS:
         valid = list(EMBEDDING_FIELDS)
     elif data_format in PREFERENCE_FORMATS:
         valid = preference_fields(data_format)
     else:
-        valid = sorted({*(c for names in FORMAT_FIELDS.values() for c in names), *FIELD_SYNONYMS, *EMBEDDING_FIELDS,
-                        *(c for fmt in PREFERENCE_FORMATS for c in preference_fields(fmt))})
+        valid = sorted(
+            {
+                *(c for names in FORMAT_FIELDS.values() for c in names),
+                *FIELD_SYNONYMS,
+                *EMBEDDING_FIELDS,
+                *(c for fmt in PREFERENCE_FORMATS for c in preference_fields(fmt)),
+            }
+        )
     for canonical, name in fields.items():
         if canonical not in valid:
             swapped = f" (did you mean {name}={canonical}? the field name comes first)" if name in valid else ""
-            problems.append(f"--fields {canonical}={name}: {canonical!r} is not a field of "
-                            f"{'format ' + repr(data_format) if data_format != 'auto' else 'any format'}{swapped}; "
-                            f"expected one of {', '.join(valid)}")
+            problems.append(
+                f"--fields {canonical}={name}: {canonical!r} is not a field of "
+                f"{'format ' + repr(data_format) if data_format != 'auto' else 'any format'}{swapped}; "
+                f"expected one of {', '.join(valid)}"
+            )
     return problems

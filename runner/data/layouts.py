@@ -26,13 +26,16 @@ def normalize_segments(data: Mapping[str, Any], fields: Mapping[str, str]) -> Co
     key = fields["segments"]
     segments = data.get(key)
     if not isinstance(segments, list) or not segments:
-        raise RecordError(f"missing '{key}'" if segments is None else f"'{key}' must be a non-empty list of "
-                          "{\"text\": ..., \"label\": true|false}")
+        raise RecordError(
+            f"missing '{key}'"
+            if segments is None
+            else f'\'{key}\' must be a non-empty list of {{"text": ..., "label": true|false}}'
+        )
     messages = []
     for n, segment in enumerate(segments, start=1):
         where = f"'{key}' item {n}"
         if not isinstance(segment, dict):
-            raise RecordError(f"{where} is a {type(segment).__name__}; expected {{\"text\": ..., \"label\": ...}}")
+            raise RecordError(f'{where} is a {type(segment).__name__}; expected {{"text": ..., "label": ...}}')
         text, label = segment.get("text"), segment.get("label")
         if not isinstance(text, str):
             raise RecordError(f"{where} has no 'text' string")
@@ -45,8 +48,9 @@ def normalize_segments(data: Mapping[str, Any], fields: Mapping[str, str]) -> Co
     return Conversation(messages, special_tokens=False)
 
 
-def normalize_prompt_completion(data: Mapping[str, Any], fields: Mapping[str, str],
-                                options: RecordOptions | None = None) -> Conversation:
+def normalize_prompt_completion(
+    data: Mapping[str, Any], fields: Mapping[str, str], options: RecordOptions | None = None
+) -> Conversation:
     prompt_key, completion_key = fields["prompt"], fields["completion"]
     prompt, completion = data.get(prompt_key), data.get(completion_key)
     for key, value in ((prompt_key, prompt), (completion_key, completion)):
@@ -55,15 +59,23 @@ def normalize_prompt_completion(data: Mapping[str, Any], fields: Mapping[str, st
     if isinstance(prompt, str) and isinstance(completion, str):
         if not completion.strip():
             raise RecordError(f"empty '{completion_key}'")
-        return Conversation([{"role": TEXT_ROLE, "content": prompt, "loss_weight": 0.0},
-                             {"role": TEXT_ROLE, "content": completion, "loss_weight": 1.0}])
+        return Conversation(
+            [
+                {"role": TEXT_ROLE, "content": prompt, "loss_weight": 0.0},
+                {"role": TEXT_ROLE, "content": completion, "loss_weight": 1.0},
+            ]
+        )
     if not (isinstance(prompt, list) and isinstance(completion, list)):
-        raise RecordError(f"'{prompt_key}' is a {type(prompt).__name__} and '{completion_key}' a "
-                          f"{type(completion).__name__}; write both as strings (plain text) or both as lists "
-                          "of messages (conversational)")
+        raise RecordError(
+            f"'{prompt_key}' is a {type(prompt).__name__} and '{completion_key}' a "
+            f"{type(completion).__name__}; write both as strings (plain text) or both as lists "
+            "of messages (conversational)"
+        )
     chat_fields = {**fields, "conversations": "messages"}
-    record = {**{k: v for k, v in data.items() if k not in (prompt_key, completion_key)},
-              "messages": [*prompt, *completion]}
+    record = {
+        **{k: v for k, v in data.items() if k not in (prompt_key, completion_key)},
+        "messages": [*prompt, *completion],
+    }
     conv = normalize_chat(record, chat_fields, "messages", options)
     first_completion = len(conv.messages) - len(completion)
     for message in conv.messages[:first_completion]:
@@ -89,38 +101,55 @@ def explain(data: Mapping[str, Any], current: str | None = None) -> str | None:
 
 def _layout(data: Mapping[str, Any], keys: set[str]) -> tuple[str, str, str] | None:
     if {"chosen", "rejected"} <= keys:
-        return ("preference", "'chosen' and 'rejected'", "preference pairs train a preference job"
-                + _preference_losses(("dpo", "ipo", "orpo", "simpo")) + ", not supervised fine-tuning")
+        return (
+            "preference",
+            "'chosen' and 'rejected'",
+            "preference pairs train a preference job"
+            + _preference_losses(("dpo", "ipo", "orpo", "simpo"))
+            + ", not supervised fine-tuning",
+        )
     if "completion" in keys and isinstance(data.get("label"), bool):
-        return ("unpaired-preference", "'completion' with a true/false 'label'",
-                "it trains a preference job" + _preference_losses(("kto",)) + ", not supervised fine-tuning")
+        return (
+            "unpaired-preference",
+            "'completion' with a true/false 'label'",
+            "it trains a preference job" + _preference_losses(("kto",)) + ", not supervised fine-tuning",
+        )
     if isinstance(data.get("segments"), list):
-        return ("segments", "Axolotl input_output 'segments'", "set data.format = \"segments\"")
+        return ("segments", "Axolotl input_output 'segments'", 'set data.format = "segments"')
     if isinstance(data.get("prompt"), list) and isinstance(data.get("completion"), list):
-        return ("prompt-completion", "TRL conversational 'prompt' and 'completion' message lists",
-                "set data.format = \"prompt-completion\"")
+        return (
+            "prompt-completion",
+            "TRL conversational 'prompt' and 'completion' message lists",
+            'set data.format = "prompt-completion"',
+        )
     if "input_ids" in keys:
         return ("tokenised", "'input_ids'", "records are read as text, not token ids: export the text instead")
     if "prompt" in keys and not keys & {"completion", "response", "output", "answer", "chosen"}:
-        return ("prompt-only", "a 'prompt' and no response", "there is nothing to train on: add the response "
-                "('completion')")
+        return (
+            "prompt-only",
+            "a 'prompt' and no response",
+            "there is nothing to train on: add the response ('completion')",
+        )
     turns = _turn_list(data)
     if turns is not None:
         key, first = turns
         if {"from", "value"} <= set(first):
-            return ("sharegpt", f"'{key}' with from/value turns", "set data.format = \"sharegpt\"")
+            return ("sharegpt", f"'{key}' with from/value turns", 'set data.format = "sharegpt"')
         if {"role", "content"} <= set(first):
-            return ("messages", f"'{key}' with role/content turns", "set data.format = \"messages\"")
+            return ("messages", f"'{key}' with role/content turns", 'set data.format = "messages"')
         role = next((k for k in first if k in ("from", "role", "speaker", "author", "sender")), None)
         content = next((k for k in first if k in ("value", "content", "text", "message", "utterance")), None)
         if role and content:
-            return ("chat", f"a list of turns under '{key}' with keys '{role}'/'{content}'",
-                    f"set data.format = \"messages\" and data.fields = {{conversations = \"{key}\", role = "
-                    f"\"{role}\", content = \"{content}\"}}")
+            return (
+                "chat",
+                f"a list of turns under '{key}' with keys '{role}'/'{content}'",
+                f'set data.format = "messages" and data.fields = {{conversations = "{key}", role = '
+                f'"{role}", content = "{content}"}}',
+            )
     if keys & {"instruction", "question", "query"} and keys & {"output", "response", "answer"}:
-        return ("alpaca", "an instruction and a response", "set data.format = \"alpaca\"")
+        return ("alpaca", "an instruction and a response", 'set data.format = "alpaca"')
     if isinstance(data.get("text"), str):
-        return ("text", "a 'text' string", "set data.format = \"text\"")
+        return ("text", "a 'text' string", 'set data.format = "text"')
     return None
 
 

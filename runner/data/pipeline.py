@@ -46,8 +46,9 @@ class PreparedData:
 MIXED = "mixed"  # DataReport.format when the files hold different formats
 
 
-def detect_by_file(records: Sequence[Record], format: str, fields: Mapping[str, str] | None
-                   ) -> tuple[dict[str, str], str, str]:
+def detect_by_file(
+    records: Sequence[Record], format: str, fields: Mapping[str, str] | None
+) -> tuple[dict[str, str], str, str]:
     """The format of each file's records (each file detected on its own under "auto", so an alpaca
     file and a sharegpt file can train together), the overall format (MIXED when they differ) and
     the reason to report."""
@@ -123,8 +124,10 @@ def build_examples(
     if format == "auto" and not data:
         raise DataError("no readable records: every record in the data files is bad\n" + _lines(read_errors))
     by_file, fmt, reason = detect_by_file(records, format, fields)
-    resolved = {f: resolve_fields(f, [r.data for r in records if by_file[r.location.file] == f], fields)
-                for f in sorted(set(by_file.values()))}
+    resolved = {
+        f: resolve_fields(f, [r.data for r in records if by_file[r.location.file] == f], fields)
+        for f in sorted(set(by_file.values()))
+    }
     domain = DomainPrefix(domain_field, domain_format) if domain_field else None
 
     record_options = RecordOptions.of(images, {k: list(v) for k, v in (roles or {}).items()})
@@ -154,17 +157,25 @@ def build_examples(
         trainable += sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
 
     report = DataReport(
-        format=fmt, format_reason=reason, records_read=len(records) + len(read_errors), records_kept=len(examples),
+        format=fmt,
+        format_reason=reason,
+        records_read=len(records) + len(read_errors),
+        records_kept=len(examples),
         bad_records=in_file_order(bad, [r.location.file for r in records] + [b.location.file for b in read_errors]),
-        lengths=LengthStats.from_lengths(lengths), truncated=truncated, trainable_tokens=trainable,
-        max_length=max_length, tools=tool_handling, media_dropped=media_dropped,
+        lengths=LengthStats.from_lengths(lengths),
+        truncated=truncated,
+        trainable_tokens=trainable,
+        max_length=max_length,
+        tools=tool_handling,
+        media_dropped=media_dropped,
         warnings=data_warnings(tool_handling, len(examples), media_dropped, media_records),
     )
     summary = None
     if not examples:
         looks_like = guess_format(data, fields) if format != "auto" else None
-        summary = all_bad_message(report.records_read, report.bad_records, fmt=fmt, forced=format != "auto",
-                                  looks_like=looks_like)
+        summary = all_bad_message(
+            report.records_read, report.bad_records, fmt=fmt, forced=format != "auto", looks_like=looks_like
+        )
     enforce_policy(report.bad_records, on_bad_record, summary)
     if summary is not None:
         raise DataError(f"no usable examples: {summary}")
@@ -232,9 +243,7 @@ def prepare_data(
     if eval_files:
         read_eval = read_records(eval_files, read_options)
         kept = read_eval.records[:eval_max_records] if eval_max_records else read_eval.records
-        evaluation, eval_report = build_examples(
-            kept, format=format, read_errors=read_eval.bad, **options
-        )
+        evaluation, eval_report = build_examples(kept, format=format, read_errors=read_eval.bad, **options)
     elif eval_records:
         same = train_report.format if train_report.format != MIXED else "auto"  # mixed: per file again
         evaluation, eval_report = build_examples(eval_records, format=same, **options)
@@ -251,16 +260,22 @@ def data_warnings(tool_handling: Mapping[str, int], kept: int, media_dropped: in
     out = []
     rendered, dropped = tool_handling.get("system-prompt", 0), tool_handling.get("dropped", 0)
     if rendered:
-        out.append(f"{rendered} of {kept} records define tools that the chat template does not render: their "
-                   "definitions were put in the system prompt (a Hermes/Qwen-style <tools> block) and their tool "
-                   "calls written as <tool_call> blocks (data.tools = \"render\")")
+        out.append(
+            f"{rendered} of {kept} records define tools that the chat template does not render: their "
+            "definitions were put in the system prompt (a Hermes/Qwen-style <tools> block) and their tool "
+            'calls written as <tool_call> blocks (data.tools = "render")'
+        )
     if dropped:
-        out.append(f"{dropped} of {kept} records define tools that the chat template does not render: the "
-                   "definitions were dropped, the model will not see them (data.tools = \"drop\"; \"render\" puts "
-                   "them in the system prompt)")
+        out.append(
+            f"{dropped} of {kept} records define tools that the chat template does not render: the "
+            'definitions were dropped, the model will not see them (data.tools = "drop"; "render" puts '
+            "them in the system prompt)"
+        )
     if media_dropped:
-        out.append(f"{media_dropped} images (or other media) were dropped from {media_records} records: the model "
-                   "trains on their text only (data.images = \"drop\")")
+        out.append(
+            f"{media_dropped} images (or other media) were dropped from {media_records} records: the model "
+            'trains on their text only (data.images = "drop")'
+        )
     return out
 
 

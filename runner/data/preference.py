@@ -29,14 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.data.detection import DETECT_SAMPLE, vote_on_format
-from runner.data.formats import (
-    FORMAT_FIELDS,
-    ROLES,
-    TEXT_ROLE,
-    RecordError,
-    normalize_record,
-    resolve_fields,
-)
+from runner.data.formats import FORMAT_FIELDS, ROLES, TEXT_ROLE, RecordError, normalize_record, resolve_fields
 
 FORMATS: tuple[str, ...] = ("preference", "sharegpt-preference", "alpaca-preference", "unpaired-preference")
 PAIRED_FORMATS = FORMATS[:3]
@@ -56,8 +49,12 @@ _OWN_FIELDS = {  # the fields each format reads itself; the rest go to the SFT f
     "preference": ("prompt", "chosen", "rejected"),
     "unpaired-preference": ("prompt", "completion", "label", "messages"),
 }
-_BASE_FORMAT = {"sharegpt-preference": "sharegpt", "alpaca-preference": "alpaca", "preference": "messages",
-                "unpaired-preference": "messages"}
+_BASE_FORMAT = {
+    "sharegpt-preference": "sharegpt",
+    "alpaca-preference": "alpaca",
+    "preference": "messages",
+    "unpaired-preference": "messages",
+}
 Messages = list[dict[str, Any]]
 
 
@@ -111,16 +108,20 @@ def _classify(data: Mapping[str, Any], fields: Mapping[str, str]) -> tuple[str, 
         if instruction in data:
             return "alpaca-preference", f"'{instruction}' with '{chosen}'/'{rejected}' replies"
         prompt = _key(data, "prompt", fields)
-        return "preference", (f"'{prompt}', '{chosen}' and '{rejected}' keys" if prompt else
-                              f"'{chosen}' and '{rejected}' conversations sharing their prompt")
+        return "preference", (
+            f"'{prompt}', '{chosen}' and '{rejected}' keys"
+            if prompt
+            else f"'{chosen}' and '{rejected}' conversations sharing their prompt"
+        )
     completion, label = _key(data, "completion", fields), _key(data, "label", fields)
     if completion and label:
         return "unpaired-preference", f"'{completion}' with a boolean '{label}'"
     return None
 
 
-def preference_vote(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
-                    ) -> tuple[str, str] | None:
+def preference_vote(
+    records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
     """The preference format most of the first records have, or None when most of them are not
     preference records (SFT data with a stray 'chosen' key stays SFT data)."""
     sample = records[:DETECT_SAMPLE]
@@ -140,7 +141,8 @@ def field_names(fmt: str) -> list[str]:
 def detect_format(records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Guess the preference format from the first records; (format, human-readable reason)."""
     return vote_on_format(
-        records, lambda data: _classify(data, dict(fields or {})),
+        records,
+        lambda data: _classify(data, dict(fields or {})),
         "preference data format: the first records have keys {keys}; expected chosen + rejected replies "
         "(with 'prompt', 'conversations' or 'instruction') or a completion with a boolean label. Set data.format "
         "(one of " + ", ".join(FORMATS) + ") and map your field names with data.fields.",
@@ -156,8 +158,9 @@ class Fields:
     base: dict[str, str]
 
 
-def resolve_preference_fields(fmt: str, records: Sequence[Mapping[str, Any]],
-                              fields: Mapping[str, str] | None = None) -> Fields:
+def resolve_preference_fields(
+    fmt: str, records: Sequence[Mapping[str, Any]], fields: Mapping[str, str] | None = None
+) -> Fields:
     """Map every canonical field of `fmt` to the record key that holds it (`fields` wins)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown preference format {fmt!r}; expected one of {FORMATS}")
@@ -224,8 +227,9 @@ def _split_last(conversation: Messages) -> tuple[Messages, Messages]:
 
 def _check_distinct(chosen: Messages, rejected: Messages, where: str) -> None:
     if _strip(chosen) == _strip(rejected):
-        raise RecordError(f"the chosen and rejected replies are identical{where}: a pair must differ to teach a "
-                          "preference")
+        raise RecordError(
+            f"the chosen and rejected replies are identical{where}: a pair must differ to teach a preference"
+        )
 
 
 def _strip(messages: Messages) -> list[tuple[str, str]]:
@@ -240,8 +244,10 @@ def _sharegpt(data: Mapping[str, Any], fields: Fields) -> PreferencePair:
         raise RecordError(f"'{conv_key}' is empty" if isinstance(turns, list) else f"'{conv_key}' is not a list")
     last = turns[-1]
     if isinstance(last, dict) and ROLES.get(str(last.get(role_key))) not in ("user", "tool"):
-        raise RecordError(f"the prompt ('{conv_key}') must end with a human (or observation) turn, which the chosen "
-                          f"and rejected replies answer; its last turn is {last.get(role_key)!r}")
+        raise RecordError(
+            f"the prompt ('{conv_key}') must end with a human (or observation) turn, which the chosen "
+            f"and rejected replies answer; its last turn is {last.get(role_key)!r}"
+        )
     replies = []
     for name in ("chosen", "rejected"):
         key = fields.own[name]
@@ -292,8 +298,11 @@ def _text(value: Any, key: str, *, reply: bool) -> Messages:
 def _conversation(messages: Any, key: str, fields: Fields) -> Messages:
     """A message list checked as an SFT conversation (it must end with an assistant turn)."""
     if not isinstance(messages, list) or not messages:
-        raise RecordError(f"'{key}' is empty" if isinstance(messages, list) else
-                          f"'{key}' is a {type(messages).__name__}; expected a list of messages")
+        raise RecordError(
+            f"'{key}' is empty"
+            if isinstance(messages, list)
+            else f"'{key}' is a {type(messages).__name__}; expected a list of messages"
+        )
     base = {**fields.base, "conversations": key}
     return normalize_record({key: messages}, "messages", base).messages
 
@@ -306,8 +315,11 @@ def _as_reply(value: Any, key: str, fields: Fields) -> Messages:
         _check_reply_text(value, key)
         return [{"role": "assistant", "content": value}]
     if not isinstance(value, list) or not value:
-        raise RecordError(f"'{key}' is empty" if isinstance(value, list) else
-                          f"'{key}' is a {type(value).__name__}; expected a string or a list of messages")
+        raise RecordError(
+            f"'{key}' is empty"
+            if isinstance(value, list)
+            else f"'{key}' is a {type(value).__name__}; expected a string or a list of messages"
+        )
     role_key, content_key = fields.base["role"], fields.base["content"]
     first = value[0]
     if isinstance(first, dict) and ROLES.get(first.get(role_key)) != "assistant":  # type: ignore[arg-type]
@@ -325,15 +337,22 @@ def _trl(data: Mapping[str, Any], fields: Fields) -> PreferencePair:
         return _implicit_prompt(chosen_raw, rejected_raw, fields)
     if isinstance(prompt_raw, str) and isinstance(chosen_raw, str) and isinstance(rejected_raw, str):
         prompt = _text(prompt_raw, own["prompt"], reply=False)
-        chosen, rejected = _text(chosen_raw, own["chosen"], reply=True), _text(rejected_raw, own["rejected"], reply=True)
+        chosen, rejected = (
+            _text(chosen_raw, own["chosen"], reply=True),
+            _text(rejected_raw, own["rejected"], reply=True),
+        )
         _check_distinct(chosen, rejected, "")
         return PreferencePair(prompt, chosen, rejected)
     if isinstance(prompt_raw, str):
         prompt_raw = [{fields.base["role"]: "user", fields.base["content"]: prompt_raw}]
     if not isinstance(prompt_raw, list):
-        raise RecordError(f"'{own['prompt']}' is a {type(prompt_raw).__name__}; expected a string or a list of messages")
-    replies = [_conversation([*prompt_raw, *_as_reply(raw, own[name], fields)], own[name], fields)
-               for name, raw in (("chosen", chosen_raw), ("rejected", rejected_raw))]
+        raise RecordError(
+            f"'{own['prompt']}' is a {type(prompt_raw).__name__}; expected a string or a list of messages"
+        )
+    replies = [
+        _conversation([*prompt_raw, *_as_reply(raw, own[name], fields)], own[name], fields)
+        for name, raw in (("chosen", chosen_raw), ("rejected", rejected_raw))
+    ]
     cut = len(prompt_raw)  # normalising keeps one message per turn
     _check_distinct(replies[0][cut:], replies[1][cut:], "")
     return PreferencePair(replies[0][:cut], replies[0][cut:], replies[1][cut:])
@@ -343,8 +362,10 @@ def _implicit_prompt(chosen_raw: Any, rejected_raw: Any, fields: Fields) -> Pref
     """TRL's implicit prompt: the turns both conversations share are the prompt."""
     own = fields.own
     if isinstance(chosen_raw, str) or isinstance(rejected_raw, str):
-        raise RecordError(f"missing '{own['prompt']}': plain-text replies need their prompt in '{own['prompt']}' "
-                          "(only message lists can share an implicit prompt)")
+        raise RecordError(
+            f"missing '{own['prompt']}': plain-text replies need their prompt in '{own['prompt']}' "
+            "(only message lists can share an implicit prompt)"
+        )
     chosen = _conversation(chosen_raw, own["chosen"], fields)
     rejected = _conversation(rejected_raw, own["rejected"], fields)
     shared = 0
@@ -356,8 +377,10 @@ def _implicit_prompt(chosen_raw: Any, rejected_raw: Any, fields: Fields) -> Pref
         shared -= 1
     prompt = chosen[:shared]
     if not any(m["role"] == "user" for m in prompt):
-        raise RecordError(f"'{own['chosen']}' and '{own['rejected']}' share no prompt (no user turn in common): give "
-                          f"the prompt in '{own['prompt']}', or make both conversations start with it")
+        raise RecordError(
+            f"'{own['chosen']}' and '{own['rejected']}' share no prompt (no user turn in common): give "
+            f"the prompt in '{own['prompt']}', or make both conversations start with it"
+        )
     pair = PreferencePair(prompt, chosen[shared:], rejected[shared:])
     _check_distinct(pair.chosen, pair.rejected, "")
     return pair
@@ -375,8 +398,9 @@ def _unpaired(data: Mapping[str, Any], fields: Fields) -> UnpairedCompletion:
         if prompt_raw is None:
             raise RecordError(f"missing '{own['prompt']}' (or the conversation in '{own['messages']}')")
     if isinstance(prompt_raw, str) and isinstance(raw, str):
-        return UnpairedCompletion(_text(prompt_raw, own["prompt"], reply=False),
-                                  _text(raw, own["completion"], reply=True), label)
+        return UnpairedCompletion(
+            _text(prompt_raw, own["prompt"], reply=False), _text(raw, own["completion"], reply=True), label
+        )
     if isinstance(prompt_raw, str):
         prompt_raw = [{fields.base["role"]: "user", fields.base["content"]: prompt_raw}]
     if not isinstance(prompt_raw, list):
@@ -389,5 +413,7 @@ def _unpaired(data: Mapping[str, Any], fields: Fields) -> UnpairedCompletion:
 
 def unpair(pair: PreferencePair) -> tuple[UnpairedCompletion, UnpairedCompletion]:
     """A pair as KTO sees it: the chosen reply desirable, the rejected one not."""
-    return (UnpairedCompletion(pair.prompt, pair.chosen, True, pair.tools),
-            UnpairedCompletion(pair.prompt, pair.rejected, False, pair.tools))
+    return (
+        UnpairedCompletion(pair.prompt, pair.chosen, True, pair.tools),
+        UnpairedCompletion(pair.prompt, pair.rejected, False, pair.tools),
+    )

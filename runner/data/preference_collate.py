@@ -78,8 +78,9 @@ def group_tokens(feature: Mapping[str, Any], shared_prompt: bool) -> int:
     return prompt + sum(len(r) for r in replies)
 
 
-def split_by_budget(features: Sequence[Mapping[str, Any]], budget: int | None,
-                    shared_prompt: bool) -> list[list[Mapping[str, Any]]]:
+def split_by_budget(
+    features: Sequence[Mapping[str, Any]], budget: int | None, shared_prompt: bool
+) -> list[list[Mapping[str, Any]]]:
     """Consecutive examples in parts of at most `budget` row tokens (an example longer than the
     budget is a part of its own); one part when there is no budget."""
     if not budget:
@@ -115,13 +116,18 @@ class PreferenceCollator:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         pack = self._unpaired if "completion" in features[0] else self._paired
         chosen = sum(len(f["chosen"]) if "chosen" in f else len(f["completion"]) * bool(f["label"]) for f in features)
-        return {"parts": [pack(part) for part in split_by_budget(features, self.token_budget, self.shared_prompt)],
-                "items": torch.tensor(len(features)), "chosen_tokens": torch.tensor(chosen)}
+        return {
+            "parts": [pack(part) for part in split_by_budget(features, self.token_budget, self.shared_prompt)],
+            "items": torch.tensor(len(features)),
+            "chosen_tokens": torch.tensor(chosen),
+        }
 
     def _paired(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         groups = [(f["prompt"], (f["chosen"], f["rejected"])) for f in features]
-        part: dict[str, Any] = {"policy": pack_groups(groups, shared_prompt=self.shared_prompt),
-                                "tokens": torch.tensor(sequence_tokens(groups))}
+        part: dict[str, Any] = {
+            "policy": pack_groups(groups, shared_prompt=self.shared_prompt),
+            "tokens": torch.tensor(sequence_tokens(groups)),
+        }
         if "ref_logps" in features[0]:
             part["ref_logps"] = torch.tensor([v for f in features for v in f["ref_logps"]], dtype=torch.float32)
         return part

@@ -41,9 +41,7 @@ def read_file(path: str | Path, options: ReadOptions | None = None) -> ReadResul
     name = str(path)
     suffix = Path(name).suffix.lower()
     if name.startswith("hf:"):
-        from runner.data.hub import (
-            read_hub,  # lazy: the Hub libraries load only for hf: data sets
-        )
+        from runner.data.hub import read_hub  # lazy: the Hub libraries load only for hf: data sets
 
         return read_hub(name)
     if suffix == ".txt":

@@ -41,6 +41,8 @@ def _skip_ws(text: str, pos: int = 0) -> int:
     """The index of the first non-whitespace character at or after `pos`."""
     match = _WS.match(text, pos)
     return match.end() if match is not None else pos  # [ ...]* matches everywhere: never None
+
+
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (the unrolled form: fast in `re`)
 _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[{\]}]')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -99,8 +101,13 @@ def read_json_file(path: str | Path) -> ReadResult:
         if text.lstrip().startswith("{") and "\n{" in text and _jsonl_shaped(text):
             return _read_jsonl(name, text)
         line, column = _line_column(text, deep)
-        raise DataFileError(name, f"JSON nested more than {MAX_RECORD_DEPTH} levels deep inside a record",
-                            "records are objects of text fields (and turns, tools); flatten this value", line, column)
+        raise DataFileError(
+            name,
+            f"JSON nested more than {MAX_RECORD_DEPTH} levels deep inside a record",
+            "records are objects of text fields (and turns, tools); flatten this value",
+            line,
+            column,
+        )
     return _read_json(name, text, top)
 
 
@@ -122,8 +129,10 @@ class BoundedJSON:
 
     def _int(self, digits: str) -> int:
         if len(digits.lstrip("-")) > MAX_RECORD_INT_DIGITS:
-            self.reasons.append(f"an integer of {len(digits.lstrip('-'))} digits (at most {MAX_RECORD_INT_DIGITS}); "
-                                "write large numbers as strings")
+            self.reasons.append(
+                f"an integer of {len(digits.lstrip('-'))} digits (at most {MAX_RECORD_INT_DIGITS}); "
+                "write large numbers as strings"
+            )
             return 0
         return int(digits)
 
@@ -199,8 +208,10 @@ def _refusal(decoder: BoundedJSON, value: Any, raw: str) -> str | None:
     if reason is None and _SURROGATE_ESCAPE.search(raw):
         where = lone_surrogate(value)
         if where is not None:
-            reason = (f"{where}: half of a UTF-16 pair is not a character; write both halves "
-                      "(e.g. \\ud83d\\ude00) or the character itself")
+            reason = (
+                f"{where}: half of a UTF-16 pair is not a character; write both halves "
+                "(e.g. \\ud83d\\ude00) or the character itself"
+            )
     return reason
 
 
@@ -212,7 +223,9 @@ def _jsonl_shaped(text: str) -> bool:
     """One object per line (a .json file holding JSONL), judged by the first line alone."""
     first = text.lstrip().split("\n", 1)[0]
     try:
-        return isinstance(BoundedJSON().decoder.decode(first), dict) if too_deep(first, MAX_RECORD_DEPTH) is None else True
+        return (
+            isinstance(BoundedJSON().decoder.decode(first), dict) if too_deep(first, MAX_RECORD_DEPTH) is None else True
+        )
     except json.JSONDecodeError:
         return False
 
@@ -269,8 +282,13 @@ def _read_jsonl(name: str, text: str) -> ReadResult:
         location = Location(name, line=lineno)
         deep = too_deep(line, MAX_RECORD_DEPTH)
         if deep is not None:
-            result.bad.append(BadRecord(location, f"nested more than {MAX_RECORD_DEPTH} levels deep at column "
-                                                  f"{deep + 1}; records are objects of text fields: flatten it"))
+            result.bad.append(
+                BadRecord(
+                    location,
+                    f"nested more than {MAX_RECORD_DEPTH} levels deep at column "
+                    f"{deep + 1}; records are objects of text fields: flatten it",
+                )
+            )
             continue
         try:
             value = bounded.decoder.decode(line)
@@ -304,7 +322,7 @@ def _read_json(name: str, text: str, top: Any) -> ReadResult:
             raise DataFileError(
                 name,
                 f"top-level object holds {found}; expected an array of records or an object holding one list",
-                "keep the records in a single list, e.g. {\"data\": [...]}, or split them into separate files",
+                'keep the records in a single list, e.g. {"data": [...]}, or split them into separate files',
                 1,
                 start + 1,
             )
@@ -376,4 +394,3 @@ def _object_value_offsets(text: str, pos: int) -> dict[str, int]:
         if text[pos] == "}":
             return out
         pos = _skip_ws(text, pos + 1)
-

@@ -93,15 +93,15 @@ def common_reasons(bad_records: Sequence[BadRecord], top: int = 3) -> str:
     return "; ".join(parts)
 
 
-def all_bad_message(total: int, bad_records: Sequence[BadRecord], *, fmt: str, forced: bool,
-                    looks_like: tuple[str, str] | None = None) -> str:
+def all_bad_message(
+    total: int, bad_records: Sequence[BadRecord], *, fmt: str, forced: bool, looks_like: tuple[str, str] | None = None
+) -> str:
     """Why no record at all is usable: the common reasons and, when the format was set by hand
     and the records look like another one, that format and how to choose it."""
     message = f"all {total} records are bad as format '{fmt}'; most common reasons: {common_reasons(bad_records)}"
     if forced and looks_like is not None and looks_like[0] != fmt:
         other, why = looks_like
-        message += (f". The records look like {other} ({why}): set data.format = \"{other}\" "
-                    f"(--format {other}), or \"auto\"")
+        message += f'. The records look like {other} ({why}): set data.format = "{other}" (--format {other}), or "auto"'
     return message
 
 
@@ -206,8 +206,14 @@ class DataReport:
 
 
 # Score scales of scored-pair datasets, narrowest first: STS-B is 0-5, most others 0-1 or -1-1.
-SCORE_SCALES: tuple[tuple[float, float], ...] = ((0.0, 1.0), (-1.0, 1.0), (0.0, 5.0), (1.0, 5.0), (0.0, 10.0),
-                                                 (0.0, 100.0))
+SCORE_SCALES: tuple[tuple[float, float], ...] = (
+    (0.0, 1.0),
+    (-1.0, 1.0),
+    (0.0, 5.0),
+    (1.0, 5.0),
+    (0.0, 10.0),
+    (0.0, 100.0),
+)
 
 
 def score_scale_warning(scores: Sequence[tuple[float, Location | None]], share: float = 0.9) -> str | None:
@@ -223,7 +229,9 @@ def score_scale_warning(scores: Sequence[tuple[float, Location | None]], share: 
                 return None
             value, where = outside[0]
             inside = 100 * (len(scores) - len(outside)) / len(scores)
-            return (f"{len(outside)} of {len(scores)} scores lie outside {low:g} to {high:g}, where the other "
-                    f"{inside:.0f}% lie (first: {where}, score {value:g}); do the files mix scales? "
-                    "put every score on one scale")
+            return (
+                f"{len(outside)} of {len(scores)} scores lie outside {low:g} to {high:g}, where the other "
+                f"{inside:.0f}% lie (first: {where}, score {value:g}); do the files mix scales? "
+                "put every score on one scale"
+            )
     return None

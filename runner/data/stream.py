@@ -61,9 +61,13 @@ def _decode_line(raw: bytes, name: str, lineno: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         column = len(raw[: e.start].decode("utf-8", "replace")) + 1
-        raise DataFileError(name, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})",
-                            "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`",
-                            lineno, column) from None
+        raise DataFileError(
+            name,
+            f"not valid UTF-8 (byte 0x{raw[e.start]:02x})",
+            "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`",
+            lineno,
+            column,
+        ) from None
 
 
 _TOO_DEEP = f"nested more than {MAX_RECORD_DEPTH} levels deep; records are objects of text fields: flatten it"
@@ -120,8 +124,13 @@ def _jsonl(stream: IO[bytes], name: str, max_record: int) -> Iterator[Record | B
             continue
         yield _value(value, location, bounded, line)
     if not seen:
-        raise DataFileError(name, "file is empty", "add records to it (one JSON object per line), or remove it "
-                            "from the list of data files", 1, 1)
+        raise DataFileError(
+            name,
+            "file is empty",
+            "add records to it (one JSON object per line), or remove it from the list of data files",
+            1,
+            1,
+        )
 
 
 class _JsonReader:
@@ -148,13 +157,17 @@ class _JsonReader:
             chunk = self.decoder.decode(raw, final=not raw)
         except UnicodeDecodeError as e:
             line = self.line + self.text.count("\n") + raw[: max(e.start, 0)].count(b"\n")
-            raise DataFileError(self.name, "not valid UTF-8", "re-encode the file as UTF-8, e.g. "
-                                "`iconv -f latin1 -t utf-8 IN > OUT`", line) from None
+            raise DataFileError(
+                self.name,
+                "not valid UTF-8",
+                "re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 IN > OUT`",
+                line,
+            ) from None
         if self.first:
             chunk, self.first = chunk.removeprefix("\ufeff"), False
         self.eof = not raw
         self.line += self.text.count("\n", 0, self.pos)
-        self.text = self.text[self.pos:] + chunk
+        self.text = self.text[self.pos :] + chunk
         self.pos = 0
         return True
 
@@ -186,25 +199,34 @@ class _JsonReader:
                 if at_tail and room and self._more():
                     continue
                 if at_tail and not self.eof:
-                    raise self._error(f"a record larger than {self.max_record} bytes, the limit for one record "
-                                      "here", "split the record, or check the file with `runner data validate`"
-                                      ) from None
-                raise DataFileError(self.name, f"invalid JSON: {e.msg}", "fix the JSON syntax at that position "
-                                    "(a missing comma or quote is the usual cause)", self._line_at(e.pos)) from None
+                    raise self._error(
+                        f"a record larger than {self.max_record} bytes, the limit for one record here",
+                        "split the record, or check the file with `runner data validate`",
+                    ) from None
+                raise DataFileError(
+                    self.name,
+                    f"invalid JSON: {e.msg}",
+                    "fix the JSON syntax at that position (a missing comma or quote is the usual cause)",
+                    self._line_at(e.pos),
+                ) from None
             except RecursionError:
-                raise self._error(f"JSON nested more than {MAX_RECORD_DEPTH} levels deep inside a record",
-                                  "records are objects of text fields (and turns, tools); flatten this value") from None
+                raise self._error(
+                    f"JSON nested more than {MAX_RECORD_DEPTH} levels deep inside a record",
+                    "records are objects of text fields (and turns, tools); flatten this value",
+                ) from None
             if end == len(self.text) and room and self._more():  # a number may go on in the next chunk
                 self.bounded.take()
                 continue
-            raw, self.pos = self.text[self.pos:end], end
+            raw, self.pos = self.text[self.pos : end], end
             return value, raw
 
     def _expect(self, char: str, what: str) -> None:
         if self._skip_ws() != char:
             found = self.text[self.pos] if self.pos < len(self.text) else "the end of the file"
-            raise self._error(f"invalid JSON: expected {what}, found {found!r}",
-                              "fix the JSON syntax at that position (a missing comma or quote is the usual cause)")
+            raise self._error(
+                f"invalid JSON: expected {what}, found {found!r}",
+                "fix the JSON syntax at that position (a missing comma or quote is the usual cause)",
+            )
         self.pos += 1
 
     # ---- the layouts
@@ -212,18 +234,23 @@ class _JsonReader:
     def records(self) -> Iterator[Record | BadRecord]:
         first = self._skip_ws()
         if not first:
-            raise DataFileError(self.name, "file is empty", "add records to it, or remove it from the list of "
-                                "data files", 1, 1)
+            raise DataFileError(
+                self.name, "file is empty", "add records to it, or remove it from the list of data files", 1, 1
+            )
         if first == "[":
             yield from self._array()
         elif first == "{":
             yield from self._object()
         else:
-            raise self._error("top-level JSON value is not an array; expected an array of records",
-                              "wrap the records in a JSON array: [ {...}, {...} ]")
+            raise self._error(
+                "top-level JSON value is not an array; expected an array of records",
+                "wrap the records in a JSON array: [ {...}, {...} ]",
+            )
         if self._skip_ws():
-            raise self._error("invalid JSON: extra data after the records",
-                              "remove what follows the closing bracket, or write one record per line (JSONL)")
+            raise self._error(
+                "invalid JSON: extra data after the records",
+                "remove what follows the closing bracket, or write one record per line (JSONL)",
+            )
 
     def _array(self) -> Iterator[Record | BadRecord]:
         start = self._line_at(self.pos)
@@ -243,8 +270,10 @@ class _JsonReader:
                 return
             if after != ",":
                 self.pos -= 1
-                raise self._error("invalid JSON: expected ',' or ']' between records",
-                                  "fix the JSON syntax at that position (a missing comma is the usual cause)")
+                raise self._error(
+                    "invalid JSON: expected ',' or ']' between records",
+                    "fix the JSON syntax at that position (a missing comma is the usual cause)",
+                )
 
     def _object(self) -> Iterator[Record | BadRecord]:
         self.pos += 1  # '{'
@@ -274,6 +303,10 @@ class _JsonReader:
                     raise self._error("invalid JSON: expected ',' or '}'", "fix the JSON syntax at that position")
         if len(lists) != 1:
             found = "no list" if not lists else "several lists (keys " + ", ".join(map(repr, lists)) + ")"
-            raise DataFileError(self.name, f"top-level object holds {found}; expected an array of records or an "
-                                "object holding one list", "keep the records in a single list, e.g. "
-                                "{\"data\": [...]}, or split them into separate files", 1, 1)
+            raise DataFileError(
+                self.name,
+                f"top-level object holds {found}; expected an array of records or an object holding one list",
+                'keep the records in a single list, e.g. {"data": [...]}, or split them into separate files',
+                1,
+                1,
+            )

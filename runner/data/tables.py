@@ -55,8 +55,13 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
     try:
         first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting))
     except csv.Error as exc:
-        raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
-                            "check the quoting and the line ends of the first row", 1, 1) from None
+        raise DataFileError(
+            name,
+            f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
+            "check the quoting and the line ends of the first row",
+            1,
+            1,
+        ) from None
     has_header = _is_header(first) if header == "auto" else header == "yes"
     if has_header:
         duplicates = sorted({c for c in first if first.count(c) > 1})
@@ -66,11 +71,13 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
         names = [c.strip() for c in first]
     else:  # as wide as the widest row (a second pass, C-speed): no cell is left without a column
         try:
-            width = max(len(cells) for cells in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
-                                                           quoting=quoting))
+            width = max(
+                len(cells) for cells in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+            )
         except csv.Error as exc:
-            raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
-                                "check the quoting of the file") from None
+            raise DataFileError(
+                name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}", "check the quoting of the file"
+            ) from None
         names = [f"column{i}" for i in range(1, width + 1)]
     invalid: list[BadRecord] = []
     short: list[tuple[int, dict[str, str]]] = []
@@ -83,23 +90,39 @@ def read_csv(path: Path, *, header: str = "auto") -> ReadResult:
                 cells = []
             short.append((row.number, dict(zip(names, [*cells, *[""] * (len(names) - len(cells))], strict=False))))
             return "skip"
-        invalid.append(BadRecord(Location(name, row=row.number), (
-            f"has {row.actual_columns} cells; the {'header names' if has_header else 'first row has'} "
-            f"{row.expected_columns} (a stray delimiter{' or an unclosed quote' if quoted else ''}?)")))
+        invalid.append(
+            BadRecord(
+                Location(name, row=row.number),
+                (
+                    f"has {row.actual_columns} cells; the {'header names' if has_header else 'first row has'} "
+                    f"{row.expected_columns} (a stray delimiter{' or an unclosed quote' if quoted else ''}?)"
+                ),
+            )
+        )
         return "skip"
 
     try:
         table = pcsv.read_csv(
             io.BytesIO(text.encode("utf-8")),
             read_options=pcsv.ReadOptions(column_names=names, skip_rows=1 if has_header else 0, use_threads=False),
-            parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoted else False,
-                                            newlines_in_values=quoted, invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+            parse_options=pcsv.ParseOptions(
+                delimiter=delimiter,
+                quote_char='"' if quoted else False,
+                newlines_in_values=quoted,
+                invalid_row_handler=on_invalid,
+            ),
+            convert_options=pcsv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowInvalid, pa.ArrowException) as exc:
-        raise DataFileError(name, f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
-                            "check the quoting and the delimiter of the file") from None
+        raise DataFileError(
+            name,
+            f"cannot be read as {'CSV' if quoted else 'TSV'}: {exc}",
+            "check the quoting and the delimiter of the file",
+        ) from None
     rows = _row_numbers(1 + has_header, {b.location.row for b in invalid} | {number for number, _ in short})
     kept = [*zip(rows, table.to_pylist(), strict=False), *short]
     result = ReadResult(bad=invalid)
@@ -116,13 +139,17 @@ def read_parquet(path: Path) -> ReadResult:
 
     name = str(path)
     if not path.is_file():
-        raise DataFileError(name, "file not found" if not path.exists() else "is not a file",
-                            f"check the path (resolved to {path.resolve()})")
+        raise DataFileError(
+            name,
+            "file not found" if not path.exists() else "is not a file",
+            f"check the path (resolved to {path.resolve()})",
+        )
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DataFileError(name, f"cannot be read as Parquet: {exc}", "regenerate the file, or export it as JSONL") \
-            from None
+        raise DataFileError(
+            name, f"cannot be read as Parquet: {exc}", "regenerate the file, or export it as JSONL"
+        ) from None
     if table.num_rows == 0:
         raise DataFileError(name, "holds no rows", "add rows, or remove the file")
     result = ReadResult()
@@ -165,8 +192,9 @@ def _is_header(cells: list[str]) -> bool:
     """A header names columns: every cell a short, distinct name (at most three words, no punctuation
     but '.', '_', '-'), none of them a number."""
     stripped = [c.strip() for c in cells]
-    return (len(set(stripped)) == len(stripped)
-            and all(_NAME.match(c) and not _NUMBER.match(c) and len(c.split()) <= 3 for c in stripped))
+    return len(set(stripped)) == len(stripped) and all(
+        _NAME.match(c) and not _NUMBER.match(c) and len(c.split()) <= 3 for c in stripped
+    )
 
 
 def _row_numbers(first: int, skipped: set[int | None]) -> Any:

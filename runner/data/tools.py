@@ -48,7 +48,7 @@ TOOLS_PROMPT_HEAD = (
 )
 TOOLS_PROMPT_TAIL = (
     "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
     "<args-json-object>}\n</tool_call>"
 )
 _PROBE = "zq_probe_7f3a"
@@ -73,13 +73,31 @@ def template_features(tokenizer: Any, template: str) -> TemplateFeatures:
     if found is None:
         found = TemplateFeatures(
             tools=_renders(tokenizer, template, [{"role": "user", "content": "hi"}], tools=[_probe_tool()]),
-            tool_calls=_renders(tokenizer, template, [
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "", "tool_calls": [
-                    {"type": "function", "function": {"name": _PROBE, "arguments": {"x": 1}}}]},
-            ], tools=[_probe_tool("other")]),
-            reasoning_key=next((key for key in _REASONING_KEYS if _renders(tokenizer, template, [
-                {"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok", key: _PROBE}])), None),
+            tool_calls=_renders(
+                tokenizer,
+                template,
+                [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [{"type": "function", "function": {"name": _PROBE, "arguments": {"x": 1}}}],
+                    },
+                ],
+                tools=[_probe_tool("other")],
+            ),
+            reasoning_key=next(
+                (
+                    key
+                    for key in _REASONING_KEYS
+                    if _renders(
+                        tokenizer,
+                        template,
+                        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok", key: _PROBE}],
+                    )
+                ),
+                None,
+            ),
         )
         if len(_FEATURES) > 64:
             _FEATURES.clear()
@@ -124,8 +142,10 @@ def tool_call_text(calls: Sequence[dict[str, Any]]) -> str:
 
 
 def _probe_tool(name: str = _PROBE) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "description": "probe",
-                                             "parameters": {"type": "object", "properties": {}}}}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": "probe", "parameters": {"type": "object", "properties": {}}},
+    }
 
 
 def _renders(tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: Any = None) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 __all__ = ["main", "run_supervised"]
 
+
 def _stop_with_parent(pipe_fd: int | None) -> None:
     """SIGTERM ourselves, once, when the daemon dies, so an orphan checkpoints and stops instead of
     training on unsupervised. The daemon holds the write end of this pipe and never writes: EOF
@@ -48,13 +49,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-remote-code", action="store_true", help="as `runner run --allow-remote-code`")
     args = parser.parse_args(argv)
     _stop_with_parent(args.parent_pipe)
-    return run_supervised(args.run_dir, args.spec_path, args.runs_root, registry=args.registry,
-                          allow_remote_code=args.allow_remote_code,
-                          command=[sys.executable, "-m", "runner.executors.child", *(argv if argv is not None else sys.argv[1:])])
+    return run_supervised(
+        args.run_dir,
+        args.spec_path,
+        args.runs_root,
+        registry=args.registry,
+        allow_remote_code=args.allow_remote_code,
+        command=[sys.executable, "-m", "runner.executors.child", *(argv if argv is not None else sys.argv[1:])],
+    )
 
 
-def run_supervised(run_dir: Path, spec_path: Path, runs_root: Path, *, registry: Path | None = None,
-                   allow_remote_code: bool = False, command: list[str] | None = None) -> int:
+def run_supervised(
+    run_dir: Path,
+    spec_path: Path,
+    runs_root: Path,
+    *,
+    registry: Path | None = None,
+    allow_remote_code: bool = False,
+    command: list[str] | None = None,
+) -> int:
     """Run the attempt a supervisor set up in `run_dir` (its spec.toml; the end is reported, not written).
 
     Also what `runner run JOB --run-dir RUN` does on a Slurm node (runner.slurm.node), where the run
@@ -68,9 +81,11 @@ def run_supervised(run_dir: Path, spec_path: Path, runs_root: Path, *, registry:
 
     status = read_status(run_dir)
     if status is None or not (run_dir / SPEC_SNAPSHOT).is_file():
-        print(f"error: no run folder at {run_dir} (status.json and {SPEC_SNAPSHOT}) on {os.uname().nodename}: on a "
-              "cluster, the runs folder (--runs-dir) must be on a filesystem every node sees at the same path",
-              file=sys.stderr)
+        print(
+            f"error: no run folder at {run_dir} (status.json and {SPEC_SNAPSHOT}) on {os.uname().nodename}: on a "
+            "cluster, the runs folder (--runs-dir) must be on a filesystem every node sees at the same path",
+            file=sys.stderr,
+        )
         return 1
     if status.is_terminal:
         print(f"run {run_dir} is already {status.state}; nothing to do", file=sys.stderr)
@@ -83,8 +98,14 @@ def run_supervised(run_dir: Path, spec_path: Path, runs_root: Path, *, registry:
         write_outcome(outcome, JobState.FAILED, reason=FailureClass.CONFIG, error=str(exc))
         print(exc, file=sys.stderr)
         return 1
-    result = run_job(job, runs_root, supervised=Supervision(run_dir, outcome), registry=registry,
-                     allow_remote_code=allow_remote_code, command=command)
+    result = run_job(
+        job,
+        runs_root,
+        supervised=Supervision(run_dir, outcome),
+        registry=registry,
+        allow_remote_code=allow_remote_code,
+        command=command,
+    )
     return result.exit_code
 
 

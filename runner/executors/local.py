@@ -63,9 +63,16 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, *, runs_root: Path, python: str = sys.executable, registry: Path | None = None,
-                 allow_remote_code: bool = False, log: Callable[[str], None] = print,
-                 submitter: str = "runner watch") -> None:
+    def __init__(
+        self,
+        *,
+        runs_root: Path,
+        python: str = sys.executable,
+        registry: Path | None = None,
+        allow_remote_code: bool = False,
+        log: Callable[[str], None] = print,
+        submitter: str = "runner watch",
+    ) -> None:
         self.runs_root = runs_root
         self.python = python
         self.registry = registry
@@ -86,8 +93,17 @@ class LocalExecutor(Executor):
         if status is None:
             return None
         paths.outcome.unlink(missing_ok=True)  # a stale report must not speak for this attempt
-        command = [self.python, "-m", "runner.executors.child", "--run-dir", str(run_dir),
-                   "--spec-path", str(spec_path), "--runs-root", str(self.runs_root)]
+        command = [
+            self.python,
+            "-m",
+            "runner.executors.child",
+            "--run-dir",
+            str(run_dir),
+            "--spec-path",
+            str(spec_path),
+            "--runs-root",
+            str(self.runs_root),
+        ]
         if self.registry is not None:
             command += ["--registry", str(self.registry)]
         if self.allow_remote_code:
@@ -97,21 +113,30 @@ class LocalExecutor(Executor):
         lifeline_r, lifeline_w = os.pipe()  # both close-on-exec: only the child's copy of the read end survives
         try:
             with open(paths.log, "ab") as log:
-                log.write(f"==== {datetime.now().astimezone():%Y-%m-%d %H:%M:%S %z} {self.submitter}: attempt "
-                          f"{status.attempt} of {key} ({spec_path}) ====\n".encode())
+                log.write(
+                    f"==== {datetime.now().astimezone():%Y-%m-%d %H:%M:%S %z} {self.submitter}: attempt "
+                    f"{status.attempt} of {key} ({spec_path}) ====\n".encode()
+                )
                 log.flush()
-                proc = subprocess.Popen([*command, "--parent-pipe", str(lifeline_r)], stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"}, close_fds=True,
-                                        pass_fds=(lifeline_r,))
+                proc = subprocess.Popen(
+                    [*command, "--parent-pipe", str(lifeline_r)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    close_fds=True,
+                    pass_fds=(lifeline_r,),
+                )
         except OSError as exc:
             os.close(lifeline_w)
             oom.close()
             return Final(JobState.FAILED, FailureClass.CRASH, f"could not start its process: {exc}")
         finally:
             os.close(lifeline_r)
-        StatusFile(paths.status).transition(JobState.RUNNING, pid=proc.pid,
-                                            extra={"waiting": None, "pid_start": process_start_ticks(proc.pid)})
+        StatusFile(paths.status).transition(
+            JobState.RUNNING, pid=proc.pid, extra={"waiting": None, "pid_start": process_start_ticks(proc.pid)}
+        )
         self.log(f"started {key} (attempt {status.attempt}, pid {proc.pid})")
         return LocalAttempt(run_dir, proc.pid, proc, _pidfd(proc.pid), lifeline=lifeline_w, oom=oom)
 
@@ -139,8 +164,18 @@ class LocalExecutor(Executor):
             oom_killed = None
             if returncode == -signal.SIGKILL and attempt.oom is not None:
                 oom_killed = attempt.oom.verdict(attempt.pid)
-            ended.append((attempt, classify_exit(returncode, read_outcome(paths.outcome), attempt.intent,
-                                                 log_tail=log_tail(paths.log), oom_killed=oom_killed)))
+            ended.append(
+                (
+                    attempt,
+                    classify_exit(
+                        returncode,
+                        read_outcome(paths.outcome),
+                        attempt.intent,
+                        log_tail=log_tail(paths.log),
+                        oom_killed=oom_killed,
+                    ),
+                )
+            )
         return ended
 
     def stop(self, attempt: Attempt) -> None:

@@ -57,7 +57,7 @@ def memory_counter(proc_cgroup: str, mountinfo: str) -> Path | None:
 def _under(mount: tuple[str, str], path: str) -> Path:
     root, point = mount
     if root != "/" and path.startswith(root):  # a mount of a sub-tree (containers)
-        path = path[len(root):]
+        path = path[len(root) :]
     return Path(point) / path.lstrip("/")
 
 

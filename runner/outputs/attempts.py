@@ -57,11 +57,13 @@ class Outcome:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-def write_outcome(path: Path, state: JobState, *, reason: FailureClass | str | None = None,
-                  error: str | None = None, **fields: Any) -> None:
+def write_outcome(
+    path: Path, state: JobState, *, reason: FailureClass | str | None = None, error: str | None = None, **fields: Any
+) -> None:
     """Report the end of a supervised run (atomically: the supervisor reads it after the exit)."""
-    atomic_write_json(path, {"state": str(state), "reason": None if reason is None else str(reason),
-                             "error": error, "fields": fields})
+    atomic_write_json(
+        path, {"state": str(state), "reason": None if reason is None else str(reason), "error": error, "fields": fields}
+    )
 
 
 def read_outcome(path: Path) -> Outcome | None:
@@ -139,8 +141,14 @@ _CANCEL_TEXT = {
 }
 
 
-def classify_exit(returncode: int | None, outcome: Outcome | None, intent: Intent | None, *, log_tail: str = "",
-                  oom_killed: bool | None = None) -> Final:
+def classify_exit(
+    returncode: int | None,
+    outcome: Outcome | None,
+    intent: Intent | None,
+    *,
+    log_tail: str = "",
+    oom_killed: bool | None = None,
+) -> Final:
     """The state a run goes to after its process ended.
 
     `returncode` is None when the process was not our child (adopted after a daemon restart),
@@ -158,38 +166,65 @@ def classify_exit(returncode: int | None, outcome: Outcome | None, intent: Inten
     if outcome is not None:
         return Final(outcome.state, outcome.reason, outcome.error, outcome.fields)
     if intent is Intent.SHUTDOWN:
-        how = f"exit {signal_name(-returncode)}" if returncode is not None and returncode < 0 else f"exit code {returncode}"
-        return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                     f"stopped by the daemon's shutdown before it could save a checkpoint ({how}); "
-                     "it resumes from its last complete checkpoint")
+        how = (
+            f"exit {signal_name(-returncode)}"
+            if returncode is not None and returncode < 0
+            else f"exit code {returncode}"
+        )
+        return Final(
+            JobState.INTERRUPTED,
+            FailureClass.INTERRUPTED,
+            f"stopped by the daemon's shutdown before it could save a checkpoint ({how}); "
+            "it resumes from its last complete checkpoint",
+        )
     if returncode is None:
-        return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                     "its process ended while no daemon was watching (was the daemon killed?); "
-                     "it resumes from its last complete checkpoint")
+        return Final(
+            JobState.INTERRUPTED,
+            FailureClass.INTERRUPTED,
+            "its process ended while no daemon was watching (was the daemon killed?); "
+            "it resumes from its last complete checkpoint",
+        )
     if returncode < 0:
         return _killed_by_signal(-returncode, tail, oom_killed)
-    return Final(JobState.FAILED, FailureClass.CRASH,
-                 f"exited with code {returncode} without reporting how the run ended" + tail)
+    return Final(
+        JobState.FAILED, FailureClass.CRASH, f"exited with code {returncode} without reporting how the run ended" + tail
+    )
 
 
-KILLED_HINT = ("not retried: `runner run` on its job file resumes it from its last complete checkpoint, "
-               "and `runner watch --retry-killed` retries such runs")
+KILLED_HINT = (
+    "not retried: `runner run` on its job file resumes it from its last complete checkpoint, "
+    "and `runner watch --retry-killed` retries such runs"
+)
 
 
 def _killed_by_signal(number: int, tail: str, oom_killed: bool | None) -> Final:
     if number == signal.SIGKILL and oom_killed:
-        return Final(JobState.FAILED, FailureClass.OOM,
-                     "killed by the kernel's out-of-memory killer; use a smaller train.batch_size or data.max_length, "
-                     "or give the job more memory" + tail)
+        return Final(
+            JobState.FAILED,
+            FailureClass.OOM,
+            "killed by the kernel's out-of-memory killer; use a smaller train.batch_size or data.max_length, "
+            "or give the job more memory" + tail,
+        )
     if number == signal.SIGKILL:
-        who = (" (no cgroup memory counter or kernel log is readable here to tell whether the kernel's "
-               "out-of-memory killer sent it; `dmesg` says)") if oom_killed is None else \
-            ", not by the kernel's out-of-memory killer"
+        who = (
+            (
+                " (no cgroup memory counter or kernel log is readable here to tell whether the kernel's "
+                "out-of-memory killer sent it; `dmesg` says)"
+            )
+            if oom_killed is None
+            else ", not by the kernel's out-of-memory killer"
+        )
         return Final(JobState.INTERRUPTED, FailureClass.KILLED, f"killed by SIGKILL{who}; {KILLED_HINT}")
     if number in STOP_SIGNALS:
-        return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                     f"stopped by {signal_name(number)} before it could save a checkpoint; "
-                     "it resumes from its last complete checkpoint")
+        return Final(
+            JobState.INTERRUPTED,
+            FailureClass.INTERRUPTED,
+            f"stopped by {signal_name(number)} before it could save a checkpoint; "
+            "it resumes from its last complete checkpoint",
+        )
     description = signal.strsignal(number) or ""
-    return Final(JobState.FAILED, FailureClass.CRASH,
-                 f"died from {signal_name(number)}" + (f" ({description})" if description else "") + tail)
+    return Final(
+        JobState.FAILED,
+        FailureClass.CRASH,
+        f"died from {signal_name(number)}" + (f" ({description})" if description else "") + tail,
+    )

@@ -103,12 +103,7 @@ def mark_complete(folder: Path | str, step: int | None = None, *, now: datetime 
         p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256_file(p)}
         for p in _payload_files(folder)
     }
-    marker = {
-        "format": MARKER_FORMAT,
-        "step": step,
-        "time": format_utc(now or utc_now()),
-        "files": files,
-    }
+    marker = {"format": MARKER_FORMAT, "step": step, "time": format_utc(now or utc_now()), "files": files}
     atomic_write_json(folder / COMPLETE_MARKER, marker)
     return marker
 

@@ -84,9 +84,7 @@ def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str] | None:
     # user's repo behind their back.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
     try:
-        return subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=10, check=False
-        )
+        return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
 

@@ -86,10 +86,7 @@ class MetricsLog:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
@@ -189,8 +186,6 @@ class MetricsLog:
         kept = [r for r in records if (s := _step_of(r)) is None or s <= step]
         dropped = len(records) - len(kept)
         if dropped:
-            text = "".join(
-                json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept
-            )
+            text = "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in kept)
             atomic_write_text(self.path, text)
         return dropped

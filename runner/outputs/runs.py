@@ -165,9 +165,7 @@ def read_status(run_dir: Path | str) -> Status | None:
         return None
 
 
-def latest_run(
-    root: Path | str, job: str, *, state: JobState | str | None = None
-) -> Path | None:
+def latest_run(root: Path | str, job: str, *, state: JobState | str | None = None) -> Path | None:
     """Newest run of ``job``; with ``state``, the newest whose status is in that state."""
     wanted = JobState(state) if state is not None else None
     for run in reversed(list_runs(root, job)):
@@ -240,8 +238,11 @@ def status_rows(root: Path, job: str | None = None) -> list[tuple[Path, Status]]
         if job:
             rows.extend(runs)
             continue
-        rows.extend((run, status) for i, (run, status) in enumerate(runs)
-                    if i == len(runs) - 1 or status.state in PENDING_STATES)
+        rows.extend(
+            (run, status)
+            for i, (run, status) in enumerate(runs)
+            if i == len(runs) - 1 or status.state in PENDING_STATES
+        )
     return rows
 
 
@@ -265,8 +266,11 @@ def pending_jobs_training_on(source: str, root: Path, jobs_dir: Path | None = No
 
 def _model_source(run_dir: Path, jobs_dir: Path | None, job: str) -> str | None:
     """model.source of the spec a pending run will train: its queued spec copy, manifest, or job file."""
-    readers = [(_toml_source, run_dir / "spec.toml"), (_toml_source, run_dir / "job.toml"),
-               (_manifest_source, run_paths(run_dir).manifest)]
+    readers = [
+        (_toml_source, run_dir / "spec.toml"),
+        (_toml_source, run_dir / "job.toml"),
+        (_manifest_source, run_paths(run_dir).manifest),
+    ]
     if jobs_dir is not None:
         readers.append((_toml_source, jobs_dir / f"{job}.toml"))
     for read, path in readers:

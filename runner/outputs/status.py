@@ -65,12 +65,8 @@ __all__ = [
 INITIAL_STATES: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.INVALID})
 
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset(
-        {JobState.RUNNING, JobState.CANCELLED, JobState.INVALID, JobState.FAILED}
-    ),
-    JobState.RUNNING: frozenset(
-        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED}
-    ),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.INVALID, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED}),
     JobState.INTERRUPTED: frozenset({JobState.QUEUED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
@@ -107,23 +103,9 @@ class IllegalTransition(ValueError):
 # Fields only transition()/new_status() may set.  Everything else is "data
 # about the run" and may be set by progress updates.
 MANAGED_FIELDS: frozenset[str] = frozenset(
-    {
-        "job",
-        "run_id",
-        "state",
-        "reason",
-        "error",
-        "attempt",
-        "created",
-        "updated",
-        "started",
-        "finished",
-        "history",
-    }
+    {"job", "run_id", "state", "reason", "error", "attempt", "created", "updated", "started", "finished", "history"}
 )
-_SETTABLE_FIELDS: frozenset[str] = frozenset(
-    f.name for f in dataclasses.fields(Status) if f.name not in MANAGED_FIELDS
-)
+_SETTABLE_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Status) if f.name not in MANAGED_FIELDS)
 
 
 def _coerce_reason(reason: FailureClass | str | None) -> FailureClass | None:
@@ -133,9 +115,7 @@ def _coerce_reason(reason: FailureClass | str | None) -> FailureClass | None:
         return FailureClass(reason)
     except ValueError:
         valid = ", ".join(c.value for c in FailureClass)
-        raise ValueError(
-            f"unknown failure reason {reason!r} (valid: {valid}); put details in error="
-        ) from None
+        raise ValueError(f"unknown failure reason {reason!r} (valid: {valid}); put details in error=") from None
 
 
 def _settable(fields: Mapping[str, Any], *, what: str) -> dict[str, Any]:
@@ -145,9 +125,7 @@ def _settable(fields: Mapping[str, Any], *, what: str) -> dict[str, Any]:
         raise TypeError(f"{what} cannot set {', '.join(bad)}; use transition()")
     unknown = sorted(set(fields) - _SETTABLE_FIELDS)
     if unknown:
-        raise TypeError(
-            f"unknown status field(s) {', '.join(unknown)}; put free-form counters in extra={{...}}"
-        )
+        raise TypeError(f"unknown status field(s) {', '.join(unknown)}; put free-form counters in extra={{...}}")
     return {k: _plain(v) for k, v in fields.items()}
 
 
@@ -244,10 +222,7 @@ def transition(
         started=now if to is JobState.RUNNING else status.started,
         finished=now if to in TERMINAL_STATES else None,
         updated=now,
-        history=(
-            *status.history,
-            HistoryEntry(from_state=status.state, to_state=to, at=now, reason=why),
-        ),
+        history=(*status.history, HistoryEntry(from_state=status.state, to_state=to, at=now, reason=why)),
     )
 
 
@@ -332,8 +307,6 @@ class StatusFile:
     ) -> Status:
         """Read, apply :func:`transition`, write -- atomically with respect to other writers."""
         with file_lock(self.lock_path):
-            status = transition(
-                self._require(), to, reason=reason, error=error, now=now, **fields
-            )
+            status = transition(self._require(), to, reason=reason, error=error, now=now, **fields)
             atomic_write_text(self.path, status.to_json())
         return status

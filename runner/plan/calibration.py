@@ -42,7 +42,6 @@ class Calibration:
         return rows * columns * (self.saved_per_token.get(key, 0.0) + columns * self.saved_per_token_sq.get(key, 0.0))
 
 
-
 def analytic_calibration(shape: ModelShape, device: str) -> Calibration:
     """Without a measurement: a Llama-style layer saves about 22 x hidden floats per token
     (norms, q/k/v, attention output, MLP), LoRA with dropout a third more; the head saves one
@@ -52,7 +51,6 @@ def analytic_calibration(shape: ModelShape, device: str) -> Calibration:
     full = head + shape.num_layers * per_layer
     lora = head + shape.num_layers * per_layer * 4 / 3
     return Calibration(device=device, threads=0, saved_per_token={"full": full, "lora": lora})
-
 
 
 def _shrunk_config(config: Any, layers: int) -> Any:
@@ -96,17 +94,26 @@ def calibrate(
         fixed, tokens = 0.0, 0
         if time_it:
             seconds, fixed, optimizer_seconds, tokens = _time_per_token(
-                config, spec, choice, full_layers, columns=(64, max(128, min(columns, 256))))
+                config, spec, choice, full_layers, columns=(64, max(128, min(columns, 256)))
+            )
     finally:
         torch.set_num_threads(previous_threads)
-    return Calibration(device=choice.device, threads=threads or previous_threads, saved_per_token=per_token,
-                       saved_per_token_sq=per_token_sq, seconds_per_token=seconds, seconds_per_pass=fixed,
-                       optimizer_seconds=optimizer_seconds, calibration_tokens=tokens,
-                       seconds_spent=time.perf_counter() - started)
+    return Calibration(
+        device=choice.device,
+        threads=threads or previous_threads,
+        saved_per_token=per_token,
+        saved_per_token_sq=per_token_sq,
+        seconds_per_token=seconds,
+        seconds_per_pass=fixed,
+        optimizer_seconds=optimizer_seconds,
+        calibration_tokens=tokens,
+        seconds_spent=time.perf_counter() - started,
+    )
 
 
-def _saved_per_token(config: Any, spec: JobSpec, choice: DeviceChoice, full_layers: int,
-                     columns: int) -> tuple[dict[str, float], dict[str, float]]:
+def _saved_per_token(
+    config: Any, spec: JobSpec, choice: DeviceChoice, full_layers: int, columns: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """method -> saved bytes per token, and per token x column, for the whole depth: measured on
     1- and 2-layer models at two short lengths, extrapolated (linear, plus a per-column term for
     attention scores)."""
@@ -129,8 +136,9 @@ def _saved_per_token(config: Any, spec: JobSpec, choice: DeviceChoice, full_laye
     return per_token, per_token_sq
 
 
-def _calibration_model(config: Any, layers: int, method: str, spec: JobSpec, choice: DeviceChoice,
-                       folder: Path | None = None) -> Any:
+def _calibration_model(
+    config: Any, layers: int, method: str, spec: JobSpec, choice: DeviceChoice, folder: Path | None = None
+) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -143,8 +151,9 @@ def _calibration_model(config: Any, layers: int, method: str, spec: JobSpec, cho
         AutoModelForCausalLM.from_config(small, dtype=torch.float32).save_pretrained(str(folder))
         model = load_causal_lm(folder, spec.model, spec.adapter, choice)
     else:
-        model = AutoModelForCausalLM.from_config(small, attn_implementation=choice.attn_implementation,
-                                                 dtype=choice.torch_dtype)
+        model = AutoModelForCausalLM.from_config(
+            small, attn_implementation=choice.attn_implementation, dtype=choice.torch_dtype
+        )
         model.config.use_cache = False
     adapter = spec.adapter.model_copy(update={"method": method})
     model = apply_adapter(model, adapter, gradient_checkpointing=False)
@@ -161,7 +170,7 @@ def _batch(model: Any, device: str, rows: int, columns: int) -> dict[str, Any]:
     ids = torch.randint(5, max(6, vocab - 1), (rows, columns), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(rows, columns, dtype=torch.long)
     if rows > 1:  # padded rows: the masked attention path the run takes
-        mask[1:, columns // 2:] = 0
+        mask[1:, columns // 2 :] = 0
     labels = ids.clone()
     labels[mask == 0] = -100
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
@@ -187,8 +196,9 @@ def _saved_bytes(model: Any, device: str, rows: int, columns: int) -> float:
     return float(sum(seen.values()))
 
 
-def _time_per_token(config: Any, spec: JobSpec, choice: DeviceChoice, full_layers: int, *,
-                    columns: tuple[int, int], deep: int = 4) -> tuple[float, float, float, int]:
+def _time_per_token(
+    config: Any, spec: JobSpec, choice: DeviceChoice, full_layers: int, *, columns: tuple[int, int], deep: int = 4
+) -> tuple[float, float, float, int]:
     """(seconds per token, seconds per pass, optimizer seconds per trainable parameter, tokens timed).
 
     Forward + backward, best of three after a warm-up: a 1-layer model at two lengths gives the
@@ -248,4 +258,3 @@ def _sync(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
-

@@ -58,7 +58,9 @@ class BatchShape:
     peak_logit_tokens: int | None = None  # positions of the largest micro-batch the LM head runs on (None: all)
 
 
-def batch_shape(lengths: Sequence[int], batch_size: int, *, packing: bool, seed: int = 0, trials: int = 8) -> BatchShape:
+def batch_shape(
+    lengths: Sequence[int], batch_size: int, *, packing: bool, seed: int = 0, trials: int = 8
+) -> BatchShape:
     """The largest micro-batch (memory) and the mean one (time), over shuffled epochs.
 
     Padded batches are rows x (longest row): the batch that holds the longest example is always
@@ -74,7 +76,7 @@ def batch_shape(lengths: Sequence[int], batch_size: int, *, packing: bool, seed:
         order = list(lengths)
         rng.shuffle(order)
         for start in range(0, len(order), b):
-            chunk = order[start:start + b]
+            chunk = order[start : start + b]
             computed.append(sum(chunk) if packing else len(chunk) * max(chunk))
     if packing:
         peak = max(computed)
@@ -84,8 +86,9 @@ def batch_shape(lengths: Sequence[int], batch_size: int, *, packing: bool, seed:
     return BatchShape(b * longest, b, longest, statistics.fmean(computed), real / max(1, sum(computed)))
 
 
-def optimizer_steps(train_examples: int, *, batch_size: int, nproc: int, grad_accum: int, epochs: float,
-                    max_steps: int | None) -> tuple[int, int]:
+def optimizer_steps(
+    train_examples: int, *, batch_size: int, nproc: int, grad_accum: int, epochs: float, max_steps: int | None
+) -> tuple[int, int]:
     """(optimizer steps of the run, steps per epoch), as the Trainer counts them: each process
     takes ceil(examples / (batch x processes)) micro-batches per epoch."""
     per_rank_batches = math.ceil(train_examples / (batch_size * nproc)) if train_examples else 0
@@ -94,9 +97,9 @@ def optimizer_steps(train_examples: int, *, batch_size: int, nproc: int, grad_ac
     return steps, per_epoch
 
 
-
-def data_stats(job: LoadedJob, tokenizer: Any, model_files: dict[str, str] | None = None, *,
-               cache: bool = True) -> tuple[DataStats, bool]:
+def data_stats(
+    job: LoadedJob, tokenizer: Any, model_files: dict[str, str] | None = None, *, cache: bool = True
+) -> tuple[DataStats, bool]:
     """Tokenize the job's data as the run does (runner.data), or read the cached result.
     Returns (stats, came from the cache)."""
     from runner.paths import runner_home
@@ -144,9 +147,13 @@ def _data_key(job: LoadedJob, model_files: dict[str, str]) -> str:
         source = job.resolve_data(name)
         digest.update(source.encode())
         digest_source(digest, source)
-    tokenizer_files = {k: v for k, v in sorted(model_files.items()) if "token" in k or "template" in k or k == "config.json"}
+    tokenizer_files = {
+        k: v for k, v in sorted(model_files.items()) if "token" in k or "template" in k or k == "config.json"
+    }
     settings = data.model_dump(mode="json", exclude={"train", "eval", "shuffle", "packing", "image_root", "image_size"})
-    digest.update(json.dumps({"tokenizer": tokenizer_files, "settings": settings, "seed": job.spec.train.seed},
-                             sort_keys=True).encode())
+    digest.update(
+        json.dumps(
+            {"tokenizer": tokenizer_files, "settings": settings, "seed": job.spec.train.seed}, sort_keys=True
+        ).encode()
+    )
     return digest.hexdigest()[:32]
-

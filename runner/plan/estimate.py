@@ -16,8 +16,16 @@ from runner.units import format_binary_size
 if TYPE_CHECKING:
     from runner.spec import JobSpec
 
-__all__ = ["ALLOCATOR_RETENTION", "METHODS", "MemoryEstimate", "TimeEstimate", "estimate_memory", "estimate_time",
-           "optimizer_state_bytes", "suggest"]
+__all__ = [
+    "ALLOCATOR_RETENTION",
+    "METHODS",
+    "MemoryEstimate",
+    "TimeEstimate",
+    "estimate_memory",
+    "estimate_time",
+    "optimizer_state_bytes",
+    "suggest",
+]
 
 MiB = 2**20
 METHODS = ("full", "lora", "qlora")
@@ -105,8 +113,11 @@ def estimate_memory(
     logits = 2 * logit_rows * shape.vocab_size * 4  # logits + their gradient, fp32 for the loss
     retention = ALLOCATOR_RETENTION.get(device, {}).get(method, 1.0)
     activations = int((saved + logits) * retention)
-    runtime = (CUDA_CONTEXT_BYTES if device == "cuda"
-               else (calibration.runtime_bytes or 0) + data_tokens * DATA_BYTES_PER_TOKEN)
+    runtime = (
+        CUDA_CONTEXT_BYTES
+        if device == "cuda"
+        else (calibration.runtime_bytes or 0) + data_tokens * DATA_BYTES_PER_TOKEN
+    )
     base = runtime + weights + mapped + optimizer_bytes + reference_bytes
     if method == "full":
         head = shape.vocab_size * shape.hidden_size * weight_bytes  # the head's gradient comes first
@@ -115,9 +126,19 @@ def estimate_memory(
         peak, phase = (backward, "backward") if backward >= step else (step, "optimizer step")
     else:
         peak, phase = base + gradients + activations, "backward"
-    return MemoryEstimate(method=method, trainable=trainable, weights=weights + mapped, gradients=gradients,
-                          optimizer=optimizer_bytes, activations=activations, runtime=runtime, peak=int(peak),
-                          phase=phase, mapped_file=mapped, reference=reference_bytes)
+    return MemoryEstimate(
+        method=method,
+        trainable=trainable,
+        weights=weights + mapped,
+        gradients=gradients,
+        optimizer=optimizer_bytes,
+        activations=activations,
+        runtime=runtime,
+        peak=int(peak),
+        phase=phase,
+        mapped_file=mapped,
+        reference=reference_bytes,
+    )
 
 
 @dataclass(frozen=True)
@@ -133,8 +154,16 @@ class TimeEstimate:
         return self.train_seconds + self.eval_seconds
 
 
-def estimate_time(calibration: Calibration, batch: BatchShape, *, steps: int, grad_accum: int, eval_tokens: int,
-                  evaluations: int, passes: float = 1.0) -> TimeEstimate | None:
+def estimate_time(
+    calibration: Calibration,
+    batch: BatchShape,
+    *,
+    steps: int,
+    grad_accum: int,
+    eval_tokens: int,
+    evaluations: int,
+    passes: float = 1.0,
+) -> TimeEstimate | None:
     """`passes`: forward + backward passes' worth of work per token (a preference job's reference and
     KL passes, forward only, add about a third each)."""
     if calibration.seconds_per_token is None:
@@ -142,30 +171,61 @@ def estimate_time(calibration: Calibration, batch: BatchShape, *, steps: int, gr
     per_pass = calibration.seconds_per_pass + batch.mean_tokens * calibration.seconds_per_token * passes
     per_step = grad_accum * per_pass + (calibration.optimizer_seconds or 0.0)
     eval_each = eval_tokens * calibration.seconds_per_token / 3  # forward only: about a third
-    return TimeEstimate(steps=steps, seconds_per_step=per_step, train_seconds=per_step * steps,
-                        evaluations=evaluations, eval_seconds=eval_each * evaluations)
+    return TimeEstimate(
+        steps=steps,
+        seconds_per_step=per_step,
+        train_seconds=per_step * steps,
+        evaluations=evaluations,
+        eval_seconds=eval_each * evaluations,
+    )
 
 
-
-def suggest(shape: ModelShape, spec: JobSpec, stats: DataStats, calibration: Calibration, device: str, budget: int,
-            weight_bytes: int, qlora_ok: bool) -> list[str]:
+def suggest(
+    shape: ModelShape,
+    spec: JobSpec,
+    stats: DataStats,
+    calibration: Calibration,
+    device: str,
+    budget: int,
+    weight_bytes: int,
+    qlora_ok: bool,
+) -> list[str]:
     """Changes to the job that bring the peak under `budget`, each with the peak it gives."""
     adapter, train, data = spec.adapter, spec.train, spec.data
 
-    def peak(method: str = adapter.method, batch_size: int = train.batch_size, max_length: int = data.max_length,
-             packing: bool = data.packing, checkpointing: bool = train.gradient_checkpointing) -> int:
+    def peak(
+        method: str = adapter.method,
+        batch_size: int = train.batch_size,
+        max_length: int = data.max_length,
+        packing: bool = data.packing,
+        checkpointing: bool = train.gradient_checkpointing,
+    ) -> int:
         lengths = [min(n, max_length) for n in stats.train_lengths]
         shape_ = batch_shape(lengths, batch_size, packing=packing, seed=train.seed)
-        return estimate_memory(shape, method, device=device, batch=shape_, calibration=calibration, r=adapter.r,
-                               target_modules=adapter.target_modules, bias=adapter.bias,
-                               double_quant=adapter.double_quant, optimizer=train.optimizer,
-                               weight_bytes=weight_bytes, gradient_checkpointing=checkpointing,
-                               data_tokens=stats.train_tokens + stats.eval_tokens).peak
+        return estimate_memory(
+            shape,
+            method,
+            device=device,
+            batch=shape_,
+            calibration=calibration,
+            r=adapter.r,
+            target_modules=adapter.target_modules,
+            bias=adapter.bias,
+            double_quant=adapter.double_quant,
+            optimizer=train.optimizer,
+            weight_bytes=weight_bytes,
+            gradient_checkpointing=checkpointing,
+            data_tokens=stats.train_tokens + stats.eval_tokens,
+        ).peak
 
     ideas: list[tuple[str, int]] = []
     if not train.gradient_checkpointing:
-        ideas.append(("train.gradient_checkpointing = true (recompute activations in the backward pass)",
-                      peak(checkpointing=True)))
+        ideas.append(
+            (
+                "train.gradient_checkpointing = true (recompute activations in the backward pass)",
+                peak(checkpointing=True),
+            )
+        )
     b = train.batch_size
     while b > 1:
         b //= 2
@@ -181,9 +241,8 @@ def suggest(shape: ModelShape, spec: JobSpec, stats: DataStats, calibration: Cal
     if not data.packing:
         ideas.append(("data.packing = true (no padding: rows of real tokens only)", peak(packing=True)))
     order = ["full", "lora", "qlora"] if qlora_ok else ["full", "lora"]
-    for method in order[order.index(adapter.method) + 1:] if adapter.method in order else []:
-        ideas.append((f"adapter.method = \"{method}\"", peak(method=method)))
+    for method in order[order.index(adapter.method) + 1 :] if adapter.method in order else []:
+        ideas.append((f'adapter.method = "{method}"', peak(method=method)))
     fitting = [(text, value) for text, value in ideas if value <= budget]
     chosen = fitting or sorted(ideas, key=lambda item: item[1])[:2]
     return [f"{text}: peak ~{format_binary_size(value)}" for text, value in chosen]
-

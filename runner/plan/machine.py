@@ -50,4 +50,3 @@ def _cgroup_limit() -> int | None:
         if text.isdigit() and int(text) < 2**60:
             return int(text)
     return None
-

@@ -29,8 +29,14 @@ from runner.plan.shape import ModelShape
 if TYPE_CHECKING:
     from runner.spec import JobSpec, LoadedJob
 
-__all__ = ["PreferenceRows", "passes_per_token", "preference_batch", "preference_stats", "reference_bytes",
-           "reference_kind"]
+__all__ = [
+    "PreferenceRows",
+    "passes_per_token",
+    "preference_batch",
+    "preference_stats",
+    "reference_bytes",
+    "reference_kind",
+]
 
 FORWARD_SHARE = 1 / 3  # a forward pass without gradients, as a share of a forward + backward pass
 
@@ -60,10 +66,16 @@ def preference_stats(job: LoadedJob, tokenizer: Any) -> tuple[DataStats, Prefere
     train = [_row(e, shared) for e in data.train]
     report = data.train_report
     stats = DataStats(
-        format=report.format, records=report.records_read, train_examples=len(data.train),
-        eval_examples=len(data.eval), train_lengths=tuple(r for r, _ in train),
-        eval_lengths=tuple(_row(e, shared)[0] for e in data.eval), trainable_tokens=report.trainable_tokens,
-        truncated=report.truncated, bad_records=len(report.bad_records), max_length=spec.data.max_length,
+        format=report.format,
+        records=report.records_read,
+        train_examples=len(data.train),
+        eval_examples=len(data.eval),
+        train_lengths=tuple(r for r, _ in train),
+        eval_lengths=tuple(_row(e, shared)[0] for e in data.eval),
+        trainable_tokens=report.trainable_tokens,
+        truncated=report.truncated,
+        bad_records=len(report.bad_records),
+        max_length=spec.data.max_length,
     )
     return stats, PreferenceRows(tuple(r for r, _ in train), tuple(n for _, n in train))
 
@@ -75,8 +87,9 @@ def token_budget(spec: JobSpec) -> int:
     return spec.train.speed.token_budget
 
 
-def preference_batch(rows: PreferenceRows, batch_size: int, budget: int, *, seed: int = 0,
-                     trials: int = 8) -> BatchShape:
+def preference_batch(
+    rows: PreferenceRows, batch_size: int, budget: int, *, seed: int = 0, trials: int = 8
+) -> BatchShape:
     """The largest part (memory) over `trials` shuffled epochs, and the mean batch (time)."""
     if not rows.row_lengths:
         return BatchShape(0, 0, 0, 0.0, 1.0, 0)
@@ -87,7 +100,7 @@ def preference_batch(rows: PreferenceRows, batch_size: int, budget: int, *, seed
         order = list(range(len(rows.row_lengths)))
         rng.shuffle(order)
         for start in range(0, len(order), b):
-            batch = order[start:start + b]
+            batch = order[start : start + b]
             totals.append(sum(rows.row_lengths[i] for i in batch))
             for part in _parts(batch, rows.row_lengths, budget):
                 size = sum(rows.row_lengths[i] for i in part)
@@ -148,15 +161,26 @@ def notes(spec: JobSpec, kind: str | None, budget: int) -> list[str]:
     shared = "once" if spec.train.speed.shared_prompt else "once per reply"
     holds = "prompts with their completions" if spec.loss_type == "kto" else f"each prompt {shared} and both replies"
     cut = f"in parts of at most {budget} tokens" if budget else "whole"
-    reference = {None: "none (reference-free)", "adapter-off": "the base with the adapter off, a no-grad pass per "
-                 "step", "copy": "a frozen copy of the base, a no-grad pass per step",
-                 "precompute": "computed once before training (not counted in the training peak)"}[kind]
-    return [f"preference ({spec.loss_type}): padding-free rows of {holds}, forwarded {cut}, the LM head on reply "
-            f"positions only; reference: {reference}"]
+    reference = {
+        None: "none (reference-free)",
+        "adapter-off": "the base with the adapter off, a no-grad pass per step",
+        "copy": "a frozen copy of the base, a no-grad pass per step",
+        "precompute": "computed once before training (not counted in the training peak)",
+    }[kind]
+    return [
+        f"preference ({spec.loss_type}): padding-free rows of {holds}, forwarded {cut}, the LM head on reply "
+        f"positions only; reference: {reference}"
+    ]
 
 
-def suggest_preference(shape: ModelShape, spec: JobSpec, rows: PreferenceRows, estimate_peak: Callable[..., int], budget: int,
-                       qlora_ok: bool) -> list[str]:
+def suggest_preference(
+    shape: ModelShape,
+    spec: JobSpec,
+    rows: PreferenceRows,
+    estimate_peak: Callable[..., int],
+    budget: int,
+    qlora_ok: bool,
+) -> list[str]:
     """Changes to a preference job that bring its peak under `budget`, each with the peak it gives.
     `estimate_peak(method, batch, checkpointing, reference_kind)` is the plan's memory estimate."""
     from runner.units import format_binary_size
@@ -164,32 +188,48 @@ def suggest_preference(shape: ModelShape, spec: JobSpec, rows: PreferenceRows, e
     adapter, train = spec.adapter, spec.train
     current = token_budget(spec)
 
-    def peak(method: str = adapter.method, batch_size: int = train.batch_size, budget_: int = current,
-             checkpointing: bool = train.gradient_checkpointing, kind: str | None = "job") -> int:
+    def peak(
+        method: str = adapter.method,
+        batch_size: int = train.batch_size,
+        budget_: int = current,
+        checkpointing: bool = train.gradient_checkpointing,
+        kind: str | None = "job",
+    ) -> int:
         kind = reference_kind(spec, method) if kind == "job" else kind
         batch = preference_batch(rows, batch_size, 0 if checkpointing else budget_, seed=train.seed)
         return estimate_peak(method, batch, checkpointing, kind)
 
     ideas: list[tuple[str, int]] = []
     if current > 256:
-        ideas.append((f"train.speed.token_budget = {current // 2} (smaller parts of each batch)",
-                      peak(budget_=current // 2)))
+        ideas.append(
+            (f"train.speed.token_budget = {current // 2} (smaller parts of each batch)", peak(budget_=current // 2))
+        )
     if reference_kind(spec, adapter.method) in ("adapter-off", "copy"):
-        ideas.append(("loss.reference = \"precompute\" (the reference computed once, before training)",
-                      peak(kind="precompute")))
+        ideas.append(
+            ('loss.reference = "precompute" (the reference computed once, before training)', peak(kind="precompute"))
+        )
     if not train.gradient_checkpointing:
-        ideas.append(("train.gradient_checkpointing = true (recompute activations in the backward pass)",
-                      peak(checkpointing=True)))
+        ideas.append(
+            (
+                "train.gradient_checkpointing = true (recompute activations in the backward pass)",
+                peak(checkpointing=True),
+            )
+        )
     b, smallest = train.batch_size, 2 if spec.loss_type == "kto" else 1  # KTO's reference point needs 2
     while b // 2 >= smallest:
         b //= 2
-        ideas.append((f"train.batch_size = {b}, train.grad_accum = {train.grad_accum * (train.batch_size // b)} "
-                      "(same global batch)", peak(batch_size=b)))
+        ideas.append(
+            (
+                f"train.batch_size = {b}, train.grad_accum = {train.grad_accum * (train.batch_size // b)} "
+                "(same global batch)",
+                peak(batch_size=b),
+            )
+        )
         if ideas[-1][1] <= budget:
             break
     order = ["full", "lora", "qlora"] if qlora_ok else ["full", "lora"]
-    for method in order[order.index(adapter.method) + 1:] if adapter.method in order else []:
-        ideas.append((f"adapter.method = \"{method}\"", peak(method=method)))
+    for method in order[order.index(adapter.method) + 1 :] if adapter.method in order else []:
+        ideas.append((f'adapter.method = "{method}"', peak(method=method)))
     fitting = [(text, value) for text, value in ideas if value <= budget]
     chosen = fitting or sorted(ideas, key=lambda item: item[1])[:2]
     return [f"{text}: peak ~{format_binary_size(value)}" for text, value in chosen]

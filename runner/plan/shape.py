@@ -12,8 +12,15 @@ from typing import Any
 
 from runner.registry.folder_facts import read_safetensors_headers
 
-__all__ = ["Linear", "ModelShape", "lora_targets", "model_shape", "quantized_bytes_per_weight",
-           "shape_of", "trainable_parameters"]
+__all__ = [
+    "Linear",
+    "ModelShape",
+    "lora_targets",
+    "model_shape",
+    "quantized_bytes_per_weight",
+    "shape_of",
+    "trainable_parameters",
+]
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,9 @@ def lora_targets(shape: ModelShape, target_modules: Sequence[str]) -> list[Linea
     return chosen
 
 
-def trainable_parameters(shape: ModelShape, method: str, *, r: int = 16, target_modules: Sequence[str] = ("all-linear",),
-                         bias: str = "none") -> int:
+def trainable_parameters(
+    shape: ModelShape, method: str, *, r: int = 16, target_modules: Sequence[str] = ("all-linear",), bias: str = "none"
+) -> int:
     """Parameters that get gradients: all of them for full fine-tuning; for (Q)LoRA r x (in + out)
     per adapted layer, plus the biases adapter.bias makes trainable."""
     if method == "full":
@@ -86,8 +94,20 @@ def quantized_bytes_per_weight(double_quant: bool, blocksize: int = 64) -> float
     return 0.5 + 4 / blocksize
 
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def model_shape(folder: Path, *, trust_remote_code: bool = False) -> ModelShape:
@@ -148,4 +168,3 @@ def shape_of(model: Any, config: Any) -> ModelShape:
         output_head=head_name,
         bias_parameters=int(biases),
     )
-

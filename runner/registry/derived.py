@@ -25,12 +25,7 @@ from runner.registry.checksums import ADAPTER_FILE_PATTERNS, folder_checksums, m
 from runner.registry.gguf_convert import CHECKSUMS_FILE, SNAPSHOT_MANIFEST, note
 from runner.registry.sources import ResolveContext, ResolvedModel, SourceError, check_model_folder, resolve_in
 
-__all__ = [
-    "checksum_diff",
-    "ensure_merged",
-    "locate_recorded_base",
-    "read_snapshot_manifest",
-]
+__all__ = ["checksum_diff", "ensure_merged", "locate_recorded_base", "read_snapshot_manifest"]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -88,12 +83,17 @@ def locate_recorded_base(info: Mapping[str, Any], ctx: ResolveContext) -> Resolv
     except SourceError as exc:
         if changed:
             raise SourceError(changed) from exc
-        raise SourceError(f"{source}: the recorded folder {recorded} is gone and resolving it again failed: {exc}") from exc
+        raise SourceError(
+            f"{source}: the recorded folder {recorded} is gone and resolving it again failed: {exc}"
+        ) from exc
     if dict(again.files) == expected:
         return _from_info(info, again.path)
     if changed and again.path == recorded:
         raise SourceError(changed)
-    raise SourceError(f"{source} is no longer the model recorded ({again.path}): " + "; ".join(checksum_diff(expected, dict(again.files))))
+    raise SourceError(
+        f"{source} is no longer the model recorded ({again.path}): "
+        + "; ".join(checksum_diff(expected, dict(again.files)))
+    )
 
 
 def read_snapshot_manifest(folder: Path) -> dict[str, Any] | None:
@@ -164,7 +164,12 @@ def ensure_merged(
 
     def reusable() -> bool:
         manifest = read_snapshot_manifest(out)
-        return manifest is not None and bool(manifest) and manifest.get("adapter_files") == adapter_sums and (out / "config.json").is_file()
+        return (
+            manifest is not None
+            and bool(manifest)
+            and manifest.get("adapter_files") == adapter_sums
+            and (out / "config.json").is_file()
+        )
 
     if reusable():
         return out
@@ -172,16 +177,21 @@ def ensure_merged(
         if reusable():
             return out
         base_model = base()
-        note(f"merging the adapter {adapter_dir} into {base_model.source} -> {out} (once; later uses reuse it)", progress)
+        note(
+            f"merging the adapter {adapter_dir} into {base_model.source} -> {out} (once; later uses reuse it)", progress
+        )
         with atomic_dir(out, replace=True) as tmp:
             _merge_into(tmp, adapter_dir, base_model.path, kind)
             folder_checksums(tmp, cache_file=tmp / CHECKSUMS_FILE)
-            atomic_write_json(tmp / SNAPSHOT_MANIFEST, {
-                **meta,
-                "kind": kind,
-                "adapter_dir": str(adapter_dir),
-                "adapter_files": adapter_sums,
-                "base_model": base_model.to_dict(),
-                "merged_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            })
+            atomic_write_json(
+                tmp / SNAPSHOT_MANIFEST,
+                {
+                    **meta,
+                    "kind": kind,
+                    "adapter_dir": str(adapter_dir),
+                    "adapter_files": adapter_sums,
+                    "base_model": base_model.to_dict(),
+                    "merged_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+            )
     return out

@@ -66,13 +66,19 @@ class ModelEntry(_Strict):
     kind: ModelKind = Field(description="Model family.")
     architecture: str | None = Field(None, description="config.json 'architectures[0]' (e.g. LlamaForCausalLM).")
     model_type: str | None = Field(None, description="config.json 'model_type' (e.g. llama, bert).")
-    parameters: int | None = Field(None, ge=0, description="Parameters in the stored weights (of the adapter, for adapter entries).")
-    license: str | None = Field(None, description="License identifier, as read from the model card, config, GGUF metadata or package.")
+    parameters: int | None = Field(
+        None, ge=0, description="Parameters in the stored weights (of the adapter, for adapter entries)."
+    )
+    license: str | None = Field(
+        None, description="License identifier, as read from the model card, config, GGUF metadata or package."
+    )
     license_from: str | None = Field(None, description="Where the license was read.")
     size_bytes: int = Field(ge=0, description="Bytes on disk of the stored files.")
     store: str = Field(description="Folder of the stored files, relative to RUNNER_HOME (posix separators).")
     files: dict[str, str] = Field(description="Stored file (relative name) -> sha256.")
-    format_note: str | None = Field(None, description="How the stored copy was made (Hub snapshot, converted from GGUF Q4_1, ...).")
+    format_note: str | None = Field(
+        None, description="How the stored copy was made (Hub snapshot, converted from GGUF Q4_1, ...)."
+    )
     imported_at: str = Field(description="When the entry was written (UTC, ISO 8601).")
     lineage: Lineage | None = Field(None, description="For fine-tuned entries: what they were trained from.")
 
@@ -80,7 +86,9 @@ class ModelEntry(_Strict):
 class RegistryFile(_Strict):
     """The whole registry file."""
 
-    schema_ref: str | None = Field(None, alias="$schema", description="Path or URL of this file's JSON Schema (for editors).")
+    schema_ref: str | None = Field(
+        None, alias="$schema", description="Path or URL of this file's JSON Schema (for editors)."
+    )
     version: Literal[1] = Field(REGISTRY_VERSION, description="Format version of the registry file.")
     models: dict[str, ModelEntry] = Field(
         default_factory=dict,

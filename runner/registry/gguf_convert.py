@@ -132,9 +132,7 @@ def convert_gguf(file: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(file.parent), file.name
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, local_files_only=True, **_gguf_load_kwargs()
-    )
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True, **_gguf_load_kwargs())
     _plain_copy_ready(model)
     model.save_pretrained(out_dir)
     del model

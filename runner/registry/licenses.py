@@ -44,8 +44,12 @@ def _hub_card(src: HubSource, commit: str | None, ctx: ResolveContext) -> Path |
     """The repo's README.md (model card) at the commit: from the cache, else fetched unless offline."""
     from huggingface_hub import hf_hub_download
 
-    kwargs: dict[str, Any] = {"repo_id": src.repo_id, "filename": "README.md", "revision": commit or src.revision,
-                              "cache_dir": hub_cache_dir(ctx.home)}
+    kwargs: dict[str, Any] = {
+        "repo_id": src.repo_id,
+        "filename": "README.md",
+        "revision": commit or src.revision,
+        "cache_dir": hub_cache_dir(ctx.home),
+    }
     for local_only in (True, False):
         if not local_only and hub_offline():
             return None

@@ -50,7 +50,9 @@ def _restore(registry: Registry, alias: str, entry: ModelEntry, ctx: ResolveCont
     try:
         resolved = resolve_in(ctx, entry.source)
     except SourceError as exc:
-        raise RegistryError(f"registry:{alias}: its files are missing and {entry.source} cannot be fetched again: {exc}") from exc
+        raise RegistryError(
+            f"registry:{alias}: its files are missing and {entry.source} cannot be fetched again: {exc}"
+        ) from exc
     folder = store_folder(registry, resolved, ctx)
     return folder
 
@@ -70,22 +72,37 @@ def _resolve_registry(src: RegistrySource, ctx: ResolveContext) -> ResolvedModel
             lambda: locate_recorded_base(recorded_base, ctx),
             merged_dir(ctx.home) / entry.lineage.job / entry.lineage.run_id,
             kind=entry.kind,
-            meta={"job": entry.lineage.job, "run_id": entry.lineage.run_id, "spec_sha256": entry.lineage.spec_sha256,
-                  "method": entry.lineage.method, "alias": src.alias},
+            meta={
+                "job": entry.lineage.job,
+                "run_id": entry.lineage.run_id,
+                "spec_sha256": entry.lineage.spec_sha256,
+                "method": entry.lineage.method,
+                "alias": src.alias,
+            },
             progress=ctx.progress,
             checksum_cache=ctx.checksum_cache(folder),
         )
         files = folder_checksums(merged, cache_file=merged / CHECKSUMS_FILE)
         return ResolvedModel(
-            path=merged, source=str(src), revision=entry.revision, files=files,
-            format_note=f"registered adapter '{src.alias}' merged into its base", alias=src.alias, lineage=lineage,
+            path=merged,
+            source=str(src),
+            revision=entry.revision,
+            files=files,
+            format_note=f"registered adapter '{src.alias}' merged into its base",
+            alias=src.alias,
+            lineage=lineage,
         )
     if not folder.is_dir():
         folder = _restore(registry, src.alias, entry, ctx)
     _verify(folder, entry, src.alias, ctx, patterns_for(entry))
     return ResolvedModel(
-        path=folder, source=str(src), revision=entry.revision, files=dict(entry.files),
-        format_note=f"registry entry '{src.alias}' ({entry.source})", alias=src.alias, lineage=lineage,
+        path=folder,
+        source=str(src),
+        revision=entry.revision,
+        files=dict(entry.files),
+        format_note=f"registry entry '{src.alias}' ({entry.source})",
+        alias=src.alias,
+        lineage=lineage,
     )
 
 

@@ -64,10 +64,7 @@ def _walk_up(start: Path) -> Iterator[Path]:
 
 
 def find_registry(
-    explicit: Path | str | None = None,
-    *,
-    start: Path | str | None = None,
-    env: Mapping[str, str] | None = None,
+    explicit: Path | str | None = None, *, start: Path | str | None = None, env: Mapping[str, str] | None = None
 ) -> Path:
     """The registry file to use (see the module doc); it need not exist yet."""
     if explicit:

@@ -121,8 +121,10 @@ def _pinned_source(parsed: ModelSource, resolved: ResolvedModel) -> str:
 def _check_import(registry: Registry, parsed: ModelSource, alias: str, kind: str | None, force: bool) -> None:
     """Refuse before anything is fetched: a source import does not take, an unknown kind, a taken alias."""
     if isinstance(parsed, (RegistrySource, JobSource)):
-        raise RegistryError(f"{parsed}: import takes hf:, local:, gguf: or pkg: sources "
-                            "(a job's result is registered with output.register_as)")
+        raise RegistryError(
+            f"{parsed}: import takes hf:, local:, gguf: or pkg: sources "
+            "(a job's result is registered with output.register_as)"
+        )
     if kind is not None and kind not in MODEL_KINDS:
         raise RegistryError(f"unknown kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
     existing = registry.entries().get(alias)
@@ -139,14 +141,24 @@ def _check_import(registry: Registry, parsed: ModelSource, alias: str, kind: str
 
 
 def _new_entry(
-    registry: Registry, parsed: ModelSource, resolved: ResolvedModel, folder: Path, files: dict[str, str],
-    ctx: ResolveContext, *, source: str, kind: str | None, license: str | None,
+    registry: Registry,
+    parsed: ModelSource,
+    resolved: ResolvedModel,
+    folder: Path,
+    files: dict[str, str],
+    ctx: ResolveContext,
+    *,
+    source: str,
+    kind: str | None,
+    license: str | None,
 ) -> ModelEntry:
     """The entry for a stored folder: its facts, kind and license (given, or found)."""
     facts = inspect_folder(folder, files)
     config = read_config(folder)
-    found_license, license_from = (license, "given on the command line") if license else find_license(
-        folder, config, parsed, ctx, resolved.revision
+    found_license, license_from = (
+        (license, "given on the command line")
+        if license
+        else find_license(folder, config, parsed, ctx, resolved.revision)
     )
     chosen_kind = kind or facts.kind
     if chosen_kind is None:
@@ -192,11 +204,18 @@ def import_model(
     folder = store_folder(registry, resolved, ctx)
     files = folder_checksums(folder, cache_file=ctx.checksum_cache(folder), progress=progress)
     if files != dict(resolved.files):
-        raise RegistryError(f"the stored copy {folder} differs from {resolved.path}: " + "; ".join(checksum_diff(resolved.files, files)))
+        raise RegistryError(
+            f"the stored copy {folder} differs from {resolved.path}: " + "; ".join(checksum_diff(resolved.files, files))
+        )
     entry = _new_entry(registry, parsed, resolved, folder, files, ctx, source=source, kind=kind, license=license)
     with registry.edit() as models:
         previous = models.get(alias)
-        if previous is not None and previous.files == entry.files and previous.store == entry.store and previous.kind == entry.kind:
+        if (
+            previous is not None
+            and previous.files == entry.files
+            and previous.store == entry.store
+            and previous.kind == entry.kind
+        ):
             return ImportResult(alias, previous, "unchanged", folder)
         if previous is not None and not force and previous.files != entry.files:
             raise RegistryError(
@@ -219,7 +238,9 @@ class ValidationProblem:
         return f"{self.alias}: {self.file + ': ' if self.file else ''}{self.problem}"
 
 
-def validate_entry(registry: Registry, alias: str, entry: ModelEntry, *, progress: bool = True) -> list[ValidationProblem]:
+def validate_entry(
+    registry: Registry, alias: str, entry: ModelEntry, *, progress: bool = True
+) -> list[ValidationProblem]:
     """Re-hash every stored file (no cached hashes); report missing, changed and unexpected files."""
     folder = registry.store_path(entry)
     if not folder.is_dir():
@@ -232,7 +253,9 @@ def validate_entry(registry: Registry, alias: str, entry: ModelEntry, *, progres
             continue
         got = sha256_file(path, progress=progress)
         if got != expected:
-            problems.append(ValidationProblem(alias, name, f"sha256 mismatch: registry {expected[:16]}…, file {got[:16]}…"))
+            problems.append(
+                ValidationProblem(alias, name, f"sha256 mismatch: registry {expected[:16]}…, file {got[:16]}…")
+            )
     for name in model_files(folder, patterns_for(entry)):
         if name not in entry.files:
             problems.append(ValidationProblem(alias, name, "unexpected file (not in the registry)"))
@@ -294,11 +317,7 @@ class DeleteResult:
 
 
 def delete_model(
-    registry: Registry,
-    alias: str,
-    *,
-    force: bool = False,
-    blocking_jobs: Callable[[str], list[str]] | None = None,
+    registry: Registry, alias: str, *, force: bool = False, blocking_jobs: Callable[[str], list[str]] | None = None
 ) -> DeleteResult:
     """Remove ``alias`` and the store files only it uses; refuses while something depends on it.
 
@@ -374,8 +393,12 @@ def lineage_chain(registry: Registry, alias: str) -> list[dict[str, Any]]:
             step["missing"] = True  # recorded under an alias that is no longer registered
         recorded = info.get("lineage") or None
         if recorded:
-            step.update(job=recorded.get("job"), run_id=recorded.get("run_id"), method=recorded.get("method"),
-                        form=recorded.get("form"))
+            step.update(
+                job=recorded.get("job"),
+                run_id=recorded.get("run_id"),
+                method=recorded.get("method"),
+                form=recorded.get("form"),
+            )
         chain.append(step)
         if not recorded:
             break

@@ -18,8 +18,14 @@ from runner.slurm.states import SACCT_FIELDS, SQUEUE_FORMAT, JobInfo, Phase, par
 __all__ = ["SbatchRefused", "SlurmClient", "SlurmError", "SlurmUnavailable"]
 
 # Messages of a controller that is down, restarting or overloaded: nothing is wrong with the job.
-_TRANSIENT = ("unable to contact slurm controller", "socket timed out", "temporarily unavailable",
-              "zero bytes were transmitted", "connection refused", "communication connection failure")
+_TRANSIENT = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "temporarily unavailable",
+    "zero bytes were transmitted",
+    "connection refused",
+    "communication connection failure",
+)
 
 
 class SlurmError(RuntimeError):
@@ -53,11 +59,14 @@ class SlurmClient:
 
     def _run(self, command: Sequence[str]) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(list(command), capture_output=True, text=True, timeout=self.timeout,
-                                  stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                list(command), capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL
+            )
         except FileNotFoundError as exc:
-            raise SlurmUnavailable(f"{command[0]} not found: install the Slurm client commands (Debian: "
-                                   "slurm-client) and its configuration on this machine") from exc
+            raise SlurmUnavailable(
+                f"{command[0]} not found: install the Slurm client commands (Debian: "
+                "slurm-client) and its configuration on this machine"
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise SlurmUnavailable(f"{command[0]} did not answer within {self.timeout:g} s") from exc
         except OSError as exc:
@@ -84,8 +93,9 @@ class SlurmClient:
         ids = sorted(set(job_ids), key=int)
         if not ids:
             return {}
-        done = self._run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}",
-                          f"--format={SQUEUE_FORMAT}"])
+        done = self._run(
+            ["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}", f"--format={SQUEUE_FORMAT}"]
+        )
         if done.returncode != 0 and "invalid job id" not in (done.stderr or "").lower():
             raise SlurmUnavailable(f"squeue failed: {_first_lines(done.stderr) or done.returncode}")
         found = parse_squeue(done.stdout) if done.returncode == 0 else {}
@@ -97,8 +107,16 @@ class SlurmClient:
                     found[job_id] = more
         missing = [job_id for job_id in ids if job_id not in found]
         if missing and shutil.which("sacct"):
-            done = self._run(["sacct", "--noheader", "--parsable2", "--allocations", f"--jobs={','.join(missing)}",
-                              f"--format={SACCT_FIELDS}"])
+            done = self._run(
+                [
+                    "sacct",
+                    "--noheader",
+                    "--parsable2",
+                    "--allocations",
+                    f"--jobs={','.join(missing)}",
+                    f"--format={SACCT_FIELDS}",
+                ]
+            )
             if done.returncode == 0:  # else: accounting disabled or slurmdbd down; the job stays unknown
                 found.update({k: v for k, v in parse_sacct(done.stdout).items() if k in missing})
         return found

@@ -76,9 +76,18 @@ class SlurmExecutor(Executor):
 
     name = "slurm"
 
-    def __init__(self, *, runs_root: Path, python: str = sys.executable, registry: Path | None = None,
-                 allow_remote_code: bool = False, poll: float = 5.0, client: SlurmClient | None = None,
-                 log: Callable[[str], None] = print, submitter: str = "runner watch") -> None:
+    def __init__(
+        self,
+        *,
+        runs_root: Path,
+        python: str = sys.executable,
+        registry: Path | None = None,
+        allow_remote_code: bool = False,
+        poll: float = 5.0,
+        client: SlurmClient | None = None,
+        log: Callable[[str], None] = print,
+        submitter: str = "runner watch",
+    ) -> None:
         self.runs_root = runs_root
         self.python = python
         self.registry = registry
@@ -113,39 +122,72 @@ class SlurmExecutor(Executor):
         if status is None:
             return None
         try:
-            job = parse_job((run_dir / SPEC_SNAPSHOT).read_bytes(), display=str(spec_path),
-                            default_name=spec_path.stem, path=spec_path)
+            job = parse_job(
+                (run_dir / SPEC_SNAPSHOT).read_bytes(),
+                display=str(spec_path),
+                default_name=spec_path.stem,
+                path=spec_path,
+            )
             options = sbatch_options(job.spec.resources, job_name=f"runner-{job.name}", log_path=run_dir / LOG_FILE)
         except (OSError, JobSpecError, ValueError) as exc:
             return Final(JobState.FAILED, FailureClass.CONFIG, f"cannot submit {run_dir / SPEC_SNAPSHOT}: {exc}")
-        command = node_command(self.python, spec_path, run_dir=run_dir, runs_root=self.runs_root,
-                               registry=self.registry, allow_remote_code=self.allow_remote_code)
+        command = node_command(
+            self.python,
+            spec_path,
+            run_dir=run_dir,
+            runs_root=self.runs_root,
+            registry=self.registry,
+            allow_remote_code=self.allow_remote_code,
+        )
         script = run_dir / ".slurm" / f"attempt-{status.attempt}.sh"
         script.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(script, batch_script(command, options, comment=(
-            f"runner: attempt {status.attempt} of run {status.job}/{status.run_id}\n"
-            f"submitted by {self.submitter} on {socket.gethostname()} (pid {os.getpid()})")))
+        atomic_write_text(
+            script,
+            batch_script(
+                command,
+                options,
+                comment=(
+                    f"runner: attempt {status.attempt} of run {status.job}/{status.run_id}\n"
+                    f"submitted by {self.submitter} on {socket.gethostname()} (pid {os.getpid()})"
+                ),
+            ),
+        )
         (run_dir / OUTCOME_FILE).unlink(missing_ok=True)  # a stale report must not speak for this attempt
         try:
             job_id = self.client.sbatch(script, options)
         except SbatchRefused as exc:
-            return Final(JobState.FAILED, FailureClass.CONFIG,
-                         f"sbatch refused the job: {exc}\nfix [resources] / [resources.slurm] in {spec_path} "
-                         f"(its sbatch options: {shlex.join(options)})")
+            return Final(
+                JobState.FAILED,
+                FailureClass.CONFIG,
+                f"sbatch refused the job: {exc}\nfix [resources] / [resources.slurm] in {spec_path} "
+                f"(its sbatch options: {shlex.join(options)})",
+            )
         except SlurmError as exc:
             self.retry_at = time.monotonic() + RETRY_AFTER
             self.log(f"{status.job}/{status.run_id}: cannot submit now ({exc}); trying again in {RETRY_AFTER:g} s")
             return None
         log_path = run_dir / LOG_FILE  # the job appends its output here; it needs seconds to get going
         with open(log_path, "ab") as log:
-            log.write(f"==== {datetime.now().astimezone():%Y-%m-%d %H:%M:%S %z} {self.submitter}: attempt "
-                      f"{status.attempt} of {status.job}/{status.run_id}: Slurm job {job_id} ({script}) ====\n".encode())
+            log.write(
+                f"==== {datetime.now().astimezone():%Y-%m-%d %H:%M:%S %z} {self.submitter}: attempt "
+                f"{status.attempt} of {status.job}/{status.run_id}: Slurm job {job_id} ({script}) ====\n".encode()
+            )
         previous = status.extra.get(SLURM_KEY)
         jobs = list(previous.get("jobs") or []) if isinstance(previous, dict) else []
         jobs.append({"job_id": job_id, "attempt": status.attempt, "state": "PENDING", "exit_code": None})
-        record = {"job_id": job_id, "attempt": status.attempt, "state": "PENDING", "reason": None, "exit_code": None,
-                  "nodes": None, "time_limit": job.spec.resources.time_limit, "submitted": format_utc(utc_now()),
-                  "ended": False, "script": str(script), "jobs": jobs}
+        record = {
+            "job_id": job_id,
+            "attempt": status.attempt,
+            "state": "PENDING",
+            "reason": None,
+            "exit_code": None,
+            "nodes": None,
+            "time_limit": job.spec.resources.time_limit,
+            "submitted": format_utc(utc_now()),
+            "ended": False,
+            "script": str(script),
+            "jobs": jobs,
+        }
         status_file.update(extra={SLURM_KEY: record, "waiting": f"slurm job {job_id}: submitted"})
         self.log(f"{status.job}/{status.run_id}: attempt {status.attempt} submitted as Slurm job {job_id}")
         return Submission(job_id, run_dir, status.attempt, log_size=_size(log_path))
@@ -157,8 +199,14 @@ class SlurmExecutor(Executor):
             return None
         record = status.extra[SLURM_KEY]
         self.log(f"{status.job}/{status.run_id}: following its Slurm job {job_id} ({status.state})")
-        return Submission(job_id, run_dir, status.attempt, state=str(record.get("state") or "PENDING"),
-                          reason=record.get("reason"), ran=status.state is JobState.RUNNING)
+        return Submission(
+            job_id,
+            run_dir,
+            status.attempt,
+            state=str(record.get("state") or "PENDING"),
+            reason=record.get("reason"),
+            ran=status.state is JobState.RUNNING,
+        )
 
     # -------------------------------------------------------------------- follow
 
@@ -212,8 +260,17 @@ class SlurmExecutor(Executor):
             # Slurm put the job back in its queue: this allocation is over; the run is queued again by
             # us (its attempt count, a new sbatch), so this copy must not run as well.
             self.stop(sub)
-            info = JobInfo(info.job_id, "REQUEUED", info.reason, info.exit_code, info.nodes, info.start, info.end,
-                           info.time_limit, info.source)
+            info = JobInfo(
+                info.job_id,
+                "REQUEUED",
+                info.reason,
+                info.exit_code,
+                info.nodes,
+                info.start,
+                info.end,
+                info.time_limit,
+                info.source,
+            )
             phase = Phase.ENDED
         if phase is Phase.PENDING:
             if (info.state, info.reason) != (sub.state, sub.reason):
@@ -225,8 +282,9 @@ class SlurmExecutor(Executor):
             if not sub.ran:
                 sub.ran = True
                 if status.state is JobState.QUEUED:
-                    status_file.transition(JobState.RUNNING, extra={SLURM_KEY: self._record(status, info),
-                                                                    "waiting": None})
+                    status_file.transition(
+                        JobState.RUNNING, extra={SLURM_KEY: self._record(status, info), "waiting": None}
+                    )
                     self.log(f"{status.job}/{status.run_id}: Slurm job {sub.job_id} running on {info.nodes}")
             elif info.state != sub.state:
                 status_file.update(extra={SLURM_KEY: self._record(status, info)})
@@ -247,14 +305,23 @@ class SlurmExecutor(Executor):
                 return None
         log_path = sub.run_dir / LOG_FILE
         size = _size(log_path)
-        final = _classify_end(info, outcome, sub.intent, log_tail=log_tail(log_path), python=self.python,
-                              log_missing=sub.log_size is not None and size is not None and size <= sub.log_size)
+        final = _classify_end(
+            info,
+            outcome,
+            sub.intent,
+            log_tail=log_tail(log_path),
+            python=self.python,
+            log_missing=sub.log_size is not None and size is not None and size <= sub.log_size,
+        )
         ran = sub.ran or bool(info.nodes)
         if status.state is JobState.QUEUED and (ran or final.state in (JobState.SUCCEEDED, JobState.INTERRUPTED)):
             sub.status_file.transition(JobState.RUNNING, extra={"waiting": None})  # it ran between two polls
         fields: dict[str, Any] = dict(final.fields)
-        fields["extra"] = {**dict(fields.get("extra") or {}), SLURM_KEY: self._record(status, info, ended=True),
-                           "waiting": None}
+        fields["extra"] = {
+            **dict(fields.get("extra") or {}),
+            SLURM_KEY: self._record(status, info, ended=True),
+            "waiting": None,
+        }
         return Final(final.state, final.reason, final.error, fields)
 
     def _record(self, status: Status, info: JobInfo, *, ended: bool = False) -> dict[str, Any]:

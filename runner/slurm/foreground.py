@@ -32,8 +32,16 @@ def _say(message: str) -> None:
     print(f"runner run: {message}", file=sys.stderr, flush=True)
 
 
-def run_on_slurm(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto", registry: Path | None = None,
-                 allow_remote_code: bool = False, poll: float = 2.0, out: BinaryIO | None = None) -> int:
+def run_on_slurm(
+    job: LoadedJob,
+    runs_root: Path,
+    *,
+    resume: bool | str = "auto",
+    registry: Path | None = None,
+    allow_remote_code: bool = False,
+    poll: float = 2.0,
+    out: BinaryIO | None = None,
+) -> int:
     """Submit one attempt of `job` and follow it; the exit code of `runner run` (0, 1, 3)."""
     out = out or sys.stdout.buffer
     missing = SlurmClient.available()
@@ -46,8 +54,14 @@ def run_on_slurm(job: LoadedJob, runs_root: Path, *, resume: bool | str = "auto"
         return 1
     run_dir, status_file, _ = prepare_run(job, runs_root, resume=resume)
     atomic_write_bytes(run_dir / SPEC_SNAPSHOT, data)  # the bytes the allocation runs
-    executor = SlurmExecutor(runs_root=runs_root, registry=registry, allow_remote_code=allow_remote_code, poll=poll,
-                             log=_say, submitter="runner run")
+    executor = SlurmExecutor(
+        runs_root=runs_root,
+        registry=registry,
+        allow_remote_code=allow_remote_code,
+        poll=poll,
+        log=_say,
+        submitter="runner run",
+    )
     try:
         submitted = executor.start(run_dir, job.path.absolute())
         while submitted is None:  # the controller cannot be reached: keep trying, like the daemon

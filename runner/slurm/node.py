@@ -20,8 +20,15 @@ from runner.slurm.states import SLURM_KEY
 __all__ = ["check_allocation", "run_allocation"]
 
 
-def run_allocation(run_dir: Path, spec_path: Path, runs_root: Path, *, registry: Path | None = None,
-                   allow_remote_code: bool = False, command: list[str] | None = None) -> int:
+def run_allocation(
+    run_dir: Path,
+    spec_path: Path,
+    runs_root: Path,
+    *,
+    registry: Path | None = None,
+    allow_remote_code: bool = False,
+    command: list[str] | None = None,
+) -> int:
     """Run the attempt in `run_dir`; 1 without running it if this Slurm job is not the run's submission."""
     status = read_status(run_dir)
     slurm_job = os.environ.get("SLURM_JOB_ID")
@@ -30,8 +37,9 @@ def run_allocation(run_dir: Path, spec_path: Path, runs_root: Path, *, registry:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 1
-    return run_supervised(run_dir, spec_path, runs_root, registry=registry, allow_remote_code=allow_remote_code,
-                          command=command)
+    return run_supervised(
+        run_dir, spec_path, runs_root, registry=registry, allow_remote_code=allow_remote_code, command=command
+    )
 
 
 def check_allocation(run_dir: Path, job_id: str, *, wait: float = 30.0) -> str | None:
@@ -46,6 +54,8 @@ def check_allocation(run_dir: Path, job_id: str, *, wait: float = 30.0) -> str |
         if current == job_id:
             return None
         if time.monotonic() >= deadline:
-            return (f"Slurm job {job_id} is not the submission that {run_paths(run_dir).status} records "
-                    f"({current or 'none'}); not running the same run twice")
+            return (
+                f"Slurm job {job_id} is not the submission that {run_paths(run_dir).status} records "
+                f"({current or 'none'}); not running the same run twice"
+            )
         time.sleep(1.0)

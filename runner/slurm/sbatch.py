@@ -18,6 +18,7 @@ from runner.units import SIZE_WITH_UNIT_PATTERN, parse_size
 
 __all__ = ["batch_script", "memory_option", "node_command", "sbatch_options"]
 
+
 def memory_option(text: str) -> str:
     """resources.memory (runner.units: 16GB = 16 x 10^9 bytes, 16GiB = 16G = 16 x 2^30) as sbatch
     --mem reads it (its K/M/G/T are powers of 1024): '16GiB' and '16G' -> '16G'; '16GB' -> '15259M'
@@ -65,8 +66,15 @@ def sbatch_options(resources: ResourcesSection, *, job_name: str, log_path: Path
     return options
 
 
-def node_command(python: str, spec_path: Path, *, run_dir: Path, runs_root: Path, registry: Path | None = None,
-                 allow_remote_code: bool = False) -> list[str]:
+def node_command(
+    python: str,
+    spec_path: Path,
+    *,
+    run_dir: Path,
+    runs_root: Path,
+    registry: Path | None = None,
+    allow_remote_code: bool = False,
+) -> list[str]:
     """What the allocation runs: the submitter's interpreter on the run folder it queued."""
     command = [python, "-m", "runner", "run", str(spec_path), "--runs-dir", str(runs_root), "--run-dir", str(run_dir)]
     if registry is not None:

@@ -132,8 +132,13 @@ class JobInfo:
 
     def record(self) -> dict[str, str | None]:
         """The fields kept in status.json (`extra.slurm`)."""
-        return {"state": self.state, "reason": self.reason, "exit_code": self.exit_code, "nodes": self.nodes,
-                "time_limit": self.time_limit}
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "nodes": self.nodes,
+            "time_limit": self.time_limit,
+        }
 
 
 def _blank(value: str) -> str | None:
@@ -149,8 +154,17 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         if len(parts) != 7 or not parts[0].strip():
             continue
         job_id, state, nodes, start, end, limit, reason = (p.strip() for p in parts)
-        jobs[job_id] = JobInfo(job_id, normalize_state(state), _blank(reason), None, _blank(nodes), _blank(start),
-                               _blank(end), _blank(limit), "squeue")
+        jobs[job_id] = JobInfo(
+            job_id,
+            normalize_state(state),
+            _blank(reason),
+            None,
+            _blank(nodes),
+            _blank(start),
+            _blank(end),
+            _blank(limit),
+            "squeue",
+        )
     return jobs
 
 
@@ -162,15 +176,24 @@ def parse_scontrol(text: str) -> dict[str, JobInfo]:
     jobs: dict[str, JobInfo] = {}
     for line in text.splitlines():
         keys = list(_SCONTROL_KEY.finditer(line))
-        fields = {m.group(1): line[m.end(): keys[i + 1].start() if i + 1 < len(keys) else len(line)].strip()
-                  for i, m in enumerate(keys)}
+        fields = {
+            m.group(1): line[m.end() : keys[i + 1].start() if i + 1 < len(keys) else len(line)].strip()
+            for i, m in enumerate(keys)
+        }
         job_id = fields.get("JobId")
         if not job_id:
             continue
-        jobs[job_id] = JobInfo(job_id, normalize_state(fields.get("JobState", "")), _blank(fields.get("Reason", "")),
-                               _blank(fields.get("ExitCode", "")), _blank(fields.get("NodeList", "")),
-                               _blank(fields.get("StartTime", "")), _blank(fields.get("EndTime", "")),
-                               _blank(fields.get("TimeLimit", "")), "scontrol")
+        jobs[job_id] = JobInfo(
+            job_id,
+            normalize_state(fields.get("JobState", "")),
+            _blank(fields.get("Reason", "")),
+            _blank(fields.get("ExitCode", "")),
+            _blank(fields.get("NodeList", "")),
+            _blank(fields.get("StartTime", "")),
+            _blank(fields.get("EndTime", "")),
+            _blank(fields.get("TimeLimit", "")),
+            "scontrol",
+        )
     return jobs
 
 
@@ -183,9 +206,17 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
         if len(parts) < 7 or not parts[0].strip() or "." in parts[0]:
             continue  # steps (123.batch) are not the job
         job_id, state, exit_code, nodes, start, end, limit = (p.strip() for p in parts[:7])
-        jobs[job_id] = JobInfo(job_id, normalize_state(state), None, _blank(exit_code),
-                               _blank(nodes) if nodes != "None assigned" else None, _blank(start), _blank(end),
-                               _blank(limit), "sacct")
+        jobs[job_id] = JobInfo(
+            job_id,
+            normalize_state(state),
+            None,
+            _blank(exit_code),
+            _blank(nodes) if nodes != "None assigned" else None,
+            _blank(start),
+            _blank(end),
+            _blank(limit),
+            "sacct",
+        )
     return jobs
 
 
@@ -210,8 +241,15 @@ def _label(info: JobInfo) -> str:
     return text + (f" ({', '.join(details)})" if details else "")
 
 
-def classify_end(info: JobInfo, outcome: Outcome | None, intent: Intent | None, *, log_tail: str = "",
-                 log_missing: bool = False, python: str = "python") -> Final:
+def classify_end(
+    info: JobInfo,
+    outcome: Outcome | None,
+    intent: Intent | None,
+    *,
+    log_tail: str = "",
+    log_missing: bool = False,
+    python: str = "python",
+) -> Final:
     """The state a run goes to now that its Slurm job is over (or gone from Slurm's memory).
 
     `outcome` is the node process's own report, if it wrote one; `intent` why the submitter
@@ -226,48 +264,82 @@ def classify_end(info: JobInfo, outcome: Outcome | None, intent: Intent | None, 
         return Final(JobState.CANCELLED, FailureClass.CANCELLED_BY_USER, f"{_CANCEL_TEXT[intent]} ({label})")
     said = f": {outcome.error}" if outcome is not None and outcome.error else ""
     if intent is Intent.SHUTDOWN:
-        return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                     f"stopped with scancel ({label}){said}; it resumes from its last complete checkpoint")
+        return Final(
+            JobState.INTERRUPTED,
+            FailureClass.INTERRUPTED,
+            f"stopped with scancel ({label}){said}; it resumes from its last complete checkpoint",
+        )
     state = info.state
     ours = ENDED_STATES.get(state)
     if ours is JobState.INTERRUPTED:
         saved = said or " before it saved a checkpoint"
-        return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                     f"{label}{saved}; it resumes from its last complete checkpoint on a new allocation")
+        return Final(
+            JobState.INTERRUPTED,
+            FailureClass.INTERRUPTED,
+            f"{label}{saved}; it resumes from its last complete checkpoint on a new allocation",
+        )
     if ours is JobState.CANCELLED:
-        return Final(JobState.CANCELLED, FailureClass.CANCELLED_BY_USER,
-                     f"{label}: cancelled outside the runner (scancel, or an administrator)")
+        return Final(
+            JobState.CANCELLED,
+            FailureClass.CANCELLED_BY_USER,
+            f"{label}: cancelled outside the runner (scancel, or an administrator)",
+        )
     if state == "OUT_OF_MEMORY":
-        return Final(JobState.FAILED, FailureClass.OOM,
-                     f"{label}: the job used more memory than it was given; raise resources.memory, or use a "
-                     "smaller train.batch_size or data.max_length" + tail)
+        return Final(
+            JobState.FAILED,
+            FailureClass.OOM,
+            f"{label}: the job used more memory than it was given; raise resources.memory, or use a "
+            "smaller train.batch_size or data.max_length" + tail,
+        )
     if state == "DEADLINE":
         return Final(JobState.FAILED, FailureClass.TIMEOUT, f"{label}: it reached its --deadline" + tail)
     if outcome is not None:  # interrupted by a signal Slurm did not send as a time limit (exit 3: FAILED)
-        return Final(outcome.state, outcome.reason, f"{outcome.error} ({label})" if outcome.error else label,
-                     dict(outcome.fields))
+        return Final(
+            outcome.state,
+            outcome.reason,
+            f"{outcome.error} ({label})" if outcome.error else label,
+            dict(outcome.fields),
+        )
     if state == UNKNOWN:
-        return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                     f"{label} is no longer known to Slurm (squeue, sacct) and the run did not report how it "
-                     "ended; it resumes from its last complete checkpoint")
+        return Final(
+            JobState.INTERRUPTED,
+            FailureClass.INTERRUPTED,
+            f"{label} is no longer known to Slurm (squeue, sacct) and the run did not report how it "
+            "ended; it resumes from its last complete checkpoint",
+        )
     if log_missing:
-        return Final(JobState.FAILED, FailureClass.CRASH,
-                     f"{label} and left no train.log: the node could not write to the run folder. Put the runs "
-                     "folder (--runs-dir) on a filesystem every node sees at the same path")
+        return Final(
+            JobState.FAILED,
+            FailureClass.CRASH,
+            f"{label} and left no train.log: the node could not write to the run folder. Put the runs "
+            "folder (--runs-dir) on a filesystem every node sees at the same path",
+        )
+    return _classify_exit(info, label, tail, python)
+
+
+def _classify_exit(info: JobInfo, label: str, tail: str, python: str) -> Final:
+    """The end of a job that reported nothing, told by its Slurm state and exit code (signal, or a
+    node that could not start the program)."""
     code = parse_exit_code(info.exit_code)
-    if state == "COMPLETED":
+    if info.state == "COMPLETED":
         return Final(JobState.FAILED, FailureClass.CRASH, f"{label}, but the run did not report how it ended" + tail)
     if code is not None and code[1]:
         number = code[1]
         if number == signal.SIGKILL:  # Slurm says OUT_OF_MEMORY when its cgroup's OOM killer did it
             return Final(JobState.INTERRUPTED, FailureClass.KILLED, f"{label}: killed by SIGKILL; {KILLED_HINT}")
         if number in STOP_SIGNALS:
-            return Final(JobState.INTERRUPTED, FailureClass.INTERRUPTED,
-                         f"{label}: stopped by {signal_name(number)} before it could save a checkpoint; "
-                         "it resumes from its last complete checkpoint")
+            return Final(
+                JobState.INTERRUPTED,
+                FailureClass.INTERRUPTED,
+                f"{label}: stopped by {signal_name(number)} before it could save a checkpoint; "
+                "it resumes from its last complete checkpoint",
+            )
         return Final(JobState.FAILED, FailureClass.CRASH, f"{label}: died from {signal_name(number)}" + tail)
     if code is not None and code[0] in (126, 127):
-        return Final(JobState.FAILED, FailureClass.CRASH,
-                     f"{label}: the node could not start {python}; install the project at the same path on "
-                     "every node (a shared filesystem) or submit from a virtualenv the nodes see" + tail)
+        return Final(
+            JobState.FAILED,
+            FailureClass.CRASH,
+            f"{label}: the node could not start {python}; install the project at the same path on "
+            "every node (a shared filesystem) or submit from a virtualenv the nodes see" + tail,
+        )
     return Final(JobState.FAILED, FailureClass.CRASH, f"{label}: the run did not report how it ended" + tail)

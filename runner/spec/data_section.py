@@ -9,21 +9,83 @@ from pydantic import BeforeValidator, Field
 from runner.spec.section import BIG, PATH_PATTERN, PathStr, Section, _one_or_many
 
 DataFormat = Literal[
-    "auto", "alpaca", "sharegpt", "messages", "text", "segments", "prompt-completion",
-    "pairs", "triplets", "scored-pairs", "image-text",
-    "preference", "sharegpt-preference", "alpaca-preference", "unpaired-preference",
+    "auto",
+    "alpaca",
+    "sharegpt",
+    "messages",
+    "text",
+    "segments",
+    "prompt-completion",
+    "pairs",
+    "triplets",
+    "scored-pairs",
+    "image-text",
+    "preference",
+    "sharegpt-preference",
+    "alpaca-preference",
+    "unpaired-preference",
 ]
 CANONICAL_FIELDS = (
-    "instruction", "input", "output", "system", "history", "conversations", "messages", "role", "content",
-    "loss_weight", "reasoning", "images", "text", "segments", "prompt", "completion",
-    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
-    "chosen", "rejected", "label",
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "history",
+    "conversations",
+    "messages",
+    "role",
+    "content",
+    "loss_weight",
+    "reasoning",
+    "images",
+    "text",
+    "segments",
+    "prompt",
+    "completion",
+    "query",
+    "positive",
+    "negative",
+    "sentence1",
+    "sentence2",
+    "score",
+    "image",
+    "query_image",
+    "task",
+    "tools",
+    "chosen",
+    "rejected",
+    "label",
 )
 CanonicalField = Literal[
-    "instruction", "input", "output", "system", "history", "conversations", "messages", "role", "content",
-    "loss_weight", "reasoning", "images", "text", "segments", "prompt", "completion",
-    "query", "positive", "negative", "sentence1", "sentence2", "score", "image", "query_image", "task", "tools",
-    "chosen", "rejected", "label",
+    "instruction",
+    "input",
+    "output",
+    "system",
+    "history",
+    "conversations",
+    "messages",
+    "role",
+    "content",
+    "loss_weight",
+    "reasoning",
+    "images",
+    "text",
+    "segments",
+    "prompt",
+    "completion",
+    "query",
+    "positive",
+    "negative",
+    "sentence1",
+    "sentence2",
+    "score",
+    "image",
+    "query_image",
+    "task",
+    "tools",
+    "chosen",
+    "rejected",
+    "label",
 ]
 ChatRole = Literal["system", "user", "assistant", "tool"]
 DataSource = Annotated[
@@ -35,9 +97,7 @@ DataSource = Annotated[
     ),
 ]
 DataSourceList = Annotated[
-    list[DataSource],
-    BeforeValidator(_one_or_many),
-    Field(json_schema_extra={"x-one-or-many": True}),
+    list[DataSource], BeforeValidator(_one_or_many), Field(json_schema_extra={"x-one-or-many": True})
 ]
 
 
@@ -78,14 +138,14 @@ class DataSection(Section):
         default_factory=dict,
         description=(
             "Field mapping: canonical field name -> the name used in your records, e.g. "
-            "{instruction = \"question\", output = \"answer\"}; for chat records also the keys inside each "
-            "message: {role = \"from\", content = \"value\", loss_weight = \"train\"}."
+            '{instruction = "question", output = "answer"}; for chat records also the keys inside each '
+            'message: {role = "from", content = "value", loss_weight = "train"}.'
         ),
     )
     roles: dict[ChatRole, list[Annotated[str, Field(min_length=1)]]] = Field(
         default_factory=dict,
         description=(
-            "Chat records: more names for the roles, e.g. {assistant = [\"bot\", \"model\"], user = [\"me\"]}. "
+            'Chat records: more names for the roles, e.g. {assistant = ["bot", "model"], user = ["me"]}. '
             "Known without it: human/user, gpt/assistant/function_call, system, observation/tool."
         ),
     )
@@ -128,20 +188,24 @@ class DataSection(Section):
         ),
     )
     domain_field: str | None = Field(
-        None,
-        description="A record field (e.g. 'domain') whose value is rendered as a tag before the prompt.",
+        None, description="A record field (e.g. 'domain') whose value is rendered as a tag before the prompt."
     )
     domain_format: str = Field(
-        "[{value}] ",
-        description="How the domain tag is rendered; '{value}' is replaced by the field's value.",
+        "[{value}] ", description="How the domain tag is rendered; '{value}' is replaced by the field's value."
     )
-    max_length: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per example; longer examples are truncated.")
-    max_records: int | None = Field(None, ge=1, le=BIG, description="Use only the first N training records (quick trials).")
+    max_length: int = Field(
+        512, ge=8, le=1_048_576, description="Maximum tokens per example; longer examples are truncated."
+    )
+    max_records: int | None = Field(
+        None, ge=1, le=BIG, description="Use only the first N training records (quick trials)."
+    )
     packing: bool = Field(
         False,
         description="Padding-free batches: sequences concatenated into one row with position ids restarting per sequence. Causal LMs only.",
     )
-    train_on_prompt: bool = Field(False, description="Compute the loss on prompt tokens too, not only on the responses.")
+    train_on_prompt: bool = Field(
+        False, description="Compute the loss on prompt tokens too, not only on the responses."
+    )
     on_bad_record: Literal["error", "skip"] = Field(
         "error",
         description="'error' stops before training and lists every bad record; 'skip' drops them and reports the count.",

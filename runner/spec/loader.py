@@ -98,15 +98,27 @@ def read_toml(data: bytes | str, *, display: str) -> tuple[dict[str, Any], str]:
     """
     raw_bytes = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if len(raw_bytes) > MAX_JOB_FILE_BYTES:
-        raise JobSpecError(display, [SpecIssue(
-            display, 1, 1, "", f"the file is larger than {MAX_JOB_FILE_BYTES // 1024} KiB; a job file is a few "
-                               "kilobytes of settings: keep data in data files")])
+        raise JobSpecError(
+            display,
+            [
+                SpecIssue(
+                    display,
+                    1,
+                    1,
+                    "",
+                    f"the file is larger than {MAX_JOB_FILE_BYTES // 1024} KiB; a job file is a few "
+                    "kilobytes of settings: keep data in data files",
+                )
+            ],
+        )
     try:
         text = raw_bytes.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = raw_bytes[: exc.start].count(b"\n") + 1
         column = exc.start - (raw_bytes.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise JobSpecError(display, [SpecIssue(display, line, column, "", "the file is not valid UTF-8; save it as UTF-8")]) from None
+        raise JobSpecError(
+            display, [SpecIssue(display, line, column, "", "the file is not valid UTF-8; save it as UTF-8")]
+        ) from None
     shape = prescan(text)
     if shape.problem is not None:
         line, column = _position(text, shape.problem[0])
@@ -147,8 +159,16 @@ def parse_job(data: bytes | str, *, display: str, default_name: str, path: Path 
         if spec.name is None:
             spec = spec.model_copy(update={"name": default_name})
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", default_name):
-                issues.append(SpecIssue(display, 1, 1, "name", f"the file name '{default_name}' is not a valid job name; "
-                                        "set name = \"...\" (letters, digits, '.', '_', '-')"))
+                issues.append(
+                    SpecIssue(
+                        display,
+                        1,
+                        1,
+                        "name",
+                        f"the file name '{default_name}' is not a valid job name; "
+                        "set name = \"...\" (letters, digits, '.', '_', '-')",
+                    )
+                )
         for rule_path, message in check_rules(spec):
             if len(rule_path) == 3 and isinstance(rule_path[2], int) and not positions.has(rule_path):
                 rule_path = rule_path[:2]  # `train = "x.txt"`: one item written as a plain value
@@ -167,7 +187,9 @@ def odd_numbers(raw: Any) -> list[tuple[tuple[str | int, ...], str]]:
     while stack:  # iterative: depth is bounded by the pre-scan, but a walk need not rely on it
         path, value = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
-            found.append((path, f"{value} is not a finite number; write a number such as 0.1 (nan and inf are not settings)"))
+            found.append(
+                (path, f"{value} is not a finite number; write a number such as 0.1 (nan and inf are not settings)")
+            )
         elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
             found.append((path, f"integer {value} is out of range: TOML integers are 64-bit (at most {INT64_MAX})"))
         elif isinstance(value, dict):
@@ -276,7 +298,9 @@ def _schema_issue(
                 hint = _did_you_mean(bad, options)
                 message = f"unknown key '{bad}'{hint}" + ("" if hint else f"; expected one of: {', '.join(options)}")
             else:
-                message = f"invalid key '{bad}': expected {schema.get('x-hint') or 'a name of letters, digits, ., _ or -'}"
+                message = (
+                    f"invalid key '{bad}': expected {schema.get('x-hint') or 'a name of letters, digits, ., _ or -'}"
+                )
         case "required":
             missing = error.message.split("'")[1] if "'" in error.message else error.message
             message = f"missing required key '{missing}'"
@@ -285,7 +309,9 @@ def _schema_issue(
         case "type":
             message = f"expected {_expected_type(error.validator_value)}, found {_describe(instance)}"
         case "enum":
-            options = [str(option) for option in error.validator_value] if isinstance(error.validator_value, list) else []
+            options = (
+                [str(option) for option in error.validator_value] if isinstance(error.validator_value, list) else []
+            )
             hint = _did_you_mean(instance, options) if isinstance(instance, str) else ""
             message = f"expected one of {', '.join(repr(o) for o in options)}, found {_describe(instance)}{hint}"
         case "pattern":

@@ -48,7 +48,9 @@ class ModelSection(Section):
             "another job's latest successful run)."
         ),
         pattern=SOURCE_PATTERN,
-        json_schema_extra={"x-hint": "a source such as 'hf:org/name', 'local:path', 'pkg:package', 'registry:alias' or 'job:name'"},
+        json_schema_extra={
+            "x-hint": "a source such as 'hf:org/name', 'local:path', 'pkg:package', 'registry:alias' or 'job:name'"
+        },
     )
     kind: ModelKind = Field(
         "causal-lm",
@@ -58,8 +60,7 @@ class ModelSection(Section):
         ),
     )
     pooling: Literal["auto", "mean", "cls", "last-token"] = Field(
-        "auto",
-        description="Embedding pooling; 'auto' is mean for encoders and last-token for decoder LMs.",
+        "auto", description="Embedding pooling; 'auto' is mean for encoders and last-token for decoder LMs."
     )
     projection_dim: int | None = Field(
         None,
@@ -71,12 +72,10 @@ class ModelSection(Section):
         ),
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
-        description="Weight dtype for training; 'auto' is float32 on CPU and bfloat16 on GPUs that support it.",
+        "auto", description="Weight dtype for training; 'auto' is float32 on CPU and bfloat16 on GPUs that support it."
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto",
-        description="Attention kernel; 'auto' picks flash_attention_2 when installed and usable, else sdpa.",
+        "auto", description="Attention kernel; 'auto' picks flash_attention_2 when installed and usable, else sdpa."
     )
     trust_remote_code: bool = Field(
         False,
@@ -135,7 +134,9 @@ class LossSection(Section):
         ),
     )
     temperature: float = Field(0.05, gt=0.0, le=10.0, description="Softmax temperature for contrastive losses.")
-    symmetric: bool = Field(False, description="Contrastive: score documents against queries as well as queries against documents.")
+    symmetric: bool = Field(
+        False, description="Contrastive: score documents against queries as well as queries against documents."
+    )
     base: BaseLossType = Field("contrastive", description="Matryoshka: the loss applied at each dimension.")
     dims: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=list, description="Matryoshka: embedding sizes, descending, e.g. [384, 256, 128, 64]."
@@ -144,25 +145,38 @@ class LossSection(Section):
         default_factory=list, description="Matryoshka: a weight per dimension (default: all 1)."
     )
     tasks: dict[Annotated[str, Field(pattern=NAME_PATTERN)], TaskLoss] = Field(
-        default_factory=dict,
-        description="Multi-task: task label -> its loss. Each task gets its own LoRA adapter.",
+        default_factory=dict, description="Multi-task: task label -> its loss. Each task gets its own LoRA adapter."
     )
-    beta: float | None = Field(None, gt=0.0, le=100.0, description=(
-        "Preference losses: the strength of the preference term. DPO, IPO, KTO: how far the policy may move from the "
-        "reference (lower moves further); ORPO: the weight of the odds-ratio term; SimPO: the reward scale. "
-        "Default 0.1, and 2.0 for SimPO."))
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description=(
-        "DPO and SimPO: the assumed share of mislabelled pairs (conservative DPO); 0 trusts every label."))
+    beta: float | None = Field(
+        None,
+        gt=0.0,
+        le=100.0,
+        description=(
+            "Preference losses: the strength of the preference term. DPO, IPO, KTO: how far the policy may move from the "
+            "reference (lower moves further); ORPO: the weight of the odds-ratio term; SimPO: the reward scale. "
+            "Default 0.1, and 2.0 for SimPO."
+        ),
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description=("DPO and SimPO: the assumed share of mislabelled pairs (conservative DPO); 0 trusts every label."),
+    )
     gamma: float = Field(0.5, ge=0.0, le=100.0, description="SimPO: the target reward margin.")
     sft_weight: float = Field(1.0, ge=0.0, le=100.0, description="ORPO: the weight of the SFT (chosen reply) term.")
     desirable_weight: float = Field(1.0, gt=0.0, le=100.0, description="KTO: the weight of desirable completions.")
     undesirable_weight: float = Field(1.0, gt=0.0, le=100.0, description="KTO: the weight of undesirable completions.")
-    reference: ReferenceKind = Field("auto", description=(
-        "DPO, IPO, KTO: where the reference model's log-probabilities come from. 'adapter-off': the trained model "
-        "with its LoRA adapter switched off (no second copy; LoRA and QLoRA); 'copy': a frozen copy of the base "
-        "(full fine-tuning); 'precompute': computed once before training and cached under RUNNER_HOME (keyed by "
-        "the data, the base model and the settings), so no reference pass runs while training. 'auto' is "
-        "adapter-off with an adapter and precompute for full fine-tuning."))
+    reference: ReferenceKind = Field(
+        "auto",
+        description=(
+            "DPO, IPO, KTO: where the reference model's log-probabilities come from. 'adapter-off': the trained model "
+            "with its LoRA adapter switched off (no second copy; LoRA and QLoRA); 'copy': a frozen copy of the base "
+            "(full fine-tuning); 'precompute': computed once before training and cached under RUNNER_HOME (keyed by "
+            "the data, the base model and the settings), so no reference pass runs while training. 'auto' is "
+            "adapter-off with an adapter and precompute for full fine-tuning."
+        ),
+    )
 
 
 # Each switch keeps the loss and the gradients of the plain path (tests check them) and is on by
@@ -195,9 +209,13 @@ class SpeedSection(Section):
             "memory follows the budget instead of the batch. 0 forwards the whole batch at once."
         ),
     )
-    shared_prompt: bool = Field(True, description=(
-        "Preference losses: a pair's prompt is computed once for both replies (the rejected reply attends to the "
-        "prompt's keys and values) instead of once per reply. Needs SDPA attention; other kernels compute it twice."))
+    shared_prompt: bool = Field(
+        True,
+        description=(
+            "Preference losses: a pair's prompt is computed once for both replies (the rejected reply attends to the "
+            "prompt's keys and values) instead of once per reply. Needs SDPA attention; other kernels compute it twice."
+        ),
+    )
     data_cache: bool = Field(
         True,
         description=(
@@ -232,21 +250,27 @@ class SpeedSection(Section):
 
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0.0, le=1000.0, description="Passes over the training data.")
-    max_steps: int | None = Field(None, ge=1, le=BIG, description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(
+        None, ge=1, le=BIG, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     batch_size: int = Field(8, ge=1, le=65536, description="Examples per device per step.")
     grad_accum: int = Field(1, ge=1, le=65536, description="Micro-batches accumulated per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0.0, le=1.0, description="Peak learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "linear", description="Learning-rate schedule after warm-up."
     )
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up the learning rate.")
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of steps spent warming up the learning rate."
+    )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 disables clipping).")
     optimizer: Literal["adamw_torch", "adamw_torch_fused", "sgd", "adafactor"] = Field(
         "adamw_torch", description="Optimizer."
     )
     seed: int = Field(42, ge=0, le=2**32 - 1, description="Seed for weights of new layers, data order and dropout.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass to save memory."
+    )
     log_every: int = Field(10, ge=1, le=BIG, description="Log metrics every N optimizer steps.")
     save_every: int = Field(100, ge=1, le=BIG, description="Write a checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="Keep the newest N checkpoints.")
@@ -279,19 +303,23 @@ def _minutes_as_text(value: object) -> object:
 
 
 class SlurmSection(Section):
-    partition: str | None = Field(None, min_length=1, description="sbatch --partition: the partition (queue) to submit to.")
+    partition: str | None = Field(
+        None, min_length=1, description="sbatch --partition: the partition (queue) to submit to."
+    )
     account: str | None = Field(None, min_length=1, description="sbatch --account: the account charged for the job.")
     options: list[Annotated[str, Field(pattern=r"^-")]] = Field(
         default_factory=list,
         description=(
-            "More sbatch options, passed through as written, e.g. [\"--qos=high\", \"--constraint=a100\"]. "
+            'More sbatch options, passed through as written, e.g. ["--qos=high", "--constraint=a100"]. '
             "Options the runner sets from the other resources keys (nodes, time, memory, output, ...) are refused."
         ),
     )
 
 
 class ResourcesSection(Section):
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; 'auto' uses a GPU when one is present.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where to train; 'auto' uses a GPU when one is present."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision; 'auto' is fp32 on CPU and bf16 where the GPU supports it."
     )
@@ -343,8 +371,12 @@ class ResourcesSection(Section):
             "'D-HH', 'D-HH:MM', 'D-HH:MM:SS'. A run that reaches it saves a checkpoint, is interrupted and "
             "resumes from that checkpoint on a new allocation."
         ),
-        json_schema_extra={"type": ["string", "integer"], "minimum": 1, "maximum": 10_000_000,
-                           "x-hint": "minutes as a number, or a Slurm time such as '2:00:00' or '1-12:00:00'"},
+        json_schema_extra={
+            "type": ["string", "integer"],
+            "minimum": 1,
+            "maximum": 10_000_000,
+            "x-hint": "minutes as a number, or a Slurm time such as '2:00:00' or '1-12:00:00'",
+        },
     )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
@@ -354,7 +386,9 @@ class ResourcesSection(Section):
             "is refused, since the Trainer would silently run DDP)."
         ),
     )
-    threads: int | None = Field(None, ge=1, le=512, description="CPU threads per process (default: the cores available).")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="CPU threads per process (default: the cores available)."
+    )
     slurm: SlurmSection = Field(
         default_factory=SlurmSection, description="Slurm only: partition, account and more sbatch options."
     )
@@ -370,7 +404,9 @@ class OutputSection(Section):
         None,
         pattern=ALIAS_PATTERN,
         description="Register the result in the model registry under this alias (lowercase letters, digits, '.', '_', '-').",
-        json_schema_extra={"x-hint": "a registry alias: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"},
+        json_schema_extra={
+            "x-hint": "a registry alias: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        },
     )
     merge: bool = Field(False, description="Also write the adapter merged into the base weights.")
 
@@ -393,10 +429,14 @@ class JobSpec(Section):
         json_schema_extra={"x-hint": "a name of letters, digits, '.', '_' or '-' (at most 64)"},
     )
     description: str = Field("", description="Free text shown in listings.")
-    priority: int = Field(0, ge=-1000, le=1000, description="Queue order: higher runs first; ties run in the order seen.")
+    priority: int = Field(
+        0, ge=-1000, le=1000, description="Queue order: higher runs first; ties run in the order seen."
+    )
     model: ModelSection = Field(description="The base model.")
     data: DataSection = Field(description="Training and evaluation data.")
-    adapter: AdapterSection = Field(default_factory=AdapterSection, description="What is trained: LoRA, QLoRA or all weights.")
+    adapter: AdapterSection = Field(
+        default_factory=AdapterSection, description="What is trained: LoRA, QLoRA or all weights."
+    )
     loss: LossSection = Field(default_factory=LossSection, description="The training objective.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimisation settings.")
     eval: EvalSection = Field(default_factory=EvalSection, description="When and how to evaluate.")

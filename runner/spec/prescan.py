@@ -61,8 +61,11 @@ class _Scanner:
         if level > self.shape.depth:
             self.shape.depth = level
             if level > MAX_NESTING_DEPTH:
-                self._fail(at, f"nested more than {MAX_NESTING_DEPTH} levels deep (tables, dotted keys and arrays "
-                               "together); job files are a few levels deep: flatten this value")
+                self._fail(
+                    at,
+                    f"nested more than {MAX_NESTING_DEPTH} levels deep (tables, dotted keys and arrays "
+                    "together); job files are a few levels deep: flatten this value",
+                )
 
     def _count_keys(self, parts: int, at: int) -> None:
         self.shape.keys += parts
@@ -212,8 +215,11 @@ class _Scanner:
             self._stop(i)
         end = match.end()  # type: ignore[union-attr]
         if end - i > MAX_BARE_VALUE_CHARS:
-            self._fail(i, f"an unquoted value of {end - i} characters (at most {MAX_BARE_VALUE_CHARS}): "
-                          "a number this long is not a setting; quote it if it is text")
+            self._fail(
+                i,
+                f"an unquoted value of {end - i} characters (at most {MAX_BARE_VALUE_CHARS}): "
+                "a number this long is not a setting; quote it if it is text",
+            )
         return end
 
 

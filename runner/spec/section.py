@@ -19,19 +19,11 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
-StrList = Annotated[
-    list[str],
-    BeforeValidator(_one_or_many),
-    Field(json_schema_extra={"x-one-or-many": True}),
-]
+StrList = Annotated[list[str], BeforeValidator(_one_or_many), Field(json_schema_extra={"x-one-or-many": True})]
 PathStr = Annotated[
     str, Field(min_length=1, pattern=PATH_PATTERN, json_schema_extra={"x-hint": "a file path (no control characters)"})
 ]
-PathList = Annotated[
-    list[PathStr],
-    BeforeValidator(_one_or_many),
-    Field(json_schema_extra={"x-one-or-many": True}),
-]
+PathList = Annotated[list[PathStr], BeforeValidator(_one_or_many), Field(json_schema_extra={"x-one-or-many": True})]
 
 
 class Section(BaseModel):

@@ -61,11 +61,15 @@ def explain(text: str, exc: tomllib.TOMLDecodeError, shape: Shape) -> tuple[int,
         return (*doc.position(start), _unclosed(quote))
     if shape.open_inline is not None and shape.stopped is not None and shape.open_inline <= at:
         if text.startswith("}", shape.stopped):
-            message = "TOML syntax error: a comma before '}': inline tables take no comma after their last entry; remove it"
+            message = (
+                "TOML syntax error: a comma before '}': inline tables take no comma after their last entry; remove it"
+            )
             return (*doc.position(text.rfind(",", 0, shape.stopped)), message)
         if "\n" in text[shape.open_inline : at + 1]:
-            message = ("TOML syntax error: an inline table { ... } must be on one line; put it on one line, "
-                       "or write it as a [section] table with one key per line")
+            message = (
+                "TOML syntax error: an inline table { ... } must be on one line; put it on one line, "
+                "or write it as a [section] table with one key per line"
+            )
             return (*doc.position(shape.open_inline), message)
     fix = _fix(doc, message, line, at)
     if fix is not None:
@@ -76,8 +80,10 @@ def explain(text: str, exc: tomllib.TOMLDecodeError, shape: Shape) -> tuple[int,
 def _unclosed(quote: str) -> str:
     if quote in ('"""', "'''"):
         return f"TOML syntax error: this multi-line string is never closed; end it with {quote}"
-    return (f"TOML syntax error: this string is not closed on its line; end it with {quote} "
-            "(text over several lines goes in triple quotes: \"\"\"...\"\"\")")
+    return (
+        f"TOML syntax error: this string is not closed on its line; end it with {quote} "
+        '(text over several lines goes in triple quotes: """...""")'
+    )
 
 
 def _fix(doc: _Text, message: str, line: int, at: int) -> tuple[int, int, str] | None:
@@ -88,24 +94,45 @@ def _fix(doc: _Text, message: str, line: int, at: int) -> tuple[int, int, str] |
     if statement and looks_dated and ("date" in message.lower() or message.startswith("Expected newline")):
         value = statement["value"].split("#")[0].strip()
         column = statement.start("value") + 1
-        return line, column, (f"TOML syntax error: {value} reads as a date or time but is not a valid one "
-                              f"(dates are YYYY-MM-DD, times HH:MM:SS); if it is text, quote it: \"{value}\"")
+        return (
+            line,
+            column,
+            (
+                f"TOML syntax error: {value} reads as a date or time but is not a valid one "
+                f'(dates are YYYY-MM-DD, times HH:MM:SS); if it is text, quote it: "{value}"'
+            ),
+        )
     if message.startswith(("Unescaped '\\'", "Invalid hex value")) and "\\" in source:
         column = at - doc.starts[line - 1] + 1
         opening = source.rfind('"', 0, column - 1)
-        return line, opening + 1 if opening >= 0 else column, (
-            "TOML syntax error: a backslash starts an escape in a \"...\" string; write Windows paths in single "
-            "quotes (a literal string: 'C:\\data\\train.jsonl') or with forward slashes (\"C:/data/train.jsonl\")")
+        return (
+            line,
+            opening + 1 if opening >= 0 else column,
+            (
+                'TOML syntax error: a backslash starts an escape in a "..." string; write Windows paths in single '
+                "quotes (a literal string: 'C:\\data\\train.jsonl') or with forward slashes (\"C:/data/train.jsonl\")"
+            ),
+        )
     if message.startswith(("Cannot overwrite a value", "Cannot mutate immutable namespace", "Cannot declare")):
         return _duplicate(doc, message, line)
     if message.startswith("Escaped character is not a Unicode scalar value"):
-        return line, at - doc.starts[line - 1] + 1, (
-            f"TOML syntax error: {message}: an escape such as \\ud800 is half of a UTF-16 pair, not a character; "
-            "write the character itself, or its \\UXXXXXXXX escape")
+        return (
+            line,
+            at - doc.starts[line - 1] + 1,
+            (
+                f"TOML syntax error: {message}: an escape such as \\ud800 is half of a UTF-16 pair, not a character; "
+                "write the character itself, or its \\UXXXXXXXX escape"
+            ),
+        )
     if message.startswith("Illegal character") and "\\n" not in message:
-        return line, at - doc.starts[line - 1] + 1, (
-            f"TOML syntax error: {message}: control characters are not allowed in a job file; remove it "
-            "(inside a \"...\" string, write it as an escape such as \\u0000 if it is really wanted)")
+        return (
+            line,
+            at - doc.starts[line - 1] + 1,
+            (
+                f"TOML syntax error: {message}: control characters are not allowed in a job file; remove it "
+                '(inside a "..." string, write it as an escape such as \\u0000 if it is really wanted)'
+            ),
+        )
     return None
 
 
@@ -154,7 +181,9 @@ def _duplicate(doc: _Text, message: str, line: int) -> tuple[int, int, str]:
                     fix = f"'{name}' is set twice (first on line {first}); keep one of them"
             else:
                 prefix = ".".join(path[:size])
-                fix = (f"'{name}' cannot be set: '{prefix}' already holds a value (line {first}); "
-                       "rename one, or move the keys into one table")
+                fix = (
+                    f"'{name}' cannot be set: '{prefix}' already holds a value (line {first}); "
+                    "rename one, or move the keys into one table"
+                )
             return line, column, f"TOML syntax error: {fix}"
     return line, column, f"TOML syntax error: '{name}' is defined twice; keep one definition"

@@ -76,28 +76,42 @@ def packed_sdpa_forward(
     position_ids = kwargs.get("position_ids")
     q_len, kv_len = query.shape[2], key.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if (attention_mask is not None or position_ids is None or query.shape[0] != 1 or q_len != kv_len
-            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    if (
+        attention_mask is not None
+        or position_ids is None
+        or query.shape[0] != 1
+        or q_len != kv_len
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # kv heads shared by several query heads
     bounds = _bounds_for_layer(position_ids)
     if packed_kernel(query) == FLASH_VARLEN:
         return flash_varlen(query, key, value, bounds, causal=causal, dropout=dropout, scaling=scaling), None
     if len(bounds) == 1:
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal,
-                                             enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(
+            query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=gqa
+        )
         return out.transpose(1, 2).contiguous(), None
     # split, not one slice per sequence: a slice's backward writes a zero-filled gradient of the whole
     # row and every sequence's gradients are added up (one full pass per sequence, for q, k and v);
     # split's backward is a single concatenation. The outputs are joined in (1, T, H, D), the layout
     # the caller wants, by one copy instead of a concatenation and a transposed copy.
     sizes = [e - s for s, e in bounds]
-    return torch.cat([
-        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=causal,
-                                       enable_gqa=gqa).transpose(1, 2)
-        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True)
-    ], dim=1), None
+    return torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=gqa
+            ).transpose(1, 2)
+            for q, k, v in zip(
+                query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True
+            )
+        ],
+        dim=1,
+    ), None
 
 
 FLASH_VARLEN = "flash-attn varlen"
@@ -127,17 +141,34 @@ def cu_seqlens(bounds: list[tuple[int, int]], device: torch.device | str = "cpu"
     return torch.tensor(ends, dtype=torch.int32, device=device), max(end - start for start, end in bounds)
 
 
-def flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: list[tuple[int, int]], *,
-                 causal: bool, dropout: float, scaling: float | None) -> torch.Tensor:
+def flash_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: list[tuple[int, int]],
+    *,
+    causal: bool,
+    dropout: float,
+    scaling: float | None,
+) -> torch.Tensor:
     """Attention within each sequence of a packed row with flash-attn's `flash_attn_varlen_func`
     (same bounds as the SDPA path): (1, H, T, D) in, (1, T, H, D) out. GQA needs no repeated kv
     heads: flash-attn shares them itself."""
     from flash_attn import flash_attn_varlen_func
 
     starts, longest = cu_seqlens(bounds, query.device)
-    out = flash_attn_varlen_func(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-                                 starts, starts, longest, longest, dropout_p=dropout, softmax_scale=scaling,
-                                 causal=causal)
+    out = flash_attn_varlen_func(
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        starts,
+        starts,
+        longest,
+        longest,
+        dropout_p=dropout,
+        softmax_scale=scaling,
+        causal=causal,
+    )
     return out[None]
 
 
@@ -180,4 +211,3 @@ def use_packed_sdpa(model: Any) -> bool:
         return False
     setter(PACKED_SDPA)
     return config._attn_implementation == PACKED_SDPA
-

@@ -61,8 +61,14 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
     speed = spec.train.speed
     trainer = CausalTrainer(
         model=model,
-        args=training_arguments(ctx.job, ctx.run_dir, choice, has_eval=has_eval, plain_logs=ctx.plain_logs,
-                                **({"eval_on_start": True} if baseline_in_train else {})),
+        args=training_arguments(
+            ctx.job,
+            ctx.run_dir,
+            choice,
+            has_eval=has_eval,
+            plain_logs=ctx.plain_logs,
+            **({"eval_on_start": True} if baseline_in_train else {}),
+        ),
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         data_collator=make_collator(tokenizer, packing=spec.data.packing),
@@ -91,17 +97,32 @@ def train_causal_lm(ctx: RunContext) -> TrainOutcome:
         if getattr(trainer, "is_fsdp_enabled", False):  # gathering a sharded model is collective
             state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
         if distributed.is_writer():
-            save_final(trainer.model, tokenizer, ctx, quantization=quantization_record(spec.adapter, choice),
-                       runtime=runtime, state_dict=state_dict)
+            save_final(
+                trainer.model,
+                tokenizer,
+                ctx,
+                quantization=quantization_record(spec.adapter, choice),
+                runtime=runtime,
+                state_dict=state_dict,
+            )
     return TrainOutcome(
-        interrupted=interrupted, global_step=trainer.state.global_step, total_steps=trainer.state.max_steps,
-        eval_loss_before=eval_before, eval_loss_after=eval_after, trainable_params=trainable, total_params=total,
-        device=choice, data=data_summary, seconds=time.perf_counter() - started, extra=extra,
+        interrupted=interrupted,
+        global_step=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        eval_loss_before=eval_before,
+        eval_loss_after=eval_after,
+        trainable_params=trainable,
+        total_params=total,
+        device=choice,
+        data=data_summary,
+        seconds=time.perf_counter() - started,
+        extra=extra,
     )
 
 
-def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None = None,
-                        cache: bool = True) -> PreparedData:
+def prepare_causal_data(
+    job: LoadedJob, tokenizer: Any, *, progress: bool | None = None, cache: bool = True
+) -> PreparedData:
     """Tokenised train/eval examples; from the content-addressed cache (runner.data.cache) when
     the same data, tokenizer and settings were tokenised before, unless `cache` is False or the
     job turns the cache off (train.speed.data_cache)."""
@@ -137,15 +158,19 @@ def prepare_causal_data(job: LoadedJob, tokenizer: Any, *, progress: bool | None
 
     key_settings = {**settings, "train_files": len(train_files), "eval_files": len(eval_files)}
     (train, evaluation, train_report, eval_report), _hit = cached(
-        [*train_files, *eval_files], tokenizer, key_settings, build, enabled=cache and spec.train.speed.data_cache)
+        [*train_files, *eval_files], tokenizer, key_settings, build, enabled=cache and spec.train.speed.data_cache
+    )
     return PreparedData(train, evaluation, train_report, eval_report)
 
 
 def report_data(ctx: RunContext, data: PreparedData) -> dict[str, Any]:
     """Print what the data gave (and the first skipped records), record it in status.json."""
     report = data.train_report
-    print(f"data: {report.records_kept} train examples ({report.format}: {report.format_reason}), "
-          f"{len(data.eval)} eval examples, {len(report.bad_records)} bad records skipped", flush=True)
+    print(
+        f"data: {report.records_kept} train examples ({report.format}: {report.format_reason}), "
+        f"{len(data.eval)} eval examples, {len(report.bad_records)} bad records skipped",
+        flush=True,
+    )
     for bad in report.bad_records[:20]:
         print(f"  skipped {bad}", file=sys.stderr)
     for warning in report.warnings:
@@ -185,8 +210,10 @@ def build_model(ctx: RunContext, choice: DeviceChoice, runtime: dict[str, Any]) 
         record_runtime(ctx, runtime)
     adapter = spec.adapter.model_dump(include={"method", "r", "alpha", "dropout", "target_modules"})
     trainable, total = report_parameters(ctx, model, runtime)
-    print(f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%), "
-          f"adapter {adapter}", flush=True)
+    print(
+        f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%), adapter {adapter}",
+        flush=True,
+    )
     return model, trainable, total
 
 
@@ -201,8 +228,9 @@ def evaluate(trainer: Any, ctx: RunContext, when: str) -> float:
 
 def logged_baseline(trainer: Any, ctx: RunContext) -> float | None:
     """The baseline evaluated inside train() (eval_on_start, under DDP), from the Trainer's log."""
-    before = next((float(h["eval_loss"]) for h in trainer.state.log_history
-                   if "eval_loss" in h and h.get("step") == 0), None)
+    before = next(
+        (float(h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == 0), None
+    )
     if before is not None:
         print(f"held-out loss before training: {before:.4f}", flush=True)
         ctx.status.update(extra={"eval_loss_before": before})
@@ -219,8 +247,15 @@ def final_evaluation(trainer: Any, ctx: RunContext) -> float:
     return evaluated_now[-1]
 
 
-def save_final(model: Any, tokenizer: Any, ctx: RunContext, *, quantization: dict[str, Any] | None = None,
-               runtime: dict[str, Any] | None = None, state_dict: dict[str, Any] | None = None) -> Path:
+def save_final(
+    model: Any,
+    tokenizer: Any,
+    ctx: RunContext,
+    *,
+    quantization: dict[str, Any] | None = None,
+    runtime: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
+) -> Path:
     """adapter/ holds the adapter (or the full model), the tokenizer and where the base came from.
 
     A QLoRA adapter also records its 4-bit settings (`quantization`), so it can be put back on a
@@ -233,7 +268,12 @@ def save_final(model: Any, tokenizer: Any, ctx: RunContext, *, quantization: dic
         else:
             model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / "runner_adapter.json", result_record(
-            ctx, **({"quantization": quantization} if quantization else {}), **({"runtime": runtime} if runtime else {}),
-        ))
+        atomic_write_json(
+            tmp / "runner_adapter.json",
+            result_record(
+                ctx,
+                **({"quantization": quantization} if quantization else {}),
+                **({"runtime": runtime} if runtime else {}),
+            ),
+        )
     return target

@@ -144,8 +144,9 @@ def report_parameters(ctx: RunContext, model: Any, runtime: dict[str, Any], **ex
 
     trainable, total = count_parameters(model)
     adapter = ctx.job.spec.adapter.model_dump(include={"method", "r", "alpha", "dropout", "target_modules"})
-    ctx.status.update(trainable_params=trainable, total_params=total, adapter=adapter,
-                      extra={"device": runtime, **extra})
+    ctx.status.update(
+        trainable_params=trainable, total_params=total, adapter=adapter, extra={"device": runtime, **extra}
+    )
     return trainable, total
 
 
@@ -166,12 +167,16 @@ def runtime_record(ctx: RunContext, choice: DeviceChoice) -> dict[str, Any]:
 
 
 def describe_runtime(runtime: dict[str, Any]) -> str:
-    text = (f"device {runtime['device']}, weights {runtime['dtype']}, precision {runtime['precision']}, "
-            f"attention {runtime['attn_implementation']}")
+    text = (
+        f"device {runtime['device']}, weights {runtime['dtype']}, precision {runtime['precision']}, "
+        f"attention {runtime['attn_implementation']}"
+    )
     quant = runtime.get("quantization")
     if quant:
-        text += (f", 4-bit {quant['quant_type']}{' double-quant' if quant['double_quant'] else ''} "
-                 f"(compute {quant['compute_dtype']})")
+        text += (
+            f", 4-bit {quant['quant_type']}{' double-quant' if quant['double_quant'] else ''} "
+            f"(compute {quant['compute_dtype']})"
+        )
     if runtime["processes"] > 1:
         text += f", {runtime['processes']} processes ({runtime['strategy']}, {runtime['backend']})"
     return text
@@ -200,8 +205,9 @@ def compare_replicas(trainer: Any) -> dict[str, Any]:
         return {"processes": world, "sharding": distributed.sharding_report(trainer.model_wrapped)["kind"]}
     digests = distributed.all_gather(distributed.state_digest(distributed.trainable_state(trainer.model)))
     if len(set(digests)) != 1:
-        raise RuntimeError(f"the {world} processes ended with different weights (digests {digests}); "
-                           "the replicas diverged")
+        raise RuntimeError(
+            f"the {world} processes ended with different weights (digests {digests}); the replicas diverged"
+        )
     return {"processes": world, "replica_sha256": digests}
 
 

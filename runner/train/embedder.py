@@ -36,8 +36,23 @@ from runner.train.model import DeviceChoice, ModelSetupError, apply_adapter, loa
 PROJECTION_FILE = "projection.safetensors"
 # Jina Embeddings V4's prompt around an image; "{image}" becomes vision-start, pads, vision-end
 VLM_IMAGE_PROMPT = "<|im_start|>user\n{image}Describe the image.<|im_end|>\n"
-_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "electra", "deberta", "deberta-v2",
-                  "camembert", "albert", "nomic_bert", "modernbert", "new", "e5", "xlm"}
+_ENCODER_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "mpnet",
+    "distilbert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "camembert",
+    "albert",
+    "nomic_bert",
+    "modernbert",
+    "new",
+    "e5",
+    "xlm",
+}
 # text models verified to give the same vectors padding-free (tests/embedding/test_padding_free.py)
 PADDING_FREE_MODEL_TYPES = frozenset({"bert", "llama", "qwen2"})
 _DECODER_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
@@ -83,8 +98,9 @@ def pool_packed(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.
     the same texts padded: mean over each text's tokens, its first token, or its last token."""
     ends = torch.cumsum(lengths, 0)
     if how == "mean":
-        segment = torch.repeat_interleave(torch.arange(lengths.shape[0], device=hidden.device), lengths,
-                                          output_size=hidden.shape[0])
+        segment = torch.repeat_interleave(
+            torch.arange(lengths.shape[0], device=hidden.device), lengths, output_size=hidden.shape[0]
+        )
         sums = hidden.new_zeros(lengths.shape[0], hidden.shape[-1]).index_add(0, segment, hidden)
         return sums / lengths.unsqueeze(-1).to(hidden.dtype).clamp(min=1e-9)
     if how == "cls":
@@ -165,8 +181,9 @@ class Embedder(nn.Module):
 
     # --- the Trainer's hooks --------------------------------------------------------------
 
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
-                                        **kwargs: Any) -> None:
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         model = self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
 
@@ -179,8 +196,10 @@ class Embedder(nn.Module):
         expected = set(self.trainable_state_dict())
         missing, unexpected = expected - set(state), set(state) - expected
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit this model: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+            raise ValueError(
+                f"checkpoint does not fit this model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
         self.load_state_dict(dict(state), strict=False)
 
     def save_pretrained(self, folder: Path) -> None:
@@ -189,7 +208,9 @@ class Embedder(nn.Module):
 
         self.backbone.save_pretrained(str(folder), safe_serialization=True)
         if self.projection is not None:
-            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(folder / PROJECTION_FILE))
+            save_file(
+                {k: v.contiguous() for k, v in self.projection.state_dict().items()}, str(folder / PROJECTION_FILE)
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -200,8 +221,15 @@ class Preprocessor:
     """Items -> model inputs for one family: tokenised texts and processed images, each with the
     positions of its items in the list (texts and images may be mixed within a side)."""
 
-    def __init__(self, info: EmbedderInfo, tokenizer: Any, image_processor: Any = None, config: Any = None,
-                 *, padding_free: bool = False) -> None:
+    def __init__(
+        self,
+        info: EmbedderInfo,
+        tokenizer: Any,
+        image_processor: Any = None,
+        config: Any = None,
+        *,
+        padding_free: bool = False,
+    ) -> None:
         self.info = info
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -223,7 +251,7 @@ class Preprocessor:
             out["text_pos"] = torch.tensor([i for i, _ in texts])
         if images:
             if self.info.family == "text":
-                raise DataError("this model reads text only: use model.kind = \"image-text-embedding\" for images")
+                raise DataError('this model reads text only: use model.kind = "image-text-embedding" for images')
             out["image"] = self._images([load_image(p, self.info.image_size) for _, p in images])
             out["image_pos"] = torch.tensor([i for i, _ in images])
         return out
@@ -231,8 +259,9 @@ class Preprocessor:
     def _texts(self, texts: list[str | None]) -> dict[str, torch.Tensor]:
         if self.padding_free:
             return self._texts_padding_free(texts)
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.info.max_length,
-                                 return_tensors="pt")
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.info.max_length, return_tensors="pt"
+        )
         keep = ("input_ids", "attention_mask") if self.info.family != "text" else tuple(encoded.keys())
         return {k: encoded[k] for k in keep}
 
@@ -241,9 +270,11 @@ class Preprocessor:
         and their lengths: the model attends within each text only (runner.train.attention)."""
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.info.max_length)["input_ids"]
         lengths = torch.tensor([len(i) for i in ids])
-        return {"input_ids": torch.tensor([[t for i in ids for t in i]]),
-                "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
-                "lengths": lengths}
+        return {
+            "input_ids": torch.tensor([[t for i in ids for t in i]]),
+            "position_ids": torch.cat([torch.arange(n) for n in lengths.tolist()])[None],
+            "lengths": lengths,
+        }
 
     def _images(self, images: list[Any]) -> dict[str, torch.Tensor]:
         processed = self.image_processor(images=images, return_tensors="pt")
@@ -252,7 +283,7 @@ class Preprocessor:
         assert self._image_tokens is not None
         start, pad, end = self._image_tokens
         grid = processed["image_grid_thw"]
-        counts = (grid.prod(dim=-1) // (self._merge ** 2)).tolist()
+        counts = (grid.prod(dim=-1) // (self._merge**2)).tolist()
         prompts = [VLM_IMAGE_PROMPT.format(image=start + pad * int(n) + end) for n in counts]
         # never truncated: every image pad token must stay, or the model cannot place the image
         encoded = self.tokenizer(prompts, padding=True, return_tensors="pt")
@@ -365,7 +396,9 @@ def _without_unused_parts(model: Any) -> Any:
 def _backbone(path: Path, spec: JobSpec, choice: DeviceChoice) -> Any:
     from transformers import AutoModel
 
-    return _without_unused_parts(load_pretrained(AutoModel, path, spec.model, spec.adapter, choice, what="an embedding model"))
+    return _without_unused_parts(
+        load_pretrained(AutoModel, path, spec.model, spec.adapter, choice, what="an embedding model")
+    )
 
 
 def build_embedder(path: Path, spec: JobSpec, choice: DeviceChoice) -> tuple[Embedder, Preprocessor]:
@@ -382,17 +415,27 @@ def build_embedder(path: Path, spec: JobSpec, choice: DeviceChoice) -> tuple[Emb
     else:  # a VLM tower is a decoder, but Jina V4 mean-pools it
         pooling = "mean" if family == "vlm" else default_pooling(model.config)
     info = EmbedderInfo(
-        family=family, pooling=pooling, dim=spec.model.projection_dim or hidden, hidden_size=hidden,
-        projection_dim=spec.model.projection_dim, max_length=spec.data.max_length,
-        image_size=spec.data.image_size, tasks=tasks,
+        family=family,
+        pooling=pooling,
+        dim=spec.model.projection_dim or hidden,
+        hidden_size=hidden,
+        projection_dim=spec.model.projection_dim,
+        max_length=spec.data.max_length,
+        image_size=spec.data.image_size,
+        tasks=tasks,
     )
     padding_free = spec.train.speed.padding_free_embeddings and padding_free_capable(model, family)
     if padding_free:
         from runner.train.attention import use_packed_sdpa
 
         padding_free = use_packed_sdpa(model)
-    backbone = apply_adapter(model, spec.adapter, gradient_checkpointing=spec.train.gradient_checkpointing,
-                             task_type="FEATURE_EXTRACTION", adapter_names=tasks or ("default",))
+    backbone = apply_adapter(
+        model,
+        spec.adapter,
+        gradient_checkpointing=spec.train.gradient_checkpointing,
+        task_type="FEATURE_EXTRACTION",
+        adapter_names=tasks or ("default",),
+    )
     tokenizer = _load_tokenizer(path, spec.model.trust_remote_code)
     image_processor = _image_processor(path) if family != "text" else None
     embedder = Embedder(backbone, info).to(choice.device)
@@ -405,8 +448,11 @@ def padding_free_capable(model: Any, family: str) -> bool:
     and whose positions come from the position ids given (BERT's absolute positions, Llama/Qwen2's
     rotary ones). RoBERTa-style models count positions from the padding index and stay padded."""
     config = model.config
-    return (family == "text" and config.model_type in PADDING_FREE_MODEL_TYPES
-            and getattr(config, "_attn_implementation", None) == "sdpa")
+    return (
+        family == "text"
+        and config.model_type in PADDING_FREE_MODEL_TYPES
+        and getattr(config, "_attn_implementation", None) == "sdpa"
+    )
 
 
 def load_trained_embedder(adapter_dir: Path, base_path: Path) -> tuple[Embedder, Preprocessor]:
@@ -423,8 +469,9 @@ def load_trained_embedder(adapter_dir: Path, base_path: Path) -> tuple[Embedder,
 
         base = _without_unused_parts(AutoModel.from_pretrained(str(base_path)))
         first, *others = info.tasks or ("default",)
-        backbone = PeftModel.from_pretrained(base, str(adapter_dir / first if info.tasks else adapter_dir),
-                                             adapter_name=first)
+        backbone = PeftModel.from_pretrained(
+            base, str(adapter_dir / first if info.tasks else adapter_dir), adapter_name=first
+        )
         for task in others:
             backbone.load_adapter(str(adapter_dir / task), adapter_name=task)
     embedder = Embedder(backbone, info)

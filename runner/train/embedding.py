@@ -31,12 +31,7 @@ from runner.train.common import (
     training_arguments,
 )
 from runner.train.context import RunContext, TrainOutcome
-from runner.train.embedder import (
-    Embedder,
-    EmbeddingCollator,
-    Preprocessor,
-    build_embedder,
-)
+from runner.train.embedder import Embedder, EmbeddingCollator, Preprocessor, build_embedder
 from runner.train.embedding_eval import EmbeddingEvaluator, primary_metric
 from runner.train.losses import build_loss
 from runner.train.model import ModelSetupError
@@ -64,17 +59,26 @@ def train_embedding(ctx: RunContext) -> TrainOutcome:
     if spec.loss.dims and spec.loss.dims[0] > info.dim:
         raise ModelSetupError(f"loss.dims: {spec.loss.dims[0]} exceeds the embedding size {info.dim} of this model")
     trainable, total = report_parameters(ctx, embedder, runtime, embedder=info.to_dict())
-    print(f"model: {info.family} embedder, {info.pooling} pooling, {info.dim} dims"
-          + (f", adapters {', '.join(info.tasks)}" if info.tasks else "")
-          + f"; {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%)", flush=True)
+    print(
+        f"model: {info.family} embedder, {info.pooling} pooling, {info.dim} dims"
+        + (f", adapters {', '.join(info.tasks)}" if info.tasks else "")
+        + f"; {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%)",
+        flush=True,
+    )
 
     # 3. the trainer, wired to the run's outputs; every setting through its constructor
     has_eval = bool(data.eval)
     primary = primary_metric(scored)
     trainer = EmbeddingTrainer(
         model=embedder,
-        args=training_arguments(ctx.job, ctx.run_dir, choice, has_eval=has_eval, plain_logs=ctx.plain_logs,
-                                ddp_find_unused_parameters=bool(info.tasks)),  # other tasks' adapters sit out a batch
+        args=training_arguments(
+            ctx.job,
+            ctx.run_dir,
+            choice,
+            has_eval=has_eval,
+            plain_logs=ctx.plain_logs,
+            ddp_find_unused_parameters=bool(info.tasks),
+        ),  # other tasks' adapters sit out a batch
         train_dataset=data.train,
         eval_dataset=data.eval or None,
         data_collator=EmbeddingCollator(preprocess),
@@ -101,10 +105,17 @@ def train_embedding(ctx: RunContext) -> TrainOutcome:
         if distributed.is_writer():
             save_embedder(embedder, preprocess, ctx, runtime)
     return TrainOutcome(
-        interrupted=interrupted, global_step=trainer.state.global_step, total_steps=trainer.state.max_steps,
-        eval_loss_before=before["loss"] if before else None, eval_loss_after=after["loss"] if after else None,
-        trainable_params=trainable, total_params=total, device=choice, data=data_summary,
-        seconds=time.perf_counter() - started, extra=extra,
+        interrupted=interrupted,
+        global_step=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        eval_loss_before=before["loss"] if before else None,
+        eval_loss_after=after["loss"] if after else None,
+        trainable_params=trainable,
+        total_params=total,
+        device=choice,
+        data=data_summary,
+        seconds=time.perf_counter() - started,
+        extra=extra,
     )
 
 
@@ -131,8 +142,11 @@ def report_data(ctx: RunContext, data: EmbeddingData) -> dict[str, Any]:
     """Print what the data gave (and the first skipped records), record it in status.json."""
     report = data.train_report
     summary = data.summary()
-    print(f"data: {len(data.train)} train examples ({report.format}: {report.format_reason}), "
-          f"{len(data.eval)} eval examples, {summary['bad_records_skipped']} bad records skipped", flush=True)
+    print(
+        f"data: {len(data.train)} train examples ({report.format}: {report.format_reason}), "
+        f"{len(data.eval)} eval examples, {summary['bad_records_skipped']} bad records skipped",
+        flush=True,
+    )
     for bad in [*report.bad_records, *(data.eval_report.bad_records if data.eval_report else [])][:20]:
         print(f"  skipped {bad}", file=sys.stderr)
     ctx.status.update(extra={"data": summary})
@@ -143,8 +157,11 @@ def build_evaluator(job: LoadedJob, data: EmbeddingData, preprocess: Preprocesso
     """Retrieval (or Spearman) metrics and the loss on the held-out examples."""
     spec = job.spec
     return EmbeddingEvaluator(
-        data.eval, preprocess, build_loss(spec.loss, spec.loss_type, gather=False),
-        batch_size=spec.eval.batch_size or spec.train.batch_size, recall_at=spec.eval.recall_at,
+        data.eval,
+        preprocess,
+        build_loss(spec.loss, spec.loss_type, gather=False),
+        batch_size=spec.eval.batch_size or spec.train.batch_size,
+        recall_at=spec.eval.recall_at,
         dims=spec.loss.dims if spec.loss_type == "matryoshka" else (),
     )
 
@@ -168,8 +185,9 @@ def _check_loss_fits_data(job: LoadedJob, scored: bool) -> None:
     else:
         kinds = {spec.loss.base if spec.loss_type == "matryoshka" else spec.loss_type}
     if scored and kinds != {"cosent"}:
-        raise ModelSetupError("the data are scored pairs: train them with loss.type = \"cosent\" "
-                              "(or matryoshka / multi-task with cosent)")
+        raise ModelSetupError(
+            'the data are scored pairs: train them with loss.type = "cosent" (or matryoshka / multi-task with cosent)'
+        )
     if not scored and "cosent" in kinds:
         raise ModelSetupError("cosent needs scored pairs (sentence1, sentence2, score); this data has none")
 
@@ -190,9 +208,15 @@ def save_embedder(embedder: Embedder, preprocess: Preprocessor, ctx: RunContext,
     with atomic_dir(target, replace=True) as tmp:
         embedder.save_pretrained(tmp)
         preprocess.save_pretrained(tmp)
-        atomic_write_json(tmp / "runner_adapter.json", result_record(
-            ctx, kind=spec.model.kind, embedder=embedder.info.to_dict(), loss=spec.loss_type,
-            matryoshka_dims=list(spec.loss.dims), runtime=runtime,
-        ))
+        atomic_write_json(
+            tmp / "runner_adapter.json",
+            result_record(
+                ctx,
+                kind=spec.model.kind,
+                embedder=embedder.info.to_dict(),
+                loss=spec.loss_type,
+                matryoshka_dims=list(spec.loss.dims),
+                runtime=runtime,
+            ),
+        )
     return target
-

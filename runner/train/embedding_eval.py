@@ -23,7 +23,9 @@ from runner.data.embedding import EmbeddingExample, Item, retrieval_set
 from runner.train.embedder import Embedder, Preprocessor
 
 
-def retrieval_metrics(scores: torch.Tensor, relevant: Sequence[set[int]], recall_at: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    scores: torch.Tensor, relevant: Sequence[set[int]], recall_at: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Mean over queries of recall@k (relevant found in the top k / relevant), MRR@10 and nDCG@10
     (binary relevance), from a [queries, corpus] similarity matrix."""
     return ranked_metrics(top_documents(scores, _depth(recall_at)), relevant, recall_at)
@@ -38,7 +40,9 @@ def top_documents(scores: torch.Tensor, depth: int) -> list[list[int]]:
     return scores.topk(min(depth, scores.shape[1]), dim=1).indices.tolist()
 
 
-def ranked_metrics(ranked: Sequence[Sequence[int]], relevant: Sequence[set[int]], recall_at: Sequence[int]) -> dict[str, float]:
+def ranked_metrics(
+    ranked: Sequence[Sequence[int]], relevant: Sequence[set[int]], recall_at: Sequence[int]
+) -> dict[str, float]:
     """`retrieval_metrics` from each query's ranked corpus indices."""
     totals = {f"recall@{k}": 0.0 for k in recall_at} | {"mrr@10": 0.0, "ndcg@10": 0.0}
     for docs, rel in zip(ranked, relevant, strict=True):
@@ -131,7 +135,7 @@ class EmbeddingEvaluator:
         device = next(model.parameters()).device
         out = []
         for start in range(0, len(items), self.batch_size):
-            features = _to_device(self.preprocess(items[start:start + self.batch_size]), device)
+            features = _to_device(self.preprocess(items[start : start + self.batch_size]), device)
             out.append(model.encode(features).float())
         return torch.cat(out)
 
@@ -148,8 +152,13 @@ class EmbeddingEvaluator:
             dataset = retrieval_set(examples)
             queries = self._encode(model, dataset.queries)
             corpus = self._encode(model, dataset.corpus)
-            metrics = self._at_dims(lambda d: ranked_metrics(_ranked(_unit(queries, d), _unit(corpus, d), _depth(self.recall_at)),
-                                                               dataset.relevant, self.recall_at))
+            metrics = self._at_dims(
+                lambda d: ranked_metrics(
+                    _ranked(_unit(queries, d), _unit(corpus, d), _depth(self.recall_at)),
+                    dataset.relevant,
+                    self.recall_at,
+                )
+            )
             q_index = {item.key: i for i, item in enumerate(dataset.queries)}
             c_index = {item.key: i for i, item in enumerate(dataset.corpus)}
             first = queries[[q_index[e.query.key] for e in examples]]
@@ -164,8 +173,14 @@ class EmbeddingEvaluator:
             metrics.update({f"dim{dim}_{name}": value for name, value in compute(dim).items()})
         return metrics
 
-    def _loss(self, examples: list[EmbeddingExample], first: torch.Tensor, second: torch.Tensor,
-              negatives: list[torch.Tensor] | None, task: str | None) -> float:
+    def _loss(
+        self,
+        examples: list[EmbeddingExample],
+        first: torch.Tensor,
+        second: torch.Tensor,
+        negatives: list[torch.Tensor] | None,
+        task: str | None,
+    ) -> float:
         """The training loss over eval batches of `batch_size`, averaged over batches."""
         kwargs = {"task": task} if task is not None else {}
         values = []
@@ -174,16 +189,18 @@ class EmbeddingEvaluator:
             negs = None
             if negatives is not None and any(n.shape[0] for n in negatives[batch]):
                 negs = torch.cat(negatives[batch])
-            scores = (torch.tensor([e.score for e in examples[batch]], dtype=torch.float32)
-                      if self.scored else None)
+            scores = torch.tensor([e.score for e in examples[batch]], dtype=torch.float32) if self.scored else None
             values.append(float(self.loss(first[batch], second[batch], negs, scores, **kwargs)))
         return sum(values) / len(values)
 
 
 def _ranked(queries: torch.Tensor, corpus: torch.Tensor, depth: int, block: int = 1024) -> list[list[int]]:
     """Top corpus indices per query, a block of queries at a time (never a full queries x corpus matrix)."""
-    return [row for start in range(0, queries.shape[0], block)
-            for row in top_documents(queries[start:start + block] @ corpus.T, depth)]
+    return [
+        row
+        for start in range(0, queries.shape[0], block)
+        for row in top_documents(queries[start : start + block] @ corpus.T, depth)
+    ]
 
 
 def _unit(vectors: torch.Tensor, dim: int | None) -> torch.Tensor:

@@ -41,14 +41,18 @@ def likely_setting(spec: JobSpec) -> str:
     if spec.resources.precision == "fp16":
         return 'resources.precision = "fp16" overflows easily: use "bf16" (or "fp32"), or lower train.learning_rate'
     if train.max_grad_norm == 0:
-        return (f"train.max_grad_norm = 0 leaves the gradients unclipped: set it to 1.0, and lower "
-                f"train.learning_rate (now {rate:g}) if it happens again")
+        return (
+            f"train.max_grad_norm = 0 leaves the gradients unclipped: set it to 1.0, and lower "
+            f"train.learning_rate (now {rate:g}) if it happens again"
+        )
     if spec.loss_type in ("contrastive", "matryoshka", "multi-task") and spec.loss.temperature < 0.01:
         return f"loss.temperature = {spec.loss.temperature:g} makes the logits huge: try 0.05"
     if rate > 1e-3:
         return f"train.learning_rate = {rate:g} is high for fine-tuning: try {rate / 10:g}"
-    return (f"lower train.learning_rate (now {rate:g}) or train.max_grad_norm (now {train.max_grad_norm:g}), "
-            "and check the data for extreme values")
+    return (
+        f"lower train.learning_rate (now {rate:g}) or train.max_grad_norm (now {train.max_grad_norm:g}), "
+        "and check the data for extreme values"
+    )
 
 
 class HealthCheck(TrainerCallback):

@@ -63,8 +63,9 @@ def launch_workers(ctx: RunContext, recipe: Recipe) -> TrainOutcome:
     spec = ctx.job.spec
     nproc = spec.resources.nproc
     if not recipe.distributed:
-        raise ModelSetupError(f"resources.nproc > 1 is not supported for model.kind '{spec.model.kind}' yet; "
-                              "set resources.nproc = 1")
+        raise ModelSetupError(
+            f"resources.nproc > 1 is not supported for model.kind '{spec.model.kind}' yet; set resources.nproc = 1"
+        )
     device = choose_device(spec.model, spec.resources, spec.adapter).device  # fails here, before any worker starts
     backend = _backend(device)
     workers_dir = ctx.run_dir / WORKERS
@@ -85,14 +86,31 @@ def launch_workers(ctx: RunContext, recipe: Recipe) -> TrainOutcome:
     atomic_write_json(workers_dir / LAUNCH_FILE, launch)
     threads = spec.resources.threads or max(1, _cpus_here() // nproc)
     if spec.resources.nodes > 1:  # one torchrun per node (srun), rendezvous on the first node
-        command = multinode_command(sys.executable, spec.resources.nodes, nproc, workers_dir / LAUNCH_FILE,
-                                    **_slurm_rendezvous(spec.resources.nodes))
+        command = multinode_command(
+            sys.executable,
+            spec.resources.nodes,
+            nproc,
+            workers_dir / LAUNCH_FILE,
+            **_slurm_rendezvous(spec.resources.nodes),
+        )
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "--max-restarts=0", "-m", "runner.train.launch", str(workers_dir / LAUNCH_FILE)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "--max-restarts=0",
+            "-m",
+            "runner.train.launch",
+            str(workers_dir / LAUNCH_FILE),
+        ]
     where = f" on each of {spec.resources.nodes} nodes" if spec.resources.nodes > 1 else ""
-    print(f"launching {nproc} processes{where} with torchrun ({backend}, {spec.resources.strategy}, "
-          f"{threads} thread(s) each)", flush=True)
+    print(
+        f"launching {nproc} processes{where} with torchrun ({backend}, {spec.resources.strategy}, "
+        f"{threads} thread(s) each)",
+        flush=True,
+    )
     proc = subprocess.Popen(command, env=_worker_env(threads), start_new_session=True, preexec_fn=_die_with_parent)
     forwarded = False
     try:
@@ -110,16 +128,37 @@ def launch_workers(ctx: RunContext, recipe: Recipe) -> TrainOutcome:
     return outcome
 
 
-def multinode_command(python: str, nodes: int, nproc: int, launch_file: Path, *, head: str, port: int,
-                      rdzv_id: str, cpus_per_task: str | None = None) -> list[str]:
+def multinode_command(
+    python: str,
+    nodes: int,
+    nproc: int,
+    launch_file: Path,
+    *,
+    head: str,
+    port: int,
+    rdzv_id: str,
+    cpus_per_task: str | None = None,
+) -> list[str]:
     """srun starts one torchrun agent per node of the allocation; the agents meet at the c10d
     rendezvous on the first node (where this process, the batch script's, runs)."""
     srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     if cpus_per_task:  # srun inside sbatch does not inherit --cpus-per-task (Slurm >= 22.05)
         srun.append(f"--cpus-per-task={cpus_per_task}")
-    return [*srun, python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
-            "--max-restarts=0", "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}", f"--rdzv-id={rdzv_id}",
-            "-m", "runner.train.launch", str(launch_file)]
+    return [
+        *srun,
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head}:{port}",
+        f"--rdzv-id={rdzv_id}",
+        "-m",
+        "runner.train.launch",
+        str(launch_file),
+    ]
 
 
 def _slurm_rendezvous(nodes: int) -> dict[str, Any]:
@@ -130,10 +169,16 @@ def _slurm_rendezvous(nodes: int) -> dict[str, Any]:
         raise ModelSetupError(
             f"resources.nodes = {nodes} needs a Slurm allocation of {nodes} nodes "
             + (f"(this one has {have})" if job_id else "(not inside one)")
-            + ": run it with `runner run --executor slurm` or `runner watch --executor slurm`, or set resources.nodes = 1")
+            + ": run it with `runner run --executor slurm` or `runner watch --executor slurm`, or set resources.nodes = 1"
+        )
     try:
-        listed = subprocess.run(["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")],
-                                capture_output=True, text=True, check=True, timeout=30).stdout.split()
+        listed = subprocess.run(
+            ["scontrol", "show", "hostnames", os.environ.get("SLURM_JOB_NODELIST", "")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError) as exc:
         raise ModelSetupError(f"cannot list the allocation's nodes with `scontrol show hostnames`: {exc}") from exc
     import socket
@@ -141,8 +186,12 @@ def _slurm_rendezvous(nodes: int) -> dict[str, Any]:
     with socket.socket() as probe:  # a port free here: the batch script runs on the first node
         probe.bind(("", 0))
         port = int(probe.getsockname()[1])
-    return {"head": _resolvable(listed[0]) if listed else socket.gethostname(), "port": port, "rdzv_id": job_id,
-            "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK")}
+    return {
+        "head": _resolvable(listed[0]) if listed else socket.gethostname(),
+        "port": port,
+        "rdzv_id": job_id,
+        "cpus_per_task": os.environ.get("SLURM_CPUS_PER_TASK"),
+    }
 
 
 def _resolvable(node: str) -> str:
@@ -176,11 +225,14 @@ def _backend(device: str) -> str:
         raise ModelSetupError("this torch build has no torch.distributed; set resources.nproc = 1")
     if device == "cuda":
         if not dist.is_nccl_available():
-            raise ModelSetupError("several GPU processes need NCCL, which this torch build lacks; set resources.nproc = 1")
+            raise ModelSetupError(
+                "several GPU processes need NCCL, which this torch build lacks; set resources.nproc = 1"
+            )
         return "nccl"
     if not dist.is_gloo_available():
-        raise ModelSetupError("several CPU processes need the gloo backend, which this torch build lacks; "
-                              "set resources.nproc = 1")
+        raise ModelSetupError(
+            "several CPU processes need the gloo backend, which this torch build lacks; set resources.nproc = 1"
+        )
     return "gloo"
 
 
@@ -217,8 +269,11 @@ def _children(pid: int) -> list[int]:
 def _forward_stop(agent_pid: int) -> None:
     workers = _children(agent_pid)
     targets = workers or [agent_pid]  # torchrun forwards it, but kills workers that take over 30 s
-    print(f"stopping {len(workers) or 'the'} worker(s): each finishes its step, rank 0 saves a checkpoint",
-          file=sys.stderr, flush=True)
+    print(
+        f"stopping {len(workers) or 'the'} worker(s): each finishes its step, rank 0 saves a checkpoint",
+        file=sys.stderr,
+        flush=True,
+    )
     for pid in targets:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -254,8 +309,9 @@ def _collect(workers_dir: Path, returncode: int, forwarded: bool) -> TrainOutcom
         raise _exception_for(first)
     if forwarded:  # stopped before anything could be reported: no new checkpoint
         raise KeyboardInterrupt
-    raise WorkerCrashed(f"torchrun exited with code {returncode} and no worker reported why "
-                        "(see the job's output above)")
+    raise WorkerCrashed(
+        f"torchrun exited with code {returncode} and no worker reported why (see the job's output above)"
+    )
 
 
 def _exception_for(report: dict[str, Any]) -> BaseException:
@@ -359,18 +415,32 @@ def worker_main(launch_file: str) -> int:
         status = StatusFile(paths.status) if writer else _NoStatus(paths.status)
         module, _, name = launch["recipe"].partition(":")
         recipe = getattr(importlib.import_module(module), name)
-        with (MetricsLog(paths.metrics) if writer else _NoMetrics(paths.metrics)) as metrics:
-            outcome = recipe(RunContext(
-                job=job, run_dir=Path(launch["run_dir"]), model_path=Path(launch["model_path"]),
-                model_info=launch["model_info"], status=status, metrics=metrics, stop=stop,
-                resume_from=Path(launch["resume_from"]) if launch["resume_from"] else None,
-                plain_logs=launch["plain_logs"],
-            ))
+        with MetricsLog(paths.metrics) if writer else _NoMetrics(paths.metrics) as metrics:
+            outcome = recipe(
+                RunContext(
+                    job=job,
+                    run_dir=Path(launch["run_dir"]),
+                    model_path=Path(launch["model_path"]),
+                    model_info=launch["model_info"],
+                    status=status,
+                    metrics=metrics,
+                    stop=stop,
+                    resume_from=Path(launch["resume_from"]) if launch["resume_from"] else None,
+                    plain_logs=launch["plain_logs"],
+                )
+            )
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then the exit code says it
-        atomic_write_json(workers_dir / f"rank-{rank}.error.json", {
-            "rank": rank, "kind": _classify(exc), "type": type(exc).__name__, "message": str(exc),
-            "traceback": traceback.format_exc(), "time": time.time(),
-        })
+        atomic_write_json(
+            workers_dir / f"rank-{rank}.error.json",
+            {
+                "rank": rank,
+                "kind": _classify(exc),
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": traceback.format_exc(),
+                "time": time.time(),
+            },
+        )
         print(f"rank {rank} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:

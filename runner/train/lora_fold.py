@@ -46,8 +46,15 @@ class FoldedLoraFunction(torch.autograd.Function):
     """``y = x W'^T (+ bias)`` with ``W' = W + s B A`` given; gradients for x, A and B only."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        folded: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+    ) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         down = flat @ lora_a.t()  # (N, r): the adapter's input side, kept for dB
         ctx.save_for_backward(flat, down, folded, lora_a, lora_b)
@@ -95,8 +102,17 @@ def _fold_of(layer: Any, adapter: str) -> torch.Tensor:
     weight = layer.base_layer.weight
     lora_a, lora_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     scaling = layer.scaling[adapter]
-    key = (adapter, _optimizer_steps, weight._version, lora_a._version, lora_b._version, id(weight), id(lora_a),
-           id(lora_b), scaling)
+    key = (
+        adapter,
+        _optimizer_steps,
+        weight._version,
+        lora_a._version,
+        lora_b._version,
+        id(weight),
+        id(lora_a),
+        id(lora_b),
+        scaling,
+    )
     cached = layer.__dict__.get("_runner_fold")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -115,9 +131,13 @@ def foldable(layer: Any, x: torch.Tensor, args: tuple[Any, ...], kwargs: dict[st
         return None
     adapter = active[0]
     base = layer.base_layer
-    if (adapter in layer.lora_variant or not isinstance(layer.lora_dropout[adapter], nn.Identity)
-            or type(base) is not nn.Linear or base.weight.requires_grad
-            or (base.bias is not None and base.bias.requires_grad)):
+    if (
+        adapter in layer.lora_variant
+        or not isinstance(layer.lora_dropout[adapter], nn.Identity)
+        or type(base) is not nn.Linear
+        or base.weight.requires_grad
+        or (base.bias is not None and base.bias.requires_grad)
+    ):
         return None
     if torch.is_autocast_enabled(x.device.type):
         return None
@@ -144,10 +164,14 @@ def _folded_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
 
 def _folded_class(cls: type) -> type:
     if cls not in _FOLDED_CLASSES:
-        _FOLDED_CLASSES[cls] = type(f"Folded{cls.__name__}", (cls,), {
-            "forward": _folded_forward,
-            "__doc__": f"peft's {cls.__name__} whose forward folds the adapter into the weight (runner.train.lora_fold)",
-        })
+        _FOLDED_CLASSES[cls] = type(
+            f"Folded{cls.__name__}",
+            (cls,),
+            {
+                "forward": _folded_forward,
+                "__doc__": f"peft's {cls.__name__} whose forward folds the adapter into the weight (runner.train.lora_fold)",
+            },
+        )
     return _FOLDED_CLASSES[cls]
 
 

@@ -57,7 +57,7 @@ def choose_device(
     """
     cuda = torch.cuda.is_available()
     if resources.device == "cuda" and not cuda:
-        raise ModelSetupError("resources.device is \"cuda\" but no CUDA device is visible; use \"auto\" or \"cpu\"")
+        raise ModelSetupError('resources.device is "cuda" but no CUDA device is visible; use "auto" or "cpu"')
     device = "cuda" if (resources.device == "cuda" or (resources.device == "auto" and cuda)) else "cpu"
     bf16_ok = device == "cuda" and torch.cuda.is_bf16_supported()
     precision = resources.precision
@@ -66,30 +66,33 @@ def choose_device(
         # GPUs without bf16 (pre-Ampere) get fp16 mixed precision with loss scaling
         precision = ("bf16" if bf16_ok else "fp16") if device == "cuda" else "fp32"
     elif precision == "fp16" and device == "cpu":
-        raise ModelSetupError("resources.precision = \"fp16\" needs a CUDA device and this job runs on the CPU; "
-                              "use \"fp32\" (or \"bf16\")")
+        raise ModelSetupError(
+            'resources.precision = "fp16" needs a CUDA device and this job runs on the CPU; use "fp32" (or "bf16")'
+        )
     elif precision == "bf16" and device == "cuda" and not bf16_ok:
-        raise ModelSetupError("this GPU does not support bf16; use resources.precision = \"fp16\" or \"auto\"")
+        raise ModelSetupError('this GPU does not support bf16; use resources.precision = "fp16" or "auto"')
     dtype = model.dtype
     if dtype == "auto":
         dtype = "float32"  # weights in fp32; mixed precision (autocast) handles bf16/fp16 compute
     if dtype == "float16" and device == "cpu":
-        raise ModelSetupError("model.dtype = \"float16\" needs a CUDA device; use \"float32\" on the CPU")
+        raise ModelSetupError('model.dtype = "float16" needs a CUDA device; use "float32" on the CPU')
     attn = model.attn_implementation
     flash_ok, flash_why = flash_attention_usable(device)
     if attn == "auto":
         attn = "flash_attention_2" if flash_ok else "sdpa"
     elif attn == "flash_attention_2" and not flash_ok:
-        raise ModelSetupError(f"attn_implementation = \"flash_attention_2\" cannot run here: {flash_why}; "
-                              "use \"sdpa\" or \"auto\"")
+        raise ModelSetupError(
+            f'attn_implementation = "flash_attention_2" cannot run here: {flash_why}; use "sdpa" or "auto"'
+        )
     if resources.strategy == "fsdp" and resources.world_size > 1 and device != "cuda":
         raise ModelSetupError(
-            "strategy = \"fsdp\" does not shard on the CPU (gloo): the Trainer would silently run DDP; "
-            "use strategy = \"ddp\" here, or run on CUDA devices"
+            'strategy = "fsdp" does not shard on the CPU (gloo): the Trainer would silently run DDP; '
+            'use strategy = "ddp" here, or run on CUDA devices'
         )
     if resources.nproc > 1 and device == "cuda" and torch.cuda.device_count() < resources.nproc:
-        raise ModelSetupError(f"resources.nproc = {resources.nproc} needs one GPU per process; "
-                              f"{torch.cuda.device_count()} visible")
+        raise ModelSetupError(
+            f"resources.nproc = {resources.nproc} needs one GPU per process; {torch.cuda.device_count()} visible"
+        )
     compute: str | None = None
     if adapter is not None and adapter.method == "qlora":
         problem = quantization_problem(device)
@@ -99,9 +102,10 @@ def choose_device(
         if compute == "auto":
             compute = {"bf16": "bfloat16", "fp16": "float16"}.get(precision, "float32")
         if compute == "float16" and device == "cpu":
-            raise ModelSetupError("adapter.compute_dtype = \"float16\" needs a CUDA device; use \"float32\" on the CPU")
-    return DeviceChoice(device=device, dtype=dtype, precision=precision, attn_implementation=attn,
-                        compute_dtype=compute)
+            raise ModelSetupError('adapter.compute_dtype = "float16" needs a CUDA device; use "float32" on the CPU')
+    return DeviceChoice(
+        device=device, dtype=dtype, precision=precision, attn_implementation=attn, compute_dtype=compute
+    )
 
 
 def flash_attention_usable(device: str) -> tuple[bool, str]:
@@ -135,8 +139,10 @@ def quantization_problem(device: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return "qlora needs bitsandbytes, which is not installed: pip install '.[qlora]' (bitsandbytes>=0.49)"
     if device == "cpu" and _version_tuple(version) < BNB_MIN_CPU:
-        return (f"qlora on the CPU needs bitsandbytes >= {'.'.join(map(str, BNB_MIN_CPU))} (its 4-bit CPU "
-                f"kernels); {version} is installed: pip install -U 'bitsandbytes>=0.49'")
+        return (
+            f"qlora on the CPU needs bitsandbytes >= {'.'.join(map(str, BNB_MIN_CPU))} (its 4-bit CPU "
+            f"kernels); {version} is installed: pip install -U 'bitsandbytes>=0.49'"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - a broken install (missing native library) fails here, not in a kernel
@@ -180,8 +186,11 @@ def load_pretrained(
         "use_safetensors": True,
     }
     if adapter.method == "qlora":
-        compute = getattr(torch, choice.compute_dtype) if choice.compute_dtype else (
-            torch.bfloat16 if choice.precision == "bf16" else torch.float32)
+        compute = (
+            getattr(torch, choice.compute_dtype)
+            if choice.compute_dtype
+            else (torch.bfloat16 if choice.precision == "bf16" else torch.float32)
+        )
         kwargs["quantization_config"] = _quantization_config(adapter, compute)
         # 4-bit weights are quantised where they are placed: straight onto this process's GPU
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -286,8 +295,12 @@ def quantization_record(adapter: AdapterSection, choice: DeviceChoice) -> dict[s
     """What a saved QLoRA adapter needs to be put back on the same 4-bit base."""
     if adapter.method != "qlora":
         return None
-    return {"bits": 4, "quant_type": adapter.quant_type, "double_quant": adapter.double_quant,
-            "compute_dtype": choice.compute_dtype or "float32"}
+    return {
+        "bits": 4,
+        "quant_type": adapter.quant_type,
+        "double_quant": adapter.double_quant,
+        "compute_dtype": choice.compute_dtype or "float32",
+    }
 
 
 def load_for_inference(adapter_dir: Path, base_path: Path | None = None, *, device: str = "auto") -> Any:
@@ -314,7 +327,8 @@ def load_for_inference(adapter_dir: Path, base_path: Path | None = None, *, devi
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=quant["quant_type"],
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant["quant_type"],
             bnb_4bit_use_double_quant=quant["double_quant"],
             bnb_4bit_compute_dtype=getattr(torch, quant["compute_dtype"]),
         )

@@ -68,11 +68,17 @@ def train_preference(ctx: RunContext) -> TrainOutcome:
     frozen = FrozenCopy(copy.deepcopy(model)) if reference_kind == "copy" else None  # the base, before any update
     model = apply_adapter(model, spec.adapter, gradient_checkpointing=spec.train.gradient_checkpointing)
     fold_adapter(ctx, model, runtime)
-    trainable, total = report_parameters(ctx, model, runtime, preference={
-        "loss": spec.loss_type, "beta": spec.preference_beta, "reference": reference_kind})
-    print(f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%); "
-          f"{spec.loss_type} (beta {spec.preference_beta}), reference: {reference_kind or 'none (reference-free)'}",
-          flush=True)
+    trainable, total = report_parameters(
+        ctx,
+        model,
+        runtime,
+        preference={"loss": spec.loss_type, "beta": spec.preference_beta, "reference": reference_kind},
+    )
+    print(
+        f"model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%); "
+        f"{spec.loss_type} (beta {spec.preference_beta}), reference: {reference_kind or 'none (reference-free)'}",
+        flush=True,
+    )
 
     # 3. the trainer, wired to the run's outputs; every setting through its constructor
     has_eval = bool(data.eval)
@@ -87,10 +93,15 @@ def train_preference(ctx: RunContext) -> TrainOutcome:
         processing_class=tokenizer,
         run=RunOutputs.of(ctx),
         callbacks=[PreferenceReporter(ctx.status, PRIMARY)],
-        loss=build_preference_loss(spec.loss_type, beta=spec.preference_beta, label_smoothing=spec.loss.label_smoothing,
-                                   gamma=spec.loss.gamma, sft_weight=spec.loss.sft_weight,
-                                   desirable_weight=spec.loss.desirable_weight,
-                                   undesirable_weight=spec.loss.undesirable_weight),
+        loss=build_preference_loss(
+            spec.loss_type,
+            beta=spec.preference_beta,
+            label_smoothing=spec.loss.label_smoothing,
+            gamma=spec.loss.gamma,
+            sft_weight=spec.loss.sft_weight,
+            desirable_weight=spec.loss.desirable_weight,
+            undesirable_weight=spec.loss.undesirable_weight,
+        ),
         reference={"adapter-off": AdapterOff(), "copy": frozen}.get(reference_kind or ""),
     )
     if reference_kind == "precompute":
@@ -111,13 +122,21 @@ def train_preference(ctx: RunContext) -> TrainOutcome:
     if not interrupted:
         extra.update(compare_replicas(trainer))
         if distributed.is_writer():
-            save_final(trainer.model, tokenizer, ctx, quantization=quantization_record(spec.adapter, choice),
-                       runtime=runtime)
+            save_final(
+                trainer.model, tokenizer, ctx, quantization=quantization_record(spec.adapter, choice), runtime=runtime
+            )
     return TrainOutcome(
-        interrupted=interrupted, global_step=trainer.state.global_step, total_steps=trainer.state.max_steps,
-        eval_loss_before=before["loss"] if before else None, eval_loss_after=after["loss"] if after else None,
-        trainable_params=trainable, total_params=total, device=choice, data=data_summary,
-        seconds=time.perf_counter() - started, extra=extra,
+        interrupted=interrupted,
+        global_step=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        eval_loss_before=before["loss"] if before else None,
+        eval_loss_after=after["loss"] if after else None,
+        trainable_params=trainable,
+        total_params=total,
+        device=choice,
+        data=data_summary,
+        seconds=time.perf_counter() - started,
+        extra=extra,
     )
 
 
@@ -125,10 +144,18 @@ def prepare_preference_job_data(job: LoadedJob, tokenizer: Any, *, progress: boo
     spec = job.spec
     data = spec.data
     return prepare_preference_data(
-        [job.resolve_path(p) for p in data.train], tokenizer, max_length=data.max_length,
-        eval_files=[job.resolve_path(p) for p in data.eval], eval_fraction=data.eval_fraction, seed=spec.train.seed,
-        format=data.format, fields=dict(data.fields.items()) or None, on_bad_record=data.on_bad_record,
-        unpaired=spec.loss_type == "kto", max_records=data.max_records, eval_max_records=spec.eval.max_records,
+        [job.resolve_path(p) for p in data.train],
+        tokenizer,
+        max_length=data.max_length,
+        eval_files=[job.resolve_path(p) for p in data.eval],
+        eval_fraction=data.eval_fraction,
+        seed=spec.train.seed,
+        format=data.format,
+        fields=dict(data.fields.items()) or None,
+        on_bad_record=data.on_bad_record,
+        unpaired=spec.loss_type == "kto",
+        max_records=data.max_records,
+        eval_max_records=spec.eval.max_records,
         progress=progress,
     )
 
@@ -137,16 +164,24 @@ def report_data(ctx: RunContext, data: PreparedPreference) -> dict[str, Any]:
     """Print what the data gave (and the first skipped records), record it in status.json."""
     report: PreferenceReport = data.train_report
     bad = [*report.bad_records, *(data.eval_report.bad_records if data.eval_report else [])]
-    print(f"data: {len(data.train)} train examples ({report.format}: {report.format_reason}), "
-          f"{len(data.eval)} eval examples, {len(bad)} bad records skipped", flush=True)
+    print(
+        f"data: {len(data.train)} train examples ({report.format}: {report.format_reason}), "
+        f"{len(data.eval)} eval examples, {len(bad)} bad records skipped",
+        flush=True,
+    )
     for line in report.summary().split("\n")[2:5]:
         print(f"  {line}", flush=True)
     for one in bad[:20]:
         print(f"  skipped {one}", file=sys.stderr)
     summary = {
-        "format": report.format, "format_reason": report.format_reason, "train_examples": len(data.train),
-        "eval_examples": len(data.eval), "bad_records_skipped": len(bad), "truncated": report.truncated,
-        "trainable_tokens": report.trainable_tokens, "lengths": report.part_lengths(),
+        "format": report.format,
+        "format_reason": report.format_reason,
+        "train_examples": len(data.train),
+        "eval_examples": len(data.eval),
+        "bad_records_skipped": len(bad),
+        "truncated": report.truncated,
+        "trainable_tokens": report.trainable_tokens,
+        "lengths": report.part_lengths(),
     }
     ctx.status.update(extra={"data": summary})
     return summary
@@ -179,8 +214,9 @@ def fold_adapter(ctx: RunContext, model: Any, runtime: dict[str, Any]) -> None:
         record_runtime(ctx, runtime)
 
 
-def precompute(ctx: RunContext, trainer: PreferenceTrainer, data: PreparedPreference, choice: DeviceChoice,
-               shared_prompt: bool) -> None:
+def precompute(
+    ctx: RunContext, trainer: PreferenceTrainer, data: PreparedPreference, choice: DeviceChoice, shared_prompt: bool
+) -> None:
     """Reference log-probabilities of every example, from the cache or computed with the base model
     (before training: the adapter switched off, or the untrained full model). Under torchrun rank 0
     computes and stores them; the other ranks read them."""
@@ -189,17 +225,29 @@ def precompute(ctx: RunContext, trainer: PreferenceTrainer, data: PreparedPrefer
     score = base_reference(model, spec.adapter.method)
     collate = PreferenceCollator(shared_prompt=shared_prompt)
     batch_size = spec.eval.batch_size or spec.train.batch_size
-    settings = {"dtype": choice.dtype, "precision": choice.precision, "device": choice.device,
-                "quantization": quantization_record(spec.adapter, choice), "shared_prompt": shared_prompt,
-                "unpaired": spec.loss_type == "kto"}
-    key = reference_cache_key([data.train, data.eval], ctx.model_info.get("files") or {"path": str(ctx.model_path)},
-                              settings)
+    settings = {
+        "dtype": choice.dtype,
+        "precision": choice.precision,
+        "device": choice.device,
+        "quantization": quantization_record(spec.adapter, choice),
+        "shared_prompt": shared_prompt,
+        "unpaired": spec.loss_type == "kto",
+    }
+    key = reference_cache_key(
+        [data.train, data.eval], ctx.model_info.get("files") or {"path": str(ctx.model_path)}, settings
+    )
     was_training = model.training
     model.eval()
 
     def compute(examples: Any) -> Any:
-        return compute_reference_logps(examples, lambda row: score(model, row), collate, batch_size,
-                                       trainer.args.device, progress=not ctx.plain_logs)
+        return compute_reference_logps(
+            examples,
+            lambda row: score(model, row),
+            collate,
+            batch_size,
+            trainer.args.device,
+            progress=not ctx.plain_logs,
+        )
 
     started = time.perf_counter()
     hit = False
@@ -216,8 +264,7 @@ def precompute(ctx: RunContext, trainer: PreferenceTrainer, data: PreparedPrefer
 
 
 def _values(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k.removeprefix("eval_"): v for k, v in metrics.items()
-            if k.startswith("eval_") and k != "eval_runtime"}
+    return {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_") and k != "eval_runtime"}
 
 
 def _logged_baseline(ctx: RunContext) -> dict[str, float] | None:
@@ -233,6 +280,10 @@ def _eval_summary(before: dict[str, float] | None, after: dict[str, float] | Non
         extra["eval_after"] = after
     if before is not None and after is not None:
         shown = [k for k in (PRIMARY, "reward_margin", "logp_accuracy") if k in before and k in after]
-        print("held-out " + ", ".join(f"{k} {before[k]:.4f} -> {after[k]:.4f}" for k in shown)
-              + " (before -> after training)", flush=True)
+        print(
+            "held-out "
+            + ", ".join(f"{k} {before[k]:.4f} -> {after[k]:.4f}" for k in shown)
+            + " (before -> after training)",
+            flush=True,
+        )
     return extra

@@ -35,8 +35,7 @@ CACHE_VERSION = 1
 def reply_logps(model: Any, row: Row) -> torch.Tensor:
     """[replies] float32: the summed log-probability of each reply's tokens given what precedes it."""
     index = row["logit_index"]
-    outputs = model(input_ids=row["input_ids"], position_ids=row["position_ids"], logits_to_keep=index,
-                    use_cache=False)
+    outputs = model(input_ids=row["input_ids"], position_ids=row["position_ids"], logits_to_keep=index, use_cache=False)
     logits = outputs.logits
     if logits.shape[1] != index.shape[1]:  # a model that ignores logits_to_keep returns every position
         logits = logits[:, index[0]]
@@ -78,9 +77,11 @@ def base_reference(model: Any, method: str) -> AdapterOff | Callable[[Any, Row],
     """How to score with the base model before training starts: the adapter switched off, or (full
     fine-tuning) the model itself, which is still the base."""
     if method == "full":
+
         def plain(m: Any, row: Row) -> torch.Tensor:
             with torch.no_grad():
                 return reply_logps(m, row)
+
         return plain
     return AdapterOff()
 
@@ -95,8 +96,9 @@ def reference_cache_dir() -> Path:
     return runner_home() / "reference-logps"
 
 
-def reference_cache_key(datasets: Sequence[Sequence[Mapping[str, Any]]], model_files: Mapping[str, str],
-                        settings: Mapping[str, Any]) -> str:
+def reference_cache_key(
+    datasets: Sequence[Sequence[Mapping[str, Any]]], model_files: Mapping[str, str], settings: Mapping[str, Any]
+) -> str:
     """Changes when a token of the data, a file of the base model or a setting that changes the
     numbers (dtype, device, attention layout, quantisation) changes."""
     digest = hashlib.sha256(f"reference-logps {CACHE_VERSION}".encode())
@@ -107,19 +109,25 @@ def reference_cache_key(datasets: Sequence[Sequence[Mapping[str, Any]]], model_f
                 if key in example:
                     digest.update(key.encode())
                     digest.update(np.asarray(example[key], dtype=np.int32).tobytes())
-    digest.update(json.dumps({"model": dict(model_files), "settings": dict(settings)}, sort_keys=True,
-                             default=str).encode())
+    digest.update(
+        json.dumps({"model": dict(model_files), "settings": dict(settings)}, sort_keys=True, default=str).encode()
+    )
     return digest.hexdigest()[:40]
 
 
 def _batches(examples: Sequence[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
     for start in range(0, len(examples), size):
-        yield list(examples[start:start + size])
+        yield list(examples[start : start + size])
 
 
-def compute_reference_logps(examples: Sequence[Mapping[str, Any]], score: Callable[[Row], torch.Tensor],
-                            collate: Callable[[list[Mapping[str, Any]]], dict[str, Any]], batch_size: int,
-                            device: Any, progress: bool = False) -> np.ndarray:
+def compute_reference_logps(
+    examples: Sequence[Mapping[str, Any]],
+    score: Callable[[Row], torch.Tensor],
+    collate: Callable[[list[Mapping[str, Any]]], dict[str, Any]],
+    batch_size: int,
+    device: Any,
+    progress: bool = False,
+) -> np.ndarray:
     """[examples, 2] reference log-probabilities: (chosen, rejected) of each pair, or (completion,
     KL completion) of each unpaired example."""
     from accelerate.utils import send_to_device
@@ -127,8 +135,9 @@ def compute_reference_logps(examples: Sequence[Mapping[str, Any]], score: Callab
 
     out = []
     total = -(-len(examples) // batch_size)
-    for batch in tqdm(_batches(examples, batch_size), total=total, desc="reference log-probabilities",
-                      disable=not progress):
+    for batch in tqdm(
+        _batches(examples, batch_size), total=total, desc="reference log-probabilities", disable=not progress
+    ):
         collated = send_to_device(collate(batch), device)
         for part in collated["parts"]:
             row = part.get("reference", part["policy"])
@@ -136,8 +145,13 @@ def compute_reference_logps(examples: Sequence[Mapping[str, Any]], score: Callab
     return torch.cat(out).numpy() if out else np.zeros((0, 2), dtype=np.float32)
 
 
-def precompute_reference(datasets: Sequence[list[dict[str, Any]]], compute: Callable[[Sequence[Mapping[str, Any]]],
-                         np.ndarray], key: str, *, folder: Path | None = None) -> bool:
+def precompute_reference(
+    datasets: Sequence[list[dict[str, Any]]],
+    compute: Callable[[Sequence[Mapping[str, Any]]], np.ndarray],
+    key: str,
+    *,
+    folder: Path | None = None,
+) -> bool:
     """Put ``ref_logps`` on every example of `datasets` (train, eval), from the cache entry `key`
     when there is one, else computed with `compute` and stored. Returns whether it was a cache hit."""
     folder = folder or reference_cache_dir()

@@ -52,8 +52,10 @@ def segments(position_ids: torch.Tensor) -> list[Segment]:
         elif p <= start - group:
             out.append((start, end, group, group + p))
         else:
-            raise ValueError(f"positions {start}..{end} continue from position {p}, but their group holds only "
-                             f"{start - group} tokens before them")
+            raise ValueError(
+                f"positions {start}..{end} continue from position {p}, but their group holds only "
+                f"{start - group} tokens before them"
+            )
     return out
 
 
@@ -102,23 +104,40 @@ def shared_prompt_sdpa_forward(
 
     position_ids = kwargs.get("position_ids")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if (attention_mask is not None or position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]
-            or not causal or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    if (
+        attention_mask is not None
+        or position_ids is None
+        or query.shape[0] != 1
+        or query.shape[2] != key.shape[2]
+        or not causal
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # kv heads shared by several query heads
     parts = []
     for (start, end, prefix_start, prefix_end), mask in _branches_for_layer(position_ids, query.device):
         q = query[:, :, start:end]
         if mask is None:
-            parts.append(F.scaled_dot_product_attention(q, key[:, :, start:end], value[:, :, start:end],
-                                                        dropout_p=dropout, scale=scaling, is_causal=True,
-                                                        enable_gqa=gqa))
+            parts.append(
+                F.scaled_dot_product_attention(
+                    q,
+                    key[:, :, start:end],
+                    value[:, :, start:end],
+                    dropout_p=dropout,
+                    scale=scaling,
+                    is_causal=True,
+                    enable_gqa=gqa,
+                )
+            )
             continue
         k = torch.cat([key[:, :, prefix_start:prefix_end], key[:, :, start:end]], dim=2)
         v = torch.cat([value[:, :, prefix_start:prefix_end], value[:, :, start:end]], dim=2)
-        parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                                                    enable_gqa=gqa))
+        parts.append(
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+        )
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return out.transpose(1, 2).contiguous(), None
 

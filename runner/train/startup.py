@@ -93,8 +93,11 @@ def lean_imports(spec: JobSpec) -> Iterator[list[str]]:
 
 # the availability checks that cache their answer, per library: (module, function)
 _CACHED_CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
-    "bitsandbytes": (("peft.import_utils", "is_bnb_available"), ("peft.import_utils", "is_bnb_4bit_available"),
-                     ("transformers.utils.import_utils", "is_bitsandbytes_available")),
+    "bitsandbytes": (
+        ("peft.import_utils", "is_bnb_available"),
+        ("peft.import_utils", "is_bnb_4bit_available"),
+        ("transformers.utils.import_utils", "is_bitsandbytes_available"),
+    ),
     "datasets": (("transformers.utils.import_utils", "is_datasets_available"),),
 }
 

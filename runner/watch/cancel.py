@@ -46,13 +46,18 @@ def cancel_runs(job: str, root: Path, *, say: Say = print, warn: Say = _print_er
     """Cancel the job's pending runs: through its daemon if one runs, else directly.
 
     Messages go to `say` / `warn` (stdout / stderr for the CLI; collected by the HTTP API)."""
-    pending = [(run, status) for run in list_runs(root, job)
-               if (status := read_status(run)) is not None and status.state in PENDING_STATES]
+    pending = [
+        (run, status)
+        for run in list_runs(root, job)
+        if (status := read_status(run)) is not None and status.state in PENDING_STATES
+    ]
     if not pending:
         runs = list_runs(root, job)
         latest = read_status(runs[-1]) if runs else None
-        warn(f"nothing to cancel: job '{job}' " + (f"has no pending run (latest: {latest.state})" if latest
-                                                  else f"has no runs under {root}"))
+        warn(
+            f"nothing to cancel: job '{job}' "
+            + (f"has no pending run (latest: {latest.state})" if latest else f"has no runs under {root}")
+        )
         return CancelOutcome(EXIT_FAILED, 0, [])
     done = [_cancel_run(job, run, status, say, warn) for run, status in pending]
     code = EXIT_OK if all(d.ok for d in done) else EXIT_FAILED
@@ -65,8 +70,10 @@ def _cancel_run(job: str, run: Path, status: Status, say: Say, warn: Say) -> _Do
         sent = _scancel(job, run, status, say, warn, "the `runner run --executor slurm` following it records the end")
         if sent is not None:
             return _Done(sent, sent)
-        warn(f"{job}/{run.name} is not managed by `runner watch`; stop its process"
-             + (f" (pid {status.pid}) with kill -TERM" if status.pid else ""))
+        warn(
+            f"{job}/{run.name} is not managed by `runner watch`; stop its process"
+            + (f" (pid {status.pid}) with kill -TERM" if status.pid else "")
+        )
         return _Done(False, False)
     lock = DaemonLock(Path(watch["state_dir"]))
     if lock.try_acquire():  # no daemon: nobody can start it meanwhile, so change it here
@@ -92,8 +99,10 @@ def _cancel_without_daemon(job: str, run: Path, state_dir: Path, say: Say, warn:
     if current.state is JobState.RUNNING and is_pid_alive(current.pid):
         # a process that outlived its daemon: the next daemon stops it
         request_cancel(state_dir, job, run.name)
-        say(f"{job}/{run.name} is running without a daemon (pid {current.pid}); "
-            "the cancel is applied when `runner watch` starts")
+        say(
+            f"{job}/{run.name} is running without a daemon (pid {current.pid}); "
+            "the cancel is applied when `runner watch` starts"
+        )
         return _Done(True, True)
     if current.state is JobState.RUNNING:  # its process is gone and no daemon noticed yet
         status_file.transition(JobState.CANCELLED, error="cancelled with `runner cancel` (its process was gone)")

@@ -66,9 +66,11 @@ class Daemon:
             with self._locks():
                 with self.wakeups.installed():
                     self._load_state()
-                    self._log(f"watching {self.jobs_dir} (runs in {self.runs_root}, state in {self.state_dir}, "
-                              + (f"polling every {self.config.poll:g} s" if self.config.poll else "filesystem events")
-                              + ")")
+                    self._log(
+                        f"watching {self.jobs_dir} (runs in {self.runs_root}, state in {self.state_dir}, "
+                        + (f"polling every {self.config.poll:g} s" if self.config.poll else "filesystem events")
+                        + ")"
+                    )
                     recover(self.supervisor, self.state_dir)
                     self._loop()
                 self._save_state()
@@ -87,10 +89,12 @@ class Daemon:
             self.runs_lock.acquire({**info, "state_dir": str(self.state_dir)})
             try:
                 for other in other_watchers(self.runs_root, self.runs_lock):
-                    self._log(f"warning: another `runner watch` writes runs to {self.runs_root} too: pid "
-                              f"{other.get('pid')} on {other.get('host')}, watching {other.get('jobs_dir')}; each "
-                              "daemon runs only its own job files, but a job name used in both folders gets runs "
-                              "from both (give each jobs folder its own --runs-dir)")
+                    self._log(
+                        f"warning: another `runner watch` writes runs to {self.runs_root} too: pid "
+                        f"{other.get('pid')} on {other.get('host')}, watching {other.get('jobs_dir')}; each "
+                        "daemon runs only its own job files, but a job name used in both folders gets runs "
+                        "from both (give each jobs folder its own --runs-dir)"
+                    )
                 yield
             finally:
                 self.runs_lock.release()

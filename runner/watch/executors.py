@@ -22,8 +22,9 @@ FALLBACK = "local"  # follows what no other kind claims (a process by pid, or on
 
 
 class Executors:
-    def __init__(self, config: WatchConfig, log: Callable[[str], None],
-                 made: Mapping[str, Executor] | None = None) -> None:
+    def __init__(
+        self, config: WatchConfig, log: Callable[[str], None], made: Mapping[str, Executor] | None = None
+    ) -> None:
         if config.executor not in KINDS:
             raise ValueError(f"unknown executor {config.executor!r}; known: {', '.join(KINDS)}")
         self.config = config
@@ -50,8 +51,13 @@ class Executors:
 
     def _make(self, name: str) -> Executor:
         c = self.config
-        common = {"runs_root": c.runs_root.absolute(), "python": c.python, "registry": c.registry,
-                  "allow_remote_code": c.allow_remote_code, "log": self.log}
+        common = {
+            "runs_root": c.runs_root.absolute(),
+            "python": c.python,
+            "registry": c.registry,
+            "allow_remote_code": c.allow_remote_code,
+            "log": self.log,
+        }
         if name == "slurm":
             return SlurmExecutor(poll=c.slurm_poll, **common)  # type: ignore[arg-type]
         return KINDS[name](**common)

@@ -32,8 +32,15 @@ __all__ = ["Intake"]
 
 
 class Intake:
-    def __init__(self, config: WatchConfig, jobs_dir: Path, state_dir: Path, state: WatchState,
-                 supervisor: Supervisor, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: WatchConfig,
+        jobs_dir: Path,
+        state_dir: Path,
+        state: WatchState,
+        supervisor: Supervisor,
+        log: Callable[[str], None],
+    ) -> None:
         self.config = config
         self.jobs_dir = jobs_dir
         self.state_dir = state_dir
@@ -55,8 +62,11 @@ class Intake:
         return wakeups.events_settled(now, self.config.debounce, self.config.max_delay)
 
     def deadlines(self, wakeups: Wakeups) -> list[float]:
-        found = [self.last_scan + self.config.rescan_every, self.recheck_at,
-                 wakeups.events_deadline(self.config.debounce, self.config.max_delay)]
+        found = [
+            self.last_scan + self.config.rescan_every,
+            self.recheck_at,
+            wakeups.events_deadline(self.config.debounce, self.config.max_delay),
+        ]
         return [deadline for deadline in found if deadline is not None]
 
     # ------------------------------------------------------------------ scanning
@@ -80,7 +90,9 @@ class Intake:
                 self.settler.forget(path)
                 continue
             info = self._inspect(spec)
-            left = self.settler.wait(path, spec.sha256, now, self.config.settle if info.valid else self.config.invalid_grace)
+            left = self.settler.wait(
+                path, spec.sha256, now, self.config.settle if info.valid else self.config.invalid_grace
+            )
             if left > 0:
                 self.recheck_at = min(self.recheck_at or now + left, now + left)
                 continue
@@ -88,7 +100,9 @@ class Intake:
             owner = owners.get(info.job)
             if owner is not None and owner != path:
                 # Never record under a name another file holds: it would become that job's latest run.
-                errors = (_conflict(self.jobs_dir / path, info.job, self.jobs_dir / owner),) if info.valid else info.errors
+                errors = (
+                    (_conflict(self.jobs_dir / path, info.job, self.jobs_dir / owner),) if info.valid else info.errors
+                )
                 name = fallback_job_name(b"", Path(path).stem)
                 info = SpecInfo(job=name if owners.get(name, path) == path else f"{name[:56]}-invalid", errors=errors)
             elif info.valid:
@@ -117,12 +131,16 @@ class Intake:
             self._supersede(spec.path, spec.sha256)
         seq = self.state.take_seq()
         run_dir = self._create_run(spec, info, seq)
-        self.state.files[spec.path] = KnownFile(spec.sha256, info.job, run_dir.name, format_utc(utc_now()), seq,
-                                                info.valid)
+        self.state.files[spec.path] = KnownFile(
+            spec.sha256, info.job, run_dir.name, format_utc(utc_now()), seq, info.valid
+        )
         if info.valid:
-            self.supervisor.track(Tracked(run_dir, info.job, spec.path, spec.sha256, seq, info.priority,
-                                          info.depends_on))
-            self.log(f"queued {info.job} ({spec.path} {spec.sha256[:12]}, priority {info.priority}) as run {run_dir.name}")
+            self.supervisor.track(
+                Tracked(run_dir, info.job, spec.path, spec.sha256, seq, info.priority, info.depends_on)
+            )
+            self.log(
+                f"queued {info.job} ({spec.path} {spec.sha256[:12]}, priority {info.priority}) as run {run_dir.name}"
+            )
         else:
             self.log(f"invalid {spec.path} ({len(info.errors)} problem(s)); recorded as run {info.job}/{run_dir.name}")
 
@@ -136,23 +154,38 @@ class Intake:
         recorded = status.extra.get("watch")
         watch: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         seq = int(watch.get("seq", 0)) or self.state.take_seq()
-        self.state.files[spec.path] = KnownFile(spec.sha256, info.job, runs[-1].name, format_utc(status.created), seq,
-                                                status.state is not JobState.INVALID)
+        self.state.files[spec.path] = KnownFile(
+            spec.sha256, info.job, runs[-1].name, format_utc(status.created), seq, status.state is not JobState.INVALID
+        )
         self.state.dirty = True
-        self.log(f"{spec.path}: this version already has run {info.job}/{runs[-1].name} ({status.state}); not queued again")
+        self.log(
+            f"{spec.path}: this version already has run {info.job}/{runs[-1].name} ({status.state}); not queued again"
+        )
         return True
 
     def _create_run(self, spec: SpecFile, info: SpecInfo, seq: int) -> Path:
         run_dir = new_run_dir(self.supervisor.runs_root, info.job)
         atomic_write_bytes(run_dir / SPEC_SNAPSHOT, spec.data)
-        watch = {"state_dir": str(self.state_dir), "jobs_dir": str(self.jobs_dir), "spec": spec.path,
-                 "seq": seq, "priority": info.priority, "depends_on": list(info.depends_on)}
+        watch = {
+            "state_dir": str(self.state_dir),
+            "jobs_dir": str(self.jobs_dir),
+            "spec": spec.path,
+            "seq": seq,
+            "priority": info.priority,
+            "depends_on": list(info.depends_on),
+        }
         if info.valid:
             status = new_status(info.job, run_dir.name, spec_sha256=spec.sha256, extra={"watch": watch})
         else:
-            status = new_status(info.job, run_dir.name, state=JobState.INVALID, reason=FailureClass.CONFIG,
-                                error="\n".join(str(issue) for issue in info.errors), spec_sha256=spec.sha256,
-                                extra={"watch": watch, "errors": [issue.to_dict() for issue in info.errors]})
+            status = new_status(
+                info.job,
+                run_dir.name,
+                state=JobState.INVALID,
+                reason=FailureClass.CONFIG,
+                error="\n".join(str(issue) for issue in info.errors),
+                spec_sha256=spec.sha256,
+                extra={"watch": watch, "errors": [issue.to_dict() for issue in info.errors]},
+            )
         StatusFile(run_paths(run_dir).status).create(status)
         return run_dir
 
@@ -169,10 +202,13 @@ class Intake:
             active = self.supervisor.active_for(tracked)
             if active is not None:  # an attempt works on it (a pending Slurm job has not started either)
                 if (fresh or restart) and active.attempt.intent is None:
-                    self.supervisor.stop(active, Intent.SUPERSEDE, f"stopping it: {why}"
-                                         + ("" if fresh else " (--on-change restart)"))
+                    self.supervisor.stop(
+                        active, Intent.SUPERSEDE, f"stopping it: {why}" + ("" if fresh else " (--on-change restart)")
+                    )
             elif status.state in (JobState.QUEUED, JobState.INTERRUPTED) and (fresh or restart):
-                cancel_waiting_run(tracked.status_file, why + (" before it started" if fresh else " (--on-change restart)"))
+                cancel_waiting_run(
+                    tracked.status_file, why + (" before it started" if fresh else " (--on-change restart)")
+                )
                 self.supervisor.forget(tracked, why)
 
     def _deleted(self, path: str) -> None:
@@ -194,5 +230,6 @@ class Intake:
 
 
 def _conflict(path: Path, job: str, owner: Path) -> SpecIssue:
-    return SpecIssue(str(path), 1, 1, "name",
-                     f"job name '{job}' is already used by {owner}; give one of them a distinct `name`")
+    return SpecIssue(
+        str(path), 1, 1, "name", f"job name '{job}' is already used by {owner}; give one of them a distinct `name`"
+    )

@@ -125,9 +125,7 @@ def dependency_cycles(items: Iterable[Item]) -> dict[str, tuple[str, ...]]:
     return cyclic
 
 
-def decide(
-    queued: Iterable[Item], deps: Mapping[str, DepState], notes: Mapping[str, str] | None = None
-) -> Decision:
+def decide(queued: Iterable[Item], deps: Mapping[str, DepState], notes: Mapping[str, str] | None = None) -> Decision:
     """Sort the queued runs into start / fail / wait.
 
     `deps` gives the state of every job a queued run depends on (absent means MISSING);
@@ -148,14 +146,33 @@ def decide(
         states = {dep: deps.get(dep, DepState.MISSING) for dep in item.depends_on}
         failed = [dep for dep, state in states.items() if state is DepState.FAILED]
         if failed:
-            fail.append(Blocked(item, "; ".join(
-                f"job:{dep} did not succeed" + (f" ({notes[dep]})" if dep in notes else "") for dep in failed)))
+            fail.append(
+                Blocked(
+                    item,
+                    "; ".join(
+                        f"job:{dep} did not succeed" + (f" ({notes[dep]})" if dep in notes else "") for dep in failed
+                    ),
+                )
+            )
             continue
         waiting = [dep for dep, state in states.items() if state is not DepState.SUCCEEDED]
         if waiting:
-            wait.append(Blocked(item, ", ".join(
-                f"job:{dep}" + (" (no run of it yet)" if states[dep] is DepState.MISSING
-                                else f" ({notes[dep]})" if dep in notes else "") for dep in waiting)))
+            wait.append(
+                Blocked(
+                    item,
+                    ", ".join(
+                        f"job:{dep}"
+                        + (
+                            " (no run of it yet)"
+                            if states[dep] is DepState.MISSING
+                            else f" ({notes[dep]})"
+                            if dep in notes
+                            else ""
+                        )
+                        for dep in waiting
+                    ),
+                )
+            )
         else:
             ready.append(item)
     return Decision(ready[0] if ready else None, tuple(fail), tuple(wait), tuple(ready))

@@ -63,7 +63,18 @@ def _owned_runs(runs_root: Path, state_dir: Path) -> list[tuple[Tracked, Status]
                 continue
             if watch.get("state_dir") != str(state_dir) and Path(str(watch.get("state_dir"))).resolve() != state_dir:
                 continue  # (a run recorded before the state folder was named after the real jobs folder)
-            found.append((Tracked(run_dir, status.job, str(watch.get("spec", "")), status.spec_sha256 or "",
-                                  int(watch.get("seq", 0)), int(watch.get("priority", 0)),
-                                  tuple(watch.get("depends_on") or ())), status))
+            found.append(
+                (
+                    Tracked(
+                        run_dir,
+                        status.job,
+                        str(watch.get("spec", "")),
+                        status.spec_sha256 or "",
+                        int(watch.get("seq", 0)),
+                        int(watch.get("priority", 0)),
+                        tuple(watch.get("depends_on") or ()),
+                    ),
+                    status,
+                )
+            )
     return found

@@ -17,7 +17,16 @@ from pathlib import Path
 from runner.spec import JobSpecError, SpecIssue, parse_job, read_toml
 from runner.spec.limits import MAX_JOB_FILE_BYTES
 
-__all__ = ["Settler", "SpecFile", "SpecInfo", "fallback_job_name", "inspect_spec", "is_spec_path", "job_dependencies", "scan_folder"]
+__all__ = [
+    "Settler",
+    "SpecFile",
+    "SpecInfo",
+    "fallback_job_name",
+    "inspect_spec",
+    "is_spec_path",
+    "job_dependencies",
+    "scan_folder",
+]
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -80,8 +80,10 @@ class Locked(RuntimeError):
     def __init__(self, lock_path: Path, holder: dict[str, Any] | None) -> None:
         self.holder = holder
         if holder:
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}, "
-                   f"watching {holder.get('jobs_dir')} (command: {' '.join(holder.get('command') or [])})")
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}, "
+                f"watching {holder.get('jobs_dir')} (command: {' '.join(holder.get('command') or [])})"
+            )
         else:
             who = "a process that has not written daemon.json yet"
         super().__init__(f"another `runner watch` holds the lock {lock_path}: {who}; stop it first")
@@ -212,12 +214,15 @@ def load_state(path: Path) -> WatchState:
 
 
 def save_state(path: Path, state: WatchState) -> None:
-    atomic_write_json(path, {
-        "format": STATE_FORMAT,
-        "files": {name: asdict(known) for name, known in sorted(state.files.items())},
-        "next_seq": state.next_seq,
-        "queue": state.queue,
-    })
+    atomic_write_json(
+        path,
+        {
+            "format": STATE_FORMAT,
+            "files": {name: asdict(known) for name, known in sorted(state.files.items())},
+            "next_seq": state.next_seq,
+            "queue": state.queue,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -234,8 +239,9 @@ class CancelRequest:
 def request_cancel(state_dir: Path, job: str, run_id: str) -> Path:
     """Leave a cancel request for the daemon (it applies it on its next wake-up or start)."""
     path = state_dir / "requests" / f"cancel--{job}--{run_id}.json"
-    atomic_write_json(path, {"job": job, "run_id": run_id, "requested": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                             "by_pid": os.getpid()})
+    atomic_write_json(
+        path, {"job": job, "run_id": run_id, "requested": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "by_pid": os.getpid()}
+    )
     return path
 
 
@@ -248,7 +254,7 @@ def pending_requests(state_dir: Path) -> list[CancelRequest]:
     found = []
     for name in names:
         if name.startswith("cancel--") and name.endswith(".json"):
-            job, _, run_id = name[len("cancel--"):-len(".json")].rpartition("--")  # run ids have no "--"
+            job, _, run_id = name[len("cancel--") : -len(".json")].rpartition("--")  # run ids have no "--"
             if job and run_id:
                 found.append(CancelRequest(job, run_id, folder / name))
     return found

@@ -64,8 +64,15 @@ class Active:
 
 
 class Supervisor:
-    def __init__(self, config: WatchConfig, jobs_dir: Path, runs_root: Path, state: WatchState,
-                 executors: Executors, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        config: WatchConfig,
+        jobs_dir: Path,
+        runs_root: Path,
+        state: WatchState,
+        executors: Executors,
+        log: Callable[[str], None],
+    ) -> None:
         self.config = config
         self.jobs_dir = jobs_dir
         self.runs_root = runs_root
@@ -114,8 +121,9 @@ class Supervisor:
             decision = self._decide(queued)
             for blocked in decision.fail:
                 tracked = self.tracked[blocked.item.key]
-                tracked.status_file.transition(JobState.FAILED, reason=FailureClass.DEPENDENCY, error=blocked.why,
-                                               extra={"waiting": None})
+                tracked.status_file.transition(
+                    JobState.FAILED, reason=FailureClass.DEPENDENCY, error=blocked.why, extra={"waiting": None}
+                )
                 self.forget(tracked, f"failed (dependency): {blocked.why}")
             if decision.fail:
                 continue
@@ -174,8 +182,10 @@ class Supervisor:
 
     def _snapshot_queue(self, started: Item | None, queued: list[Tracked]) -> None:
         order = [t for t in queue_order(t.item() for t in queued) if started is None or t.key != started.key]
-        snapshot = [{"run": item.key, "priority": item.priority, "seq": item.seq,
-                     "waiting": self.waiting.get(item.key)} for item in order]
+        snapshot = [
+            {"run": item.key, "priority": item.priority, "seq": item.seq, "waiting": self.waiting.get(item.key)}
+            for item in order
+        ]
         if snapshot != self.state.queue:
             self.state.queue = snapshot
             self.state.dirty = True
@@ -213,8 +223,10 @@ class Supervisor:
         """Remove what an attempt that is over left half-written (no process works on the run now)."""
         removed = remove_leftovers(run_dir)
         if removed:
-            self.log(f"{run_dir.parent.name}/{run_dir.name}: removed what its last attempt left half-written: "
-                     + ", ".join(removed))
+            self.log(
+                f"{run_dir.parent.name}/{run_dir.name}: removed what its last attempt left half-written: "
+                + ", ".join(removed)
+            )
 
     def apply(self, tracked: Tracked, final: Final) -> None:
         try:
@@ -239,21 +251,29 @@ class Supervisor:
 
     def parked(self, status: Status) -> bool:
         """A run killed by an operator waits for a person (`runner run`, `runner cancel`), unless --retry-killed."""
-        return status.state is JobState.INTERRUPTED and status.reason is FailureClass.KILLED \
+        return (
+            status.state is JobState.INTERRUPTED
+            and status.reason is FailureClass.KILLED
             and not self.config.retry_killed
+        )
 
     def requeue(self, tracked: Tracked, status: Status) -> None:
         """interrupted -> queued (attempt + 1), or failed once --max-attempts attempts were interrupted."""
         status_file = tracked.status_file
         status_file.transition(JobState.QUEUED)
         if status.attempt >= self.config.max_attempts:
-            status_file.transition(JobState.FAILED, reason=FailureClass.INTERRUPTED,
-                                   error=f"interrupted in each of {status.attempt} attempt(s); not retried "
-                                         f"(--max-attempts {self.config.max_attempts})")
+            status_file.transition(
+                JobState.FAILED,
+                reason=FailureClass.INTERRUPTED,
+                error=f"interrupted in each of {status.attempt} attempt(s); not retried "
+                f"(--max-attempts {self.config.max_attempts})",
+            )
             self.forget(tracked, "failed (interrupted): out of attempts")
         else:
-            self.log(f"{tracked.key}: queued again (attempt {status.attempt + 1}); "
-                     "it resumes from its last complete checkpoint")
+            self.log(
+                f"{tracked.key}: queued again (attempt {status.attempt + 1}); "
+                "it resumes from its last complete checkpoint"
+            )
 
     # ------------------------------------------------------------------ stopping
 
@@ -294,7 +314,10 @@ class Supervisor:
                 if active.attempt.intent is not Intent.CANCEL:
                     self.stop(active, Intent.CANCEL, "cancel requested; stopping it (it saves a checkpoint first)")
             elif tracked is not None:
-                if cancel_waiting_run(tracked.status_file, "cancelled with `runner cancel` while it waited") is not None:
+                if (
+                    cancel_waiting_run(tracked.status_file, "cancelled with `runner cancel` while it waited")
+                    is not None
+                ):
                     self.forget(tracked, "cancelled")
             elif RUN_ID_RE.match(request.run_id) and "/" not in request.job:  # not followed: a killed run that waits
                 run_dir = self.runs_root / request.job / request.run_id

@@ -151,8 +151,16 @@ class Wakeups:
 
             observer = Observer()
         # opened / closed-without-write events are left out: the daemon's own reads would wake it.
-        interesting = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, FileClosedEvent,
-                       DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+        interesting = [
+            FileCreatedEvent,
+            FileModifiedEvent,
+            FileDeletedEvent,
+            FileMovedEvent,
+            FileClosedEvent,
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
+        ]
         observer.schedule(Wake(), str(self.jobs_dir), recursive=True, event_filter=interesting)
         observer.daemon = True
         observer.start()

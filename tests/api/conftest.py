@@ -32,9 +32,11 @@ ROWS = [{"instruction": f"What is {i} + {i}?", "input": "", "output": f"{i} + {i
 def spec_text(name: str | None = "a", *, train: str = "../data/train.jsonl", extra: str = "") -> str:
     """A valid job file (the model need not exist: validation does not load it)."""
     head = f'name = "{name}"\n' if name else ""
-    return (head + '[model]\nsource = "local:../models/tiny"\n'
-            f'[data]\ntrain = "{train}"\nmax_length = 128\n'
-            "[adapter]\nr = 8\nalpha = 16\n[train]\nmax_steps = 4\nbatch_size = 4\n" + extra)
+    return (
+        head + '[model]\nsource = "local:../models/tiny"\n'
+        f'[data]\ntrain = "{train}"\nmax_length = 128\n'
+        "[adapter]\nr = 8\nalpha = 16\n[train]\nmax_steps = 4\nbatch_size = 4\n" + extra
+    )
 
 
 @dataclass
@@ -55,21 +57,39 @@ class ApiProject:
     def state_dir(self) -> Path:
         return self.root / ".runner" / "watch-jobs"
 
-    def add_run(self, job: str, state: JobState = JobState.SUCCEEDED, *, steps: int = 6, done: int | None = None,
-                losses: list[float] | None = None, eval_every: int = 2, reason: str | None = None,
-                error: str | None = None, attempt: int = 1, spec: str | None = None,
-                extra: Mapping[str, Any] | None = None) -> Path:
+    def add_run(
+        self,
+        job: str,
+        state: JobState = JobState.SUCCEEDED,
+        *,
+        steps: int = 6,
+        done: int | None = None,
+        losses: list[float] | None = None,
+        eval_every: int = 2,
+        reason: str | None = None,
+        error: str | None = None,
+        attempt: int = 1,
+        spec: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Path:
         """A run as the daemon and the trainer leave it: status through the transition function,
         metrics.jsonl, the queued spec snapshot."""
         run = new_run_dir(self.runs, job)
         text = spec if spec is not None else spec_text(job)
         (run / SPEC_SNAPSHOT).write_text(text, encoding="utf-8")
-        watch = {"state_dir": str(self.state_dir), "jobs_dir": str(self.jobs), "spec": f"{job}.toml", "seq": 1,
-                 "priority": 0, "depends_on": []}
+        watch = {
+            "state_dir": str(self.state_dir),
+            "jobs_dir": str(self.jobs),
+            "spec": f"{job}.toml",
+            "seq": 1,
+            "priority": 0,
+            "depends_on": [],
+        }
         status_file = StatusFile(run_paths(run).status)
         if state is JobState.INVALID:
-            status_file.create(new_status(job, run.name, state=JobState.INVALID, error=error,
-                                          extra={"watch": watch, **(extra or {})}))
+            status_file.create(
+                new_status(job, run.name, state=JobState.INVALID, error=error, extra={"watch": watch, **(extra or {})})
+            )
             return run
         status_file.create(new_status(job, run.name, spec_sha256="0" * 64, extra={"watch": watch, **(extra or {})}))
         for _ in range(attempt - 1):
@@ -80,25 +100,37 @@ class ApiProject:
             return run
         losses = losses if losses is not None else [2.0 - 0.1 * i for i in range(steps)]
         step = done if done is not None else (steps if state is JobState.SUCCEEDED else steps // 2)
-        status_file.transition(JobState.RUNNING, pid=2 ** 22 + 7, total_steps=steps, trainable_params=32768,
-                               total_params=132416,
-                               adapter={"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05,
-                                        "target_modules": ["all-linear"]})
+        status_file.transition(
+            JobState.RUNNING,
+            pid=2**22 + 7,
+            total_steps=steps,
+            trainable_params=32768,
+            total_params=132416,
+            adapter={"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["all-linear"]},
+        )
         with MetricsLog(run_paths(run).metrics) as log:
             for i in range(step):
                 log.append({"step": i + 1, "loss": losses[i], "learning_rate": 1e-3})
                 if (i + 1) % eval_every == 0:
                     log.append({"step": i + 1, "eval_loss": losses[i] + 0.05, "eval_runtime": 0.01})
-        status_file.update(step=step, loss=losses[step - 1] if step else None, eta_seconds=42.0,
-                           extra={"eval_loss": losses[step - 1] + 0.05 if step else None})
+        status_file.update(
+            step=step,
+            loss=losses[step - 1] if step else None,
+            eta_seconds=42.0,
+            extra={"eval_loss": losses[step - 1] + 0.05 if step else None},
+        )
         if state is not JobState.RUNNING:
             status_file.transition(state, reason=reason, error=error)
         return run
 
 
 def make_settings(root: Path, **overrides: Any) -> ApiSettings:
-    options: dict[str, Any] = dict(jobs_dir=root / "jobs", runs_root=root / "runs",
-                                   state_dir=root / ".runner" / "watch-jobs", env={"RUNNER_API_KEY": KEY})
+    options: dict[str, Any] = dict(
+        jobs_dir=root / "jobs",
+        runs_root=root / "runs",
+        state_dir=root / ".runner" / "watch-jobs",
+        env={"RUNNER_API_KEY": KEY},
+    )
     options.update(overrides)
     return ApiSettings.build(**options)
 

@@ -77,9 +77,14 @@ def start_server(root: Path, *flags: str) -> Server:
     env = {**os.environ, "RUNNER_API_KEY": KEY, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log_path = root / f"serve-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "runner", "serve", "jobs", "--listen", "127.0.0.1:0",
-                                 "--runs-dir", "runs", *flags], cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "runner", "serve", "jobs", "--listen", "127.0.0.1:0", "--runs-dir", "runs", *flags],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         match = re.search(r"serving http://127\.0\.0\.1:(\d+)/", log_path.read_text(errors="replace"))
@@ -127,8 +132,11 @@ class RawClient:
 
     def request(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> Answer:
         sock = self._open()
-        all_headers = [(b"host", f"127.0.0.1:{self.server.port}".encode()), *headers,
-                       (b"content-length", str(len(body)).encode())]
+        all_headers = [
+            (b"host", f"127.0.0.1:{self.server.port}".encode()),
+            *headers,
+            (b"content-length", str(len(body)).encode()),
+        ]
         try:
             out = self.conn.send(h11.Request(method=method, target=target, headers=all_headers))
             if body:
@@ -155,8 +163,11 @@ class RawClient:
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
         assert response is not None
-        answer = Answer(response.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in response.headers},
-                        b"".join(chunks))
+        answer = Answer(
+            response.status_code,
+            {k.decode().lower(): v.decode("latin-1") for k, v in response.headers},
+            b"".join(chunks),
+        )
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
         else:

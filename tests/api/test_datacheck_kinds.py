@@ -14,10 +14,18 @@ from .conftest import AUTH, ApiProject
 CSV = b"instruction,output\nhi,hello\nbye,ciao,extra\nwhy,because\n"
 TSV = b"instruction\toutput\nhi\thello\n"
 TEXT = b"first document\nstill the first\n\nsecond document\n"
-PREFERENCE = [{"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "a"},
-               "rejected": {"from": "gpt", "value": "b"}},
-              {"conversations": [{"from": "human", "value": "q2"}], "chosen": {"from": "gpt", "value": "same"},
-               "rejected": {"from": "gpt", "value": "same"}}]
+PREFERENCE = [
+    {
+        "conversations": [{"from": "human", "value": "q"}],
+        "chosen": {"from": "gpt", "value": "a"},
+        "rejected": {"from": "gpt", "value": "b"},
+    },
+    {
+        "conversations": [{"from": "human", "value": "q2"}],
+        "chosen": {"from": "gpt", "value": "same"},
+        "rejected": {"from": "gpt", "value": "same"},
+    },
+]
 
 
 def _parquet() -> bytes:
@@ -43,8 +51,10 @@ def test_an_uploaded_csv_is_read_as_a_table_and_a_bad_row_is_located_by_its_row(
     assert "runner-api-check" not in json.dumps(report), "the server's temporary copy is not shown"
 
 
-@pytest.mark.parametrize(("name", "data", "fmt", "count"), [
-    ("train.tsv", TSV, "alpaca", 1), ("corpus.txt", TEXT, "text", 2), ("train.parquet", _parquet(), "alpaca", 2)])
+@pytest.mark.parametrize(
+    ("name", "data", "fmt", "count"),
+    [("train.tsv", TSV, "alpaca", 1), ("corpus.txt", TEXT, "text", 2), ("train.parquet", _parquet(), "alpaca", 2)],
+)
 def test_uploaded_tsv_text_and_parquet_files_read_as_the_command_line_reads_them(
     api: ApiProject, name: str, data: bytes, fmt: str, count: int
 ) -> None:
@@ -70,8 +80,9 @@ def test_a_table_over_the_whole_file_limit_is_refused_with_the_flag_that_raises_
 
     api.settings.limits.__dict__.update(max_table=1024)  # frozen dataclass; the app reads it per request
     try:
-        answer = api.client.post("/datasets/validate", headers=AUTH,
-                                 files={"file": ("big.csv", b"instruction,output\n" + b"q,a\n" * 1000)})
+        answer = api.client.post(
+            "/datasets/validate", headers=AUTH, files={"file": ("big.csv", b"instruction,output\n" + b"q,a\n" * 1000)}
+        )
     finally:
         api.settings.limits.__dict__.update(max_table=Limits().max_table)
     assert answer.status_code == 413 and "--api-max-table" in answer.json()["detail"]
@@ -81,7 +92,11 @@ def test_preference_data_is_detected_and_checked_pair_by_pair(api: ApiProject) -
     data = json.dumps(PREFERENCE).encode()
     report = _upload(api, "dpo.json", data)
     assert (report["format"], report["records"], report["records_ok"], report["bad_count"]) == (
-        "sharegpt-preference", 2, 1, 1)
+        "sharegpt-preference",
+        2,
+        1,
+        1,
+    )
     assert report["bad_records"][0]["index"] == 1  # type: ignore[index]
     given = _upload(api, "dpo.json", data, format="sharegpt-preference")
     assert (given["format"], given["format_reason"], given["records_ok"]) == ("sharegpt-preference", "given", 1)

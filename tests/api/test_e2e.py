@@ -46,11 +46,13 @@ class Served:
         pytest.fail(f"timed out after {timeout} s waiting for {why}\n--- daemon log ---\n{self.log()}")
 
     def spec(self, name: str, *, steps: int, save_every: int = 100) -> bytes:
-        return (f'name = "{name}"\n[model]\nsource = "local:{self.model}"\n'
-                '[data]\ntrain = "../data/train.jsonl"\neval_fraction = 0.25\nmax_length = 128\n'
-                "[adapter]\nr = 8\nalpha = 16\n"
-                f"[train]\nmax_steps = {steps}\nbatch_size = 4\nlearning_rate = 1e-3\nlog_every = 1\n"
-                f"save_every = {save_every}\n[eval]\nevery = 2\n[resources]\nthreads = 1\n").encode()
+        return (
+            f'name = "{name}"\n[model]\nsource = "local:{self.model}"\n'
+            '[data]\ntrain = "../data/train.jsonl"\neval_fraction = 0.25\nmax_length = 128\n'
+            "[adapter]\nr = 8\nalpha = 16\n"
+            f"[train]\nmax_steps = {steps}\nbatch_size = 4\nlearning_rate = 1e-3\nlog_every = 1\n"
+            f"save_every = {save_every}\n[eval]\nevery = 2\n[resources]\nthreads = 1\n"
+        ).encode()
 
     def state(self, name: str) -> str | None:
         response = self.client.get(f"/jobs/{name}")
@@ -71,15 +73,38 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     (root / "jobs").mkdir()
     (root / "data").mkdir()
     (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS * 6))
-    env = {**os.environ, "RUNNER_API_KEY": KEY, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "RUNNER_API_KEY": KEY,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     env.pop("RUNNER_RUNS", None)
     log_path = root / "daemon.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "watch", "jobs", "--runs-dir", "runs", "--api", "127.0.0.1:0",
-             "--api-data-root", str(root), "--api-data-root", str(model)],
-            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "runner",
+                "watch",
+                "jobs",
+                "--runs-dir",
+                "runs",
+                "--api",
+                "127.0.0.1:0",
+                "--api-data-root",
+                str(root),
+                "--api-data-root",
+                str(model),
+            ],
+            cwd=root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     client = None
     try:
         deadline = time.monotonic() + 30
@@ -109,10 +134,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def finished(served: Served) -> httpx.Response:
     """The job `tiny`, submitted through the API and run to its end by the daemon."""
-    submitted = served.client.post("/jobs", content=served.spec("tiny", steps=6),
-                                   headers={"content-type": "application/toml"})
-    served.wait_for(lambda: served.state("tiny") in ("succeeded", "failed", "invalid", "cancelled"), 180,
-                    "tiny to finish")
+    submitted = served.client.post(
+        "/jobs", content=served.spec("tiny", steps=6), headers={"content-type": "application/toml"}
+    )
+    served.wait_for(
+        lambda: served.state("tiny") in ("succeeded", "failed", "invalid", "cancelled"), 180, "tiny to finish"
+    )
     return submitted
 
 
@@ -132,14 +159,23 @@ def test_a_submitted_job_is_run_by_the_daemon_and_reported_succeeded(served: Ser
     assert [row["job"] for row in served.client.get("/jobs").json()["jobs"]] == ["tiny"]
     again = served.client.post("/jobs", content=served.spec("tiny", steps=6))
     assert again.status_code == 200 and again.json()["existing_run"]["state"] == "succeeded"
-    assert served.client.get("/jobs").status_code == 200 and served.client.get("/jobs", headers={
-        "Authorization": ""}).status_code == 401
+    assert (
+        served.client.get("/jobs").status_code == 200
+        and served.client.get("/jobs", headers={"Authorization": ""}).status_code == 401
+    )
 
 
 def test_cancel_through_the_api_stops_the_running_job(served: Served, finished: httpx.Response) -> None:
     assert served.client.post("/jobs", content=served.spec("long", steps=5000, save_every=2500)).status_code == 201
-    served.wait_for(lambda: (d := served.client.get("/jobs/long")).status_code == 200
-                    and d.json()["state"] == "running" and (d.json()["step"] or 0) >= 1, 120, "long to be running")
+    served.wait_for(
+        lambda: (
+            (d := served.client.get("/jobs/long")).status_code == 200
+            and d.json()["state"] == "running"
+            and (d.json()["step"] or 0) >= 1
+        ),
+        120,
+        "long to be running",
+    )
     cancel = served.client.post("/jobs/long/cancel")
     assert cancel.status_code == 202 and len(cancel.json()["requested"]) == 1
     served.wait_for(lambda: served.state("long") == "cancelled", 90, "long to be cancelled")
@@ -150,24 +186,46 @@ def test_cancel_through_the_api_stops_the_running_job(served: Served, finished: 
 
 def _chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--window-size=1280,1000", *extra, url],
-        capture_output=True, text=True, timeout=120)
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=5000",
+            "--window-size=1280,1000",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_dashboard_shows_the_jobs_table_and_a_drawn_loss_curve_in_chromium(
-        served: Served, finished: httpx.Response, tmp_path: Path) -> None:
+    served: Served, finished: httpx.Response, tmp_path: Path
+) -> None:
     if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed (Debian package `chromium`; scripts/system-packages "
-                    "installs it): the browser test needs it")
+        pytest.skip(
+            "/usr/bin/chromium is not installed (Debian package `chromium`; scripts/system-packages "
+            "installs it): the browser test needs it"
+        )
     # The key travels in the fragment: the page's script trades it for the session cookie and reloads.
     dom = _chromium(f"{served.url}/#key={KEY}", tmp_path / "profile-dom", "--dump-dom")
     page = dom.stdout
     assert 'id="jobs-table"' in page, f"no jobs table in the page:\n{page[:2000]}\n{dom.stderr[-2000:]}"
     assert 'data-job="tiny" data-state="succeeded"' in page
-    curve = re.search(r'<svg[^>]*class="spark".*?<polyline class="series" data-series="loss" data-points="(\d+)"'
-                      r'[^>]*points="([^"]+)"', page)
+    curve = re.search(
+        r'<svg[^>]*class="spark".*?<polyline class="series" data-series="loss" data-points="(\d+)"'
+        r'[^>]*points="([^"]+)"',
+        page,
+    )
     assert curve and int(curve.group(1)) >= 2 and len(curve.group(2).split()) == int(curve.group(1))
     assert 'data-refreshed="' in page, "the script refreshed the table: the page works after JavaScript ran"
     assert 'action="/login"' not in page
@@ -179,7 +237,11 @@ def test_the_dashboard_shows_the_jobs_table_and_a_drawn_loss_curve_in_chromium(
 
     with Image.open(shot) as image:
         data = image.convert("RGB").tobytes()
-    blue = sum(1 for r, g, b in zip(data[0::3], data[1::3], data[2::3], strict=False) if abs(r - 37) < 40 and abs(g - 99) < 40 and b > 190)
+    blue = sum(
+        1
+        for r, g, b in zip(data[0::3], data[1::3], data[2::3], strict=False)
+        if abs(r - 37) < 40 and abs(g - 99) < 40 and b > 190
+    )
     assert blue > 30, "the sparkline (and the progress bar) are drawn in the screenshot"
 
     job = _chromium(f"{served.url}/ui/jobs/tiny#key={KEY}", tmp_path / "profile-job", "--dump-dom").stdout

@@ -33,8 +33,13 @@ def test_a_job_reports_its_model_adapter_attempt_reason_and_errors(api: ApiProje
     detail = api.client.get("/jobs/a", headers=AUTH).json()
     assert (detail["state"], detail["reason"], detail["attempt"]) == ("failed", "oom", 2)
     assert detail["error_summary"] == "killed by SIGKILL" and "last lines" in detail["error"]
-    assert detail["model"] == {"source": "local:../models/tiny", "kind": "causal-lm", "revision": None,
-                               "alias": None, "fine_tuned_from": None}
+    assert detail["model"] == {
+        "source": "local:../models/tiny",
+        "kind": "causal-lm",
+        "revision": None,
+        "alias": None,
+        "fine_tuned_from": None,
+    }
     assert detail["adapter"]["method"] == "lora" and detail["adapter"]["r"] == 8 and detail["adapter"]["alpha"] == 16
     assert detail["trainable_params"] == 32768 and detail["spec_file"] == "a.toml"
     assert [r["state"] for r in detail["runs"]] == ["succeeded", "failed"]
@@ -42,9 +47,22 @@ def test_a_job_reports_its_model_adapter_attempt_reason_and_errors(api: ApiProje
     chosen = api.client.get(f"/jobs/a?run={older.name}", headers=AUTH).json()
     assert chosen["run_id"] == older.name and chosen["state"] == "succeeded"
 
-    api.add_run("broken", JobState.INVALID, error="jobs/broken.toml:6:1: adapter.rnak: unknown key",
-                extra={"errors": [{"file": "jobs/broken.toml", "line": 6, "column": 1, "path": "adapter.rnak",
-                                   "message": "unknown key 'rnak' (did you mean 'r'?)"}]})
+    api.add_run(
+        "broken",
+        JobState.INVALID,
+        error="jobs/broken.toml:6:1: adapter.rnak: unknown key",
+        extra={
+            "errors": [
+                {
+                    "file": "jobs/broken.toml",
+                    "line": 6,
+                    "column": 1,
+                    "path": "adapter.rnak",
+                    "message": "unknown key 'rnak' (did you mean 'r'?)",
+                }
+            ]
+        },
+    )
     invalid = api.client.get("/jobs/broken", headers=AUTH).json()
     assert invalid["state"] == "invalid" and invalid["reason"] == "config"
     assert (invalid["errors"][0]["line"], invalid["errors"][0]["column"]) == (6, 1)
@@ -76,8 +94,10 @@ def test_metrics_come_from_metrics_jsonl_and_since_returns_only_later_steps(api:
 
 
 def test_an_invalid_spec_is_refused_with_every_problem_located_and_nothing_written(api: ApiProject) -> None:
-    text = 'name = "bad"\n[model]\nsource = "local:../models/tiny"\n[data]\ntrain = "../data/train.jsonl"\n' \
-           '[adapter]\nrnak = 4\n[train]\nbatch_size = 0\n'
+    text = (
+        'name = "bad"\n[model]\nsource = "local:../models/tiny"\n[data]\ntrain = "../data/train.jsonl"\n'
+        "[adapter]\nrnak = 4\n[train]\nbatch_size = 0\n"
+    )
     response = api.client.post("/jobs", content=text.encode(), headers=AUTH)
     assert response.status_code == 422
     errors = {(e["path"], e["line"], e["column"]) for e in response.json()["errors"]}
@@ -150,9 +170,17 @@ def test_paths_outside_the_data_roots_are_refused_with_403(api: ApiProject) -> N
 def test_datasets_validate_reports_format_count_and_bad_records_with_locations(api: ApiProject) -> None:
     (api.root / "data" / "mixed.jsonl").write_text(
         '{"question": "a", "answer": "b"}\n{"question": "c"}\n{"question": "e", "answer": "f"\n'
-        '{"question": "g", "answer": "h"}\n')
-    by_path = api.client.post("/datasets/validate", headers=AUTH, json={
-        "path": "data/mixed.jsonl", "format": "alpaca", "fields": {"instruction": "question", "output": "answer"}})
+        '{"question": "g", "answer": "h"}\n'
+    )
+    by_path = api.client.post(
+        "/datasets/validate",
+        headers=AUTH,
+        json={
+            "path": "data/mixed.jsonl",
+            "format": "alpaca",
+            "fields": {"instruction": "question", "output": "answer"},
+        },
+    )
     report = by_path.json()
     assert by_path.status_code == 200 and report["valid"] is False
     assert (report["format"], report["records"], report["records_ok"], report["bad_count"]) == ("alpaca", 4, 2, 2)
@@ -160,21 +188,29 @@ def test_datasets_validate_reports_format_count_and_bad_records_with_locations(a
     auto = api.client.post("/datasets/validate", headers=AUTH, json={"path": "data/train.jsonl"}).json()
     assert (auto["format"], auto["records"], auto["valid"]) == ("alpaca", 8, True)
 
-    upload = api.client.post("/datasets/validate", headers=AUTH, data={"format": "pairs"},
-                             files={"file": ("pairs.jsonl", b'{"query": "q", "positive": "p"}\n{"query": "q2"}\n')})
+    upload = api.client.post(
+        "/datasets/validate",
+        headers=AUTH,
+        data={"format": "pairs"},
+        files={"file": ("pairs.jsonl", b'{"query": "q", "positive": "p"}\n{"query": "q2"}\n')},
+    )
     body = upload.json()
     assert upload.status_code == 200 and body["format"] == "pairs" and body["records"] == 2
     assert body["bad_records"][0]["file"] == "pairs.jsonl" and body["bad_records"][0]["line"] == 2
     assert "runner-api-upload" not in json.dumps(body), "the server's temp path is not shown"
-    json_array = api.client.post("/datasets/validate", headers=AUTH,
-                                 files={"file": ("d.json", b'[{"text": "a"}, {"text": 3}]')}).json()
+    json_array = api.client.post(
+        "/datasets/validate", headers=AUTH, files={"file": ("d.json", b'[{"text": "a"}, {"text": 3}]')}
+    ).json()
     assert json_array["bad_records"][0]["index"] == 1
 
-    assert api.client.post("/datasets/validate", headers=AUTH, json={"path": "data/train.jsonl",
-                                                                     "format": "csv"}).status_code == 422
+    assert (
+        api.client.post(
+            "/datasets/validate", headers=AUTH, json={"path": "data/train.jsonl", "format": "csv"}
+        ).status_code
+        == 422
+    )
     assert api.client.post("/datasets/validate", headers=AUTH, json={"path": "data/none.jsonl"}).status_code == 404
-    assert api.client.post("/datasets/validate", headers=AUTH, content=b"x",
-                           ).status_code == 415
+    assert api.client.post("/datasets/validate", headers=AUTH, content=b"x").status_code == 415
 
 
 def test_cancel_drops_a_waiting_run_and_says_when_there_is_nothing_to_cancel(api: ApiProject) -> None:
@@ -191,7 +227,7 @@ def test_cancel_with_a_daemon_leaves_it_a_request_as_runner_cancel_does(api: Api
     run = api.add_run("a", JobState.RUNNING, steps=10, done=3)
     lock = DaemonLock(api.state_dir)
     info = holder_info(api.jobs, api.runs)
-    info["pid"] = 2 ** 22 + 11  # a daemon we do not signal in a test
+    info["pid"] = 2**22 + 11  # a daemon we do not signal in a test
     lock.acquire(info)
     try:
         response = api.client.post("/jobs/a/cancel", headers=AUTH)
@@ -219,14 +255,22 @@ def test_readyz_is_ready_only_while_a_daemon_holds_the_lock(api: ApiProject) -> 
 
 def test_the_openapi_document_describes_every_endpoint_and_both_key_schemes(api: ApiProject) -> None:
     doc = api.client.get("/openapi.json", headers=AUTH).json()
-    assert set(doc["paths"]) == {"/livez", "/readyz", "/jobs", "/jobs/{name}", "/jobs/{name}/metrics",
-                                 "/jobs/{name}/cancel", "/datasets/validate"}
+    assert set(doc["paths"]) == {
+        "/livez",
+        "/readyz",
+        "/jobs",
+        "/jobs/{name}",
+        "/jobs/{name}/metrics",
+        "/jobs/{name}/cancel",
+        "/datasets/validate",
+    }
     assert set(doc["components"]["securitySchemes"]) == {"HTTPBearer", "APIKeyHeader"}
     assert "security" not in doc["paths"]["/livez"]["get"]
     assert doc["paths"]["/jobs"]["post"]["security"] == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
     assert "application/toml" in doc["paths"]["/jobs"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(
-        doc["paths"]["/datasets/validate"]["post"]["requestBody"]["content"])
+        doc["paths"]["/datasets/validate"]["post"]["requestBody"]["content"]
+    )
     assert api.client.get("/docs").status_code == 404, "no docs page that would load its script from a CDN"
 
 
@@ -255,9 +299,18 @@ def test_a_run_without_a_daemon_snapshot_shows_the_resolved_spec(api: ApiProject
     """`runner run` leaves no spec.toml: the manifest's resolved spec stands in."""
     run = api.add_run("solo")
     (run / "spec.toml").unlink()
-    run_paths(run).manifest.write_text(json.dumps({"spec": {"name": "solo", "model": {"source": "hf:org/m", "kind":
-                                                  "causal-lm"}, "adapter": {"r": 4, "dropout": None}},
-                                                   "model": {"source": "hf:org/m", "revision": "abc123"}}))
+    run_paths(run).manifest.write_text(
+        json.dumps(
+            {
+                "spec": {
+                    "name": "solo",
+                    "model": {"source": "hf:org/m", "kind": "causal-lm"},
+                    "adapter": {"r": 4, "dropout": None},
+                },
+                "model": {"source": "hf:org/m", "revision": "abc123"},
+            }
+        )
+    )
     detail = api.client.get("/jobs/solo", headers=AUTH).json()
     assert detail["model"]["revision"] == "abc123" and detail["model"]["source"] == "hf:org/m"
     page = api.client.get("/ui/jobs/solo", headers=AUTH).text

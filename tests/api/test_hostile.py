@@ -17,8 +17,18 @@ import pytest
 from .conftest import AUTH, KEY, spec_text
 from .served import RawClient, Server, make_project, start_server
 
-FAST = ["--api-timeout-first-byte", "1", "--api-timeout-headers", "2", "--api-timeout-keep-alive", "1",
-        "--api-timeout-body", "2", "--api-auth-failures-per-minute", "100000"]
+FAST = [
+    "--api-timeout-first-byte",
+    "1",
+    "--api-timeout-headers",
+    "2",
+    "--api-timeout-keep-alive",
+    "1",
+    "--api-timeout-body",
+    "2",
+    "--api-auth-failures-per-minute",
+    "100000",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +70,9 @@ def test_hundreds_of_idle_connections_neither_take_livez_down_nor_keyed_requests
         with httpx.Client(base_url=server.url, timeout=5) as fresh:
             assert fresh.get("/livez").status_code == 200
             assert fresh.get("/jobs", headers=AUTH).status_code == 200
-        assert sum(_closed_by_server(s, 3) for s in idle) == len(idle), \
+        assert sum(_closed_by_server(s, 3) for s in idle) == len(idle), (
             "every socket that sends nothing is closed within the first-byte deadline"
+        )
     finally:
         for s in idle:
             s.close()
@@ -114,16 +125,27 @@ def test_nested_json_nul_bytes_and_lone_surrogates_get_a_4xx_that_says_why(clien
     assert answer.status_code == 422 and "nested too deeply" in answer.json()["detail"]
     nul = client.post("/datasets/validate", json={"path": "ok.jsonl\u0000"})
     assert nul.status_code == 422 and "NUL" in nul.json()["detail"]
-    surrogate = client.post("/datasets/validate", content=b'{"path": "\\ud800"}',
-                            headers={"content-type": "application/json"})
+    surrogate = client.post(
+        "/datasets/validate", content=b'{"path": "\\ud800"}', headers={"content-type": "application/json"}
+    )
     assert surrogate.status_code == 422 and "surrogate" in surrogate.json()["detail"]
     long_path = client.post("/datasets/validate", json={"path": "a" * 600_000})
     assert long_path.status_code == 422 and "4096" in long_path.json()["detail"]
 
 
-def test_an_uploaded_file_with_a_deeply_nested_record_or_a_huge_integer_names_the_bad_lines(client: httpx.Client) -> None:
-    body = (b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n" + b'{"text": "fine"}\n'
-            + b'{"text": 1' + b"0" * 5000 + b"}\n")
+def test_an_uploaded_file_with_a_deeply_nested_record_or_a_huge_integer_names_the_bad_lines(
+    client: httpx.Client,
+) -> None:
+    body = (
+        b'{"text": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}\n"
+        + b'{"text": "fine"}\n'
+        + b'{"text": 1'
+        + b"0" * 5000
+        + b"}\n"
+    )
     answer = client.post("/datasets/validate", files={"file": ("deep.jsonl", body)})
     assert answer.status_code == 200, answer.text
     report = answer.json()
@@ -139,8 +161,9 @@ def test_nul_bytes_in_a_job_files_paths_are_refused_with_their_place(client: htt
     answer = client.post("/jobs", content=text.encode())
     assert answer.status_code in (403, 422), answer.text
     errors = answer.json()["errors"]
-    assert any(e["path"] == "data.train" and ("NUL" in e["message"] or "control character" in e["message"])
-               for e in errors), errors
+    assert any(
+        e["path"] == "data.train" and ("NUL" in e["message"] or "control character" in e["message"]) for e in errors
+    ), errors
     assert not (server.root / "jobs" / "nul.toml").exists()
 
 
@@ -151,14 +174,15 @@ def test_json_bodies_to_datasets_validate_are_capped_at_one_mib(client: httpx.Cl
 
     def chunks() -> Iterator[bytes]:
         for i in range(0, len(big), 65536):
-            yield big[i:i + 65536]
+            yield big[i : i + 65536]
 
     streamed = client.post("/datasets/validate", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.status_code == 413
 
 
-def test_a_deep_dotted_key_is_refused_before_parsing_and_leaves_no_memory_behind(client: httpx.Client,
-                                                                                 server: Server) -> None:
+def test_a_deep_dotted_key_is_refused_before_parsing_and_leaves_no_memory_behind(
+    client: httpx.Client, server: Server
+) -> None:
     before = server.memory()
     for levels in (30_000, 100_000):
         body = b'name = "d"\n' + b".".join([b"a"] * levels) + b" = 1\n"
@@ -179,22 +203,34 @@ def test_a_deep_dotted_key_is_refused_before_parsing_and_leaves_no_memory_behind
 def _image_answer(client: httpx.Client, target: str, **parts: str) -> dict[str, object]:
     rows = [{"image": "in.png", "text": "fine"}, {"image": target, "text": "probe"}]
     body = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    answer = client.post("/datasets/validate", files={"file": ("probe.jsonl", body)},
-                         data={"format": "image-text", "image_root": "images", **parts})
+    answer = client.post(
+        "/datasets/validate",
+        files={"file": ("probe.jsonl", body)},
+        data={"format": "image-text", "image_root": "images", **parts},
+    )
     assert answer.status_code == 200, answer.text
     return answer.json()
 
 
-def test_image_paths_outside_the_image_root_say_the_same_whether_or_not_the_file_exists(client: httpx.Client,
-                                                                                       server: Server) -> None:
+def test_image_paths_outside_the_image_root_say_the_same_whether_or_not_the_file_exists(
+    client: httpx.Client, server: Server
+) -> None:
     outside_image = str(server.root / "data" / "ok.png")  # a real image, under a data root, outside image_root
     reasons = {}
-    for target in ("/etc/shadow", "/root/.ssh/id_rsa", "/etc/no-such-file-here", "../data/ok.png", outside_image,
-                   "../../../../../etc/hostname"):
+    for target in (
+        "/etc/shadow",
+        "/root/.ssh/id_rsa",
+        "/etc/no-such-file-here",
+        "../data/ok.png",
+        outside_image,
+        "../../../../../etc/hostname",
+    ):
         report = _image_answer(client, target)
         assert report["records_ok"] == 1 and report["bad_count"] == 1
         reason = report["bad_records"][0]["reason"]
-        assert "leads outside the image folder" in reason and "not found" not in reason and "cannot be read" not in reason
+        assert (
+            "leads outside the image folder" in reason and "not found" not in reason and "cannot be read" not in reason
+        )
         reasons[target] = reason.replace(repr(target), "PATH")
     assert len(set(reasons.values())) == 1, "no difference an attacker could read"
 
@@ -211,8 +247,9 @@ def test_an_upload_never_shows_the_servers_temporary_folder(client: httpx.Client
 def test_an_image_root_outside_the_data_roots_is_refused(client: httpx.Client) -> None:
     rows = b'{"image": "x.png", "text": "t"}\n'
     for root in ("/etc", "../.."):
-        answer = client.post("/datasets/validate", files={"file": ("i.jsonl", rows)},
-                             data={"format": "image-text", "image_root": root})
+        answer = client.post(
+            "/datasets/validate", files={"file": ("i.jsonl", rows)}, data={"format": "image-text", "image_root": root}
+        )
         assert answer.status_code == 403 and "outside the allowed data roots" in answer.json()["detail"]
 
 
@@ -244,8 +281,11 @@ def _post_all_at_once(server: Server, bodies: list[bytes]) -> list[tuple[int, di
     socks = []
     for body in bodies:
         sock = server.connect()
-        sock.sendall(f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {KEY}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:-1])
+        sock.sendall(
+            f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body[:-1]
+        )
         socks.append(sock)
     time.sleep(0.3)
     for sock, body in zip(socks, bodies, strict=True):
@@ -291,7 +331,9 @@ def test_each_login_gets_its_own_expiring_cookie_and_logout_ends_it(server: Serv
     assert httpx.get(server.url + "/jobs", cookies=jar).status_code == 200
     assert httpx.post(server.url + "/logout", cookies=jar).status_code == 303
     assert httpx.get(server.url + "/jobs", cookies=jar).status_code == 401, "a replayed cookie after logout"
-    assert httpx.get(server.url + "/jobs", cookies={"runner_session": second.cookies["runner_session"]}).status_code == 200
+    assert (
+        httpx.get(server.url + "/jobs", cookies={"runner_session": second.cookies["runner_session"]}).status_code == 200
+    )
 
 
 def test_sessions_expire_and_the_cookie_is_secure_behind_a_tls_proxy(tmp_path: Path) -> None:
@@ -300,7 +342,9 @@ def test_sessions_expire_and_the_cookie_is_secure_behind_a_tls_proxy(tmp_path: P
         plain = httpx.post(served.url + "/login", headers={"X-API-Key": KEY})
         assert "secure" not in plain.headers["set-cookie"].lower()
         proxied = httpx.post(served.url + "/login", headers={"X-API-Key": KEY, "X-Forwarded-Proto": "https"})
-        assert "secure" in proxied.headers["set-cookie"].lower() and "max-age=1" in proxied.headers["set-cookie"].lower()
+        assert (
+            "secure" in proxied.headers["set-cookie"].lower() and "max-age=1" in proxied.headers["set-cookie"].lower()
+        )
         jar = {"runner_session": plain.cookies["runner_session"]}
         assert httpx.get(served.url + "/jobs", cookies=jar).status_code == 200
         time.sleep(1.3)
@@ -311,8 +355,12 @@ def test_sessions_expire_and_the_cookie_is_secure_behind_a_tls_proxy(tmp_path: P
 
 @pytest.mark.parametrize("path", ["/login", "/logout", "/jobs", "/jobs/a/cancel"])
 def test_cross_site_form_posts_are_refused(server: Server, path: str) -> None:
-    for header in ({"Origin": "http://evil.example"}, {"Origin": f"http://localhost:{server.port + 1}"},
-                   {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}):
+    for header in (
+        {"Origin": "http://evil.example"},
+        {"Origin": f"http://localhost:{server.port + 1}"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
         answer = httpx.post(server.url + path, headers={**header, **AUTH}, data={"key": KEY})
         assert answer.status_code == 403 and "cross-origin" in answer.json()["detail"], (path, header)
     same = httpx.post(server.url + "/login", headers={"Origin": server.url}, data={"key": KEY})
@@ -323,12 +371,14 @@ def test_wrong_keys_are_throttled_per_address_and_retry_after_says_when(tmp_path
     served = start_server(make_project(tmp_path), "--api-auth-failures-per-minute", "30")
     try:
         with httpx.Client(base_url=served.url, timeout=10) as c:
-            statuses = [c.get("/jobs", headers={"Authorization": f"Bearer wrong-{i:020d}"}).status_code
-                        for i in range(33)]
+            statuses = [
+                c.get("/jobs", headers={"Authorization": f"Bearer wrong-{i:020d}"}).status_code for i in range(33)
+            ]
             assert statuses == [401] * 30 + [429] * 3
             limited = c.get("/jobs", headers=AUTH)
-            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1, \
+            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1, (
                 "while throttled, no key is looked at: a right one gives nothing away"
+            )
             assert c.post("/login", data={"key": "wrong-key-xxxxxxxxxxxx"}).status_code == 429
             assert c.get("/livez").status_code == 200 and c.get("/jobs").status_code == 401
             time.sleep(2.2)  # one failure's worth of the bucket refills (30 a minute)
@@ -340,7 +390,9 @@ def test_wrong_keys_are_throttled_per_address_and_retry_after_says_when(tmp_path
 def test_an_early_401_closes_the_connection_instead_of_reading_a_huge_body(server: Server) -> None:
     sock = server.connect()
     try:
-        sock.sendall(f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
         chunk = b"10000\r\n" + b"#" * 0x10000 + b"\r\n"
         sent = 0
         with pytest.raises(OSError):
@@ -355,8 +407,10 @@ def test_an_early_401_closes_the_connection_instead_of_reading_a_huge_body(serve
 def test_a_body_that_stops_arriving_gets_408(server: Server) -> None:
     sock = server.connect()
     try:
-        sock.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n"
-                     "Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=".encode())
+        sock.sendall(
+            f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=".encode()
+        )
         sock.settimeout(6)
         answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408")
@@ -367,8 +421,10 @@ def test_a_body_that_stops_arriving_gets_408(server: Server) -> None:
 def test_a_body_sent_a_byte_at_a_time_is_cut_off(server: Server) -> None:
     sock = server.connect()
     try:
-        sock.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100000\r\n"
-                     "Content-Type: application/x-www-form-urlencoded\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100000\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n\r\n".encode()
+        )
         start = time.monotonic()
         answer = b""
         sock.settimeout(0.5)
@@ -390,8 +446,10 @@ def test_requests_without_a_key_cannot_take_the_slots_of_clients_with_one(server
     try:
         for _ in range(16):  # a quarter of the 64 request slots: slow logins that never finish
             sock = server.connect()
-            sock.sendall(f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n"
-                         "Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=".encode())
+            sock.sendall(
+                f"POST /login HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Length: 100\r\n"
+                "Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=".encode()
+            )
             slow.append(sock)
         time.sleep(0.3)
         unkeyed = httpx.post(server.url + "/login", data={"key": "x"}, timeout=5)

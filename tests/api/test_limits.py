@@ -24,8 +24,20 @@ def test_every_limit_has_a_flag_that_sets_it() -> None:
     add_limit_options(parser)
     defaults = limits_from_args(parser.parse_args([]))
     assert defaults == Limits()
-    given = limits_from_args(parser.parse_args(["--api-timeout-first-byte", "0.5", "--api-max-body", "2MiB",
-                                                "--api-job-max-depth", "8", "--api-max-errors", "7"]))
+    given = limits_from_args(
+        parser.parse_args(
+            [
+                "--api-timeout-first-byte",
+                "0.5",
+                "--api-max-body",
+                "2MiB",
+                "--api-job-max-depth",
+                "8",
+                "--api-max-errors",
+                "7",
+            ]
+        )
+    )
     assert (given.first_byte_timeout, given.max_body, given.job_max_depth, given.max_errors) == (0.5, 2 << 20, 8, 7)
     for bad in (["--api-timeout-headers", "0"], ["--api-max-upload", "lots"], ["--api-max-requests", "-3"]):
         with pytest.raises(SystemExit):
@@ -46,12 +58,14 @@ def test_the_job_file_limits_are_the_spec_loaders_and_the_flags_can_only_lower_t
     (tmp_path / "jobs").mkdir()
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text('{"text": "x"}\n')
-    client = TestClient(create_app(make_settings(tmp_path, limits=Limits(job_max_depth=3, job_max_keys=40))),
-                        base_url=BASE_URL)
+    client = TestClient(
+        create_app(make_settings(tmp_path, limits=Limits(job_max_depth=3, job_max_keys=40))), base_url=BASE_URL
+    )
     deep = client.post("/jobs", content=(spec_text("d") + "a.b.c.d = 1\n").encode(), headers=AUTH)
     assert deep.status_code == 422 and "--api-job-max-depth" in deep.json()["detail"]
-    many = client.post("/jobs", content=(spec_text("k") + "".join(f"x{i} = 1\n" for i in range(40))).encode(),
-                       headers=AUTH)
+    many = client.post(
+        "/jobs", content=(spec_text("k") + "".join(f"x{i} = 1\n" for i in range(40))).encode(), headers=AUTH
+    )
     assert many.status_code == 422 and "--api-job-max-keys" in many.json()["detail"]
     assert client.post("/jobs", content=spec_text("ok").encode(), headers=AUTH).status_code == 201
 

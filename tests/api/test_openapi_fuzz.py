@@ -55,12 +55,24 @@ class InProcess:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
-    async def _call(self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
-                    body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-                 "scheme": "http", "path": path, "raw_path": path.encode("utf-8", "surrogateescape"),
-                 "query_string": query, "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
-                 "server": ("127.0.0.1", 8200), "state": {}}
+    async def _call(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode("utf-8", "surrogateescape"),
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8200),
+            "state": {},
+        }
         delivered = False
         status, answer_headers, chunks = 0, {}, []
 
@@ -90,11 +102,18 @@ class InProcess:
         prepared = requests.Request(**{k: v for k, v in kwargs.items() if k in wanted}).prepare()
         url = urlsplit(prepared.url)
         body = prepared.body or b""
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1") if isinstance(v, str) else v)
-               for k, v in prepared.headers.items()]
+        raw = [
+            (k.lower().encode("latin-1"), v.encode("latin-1") if isinstance(v, str) else v)
+            for k, v in prepared.headers.items()
+        ]
         raw.append((b"host", HOST.encode()))
-        call = self._call(prepared.method, unquote(url.path, errors="replace"), url.query.encode(), raw,
-                          body.encode() if isinstance(body, str) else body)
+        call = self._call(
+            prepared.method,
+            unquote(url.path, errors="replace"),
+            url.query.encode(),
+            raw,
+            body.encode() if isinstance(body, str) else body,
+        )
         return asyncio.run_coroutine_threadsafe(call, self.loop).result(60)
 
 
@@ -114,8 +133,13 @@ def test_requests_generated_from_the_openapi_document_get_documented_answers(api
             documented = {int(code) for code in operation.definition.raw["responses"]} | {401, 422, 429}
 
             @given(case=operation.as_strategy(), keyed=st.booleans() | st.just(True))
-            @settings(max_examples=PER_OPERATION, deadline=None, database=None, phases=[Phase.generate],
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=PER_OPERATION,
+                deadline=None,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def check(case: Any, keyed: bool) -> None:
                 nonlocal cases
                 cases += 1
@@ -138,47 +162,121 @@ def test_requests_generated_from_the_openapi_document_get_documented_answers(api
 
 # ----------------------------------------------------------------------- raw, real server
 
-_TEMPLATES = ["/", "/livez", "/readyz", "/jobs", "/jobs/{}", "/jobs/{}/metrics", "/jobs/{}/cancel",
-              "/datasets/validate", "/openapi.json", "/login", "/logout", "/ui/jobs-table", "/ui/jobs/{}",
-              "/ui/jobs/{}/live", "/static/{}", "/{}"]
-_segment = st.one_of(st.sampled_from(["a", "tiny", "..", "%00", "a" * 65, "dashboard.js"]),
-                     st.text(max_size=40).map(lambda t: quote(t.encode("utf-8", "surrogatepass"), safe="")))
-_target = st.builds(lambda template, segment, query: (template.format(segment) + ("?" + urlencode(query) if query else "")),
-                    st.sampled_from(_TEMPLATES), _segment,
-                    st.dictionaries(st.sampled_from(["run", "since", "name", "next", "format", "x"]),
-                                    st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass")
-                                                             .decode("utf-8", "replace")), max_size=3))
-_json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                           max_leaves=20)
-_nested = st.builds(lambda n, open_, close: open_ * n + close * n, st.integers(1, 3000), st.sampled_from(["[", "{\"a\":"]),
-                    st.just("]")).map(str.encode)
-_toml = st.builds(lambda name, extra: (spec_text(name) + extra).encode("utf-8", "surrogatepass"),
-                  st.sampled_from(["fz", "a", "x" * 70, ""]),
-                  st.sampled_from(["", "x = [[[[1]]]]\n", "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q = 1\n", "[train]\nlr = nan\n",
-                                   "name = 3\n", "[data]\ntrain = \"/etc/passwd\"\n", "\x00\n"]))
+_TEMPLATES = [
+    "/",
+    "/livez",
+    "/readyz",
+    "/jobs",
+    "/jobs/{}",
+    "/jobs/{}/metrics",
+    "/jobs/{}/cancel",
+    "/datasets/validate",
+    "/openapi.json",
+    "/login",
+    "/logout",
+    "/ui/jobs-table",
+    "/ui/jobs/{}",
+    "/ui/jobs/{}/live",
+    "/static/{}",
+    "/{}",
+]
+_segment = st.one_of(
+    st.sampled_from(["a", "tiny", "..", "%00", "a" * 65, "dashboard.js"]),
+    st.text(max_size=40).map(lambda t: quote(t.encode("utf-8", "surrogatepass"), safe="")),
+)
+_target = st.builds(
+    lambda template, segment, query: template.format(segment) + ("?" + urlencode(query) if query else ""),
+    st.sampled_from(_TEMPLATES),
+    _segment,
+    st.dictionaries(
+        st.sampled_from(["run", "since", "name", "next", "format", "x"]),
+        st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass").decode("utf-8", "replace")),
+        max_size=3,
+    ),
+)
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_nested = st.builds(
+    lambda n, open_, close: open_ * n + close * n, st.integers(1, 3000), st.sampled_from(["[", '{"a":']), st.just("]")
+).map(str.encode)
+_toml = st.builds(
+    lambda name, extra: (spec_text(name) + extra).encode("utf-8", "surrogatepass"),
+    st.sampled_from(["fz", "a", "x" * 70, ""]),
+    st.sampled_from(
+        [
+            "",
+            "x = [[[[1]]]]\n",
+            "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q = 1\n",
+            "[train]\nlr = nan\n",
+            "name = 3\n",
+            '[data]\ntrain = "/etc/passwd"\n',
+            "\x00\n",
+        ]
+    ),
+)
 _multipart = st.builds(
-    lambda content, fmt, name: (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"" + name.encode()
-                                + b"\"\r\n\r\n" + content + b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"format\""
-                                + b"\r\n\r\n" + fmt.encode() + b"\r\n--XyZ--\r\n"),
+    lambda content, fmt, name: (
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="'
+        + name.encode()
+        + b'"\r\n\r\n'
+        + content
+        + b'\r\n--XyZ\r\nContent-Disposition: form-data; name="format"'
+        + b"\r\n\r\n"
+        + fmt.encode()
+        + b"\r\n--XyZ--\r\n"
+    ),
     st.one_of(st.binary(max_size=300), _json_value.map(lambda v: (json.dumps(v) + "\n").encode())),
     st.sampled_from(["auto", "alpaca", "image-text", "pairs", "sharegpt-preference", "nope"]),
-    st.sampled_from(["d.jsonl", "d.json", "x", "d.txt", "d.csv", "d.tsv", "d.parquet"]))
-_body = st.one_of(st.just(b""), st.binary(max_size=500), _json_value.map(lambda v: json.dumps(v).encode()),
-                  st.builds(lambda p, f: json.dumps({"path": p, "format": f}).encode(),
-                            st.sampled_from(["data/train.jsonl", "/etc/shadow", "data", "x\u0000", "../..", "\ud800"]),
-                            st.sampled_from(["auto", "text", "image-text"])),
-                  _nested, _toml, _multipart, st.just(b"key=" + KEY.encode() + b"&next=/"))
-_content_type = st.sampled_from([None, "application/json", "application/toml", "text/plain",
-                                 "multipart/form-data; boundary=XyZ", "multipart/form-data",
-                                 "application/x-www-form-urlencoded", "x/y; q=\x7f"])
-_auth = st.sampled_from([[(b"authorization", f"Bearer {KEY}".encode())], [(b"x-api-key", KEY.encode())], [],
-                         [(b"authorization", b"Bearer wrong-key-0123456789")], [(b"authorization", b"Basic Zm9v")],
-                         [(b"cookie", b"runner_session=forged")]])
-_extra = st.lists(st.tuples(st.sampled_from([b"origin", b"sec-fetch-site", b"x-forwarded-proto", b"accept",
-                                             b"transfer-encoding-x", b"x-anything"]),
-                            st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
-                            .map(lambda t: t.strip().encode())), max_size=3)
+    st.sampled_from(["d.jsonl", "d.json", "x", "d.txt", "d.csv", "d.tsv", "d.parquet"]),
+)
+_body = st.one_of(
+    st.just(b""),
+    st.binary(max_size=500),
+    _json_value.map(lambda v: json.dumps(v).encode()),
+    st.builds(
+        lambda p, f: json.dumps({"path": p, "format": f}).encode(),
+        st.sampled_from(["data/train.jsonl", "/etc/shadow", "data", "x\u0000", "../..", "\ud800"]),
+        st.sampled_from(["auto", "text", "image-text"]),
+    ),
+    _nested,
+    _toml,
+    _multipart,
+    st.just(b"key=" + KEY.encode() + b"&next=/"),
+)
+_content_type = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/toml",
+        "text/plain",
+        "multipart/form-data; boundary=XyZ",
+        "multipart/form-data",
+        "application/x-www-form-urlencoded",
+        "x/y; q=\x7f",
+    ]
+)
+_auth = st.sampled_from(
+    [
+        [(b"authorization", f"Bearer {KEY}".encode())],
+        [(b"x-api-key", KEY.encode())],
+        [],
+        [(b"authorization", b"Bearer wrong-key-0123456789")],
+        [(b"authorization", b"Basic Zm9v")],
+        [(b"cookie", b"runner_session=forged")],
+    ]
+)
+_extra = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [b"origin", b"sec-fetch-site", b"x-forwarded-proto", b"accept", b"transfer-encoding-x", b"x-anything"]
+        ),
+        st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(lambda t: t.strip().encode()),
+    ),
+    max_size=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -195,12 +293,29 @@ def test_raw_generated_requests_to_every_endpoint_of_a_real_server(real_server: 
     memory: list[int] = []
     sent = 0
 
-    @given(method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"]), target=_target,
-           auth=_auth, content_type=_content_type, extra=_extra, body=_body)
-    @settings(max_examples=RAW_REQUESTS, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    def check(method: str, target: str, auth: list[tuple[bytes, bytes]], content_type: str | None,
-              extra: list[tuple[bytes, bytes]], body: bytes) -> None:
+    @given(
+        method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"]),
+        target=_target,
+        auth=_auth,
+        content_type=_content_type,
+        extra=_extra,
+        body=_body,
+    )
+    @settings(
+        max_examples=RAW_REQUESTS,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(
+        method: str,
+        target: str,
+        auth: list[tuple[bytes, bytes]],
+        content_type: str | None,
+        extra: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
         nonlocal sent
         headers = [*auth, *extra]
         if content_type is not None:
@@ -208,8 +323,12 @@ def test_raw_generated_requests_to_every_endpoint_of_a_real_server(real_server: 
         answer = client.request(method, target.encode(), headers, body if method != "GET" or len(body) < 100 else b"")
         sent += 1
         seen.setdefault(target.split("?")[0].split("/")[1] or "/", set()).add(answer.status)
-        assert answer.status < 500 or (target.startswith("/readyz") and answer.status == 503), \
-            (method, target, answer.status, answer.body[:500])
+        assert answer.status < 500 or (target.startswith("/readyz") and answer.status == 503), (
+            method,
+            target,
+            answer.status,
+            answer.body[:500],
+        )
         _no_traceback(answer.body)
         if sent in (500, RAW_REQUESTS):
             memory.append(real_server.memory())

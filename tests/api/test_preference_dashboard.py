@@ -14,12 +14,28 @@ def test_a_preference_run_charts_reward_accuracy_and_margin_with_their_held_out_
     run = api.add_run("p", steps=4, eval_every=2)
     with MetricsLog(run_paths(run).metrics) as log:
         for step in (1, 2, 3, 4):
-            log.append({"step": step, "loss": 0.7 - 0.1 * step, "reward_accuracy": 0.5 + 0.1 * step,
-                        "reward_margin": 0.2 * step, "reward_chosen": 0.1, "logp_chosen": -20.0})
+            log.append(
+                {
+                    "step": step,
+                    "loss": 0.7 - 0.1 * step,
+                    "reward_accuracy": 0.5 + 0.1 * step,
+                    "reward_margin": 0.2 * step,
+                    "reward_chosen": 0.1,
+                    "logp_chosen": -20.0,
+                }
+            )
         for step in (0, 4):
-            log.append({"step": step, "eval_loss": 0.6, "eval_reward_accuracy": 0.9 if step else 0.0,
-                        "eval_reward_margin": 0.5 if step else 0.0, "eval_logp_chosen": -25.0,
-                        "eval_logp_accuracy": 0.6, "eval_runtime": 0.1})
+            log.append(
+                {
+                    "step": step,
+                    "eval_loss": 0.6,
+                    "eval_reward_accuracy": 0.9 if step else 0.0,
+                    "eval_reward_margin": 0.5 if step else 0.0,
+                    "eval_logp_chosen": -25.0,
+                    "eval_logp_accuracy": 0.6,
+                    "eval_runtime": 0.1,
+                }
+            )
     page = api.client.get("/ui/jobs/p", headers=AUTH).text
     assert 'class="chart chart-reward-accuracy"' in page and 'class="chart chart-reward-margin"' in page
     accuracy = page.split('class="chart chart-reward-accuracy"')[1].split("</svg>")[0]

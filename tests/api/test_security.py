@@ -34,9 +34,12 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any], int]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "expected"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
-def test_every_endpoint_but_livez_needs_the_key(api: ApiProject, method: str, path: str, kwargs: dict[str, Any],
-                                                expected: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "expected"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS]
+)
+def test_every_endpoint_but_livez_needs_the_key(
+    api: ApiProject, method: str, path: str, kwargs: dict[str, Any], expected: int
+) -> None:
     api.add_run("a", JobState.QUEUED)
     bare = api.client.request(method, path, **kwargs)
     assert bare.status_code == 401 and bare.headers["www-authenticate"].startswith("Bearer")
@@ -144,8 +147,9 @@ def test_without_a_key_only_loopback_starts_and_then_with_a_generated_key(tmp_pa
 def _runner(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RUNNER_API_KEY"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_commands_refuse_a_public_address_without_a_key_before_starting_anything(tmp_path: Path) -> None:
@@ -170,8 +174,7 @@ def test_bodies_over_the_limit_are_refused_with_413(tmp_path: Path) -> None:
             yield b"#" * 65536
 
     assert client.post("/jobs", content=chunks(), headers=AUTH).status_code == 413
-    upload = client.post("/datasets/validate", headers=AUTH,
-                         files={"file": ("big.jsonl", b'{"text": "x"}\n' * 1000)})
+    upload = client.post("/datasets/validate", headers=AUTH, files={"file": ("big.jsonl", b'{"text": "x"}\n' * 1000)})
     assert upload.status_code == 413 and "4096" in upload.json()["detail"]
     small = client.post("/datasets/validate", headers=AUTH, files={"file": ("small.jsonl", b'{"text": "x"}\n' * 10)})
     assert small.status_code == 200 and small.json()["records"] == 10

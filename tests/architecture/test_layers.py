@@ -16,12 +16,21 @@ PACKAGE = Path(runner.__file__).parent
 
 # Lower number = lower layer. Modules of one layer may use each other.
 LAYERS: dict[str, int] = {
-    "paths": 0, "fsutil": 0, "allocator": 0, "machine": 0, "units": 0,
-    "spec": 1, "outputs": 1, "registry": 1,
+    "paths": 0,
+    "fsutil": 0,
+    "allocator": 0,
+    "machine": 0,
+    "units": 0,
+    "spec": 1,
+    "outputs": 1,
+    "registry": 1,
     "data": 2,
-    "train": 3, "lineage": 3,
-    "pipeline": 4, "results": 4,
-    "plan": 5, "scaffold": 5,
+    "train": 3,
+    "lineage": 3,
+    "pipeline": 4,
+    "results": 4,
+    "plan": 5,
+    "scaffold": 5,
     "executors": 6,  # the executor interface, the local executor and the process that runs one attempt
     "slurm": 7,  # the Slurm executor and `runner run --executor slurm`
     "watch": 8,  # the daemon: it drives an executor (never the other way round)
@@ -29,6 +38,7 @@ LAYERS: dict[str, int] = {
     "commands": 10,
     "__main__": 11,
 }
+
 
 def _module_name(path: Path) -> str:
     parts = list(path.with_suffix("").relative_to(PACKAGE.parent).parts)
@@ -83,9 +93,16 @@ def _module_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("runner"):
-                found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                             for a in node.names)
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.level == 0
+                and node.module.startswith("runner")
+            ):
+                found.update(
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                )
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names if a.name.startswith("runner"))
         graph[name] = {target for target in found if target in modules and target != name}

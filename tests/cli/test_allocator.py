@@ -30,16 +30,21 @@ def test_preload_keeps_existing_preloads_and_a_users_malloc_conf() -> None:
 
 @pytest.mark.skipif(find_jemalloc({}) is None, reason="libjemalloc2 is not installed")
 def test_the_cli_reexecutes_itself_under_jemalloc_once() -> None:
-    code = ("import sys\nfrom runner.allocator import reexec_with_jemalloc, jemalloc_loaded\n"
-            "reexec_with_jemalloc([sys.executable, '-c', 'pass'])\nprint('loaded' if jemalloc_loaded() else 'not')\n")
+    code = (
+        "import sys\nfrom runner.allocator import reexec_with_jemalloc, jemalloc_loaded\n"
+        "reexec_with_jemalloc([sys.executable, '-c', 'pass'])\nprint('loaded' if jemalloc_loaded() else 'not')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "RUNNER_JEMALLOC_ACTIVE", "RUNNER_JEMALLOC")}
     # the re-executed command is `python -c pass`, which prints nothing: proof that the exec happened
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == ""
-    off = subprocess.run([sys.executable, "-c", code], env={**env, "RUNNER_JEMALLOC": "0"}, capture_output=True,
-                         text=True, timeout=60)
+    off = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "RUNNER_JEMALLOC": "0"}, capture_output=True, text=True, timeout=60
+    )
     assert off.stdout.strip() == "not"
-    child = ("from runner.allocator import jemalloc_loaded, reexec_with_jemalloc\n"
-             "reexec_with_jemalloc()\nprint('loaded' if jemalloc_loaded() else 'not')\n")
+    child = (
+        "from runner.allocator import jemalloc_loaded, reexec_with_jemalloc\n"
+        "reexec_with_jemalloc()\nprint('loaded' if jemalloc_loaded() else 'not')\n"
+    )
     once = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=60)
     assert once.stdout.strip() == "loaded"

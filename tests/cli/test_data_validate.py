@@ -26,8 +26,22 @@ def test_every_bad_record_is_listed_with_its_line(tmp_path: Path, capsys: pytest
         '{"question": "e", "answer": "f"\n'
         '{"question": "g", "answer": "h"}\n'
     )
-    assert main(["data", "validate", str(data), "--format", "alpaca",
-                 "--fields", "instruction=question", "--fields", "output=answer"]) == 1
+    assert (
+        main(
+            [
+                "data",
+                "validate",
+                str(data),
+                "--format",
+                "alpaca",
+                "--fields",
+                "instruction=question",
+                "--fields",
+                "output=answer",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert f"{data}:2:" in out and f"{data}:3:" in out
     assert "4 read, 2 usable, 2 bad" in out

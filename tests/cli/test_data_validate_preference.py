@@ -19,12 +19,18 @@ ROOT = Path(__file__).resolve().parents[2]
 PREFERENCE = ROOT / "examples" / "data" / "preference"
 
 
-@pytest.mark.parametrize(("name", "fmt"), [
-    ("pairs-train.jsonl", "alpaca-preference"), ("sharegpt-train.jsonl", "sharegpt-preference"),
-    ("messages-train.jsonl", "preference"), ("unpaired-train.jsonl", "unpaired-preference"),
-])
-def test_each_shipped_preference_layout_is_detected_and_usable(name: str, fmt: str,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("pairs-train.jsonl", "alpaca-preference"),
+        ("sharegpt-train.jsonl", "sharegpt-preference"),
+        ("messages-train.jsonl", "preference"),
+        ("unpaired-train.jsonl", "unpaired-preference"),
+    ],
+)
+def test_each_shipped_preference_layout_is_detected_and_usable(
+    name: str, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["data", "validate", str(PREFERENCE / name)]) == 0
     out = capsys.readouterr().out
     assert f"format: {fmt}" in out and " 0 bad" in out
@@ -50,18 +56,38 @@ def test_bad_pairs_are_listed_with_their_lines_and_lengths_come_per_part(
     assert "prompt tokens: min" in out and "rejected tokens: min" in out
 
 
-def test_a_kto_job_checks_its_data_as_labelled_completions(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_kto_job_checks_its_data_as_labelled_completions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = save_tiny_causal_lm(tmp_path / "model")
-    assert main(["data", "validate", "--job", str(ROOT / "jobs" / "pref-kto.toml"), "--json",
-                 "--tokenizer", f"local:{model}"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "validate",
+                "--job",
+                str(ROOT / "jobs" / "pref-kto.toml"),
+                "--json",
+                "--tokenizer",
+                f"local:{model}",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == "unpaired-preference" and report["examples"] == report["records_ok"]
 
 
 def test_an_unknown_preference_field_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["data", "validate", str(PREFERENCE / "pairs-train.jsonl"), "--format", "alpaca-preference",
-                 "--fields", "output=answer"])
+    code = main(
+        [
+            "data",
+            "validate",
+            str(PREFERENCE / "pairs-train.jsonl"),
+            "--format",
+            "alpaca-preference",
+            "--fields",
+            "output=answer",
+        ]
+    )
     assert code == 2
     assert "'output' is not a field of format 'alpaca-preference'" in capsys.readouterr().err
 

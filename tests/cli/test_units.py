@@ -9,14 +9,32 @@ from runner.slurm.sbatch import memory_option
 from runner.units import format_binary_size, format_count, format_size, parse_size, short_duration
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("16GB", 16 * 10**9), ("16gb", 16 * 10**9), ("16 GB", 16 * 10**9), ("500MB", 500 * 10**6), ("5KB", 5000),
-    ("2TB", 2 * 10**12),
-    ("16GiB", 16 * 2**30), ("16G", 16 * 2**30), ("16g", 16 * 2**30), ("16gib", 16 * 2**30), ("512MiB", 512 * 2**20),
-    ("512M", 512 * 2**20), ("4K", 4096), ("1T", 2**40),
-    ("1024", 1024), ("1024B", 1024), ("0", 0), (" 8 GiB ", 8 * 2**30),
-    ("1.5GiB", 3 * 2**29), ("4.35MB", 4_350_000), (".5K", 512),
-])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("16GB", 16 * 10**9),
+        ("16gb", 16 * 10**9),
+        ("16 GB", 16 * 10**9),
+        ("500MB", 500 * 10**6),
+        ("5KB", 5000),
+        ("2TB", 2 * 10**12),
+        ("16GiB", 16 * 2**30),
+        ("16G", 16 * 2**30),
+        ("16g", 16 * 2**30),
+        ("16gib", 16 * 2**30),
+        ("512MiB", 512 * 2**20),
+        ("512M", 512 * 2**20),
+        ("4K", 4096),
+        ("1T", 2**40),
+        ("1024", 1024),
+        ("1024B", 1024),
+        ("0", 0),
+        (" 8 GiB ", 8 * 2**30),
+        ("1.5GiB", 3 * 2**29),
+        ("4.35MB", 4_350_000),
+        (".5K", 512),
+    ],
+)
 def test_si_units_are_powers_of_1000_and_binary_units_and_bare_letters_powers_of_1024(text: str, size: int) -> None:
     assert parse_size(text) == size
 
@@ -64,5 +82,11 @@ def test_sizes_are_printed_in_units_they_are_read_back_in() -> None:
 
 
 def test_durations_are_short_and_never_negative() -> None:
-    assert [short_duration(s) for s in (42, 185, 7800, -5, None, float("inf"))] == ["42s", "3m05s", "2h10m", "0s", "-",
-                                                                                    "-"]
+    assert [short_duration(s) for s in (42, 185, 7800, -5, None, float("inf"))] == [
+        "42s",
+        "3m05s",
+        "2h10m",
+        "0s",
+        "-",
+        "-",
+    ]

@@ -71,8 +71,9 @@ def test_any_change_is_a_miss(tmp_path: Path, tokenizer: Any, change: str) -> No
     assert cache_key([data], other_tokenizer, settings) != before
 
 
-def test_switched_off_by_the_caller_it_neither_reads_nor_writes(tmp_path: Path, tokenizer: Any,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_switched_off_by_the_caller_it_neither_reads_nor_writes(
+    tmp_path: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RUNNER_DATA_CACHE", "1")  # no longer read: the job's train.speed.data_cache decides
     data = write(tmp_path / "d.jsonl", ROWS)
     build = build_for([data], tokenizer, SETTINGS)

@@ -6,14 +6,7 @@ from typing import Any
 
 import pytest
 
-from runner.data import (
-    IGNORE_INDEX,
-    RecordError,
-    causal,
-    encode_conversation,
-    to_example,
-    tokenize_conversation,
-)
+from runner.data import IGNORE_INDEX, RecordError, causal, encode_conversation, to_example, tokenize_conversation
 from runner.data.causal import has_generation_markers
 
 from .helpers import SMOLLM2_TEMPLATE, make_tokenizer
@@ -48,7 +41,9 @@ def test_without_generation_markers_exactly_the_assistant_tokens_are_trained(tok
     assert trained_ids(example) == expected_assistant_ids(tokenizer, CONVERSATION)
     # labels equal the input ids where trained, -100 elsewhere (prompt, headers, newlines)
     assert all(label in (IGNORE_INDEX, t) for t, label in zip(example["input_ids"], example["labels"], strict=True))
-    prompt = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == IGNORE_INDEX])
+    prompt = tokenizer.decode(
+        [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == IGNORE_INDEX]
+    )
     assert "What is the capital of France?" in prompt and "SmolLM" in prompt and "Paris" not in prompt
     assert example["attention_mask"] == [1] * len(example["input_ids"])
 

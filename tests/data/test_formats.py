@@ -7,15 +7,7 @@ from typing import Any
 
 import pytest
 
-from runner.data import (
-    TEXT_ROLE,
-    DataError,
-    DomainPrefix,
-    RecordError,
-    detect_format,
-    normalize_record,
-    resolve_fields,
-)
+from runner.data import TEXT_ROLE, DataError, DomainPrefix, RecordError, detect_format, normalize_record, resolve_fields
 
 
 def normalize(record: dict[str, Any], fields: dict[str, str] | None = None, **kw: Any):
@@ -66,8 +58,11 @@ def test_sharegpt_maps_roles_parses_tools_given_as_a_json_string_and_function_ca
     }
     conv = normalize(record)
     assert roles(conv) == ["system", "user", "assistant", "tool", "assistant"]
-    assert conv.messages[2] == {"role": "assistant", "content": "", "tool_calls": [
-        {"type": "function", "function": {"name": "search_recipes", "arguments": {}}}]}
+    assert conv.messages[2] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "search_recipes", "arguments": {}}}],
+    }
     assert conv.tools == tools
 
 
@@ -111,10 +106,7 @@ def test_text_is_a_single_plain_text_message() -> None:
             {"conversations": [{"from": "human", "value": "q"}]},
             ("sharegpt", "'conversations' key with 'from'/'value' turns"),
         ),
-        (
-            {"messages": [{"role": "user", "content": "q"}]},
-            ("messages", "'messages' key with 'role'/'content' turns"),
-        ),
+        ({"messages": [{"role": "user", "content": "q"}]}, ("messages", "'messages' key with 'role'/'content' turns")),
         ({"text": "t"}, ("text", "'text' key holding a string")),
     ],
 )
@@ -219,7 +211,7 @@ def chat(*turns: tuple[str, str]) -> dict[str, Any]:
             "sharegpt",
             chat(("human", "q"), ("gpt", "a"), ("bot", "?")),
             "'conversations' turn 3 has role 'bot'; expected one of human, user, gpt, assistant, "
-            "function_call, system, observation, tool (more names for a role: data.roles, e.g. {assistant = [\"bot\"]})",
+            'function_call, system, observation, tool (more names for a role: data.roles, e.g. {assistant = ["bot"]})',
         ),
         ("sharegpt", chat(("human", "q"), ("gpt", "")), "empty assistant turn ('conversations' turn 2)"),
         (
@@ -227,11 +219,7 @@ def chat(*turns: tuple[str, str]) -> dict[str, Any]:
             chat(("human", "q"), ("gpt", "a"), ("human", "more?")),
             "conversation does not end with an assistant turn",
         ),
-        (
-            "sharegpt",
-            chat(("gpt", "hi"), ("human", "q"), ("gpt", "a")),
-            "conversation does not start with a user turn",
-        ),
+        ("sharegpt", chat(("gpt", "hi"), ("human", "q"), ("gpt", "a")), "conversation does not start with a user turn"),
         (
             "sharegpt",
             chat(("human", "q"), ("gpt", "a"), ("system", "late"), ("gpt", "b")),

@@ -8,13 +8,7 @@ from typing import Any
 
 import pytest
 
-from runner.data import (
-    BadRecordsError,
-    build_examples,
-    prepare_data,
-    read_records,
-    split_eval,
-)
+from runner.data import BadRecordsError, build_examples, prepare_data, read_records, split_eval
 
 from .helpers import write_json, write_jsonl
 
@@ -85,7 +79,10 @@ def test_report_has_length_stats_and_counts_truncation(tokenizer: Any, tmp_path:
     assert report.truncated == 1 and lengths[-1] == 128
     assert report.lengths is not None
     assert (report.lengths.min, report.lengths.max, report.lengths.p50, report.lengths.p95) == (
-        lengths[0], 128, lengths[1], 128
+        lengths[0],
+        128,
+        lengths[1],
+        128,
     )
     assert report.lengths.mean == pytest.approx(sum(lengths) / 3)
     assert report.trainable_tokens == sum(sum(1 for x in e["labels"][1:] if x != -100) for e in examples)
@@ -139,7 +136,7 @@ def test_tools_the_chat_template_cannot_show_go_to_the_system_prompt_and_the_rep
     assert report.warnings == [
         "1 of 1 records define tools that the chat template does not render: their definitions were put in the "
         "system prompt (a Hermes/Qwen-style <tools> block) and their tool calls written as <tool_call> blocks "
-        "(data.tools = \"render\")"
+        '(data.tools = "render")'
     ]
     assert "warning: 1 of 1 records define tools" in report.summary()
     assert '"search_recipes"' in tokenizer.decode(examples[0]["input_ids"])
@@ -159,8 +156,9 @@ def test_bad_records_of_train_and_eval_files_are_reported_together(tokenizer: An
 def test_max_records_keeps_the_first_n_of_train_and_of_eval(tokenizer: Any, tmp_path: Path) -> None:
     train = write_json(tmp_path / "train.json", [qa(i) for i in range(10)])
     evaluation = write_json(tmp_path / "eval.json", [qa(i) for i in range(100, 106)])
-    prepared = prepare_data([train], tokenizer, max_length=256, eval_files=[evaluation],
-                            max_records=3, eval_max_records=2)
+    prepared = prepare_data(
+        [train], tokenizer, max_length=256, eval_files=[evaluation], max_records=3, eval_max_records=2
+    )
     assert len(prepared.train) == 3 and len(prepared.eval) == 2
     assert tokenizer.decode(prepared.train[0]["input_ids"]).count("What is 0 plus 1?") == 1
     assert "What is 100 plus 1?" in tokenizer.decode(prepared.eval[0]["input_ids"])

@@ -26,8 +26,7 @@ SHAREGPT = {  # LLaMA-Factory's dpo_en_demo layout
     "chosen": {"from": "gpt", "value": "The capital of France is Paris."},
     "rejected": {"from": "gpt", "value": "I do not know."},
 }
-ALPACA = {"instruction": "Translate to French:", "input": "good morning", "chosen": "Bonjour.",
-          "rejected": "Hello."}
+ALPACA = {"instruction": "Translate to French:", "input": "good morning", "chosen": "Bonjour.", "rejected": "Hello."}
 TRL_TEXT = {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " Rome."}
 TRL_MESSAGES = {
     "prompt": [{"role": "user", "content": "Hello!"}],
@@ -35,13 +34,22 @@ TRL_MESSAGES = {
     "rejected": [{"role": "assistant", "content": "What?"}],
 }
 TRL_IMPLICIT = {
-    "chosen": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
-               {"role": "assistant", "content": "Hello!"}],
-    "rejected": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"},
-                 {"role": "assistant", "content": "Hello! I am a small assistant. How can I help you today?"}],
+    "chosen": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hello!"},
+    ],
+    "rejected": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hello! I am a small assistant. How can I help you today?"},
+    ],
 }
-UNPAIRED = {"prompt": [{"role": "user", "content": "Hello!"}], "completion": [{"role": "assistant", "content": "Hi!"}],
-            "label": True}
+UNPAIRED = {
+    "prompt": [{"role": "user", "content": "Hello!"}],
+    "completion": [{"role": "assistant", "content": "Hi!"}],
+    "label": True,
+}
 
 
 def _normal(record: dict[str, Any], fields: dict[str, str] | None = None) -> PreferencePair | UnpairedCompletion:
@@ -49,10 +57,17 @@ def _normal(record: dict[str, Any], fields: dict[str, str] | None = None) -> Pre
     return normalize_preference(record, fmt, resolve_preference_fields(fmt, [record], fields))
 
 
-@pytest.mark.parametrize(("record", "fmt"), [
-    (SHAREGPT, "sharegpt-preference"), (ALPACA, "alpaca-preference"), (TRL_TEXT, "preference"),
-    (TRL_MESSAGES, "preference"), (TRL_IMPLICIT, "preference"), (UNPAIRED, "unpaired-preference"),
-])
+@pytest.mark.parametrize(
+    ("record", "fmt"),
+    [
+        (SHAREGPT, "sharegpt-preference"),
+        (ALPACA, "alpaca-preference"),
+        (TRL_TEXT, "preference"),
+        (TRL_MESSAGES, "preference"),
+        (TRL_IMPLICIT, "preference"),
+        (UNPAIRED, "unpaired-preference"),
+    ],
+)
 def test_each_layout_is_detected(record: dict[str, Any], fmt: str) -> None:
     assert detect_format([record])[0] == fmt
 
@@ -60,8 +75,10 @@ def test_each_layout_is_detected(record: dict[str, Any], fmt: str) -> None:
 def test_a_sharegpt_pair_becomes_the_prompt_turns_and_two_assistant_replies() -> None:
     pair = _normal({**SHAREGPT, "system": "Be brief."})
     assert isinstance(pair, PreferencePair) and not pair.is_text
-    assert pair.prompt == [{"role": "system", "content": "Be brief."},
-                           {"role": "user", "content": "What is the capital of France?"}]
+    assert pair.prompt == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
     assert pair.chosen == [{"role": "assistant", "content": "The capital of France is Paris."}]
     assert pair.rejected == [{"role": "assistant", "content": "I do not know."}]
 
@@ -107,13 +124,16 @@ def test_the_prompt_is_tokenised_once_and_each_reply_follows_it(tokenizer: Any) 
 
 
 def test_bad_records_are_located_by_line_and_index_with_their_reason(tmp_path: Path, tokenizer: Any) -> None:
-    jsonl = write_jsonl(tmp_path / "pairs.jsonl", [
-        ALPACA,
-        {**ALPACA, "rejected": ALPACA["chosen"]},        # line 2: identical replies
-        {**ALPACA, "chosen": "  "},                       # line 3: empty reply
-        {k: v for k, v in ALPACA.items() if k != "rejected"},  # line 4: missing field
-        {**ALPACA, "instruction": "word " * 200},         # line 5: prompt longer than max_length
-    ])
+    jsonl = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            ALPACA,
+            {**ALPACA, "rejected": ALPACA["chosen"]},  # line 2: identical replies
+            {**ALPACA, "chosen": "  "},  # line 3: empty reply
+            {k: v for k, v in ALPACA.items() if k != "rejected"},  # line 4: missing field
+            {**ALPACA, "instruction": "word " * 200},  # line 5: prompt longer than max_length
+        ],
+    )
     array = write_json(tmp_path / "more.json", [SHAREGPT, {**SHAREGPT, "chosen": {"from": "human", "value": "x"}}])
     with pytest.raises(BadRecordsError) as caught:
         prepare_preference_data([jsonl], tokenizer, max_length=64, format="alpaca-preference")
@@ -126,11 +146,18 @@ def test_bad_records_are_located_by_line_and_index_with_their_reason(tmp_path: P
         prepare_preference_data([array], tokenizer, max_length=256)
 
 
-def test_skipped_bad_records_are_counted_and_the_report_gives_each_parts_lengths(tmp_path: Path,
-                                                                                 tokenizer: Any) -> None:
+def test_skipped_bad_records_are_counted_and_the_report_gives_each_parts_lengths(
+    tmp_path: Path, tokenizer: Any
+) -> None:
     rows = [SHAREGPT] * 6 + [{**SHAREGPT, "rejected": SHAREGPT["chosen"]}]
-    data = prepare_preference_data([write_jsonl(tmp_path / "p.jsonl", rows)], tokenizer, max_length=256,
-                                   on_bad_record="skip", eval_fraction=0.3, seed=1)
+    data = prepare_preference_data(
+        [write_jsonl(tmp_path / "p.jsonl", rows)],
+        tokenizer,
+        max_length=256,
+        on_bad_record="skip",
+        eval_fraction=0.3,
+        seed=1,
+    )
     report = data.train_report
     assert report.format == "sharegpt-preference"
     assert len(data.train) + len(data.eval) == 6
@@ -141,8 +168,11 @@ def test_skipped_bad_records_are_counted_and_the_report_gives_each_parts_lengths
 
 
 def test_replies_that_become_identical_when_cut_to_max_length_are_bad(tmp_path: Path, tokenizer: Any) -> None:
-    same_start = {"prompt": "Hi", "chosen": "one two three four five six seven eight nine ten A",
-                  "rejected": "one two three four five six seven eight nine ten B"}
+    same_start = {
+        "prompt": "Hi",
+        "chosen": "one two three four five six seven eight nine ten A",
+        "rejected": "one two three four five six seven eight nine ten B",
+    }
     with pytest.raises(BadRecordsError, match=r"identical in their first .* tokens"):
         prepare_preference_data([write_jsonl(tmp_path / "p.jsonl", [same_start])], tokenizer, max_length=8)
 
@@ -151,8 +181,7 @@ def test_kto_splits_pairs_into_a_desirable_and_an_undesirable_completion_with_mi
     tmp_path: Path, tokenizer: Any
 ) -> None:
     rows = [{**ALPACA, "input": f"word {i}"} for i in range(4)]
-    data = prepare_preference_data([write_jsonl(tmp_path / "p.jsonl", rows)], tokenizer, max_length=256,
-                                   unpaired=True)
+    data = prepare_preference_data([write_jsonl(tmp_path / "p.jsonl", rows)], tokenizer, max_length=256, unpaired=True)
     assert len(data.train) == 8 and sorted(e["label"] for e in data.train) == [0] * 4 + [1] * 4
     assert all(e["kl_completion"] for e in data.train)
     assert sum(e["kl_completion"] != e["completion"] for e in data.train) >= 4
@@ -173,13 +202,20 @@ def test_a_sharegpt_prompt_that_ends_with_an_assistant_turn_is_refused(tmp_path:
 
 
 def test_implicit_prompts_that_share_no_user_turn_are_refused(tmp_path: Path, tokenizer: Any) -> None:
-    record = {"chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}],
-              "rejected": [{"role": "user", "content": "C"}, {"role": "assistant", "content": "D"}]}
+    record = {
+        "chosen": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}],
+        "rejected": [{"role": "user", "content": "C"}, {"role": "assistant", "content": "D"}],
+    }
     with pytest.raises(BadRecordsError, match="share no prompt"):
         prepare_preference_data([write_json(tmp_path / "p.json", [record])], tokenizer, max_length=256)
 
 
 def test_unknown_field_names_are_a_data_error(tmp_path: Path, tokenizer: Any) -> None:
     with pytest.raises(DataError, match=r"data.fields: unknown field"):
-        prepare_preference_data([write_json(tmp_path / "p.json", [ALPACA])], tokenizer, max_length=256,
-                                fields={"output": "chosen"}, format="alpaca-preference")
+        prepare_preference_data(
+            [write_json(tmp_path / "p.json", [ALPACA])],
+            tokenizer,
+            max_length=256,
+            fields={"output": "chosen"},
+            format="alpaca-preference",
+        )

@@ -21,8 +21,9 @@ from runner.data.records import DataFileError
 from runner.spec.limits import MAX_RECORD_DEPTH, MAX_RECORD_INT_DIGITS
 
 plain = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-              st.text(max_size=8)),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
     max_leaves=8,
 )
@@ -34,7 +35,7 @@ def hostile_value(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["deep", "int", "constant", "overflow", "surrogate", "pair"]))
     if kind == "deep":
         depth = draw(st.integers(1, 5_000))
-        brackets = draw(st.lists(st.sampled_from(['[', '{"k": ']), min_size=depth, max_size=depth))
+        brackets = draw(st.lists(st.sampled_from(["[", '{"k": ']), min_size=depth, max_size=depth))
         return "".join(brackets) + "1" + "".join("]" if b == "[" else "}" for b in reversed(brackets))
     if kind == "int":
         return draw(st.sampled_from(["", "-"])) + "9" * draw(st.integers(1, 6_000))
@@ -101,8 +102,11 @@ def _check(path: Path) -> None:
         assert bad.location.file == str(path) and bad.reason
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(lines=record_lines(), layout=st.sampled_from(["jsonl", "json-array", "json-object", "json-as-jsonl"]))
 def test_hostile_records_are_refused_or_read_clean(tmp_path: Path, lines: list[str], layout: str) -> None:
     if layout == "jsonl":

@@ -38,8 +38,12 @@ def tiny_qwen_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_job(tmp_path: Path, tiny_bert: Path) -> Callable[..., Path]:
     """Write train (and eval) data plus a job file into tmp_path; keyword sections override the defaults."""
 
-    def write(rows: list[Any] | None = None, eval_rows: list[Any] | None = None, name: str = "tiny-embed",
-              **sections: dict[str, Any]) -> Path:
+    def write(
+        rows: list[Any] | None = None,
+        eval_rows: list[Any] | None = None,
+        name: str = "tiny-embed",
+        **sections: dict[str, Any],
+    ) -> Path:
         write_jsonl(tmp_path / "train.jsonl", rows if rows is not None else pair_rows(24))
         spec: dict[str, dict[str, Any]] = {
             "model": {"source": f"local:{tiny_bert}", "kind": "embedding"},

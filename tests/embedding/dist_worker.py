@@ -47,7 +47,7 @@ def main(out_path: str) -> None:
         # one forward per step through DDP, as the Trainer does
         inputs = torch.cat([queries[mine], positives[mine], negatives[rank]])
         out = ddp(inputs)
-        q, p, n = out[:PER_RANK], out[PER_RANK:2 * PER_RANK], out[2 * PER_RANK:]
+        q, p, n = out[:PER_RANK], out[PER_RANK : 2 * PER_RANK], out[2 * PER_RANK :]
         loss = make(True)(q, p, None if name == "cosent" else n, scores[mine])
         loss.backward()  # DDP averages the gradients over ranks
         mean_loss = loss.detach().clone()
@@ -58,12 +58,13 @@ def main(out_path: str) -> None:
         all_negatives = torch.cat(negatives[:world])
         out = reference(torch.cat([queries, positives, all_negatives]))
         n_total = world * PER_RANK
-        q, p, n = out[:n_total], out[n_total:2 * n_total], out[2 * n_total:]
+        q, p, n = out[:n_total], out[n_total : 2 * n_total], out[2 * n_total :]
         ref_loss = make(False)(q, p, None if name == "cosent" else n, scores)
         ref_loss.backward()
         grads = [a.grad - b.grad for a, b in zip(ddp.module.parameters(), reference.parameters(), strict=True)]
         result[name] = {
-            "loss": float(mean_loss), "reference_loss": float(ref_loss.detach()),
+            "loss": float(mean_loss),
+            "reference_loss": float(ref_loss.detach()),
             "max_grad_diff": max(float(d.abs().max()) for d in grads),
             "grad_norm": float(sum(float(b.grad.norm()) for b in reference.parameters())),
         }

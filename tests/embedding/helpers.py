@@ -9,8 +9,10 @@ from typing import Any
 
 def pair_rows(n: int, start: int = 0) -> list[dict[str, str]]:
     """Distinct query/positive texts (no duplicates, so in-batch negatives are all true negatives)."""
-    return [{"query": f"question {i} about item {i * 7}", "positive": f"item {i * 7} answers question {i}"}
-            for i in range(start, start + n)]
+    return [
+        {"query": f"question {i} about item {i * 7}", "positive": f"item {i * 7} answers question {i}"}
+        for i in range(start, start + n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:

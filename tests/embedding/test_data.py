@@ -27,13 +27,24 @@ def test_formats_are_detected_and_aliases_accepted(tmp_path: Path) -> None:
 
 def test_field_mapping_renames_columns(tmp_path: Path) -> None:
     rows = write_jsonl(tmp_path / "t.jsonl", [{"q_text": "where", "doc": "here", "neg": "there"}])
-    data = prepare_embedding_data([rows], format="triplets", fields={"query": "q_text", "positive": "doc", "negative": "neg"})
-    assert (data.train[0].query.text, data.train[0].positive.text, data.train[0].negatives[0].text) == ("where", "here", "there")
+    data = prepare_embedding_data(
+        [rows], format="triplets", fields={"query": "q_text", "positive": "doc", "negative": "neg"}
+    )
+    assert (data.train[0].query.text, data.train[0].positive.text, data.train[0].negatives[0].text) == (
+        "where",
+        "here",
+        "there",
+    )
 
 
 def test_every_bad_record_is_reported_with_its_line(tmp_path: Path) -> None:
-    rows = [{"query": "a", "positive": "b", "task": "search"}, {"query": "a"}, {"query": 3, "positive": "b", "task": "search"},
-            {"query": "a", "positive": "b", "task": "chat"}, {"query": "a", "positive": "b"}]
+    rows = [
+        {"query": "a", "positive": "b", "task": "search"},
+        {"query": "a"},
+        {"query": 3, "positive": "b", "task": "search"},
+        {"query": "a", "positive": "b", "task": "chat"},
+        {"query": "a", "positive": "b"},
+    ]
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(BadRecordsError) as caught:
         prepare_embedding_data([path], format="pairs", tasks=["search"])
@@ -53,10 +64,16 @@ def test_images_resolve_under_image_root_and_bad_ones_name_file_line_and_path(tm
     images.mkdir()
     Image.new("RGB", (8, 8), "red").save(images / "ok.png")
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    path = write_jsonl(tmp_path / "it.jsonl", [
-        {"image": "ok.png", "text": "red"}, {"query_image": "ok.png", "caption": "red"},
-        {"image": "broken.png", "text": "x"}, {"image": "gone.png", "text": "y"}, {"image": "ok.png"},
-    ])
+    path = write_jsonl(
+        tmp_path / "it.jsonl",
+        [
+            {"image": "ok.png", "text": "red"},
+            {"query_image": "ok.png", "caption": "red"},
+            {"image": "broken.png", "text": "x"},
+            {"image": "gone.png", "text": "y"},
+            {"image": "ok.png"},
+        ],
+    )
     data = prepare_embedding_data([path], image_root=images, on_bad_record="skip")
     assert data.train_report.format == "image-text"
     text_to_image, image_to_text = data.train

@@ -16,9 +16,23 @@ def test_two_ranks_match_one_process_over_the_global_batch(tmp_path: Path) -> No
     out = tmp_path / "result.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-         "--standalone", str(Path(__file__).with_name("dist_worker.py")), str(out)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "0",
+            "--standalone",
+            str(Path(__file__).with_name("dist_worker.py")),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -35,8 +49,12 @@ def test_a_multi_task_job_trains_in_two_processes_with_identical_replicas(write_
     from .helpers import metrics_of, only_run, pair_rows, status_of
 
     rows = [dict(row, task="search" if i % 2 else "match") for i, row in enumerate(pair_rows(32))]
-    job = write_job(rows=rows, loss={"type": "multi-task", "tasks": {"search": {}, "match": {"symmetric": True}}},
-                    train={"max_steps": 3, "batch_size": 4, "save_every": 100}, resources={"nproc": 2, "threads": 1})
+    job = write_job(
+        rows=rows,
+        loss={"type": "multi-task", "tasks": {"search": {}, "match": {"symmetric": True}}},
+        train={"max_steps": 3, "batch_size": 4, "save_every": 100},
+        resources={"nproc": 2, "threads": 1},
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     run = only_run(runs)

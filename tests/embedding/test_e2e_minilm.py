@@ -36,8 +36,9 @@ def test_the_embedder_before_training_gives_the_published_mean_pooled_vectors(mi
     from runner.train.embedder import build_embedder
     from runner.train.model import choose_device
 
-    spec = JobSpec.model_validate({"name": "m", "model": {"source": SOURCE, "kind": "embedding"},
-                                   "data": {"train": "x.jsonl", "max_length": 64}})
+    spec = JobSpec.model_validate(
+        {"name": "m", "model": {"source": SOURCE, "kind": "embedding"}, "data": {"train": "x.jsonl", "max_length": 64}}
+    )
     embedder, preprocess = build_embedder(minilm, spec, choose_device(spec.model, spec.resources))
     assert embedder.info.pooling == "mean" and embedder.dim == 384  # 'auto' chose mean for a BERT encoder
     texts = ["capital city of Peru", "Lima is the capital of Peru.", "Most people in Peru speak Spanish."]
@@ -51,19 +52,29 @@ def test_the_embedder_before_training_gives_the_published_mean_pooled_vectors(mi
     assert torch.allclose(ours, published, atol=1e-5)  # a fresh LoRA adapter changes nothing
 
 
-def test_a_few_steps_on_the_bundled_model_then_embed(minilm: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_few_steps_on_the_bundled_model_then_embed(
+    minilm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = ROOT / "examples" / "data" / "embed"
     train = (data / "pairs-train.jsonl").read_text().splitlines()[:96]
     (tmp_path / "train.jsonl").write_text("\n".join(train) + "\n")
     job = tmp_path / "mini.toml"
-    job.write_text(tomli_w.dumps({
-        "model": {"source": SOURCE, "kind": "embedding"},
-        "data": {"train": "train.jsonl", "eval": str(data / "pairs-eval.jsonl"), "format": "pairs", "max_length": 64},
-        "adapter": {"r": 8, "alpha": 16, "target_modules": ["query", "key", "value", "dense"]},
-        "loss": {"type": "contrastive", "symmetric": True},
-        "train": {"max_steps": 3, "batch_size": 32, "learning_rate": 5e-4, "log_every": 1, "save_every": 3},
-    }))
+    job.write_text(
+        tomli_w.dumps(
+            {
+                "model": {"source": SOURCE, "kind": "embedding"},
+                "data": {
+                    "train": "train.jsonl",
+                    "eval": str(data / "pairs-eval.jsonl"),
+                    "format": "pairs",
+                    "max_length": 64,
+                },
+                "adapter": {"r": 8, "alpha": 16, "target_modules": ["query", "key", "value", "dense"]},
+                "loss": {"type": "contrastive", "symmetric": True},
+                "train": {"max_steps": 3, "batch_size": 32, "learning_rate": 5e-4, "log_every": 1, "save_every": 3},
+            }
+        )
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     run = only_run(runs, "mini")
@@ -71,7 +82,10 @@ def test_a_few_steps_on_the_bundled_model_then_embed(minilm: Path, tmp_path: Pat
     assert status["state"] == "succeeded" and status["step"] == 3
     extra = status["extra"]
     assert extra["eval_loss_after"] < extra["eval_loss_before"]
-    assert 0.5 < extra["eval_before"]["ndcg@10"] <= 1.0 and extra["eval_after"]["ndcg@10"] >= extra["eval_before"]["ndcg@10"] - 0.02
+    assert (
+        0.5 < extra["eval_before"]["ndcg@10"] <= 1.0
+        and extra["eval_after"]["ndcg@10"] >= extra["eval_before"]["ndcg@10"] - 0.02
+    )
     assert [m["step"] for m in metrics_of(run) if "eval_ndcg@10" in m] == [0, 3]
 
     capsys.readouterr()

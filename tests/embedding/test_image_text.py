@@ -50,8 +50,13 @@ def image_job(write_job: Callable[..., Path], tmp_path: Path) -> Callable[..., P
 
 
 @pytest.mark.parametrize("model", ["tiny_clip", "tiny_qwen_vl"])
-def test_image_text_job_runs_end_to_end(model: str, image_job: Callable[..., Path], tmp_path: Path,
-                                        request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> None:
+def test_image_text_job_runs_end_to_end(
+    model: str,
+    image_job: Callable[..., Path],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     model_dir = request.getfixturevalue(model)
     job = image_job(model_dir, loss={"symmetric": True})
     runs = tmp_path / "runs"
@@ -76,16 +81,22 @@ def test_image_text_job_runs_end_to_end(model: str, image_job: Callable[..., Pat
     assert vectors.shape == (2, dim) and torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
-def test_the_vlm_sees_the_image_as_expanded_pad_tokens(tiny_qwen_vl: Path, write_job: Callable[..., Path],
-                                                       tmp_path: Path) -> None:
+def test_the_vlm_sees_the_image_as_expanded_pad_tokens(
+    tiny_qwen_vl: Path, write_job: Callable[..., Path], tmp_path: Path
+) -> None:
     from runner.data.embedding import Item
     from runner.spec.loader import load_job
     from runner.train.embedder import build_embedder
     from runner.train.model import choose_device
 
     rows = _images(tmp_path / "images")
-    job = load_job(write_job(rows=rows, model={"source": f"local:{tiny_qwen_vl}", "kind": "image-text-embedding"},
-                             data={"format": "image-text", "image_root": "images"}))
+    job = load_job(
+        write_job(
+            rows=rows,
+            model={"source": f"local:{tiny_qwen_vl}", "kind": "image-text-embedding"},
+            data={"format": "image-text", "image_root": "images"},
+        )
+    )
     embedder, preprocess = build_embedder(tiny_qwen_vl, job.spec, choose_device(job.spec.model, job.spec.resources))
     features = preprocess([Item(image=tmp_path / "images" / "red.png"), Item(text="a red square")])
     image = features["image"]
@@ -105,7 +116,12 @@ def test_a_corrupt_or_missing_image_is_a_row_error_with_file_line_and_path(
 ) -> None:
     good = _images(tmp_path / "images")
     (tmp_path / "images" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    rows = [*good[:3], {"image": "corrupt.png", "text": "broken"}, *good[3:], {"query_image": "nowhere.png", "text": "x"}]
+    rows = [
+        *good[:3],
+        {"image": "corrupt.png", "text": "broken"},
+        *good[3:],
+        {"query_image": "nowhere.png", "text": "x"},
+    ]
     job = image_job(tiny_clip, rows=rows, data={"on_bad_record": policy})
     runs = tmp_path / "runs"
     code = main(["run", str(job), "--runs-dir", str(runs)])

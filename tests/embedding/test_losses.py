@@ -91,7 +91,10 @@ def test_matryoshka_is_the_weighted_sum_of_base_losses_at_each_dim(base: str) ->
     inner = ContrastiveLoss(symmetric=True) if base == "contrastive" else CoSENTLoss()
     loss = MatryoshkaLoss(inner, dims, weights)(q, p, negatives if base == "contrastive" else None, scores)
     if base == "contrastive":
-        parts = [info_nce_reference(q[:, :d].tolist(), p[:, :d].tolist(), negatives[:, :d].tolist(), 0.05, True) for d in dims]
+        parts = [
+            info_nce_reference(q[:, :d].tolist(), p[:, :d].tolist(), negatives[:, :d].tolist(), 0.05, True)
+            for d in dims
+        ]
     else:
         parts = [cosent_reference(q[:, :d].tolist(), p[:, :d].tolist(), scores.tolist(), 0.05) for d in dims]
     assert abs(float(loss) - sum(w * x for w, x in zip(weights, parts, strict=True))) < 1e-4
@@ -111,6 +114,8 @@ def test_build_loss_follows_the_spec() -> None:
     loss = build_loss(LossSection(type="matryoshka", base="cosent", dims=[8, 4], temperature=0.1), "matryoshka")
     assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.base, CoSENTLoss) and loss.weights == [1.0, 1.0]
     assert loss.base.temperature == 0.1
-    multi = build_loss(LossSection(type="multi-task", tasks={"a": {"type": "cosent"}, "b": {"symmetric": True}}), "multi-task")
+    multi = build_loss(
+        LossSection(type="multi-task", tasks={"a": {"type": "cosent"}, "b": {"symmetric": True}}), "multi-task"
+    )
     assert isinstance(multi, MultiTaskLoss) and multi.tasks == ["a", "b"]
     assert isinstance(multi.losses["b"], ContrastiveLoss) and multi.losses["b"].symmetric

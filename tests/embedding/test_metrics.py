@@ -11,10 +11,12 @@ from runner.train.embedding_eval import retrieval_metrics, spearman
 
 
 def test_retrieval_metrics_by_hand() -> None:
-    scores = torch.tensor([
-        [0.9, 0.8, 0.1, 0.0],  # relevant {1}: ranked 2nd
-        [0.0, 0.1, 0.9, 0.5],  # relevant {2, 3}: ranked 1st and 2nd
-    ])
+    scores = torch.tensor(
+        [
+            [0.9, 0.8, 0.1, 0.0],  # relevant {1}: ranked 2nd
+            [0.0, 0.1, 0.9, 0.5],  # relevant {2, 3}: ranked 1st and 2nd
+        ]
+    )
     metrics = retrieval_metrics(scores, [{1}, {2, 3}], recall_at=(1, 3))
     # recall@1: q0 0/1, q1 1/2; recall@3: both found all; MRR: 1/2 and 1
     assert metrics["recall@1"] == pytest.approx((0 + 0.5) / 2)

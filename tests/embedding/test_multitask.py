@@ -26,24 +26,33 @@ TASKS = {"match": {"type": "contrastive", "symmetric": True}, "search": {"type":
 
 
 def _rows(n: int = 16) -> list[dict[str, str]]:
-    return [{"query": f"query {i} text", "positive": f"document {i} text", "task": "search" if i % 2 else "match"}
-            for i in range(n)]
+    return [
+        {"query": f"query {i} text", "positive": f"document {i} text", "task": "search" if i % 2 else "match"}
+        for i in range(n)
+    ]
 
 
 def _initial_adapters(job: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The adapters as the recipe initialises them (same seed, same order of construction)."""
     loaded = load_job(job)
     set_seed(loaded.spec.train.seed)
-    embedder, _ = build_embedder(Path(loaded.spec.model.source.removeprefix("local:")), loaded.spec,
-                                 choose_device(loaded.spec.model, loaded.spec.resources))
+    embedder, _ = build_embedder(
+        Path(loaded.spec.model.source.removeprefix("local:")),
+        loaded.spec,
+        choose_device(loaded.spec.model, loaded.spec.resources),
+    )
     from peft import get_peft_model_state_dict
 
     return {task: get_peft_model_state_dict(embedder.backbone, adapter_name=task) for task in TASKS}
 
 
 def test_a_step_trains_only_the_adapter_of_its_batch_task(write_job: Callable[..., Path], tmp_path: Path) -> None:
-    job = write_job(rows=_rows(), loss={"type": "multi-task", "tasks": TASKS}, adapter={"dropout": 0.0},
-                    train={"max_steps": 1, "batch_size": 4})
+    job = write_job(
+        rows=_rows(),
+        loss={"type": "multi-task", "tasks": TASKS},
+        adapter={"dropout": 0.0},
+        train={"max_steps": 1, "batch_size": 4},
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     run = only_run(runs)
@@ -60,15 +69,18 @@ def test_a_step_trains_only_the_adapter_of_its_batch_task(write_job: Callable[..
     assert saved[other_task].keys() == initial[other_task].keys()
     for name, value in saved[other_task].items():
         assert torch.equal(value, initial[other_task][name]), name  # untouched, bit for bit
-    changed = [name for name, value in saved[trained_task].items() if not torch.equal(value, initial[trained_task][name])]
+    changed = [
+        name for name, value in saved[trained_task].items() if not torch.equal(value, initial[trained_task][name])
+    ]
     assert changed and all("lora_B" in name or "lora_A" in name for name in changed)
 
 
 def test_set_task_routes_gradients_and_keeps_every_adapter_trainable(write_job: Callable[..., Path]) -> None:
     job = load_job(write_job(rows=_rows(), loss={"type": "multi-task", "tasks": TASKS}))
     set_seed(0)
-    embedder, preprocess = build_embedder(Path(job.spec.model.source.removeprefix("local:")), job.spec,
-                                          choose_device(job.spec.model, job.spec.resources))
+    embedder, preprocess = build_embedder(
+        Path(job.spec.model.source.removeprefix("local:")), job.spec, choose_device(job.spec.model, job.spec.resources)
+    )
     loss = build_loss(job.spec.loss, "multi-task")
     trainable = {name for name, p in embedder.named_parameters() if p.requires_grad}
     assert {t for t in TASKS if any(f".{t}." in n for n in trainable)} == set(TASKS)

@@ -23,20 +23,30 @@ from ..train.tiny import save_tiny_causal_lm
 from .helpers import only_run
 
 CPU = DeviceChoice(device="cpu", dtype="float32", precision="fp32", attn_implementation="sdpa")
-TEXTS = [("a short one", "its answer here"), ("a much longer question with many more words in it", "yes"),
-         ("mid length query text", "a positive that is rather long as positives go, many tokens"),
-         ("x", "y z")]
+TEXTS = [
+    ("a short one", "its answer here"),
+    ("a much longer question with many more words in it", "yes"),
+    ("mid length query text", "a positive that is rather long as positives go, many tokens"),
+    ("x", "y z"),
+]
 
 
 def _examples(scored: bool = False) -> list[EmbeddingExample]:
-    return [EmbeddingExample(query=Item(text=q), positive=Item(text=p), score=(0.2 * i if scored else None))
-            for i, (q, p) in enumerate(TEXTS)]
+    return [
+        EmbeddingExample(query=Item(text=q), positive=Item(text=p), score=(0.2 * i if scored else None))
+        for i, (q, p) in enumerate(TEXTS)
+    ]
 
 
 def _build(job: Path, model_dir: Path | None, padding_free: bool, **sections: Any) -> tuple[Any, Any]:
     spec = load_job(job).spec
-    spec = spec.model_copy(update={"train": spec.train.model_copy(update={
-        "speed": spec.train.speed.model_copy(update={"padding_free_embeddings": padding_free})})})
+    spec = spec.model_copy(
+        update={
+            "train": spec.train.model_copy(
+                update={"speed": spec.train.speed.model_copy(update={"padding_free_embeddings": padding_free})}
+            )
+        }
+    )
     torch.manual_seed(0)
     embedder, preprocess = build_embedder(model_dir or Path(spec.model.source.removeprefix("local:")), spec, CPU)
     with torch.no_grad():  # LoRA B starts at zero: give the adapter a part in the vectors
@@ -47,12 +57,16 @@ def _build(job: Path, model_dir: Path | None, padding_free: bool, **sections: An
 
 
 @pytest.fixture(params=["bert", "llama"])
-def model_job(request: pytest.FixtureRequest, write_job: Callable[..., Path], tmp_path: Path) -> tuple[Path, Path | None]:
+def model_job(
+    request: pytest.FixtureRequest, write_job: Callable[..., Path], tmp_path: Path
+) -> tuple[Path, Path | None]:
     if request.param == "bert":
         return write_job(adapter={"r": 4, "alpha": 8, "dropout": 0.0}), None
     decoder = save_tiny_causal_lm(tmp_path / "decoder")
-    return write_job(model={"source": f"local:{decoder}", "kind": "embedding", "pooling": "last-token"},
-                     adapter={"r": 4, "alpha": 8, "dropout": 0.0}), decoder
+    return write_job(
+        model={"source": f"local:{decoder}", "kind": "embedding", "pooling": "last-token"},
+        adapter={"r": 4, "alpha": 8, "dropout": 0.0},
+    ), decoder
 
 
 def test_padding_free_vectors_and_gradients_equal_the_padded_path(model_job: tuple[Path, Path | None]) -> None:
@@ -99,21 +113,31 @@ def test_packed_pooling_equals_padded_pooling(how: str) -> None:
     mask = torch.zeros(3, 5, dtype=torch.long)
     start = 0
     for row, n in enumerate(lengths.tolist()):
-        padded[row, :n], mask[row, :n] = hidden[start:start + n], 1
+        padded[row, :n], mask[row, :n] = hidden[start : start + n], 1
         start += n
     assert torch.allclose(pool_packed(hidden, lengths, how), pool(padded, mask, how))
 
 
-def test_a_model_that_counts_positions_from_padding_stays_padded(write_job: Callable[..., Path], tmp_path: Path) -> None:
+def test_a_model_that_counts_positions_from_padding_stays_padded(
+    write_job: Callable[..., Path], tmp_path: Path
+) -> None:
     from transformers import RobertaConfig, RobertaModel
 
     from ..data.helpers import make_tokenizer
 
     tokenizer = make_tokenizer(chat_template=None)
     folder = tmp_path / "roberta"
-    RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=130,
-                               pad_token_id=tokenizer.pad_token_id)).save_pretrained(str(folder))
+    RobertaModel(
+        RobertaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=130,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     _, preprocess = _build(write_job(model={"source": f"local:{folder}", "kind": "embedding"}), folder, True)
     assert preprocess.padding_free is False

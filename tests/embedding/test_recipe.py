@@ -53,7 +53,8 @@ def test_a_run_evaluates_before_every_n_steps_and_after_and_saves_the_adapter(
     assert saved and all("lora_" in name for name in saved)  # the trained weights only, not the frozen base
     adapter = run / "adapter"
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "runner_adapter.json"} <= {
-        p.name for p in adapter.iterdir()}
+        p.name for p in adapter.iterdir()
+    }
     info = json.loads((adapter / "runner_adapter.json").read_text())
     assert info["embedder"]["dim"] == 32 and info["kind"] == "embedding" and info["run_id"] == run.name
     out = capsys.readouterr().out
@@ -91,8 +92,23 @@ def test_runner_embed_prints_and_writes_the_trained_vectors(
 
     inputs = tmp_path / "inputs.txt"
     inputs.write_text("\n".join(texts) + "\n")
-    assert main(["embed", "tiny-embed", "--runs-dir", str(runs), "--input", str(inputs), "--dim", "8",
-                 "--out", str(tmp_path / "v.npy")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "tiny-embed",
+                "--runs-dir",
+                str(runs),
+                "--input",
+                str(inputs),
+                "--dim",
+                "8",
+                "--out",
+                str(tmp_path / "v.npy"),
+            ]
+        )
+        == 0
+    )
     matrix = np.load(tmp_path / "v.npy")
     expected = torch.nn.functional.normalize(trained[:, :8], dim=-1).numpy()
     assert matrix.shape == (2, 8) and np.allclose(matrix, expected, atol=1e-6)
@@ -116,8 +132,12 @@ class _SigtermAt(TrainerCallback):
 def test_sigterm_checkpoints_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
     write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = write_job(rows=pair_rows(32), eval_rows=pair_rows(8, start=100), adapter={"dropout": 0.0},
-                    train={"max_steps": 6, "save_every": 100})
+    job = write_job(
+        rows=pair_rows(32),
+        eval_rows=pair_rows(8, start=100),
+        adapter={"dropout": 0.0},
+        train={"max_steps": 6, "save_every": 100},
+    )
     straight = tmp_path / "straight"
     assert main(["run", str(job), "--runs-dir", str(straight)]) == 0
 
@@ -150,10 +170,17 @@ def test_sigterm_checkpoints_and_the_resumed_run_ends_where_an_uninterrupted_one
 def test_scored_pairs_train_with_cosent_and_report_spearman_at_each_matryoshka_dim(
     write_job: Callable[..., Path], tmp_path: Path
 ) -> None:
-    rows = [{"sentence1": f"text {i}", "sentence2": f"text {i} again" if i % 2 else f"other {i}", "score": float(i % 3)}
-            for i in range(24)]
-    job = write_job(rows=rows, eval_rows=rows[:12], data={"format": "auto"},
-                    loss={"type": "matryoshka", "base": "cosent", "dims": [32, 16, 8]}, train={"max_steps": 2})
+    rows = [
+        {"sentence1": f"text {i}", "sentence2": f"text {i} again" if i % 2 else f"other {i}", "score": float(i % 3)}
+        for i in range(24)
+    ]
+    job = write_job(
+        rows=rows,
+        eval_rows=rows[:12],
+        data={"format": "auto"},
+        loss={"type": "matryoshka", "base": "cosent", "dims": [32, 16, 8]},
+        train={"max_steps": 2},
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     status = status_of(only_run(runs))
@@ -163,7 +190,9 @@ def test_scored_pairs_train_with_cosent_and_report_spearman_at_each_matryoshka_d
     assert -1.0 <= after["dim8_spearman"] <= 1.0 and after["spearman"] == after["dim32_spearman"]
 
 
-def test_loss_that_does_not_fit_the_data_fails_as_a_config_error(write_job: Callable[..., Path], tmp_path: Path) -> None:
+def test_loss_that_does_not_fit_the_data_fails_as_a_config_error(
+    write_job: Callable[..., Path], tmp_path: Path
+) -> None:
     rows = [{"sentence1": "a", "sentence2": "b", "score": 1.0}] * 8
     job = write_job(rows=rows, data={"format": "auto"}, loss={"type": "contrastive"})
     runs = tmp_path / "runs"
@@ -172,8 +201,9 @@ def test_loss_that_does_not_fit_the_data_fails_as_a_config_error(write_job: Call
     assert status["reason"] == "config" and "cosent" in status["error"]
 
 
-def test_projection_sets_the_embedding_size_and_is_saved(write_job: Callable[..., Path], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_projection_sets_the_embedding_size_and_is_saved(
+    write_job: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     job = write_job(model={"projection_dim": 12}, train={"max_steps": 2})
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0

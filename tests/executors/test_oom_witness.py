@@ -10,9 +10,11 @@ from pathlib import Path
 from runner.executors.oom import OomWitness, kernel_oom_victims, memory_counter, oom_kill_count
 
 V2_MOUNTINFO = "30 1 0:26 / {root}/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
-V1_MOUNTINFO = ("31 25 0:27 / {root}/cpu rw,relatime shared:5 - cgroup cgroup rw,cpu\n"
-                "32 25 0:28 / {root}/memory rw,relatime shared:6 - cgroup cgroup rw,memory\n"
-                "33 25 0:29 / {root}/unified rw,relatime shared:7 - cgroup2 cgroup2 rw\n")
+V1_MOUNTINFO = (
+    "31 25 0:27 / {root}/cpu rw,relatime shared:5 - cgroup cgroup rw,cpu\n"
+    "32 25 0:28 / {root}/memory rw,relatime shared:6 - cgroup cgroup rw,memory\n"
+    "33 25 0:29 / {root}/unified rw,relatime shared:7 - cgroup2 cgroup2 rw\n"
+)
 EVENTS = "low 0\nhigh 0\nmax 12\noom 3\noom_kill {n}\noom_group_kill 0\n"
 OOM_CONTROL = "oom_kill_disable 0\nunder_oom 0\noom_kill {n}\n"
 
@@ -43,9 +45,11 @@ def test_no_memory_cgroup_means_no_counter(tmp_path: Path) -> None:
 def test_the_kernel_log_names_the_victims(tmp_path: Path) -> None:
     read, write = os.pipe()
     os.set_blocking(read, False)
-    for record in [b"6,120,900,-;eth0: link up\n",
-                   b"4,341,9098010138,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0\n",
-                   b"3,418,9098013544,-;Memory cgroup out of memory: Killed process 10382 (python3) total-vm:323768kB\n"]:
+    for record in [
+        b"6,120,900,-;eth0: link up\n",
+        b"4,341,9098010138,-;python3 invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0\n",
+        b"3,418,9098013544,-;Memory cgroup out of memory: Killed process 10382 (python3) total-vm:323768kB\n",
+    ]:
         os.write(write, record)
     try:
         assert 10382 in kernel_oom_victims(read)

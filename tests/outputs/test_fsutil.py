@@ -25,9 +25,7 @@ def test_atomic_write_text_replaces_content_and_leaves_no_temp(tmp_path: Path) -
     assert leftovers(tmp_path) == []
 
 
-def test_atomic_write_fsyncs_the_file_and_its_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -48,9 +46,7 @@ def test_atomic_write_creates_missing_parent_folders(tmp_path: Path) -> None:
     assert json.loads(target.read_text()) == {"x": 1}
 
 
-def test_crash_at_replace_keeps_old_file_and_removes_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_at_replace_keeps_old_file_and_removes_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "status.json"
     atomic_write_json(target, {"state": "running"})
 
@@ -125,9 +121,7 @@ def test_atomic_dir_replace_swaps_whole_folder(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_atomic_dir_replace_that_fails_to_move_in_restores_old(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_dir_replace_that_fails_to_move_in_restores_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     final = tmp_path / "adapter"
     with atomic_dir(final) as tmp:
         (tmp / "w").write_text("old")

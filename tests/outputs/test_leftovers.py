@@ -19,16 +19,28 @@ def test_staging_and_temp_names_are_removed_and_results_are_kept(tmp_path: Path)
     (run / "adapter" / "adapter_model.safetensors").write_bytes(b"final")
     (run / ".slurm").mkdir()
     (run / ".slurm" / "attempt-1.sh").write_text("#!/bin/sh\n")
-    debris = [".trainer/checkpoint-8/optimizer.pt", ".tmp-adapter-1a2b3c4d/adapter_model.safetensors",
-              ".tmp-adapter-old-5e6f7a8b/adapter_config.json", ".tmp-status.json-0badc0de",
-              "checkpoints/.tmp-step-8-12345678/model.bin", ".slurm/.tmp-attempt-2.sh-abcdef12"]
+    debris = [
+        ".trainer/checkpoint-8/optimizer.pt",
+        ".tmp-adapter-1a2b3c4d/adapter_model.safetensors",
+        ".tmp-adapter-old-5e6f7a8b/adapter_config.json",
+        ".tmp-status.json-0badc0de",
+        "checkpoints/.tmp-step-8-12345678/model.bin",
+        ".slurm/.tmp-attempt-2.sh-abcdef12",
+    ]
     for name in debris:
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_bytes(b"half")
 
     assert sorted(p.relative_to(run).as_posix() for p in find_leftovers(run)) == sorted(
-        [".tmp-adapter-1a2b3c4d", ".tmp-adapter-old-5e6f7a8b", ".tmp-status.json-0badc0de", ".trainer",
-         ".slurm/.tmp-attempt-2.sh-abcdef12", "checkpoints/.tmp-step-8-12345678"])
+        [
+            ".tmp-adapter-1a2b3c4d",
+            ".tmp-adapter-old-5e6f7a8b",
+            ".tmp-status.json-0badc0de",
+            ".trainer",
+            ".slurm/.tmp-attempt-2.sh-abcdef12",
+            "checkpoints/.tmp-step-8-12345678",
+        ]
+    )
     removed = remove_leftovers(run)
     assert ".trainer" in removed and ".tmp-adapter-1a2b3c4d" in removed
     kept = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))

@@ -38,9 +38,7 @@ def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def make_repo(path: Path) -> Path:
@@ -113,7 +111,9 @@ def test_outside_a_work_tree_git_is_none(tmp_path: Path, isolated_git: dict[str,
     assert build_manifest(**ARGS, cwd=tmp_path)["git"] is None
 
 
-def test_without_git_installed_git_is_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_git: dict[str, str]) -> None:
+def test_without_git_installed_git_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_git: dict[str, str]
+) -> None:
     repo = make_repo(tmp_path / "repo")
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     assert git_info(repo) is None

@@ -35,9 +35,7 @@ ADVANCE = {
     JobState.INTERRUPTED: JobState.QUEUED,
 }
 
-attempt_op = st.tuples(
-    st.just("attempt"), st.integers(min_value=0, max_value=3), st.sampled_from(list(JobState))
-)
+attempt_op = st.tuples(st.just("attempt"), st.integers(min_value=0, max_value=3), st.sampled_from(list(JobState)))
 progress_op = st.tuples(st.just("progress"), st.integers(min_value=0, max_value=10_000), st.none())
 ops = st.lists(st.one_of(attempt_op, attempt_op, progress_op), min_size=1, max_size=25)
 

@@ -134,8 +134,7 @@ def test_reason_and_error_are_separate_from_state() -> None:
 
 
 @pytest.mark.parametrize(
-    ("to", "default"),
-    [(F, FailureClass.CRASH), (C, FailureClass.CANCELLED_BY_USER), (I, FailureClass.INTERRUPTED)],
+    ("to", "default"), [(F, FailureClass.CRASH), (C, FailureClass.CANCELLED_BY_USER), (I, FailureClass.INTERRUPTED)]
 )
 def test_unexplained_failures_get_a_default_reason(to: JobState, default: FailureClass) -> None:
     assert transition(status_in(R), to).reason is default
@@ -181,8 +180,15 @@ def test_extra_counters_merge_rather_than_replace() -> None:
 def test_json_round_trip_is_lossless() -> None:
     s = transition(status_in(R), I, now=T0 + timedelta(hours=2))
     s = with_progress(
-        s, step=7, total_steps=9, epoch=0.5, loss=0.25, adapter={"type": "lora", "r": 8},
-        trainable_params=1234, spec_sha256="f" * 64, extra={"bad_records_skipped": 3},
+        s,
+        step=7,
+        total_steps=9,
+        epoch=0.5,
+        loss=0.25,
+        adapter={"type": "lora", "r": 8},
+        trainable_params=1234,
+        spec_sha256="f" * 64,
+        extra={"bad_records_skipped": 3},
     )
     text = s.to_json()
     d = json.loads(text)

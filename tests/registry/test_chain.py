@@ -61,7 +61,11 @@ def _status(project: Path, job: str) -> dict[str, Any]:
 
 
 def test_three_job_chain_registers_each_result_with_its_lineage(
-    project: Path, base_model: Path, write_job: Callable[..., Path], home: Path, _private_registry: Path,
+    project: Path,
+    base_model: Path,
+    write_job: Callable[..., Path],
+    home: Path,
+    _private_registry: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from transformers import AutoModelForCausalLM
@@ -80,7 +84,11 @@ def test_three_job_chain_registers_each_result_with_its_lineage(
     registry = Registry(_private_registry, home=home)
     a, b, c = (registry.get(x) for x in ("tiny-a", "tiny-b", "tiny-c"))
     run_a, run_b, run_c = (latest_run(project / "runs", j).name for j in ("sft-a", "sft-b", "sft-c"))  # type: ignore[union-attr]
-    assert (a.lineage.fine_tuned_from, b.lineage.fine_tuned_from, c.lineage.fine_tuned_from) == ("tiny-base", "tiny-a", "tiny-b")  # type: ignore[union-attr]
+    assert (a.lineage.fine_tuned_from, b.lineage.fine_tuned_from, c.lineage.fine_tuned_from) == (
+        "tiny-base",
+        "tiny-a",
+        "tiny-b",
+    )  # type: ignore[union-attr]
     assert (a.lineage.run_id, b.lineage.run_id, c.lineage.run_id) == (run_a, run_b, run_c)  # type: ignore[union-attr]
     assert (a.lineage.form, c.lineage.form) == ("adapter", "merged")  # type: ignore[union-attr]
     assert b.lineage.base_source == "job:sft-a" and b.lineage.job == "sft-b"  # type: ignore[union-attr]
@@ -103,8 +111,10 @@ def test_three_job_chain_registers_each_result_with_its_lineage(
     from peft import PeftModel
 
     merged_c = AutoModelForCausalLM.from_pretrained(resolve_source("registry:tiny-c", progress=False).path)
-    on_b = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(home / "merged" / "sft-b" / run_b),
-                                     str(latest_run(project / "runs", "sft-c") / "adapter"))  # type: ignore[operator]
+    on_b = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(home / "merged" / "sft-b" / run_b),
+        str(latest_run(project / "runs", "sft-c") / "adapter"),
+    )  # type: ignore[operator]
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         torch.testing.assert_close(merged_c(ids).logits, on_b(ids).logits, atol=1e-5, rtol=1e-4)
@@ -177,8 +187,14 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
 
 
 def test_resume_uses_the_recorded_base_and_refuses_a_changed_one(
-    project: Path, base_model: Path, write_job: Callable[..., Path], home: Path, tmp_path: Path, _private_registry: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    project: Path,
+    base_model: Path,
+    write_job: Callable[..., Path],
+    home: Path,
+    tmp_path: Path,
+    _private_registry: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import shutil
 

@@ -52,7 +52,13 @@ def test_first_resolve_converts_into_the_snapshot_store(first_resolve: FirstReso
     manifest = json.loads((resolved.path / "runner_snapshot.json").read_text())
     assert manifest["source_file"] == str(package_dir / GGUF_NAME)
     assert manifest["seconds"] > 1  # a real conversion happened (not a reuse)
-    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json"} <= set(resolved.files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    } <= set(resolved.files)
     assert resolved.files["model.safetensors"] == sha256_file(resolved.path / "model.safetensors")
     print(f"\nSmolLM2 first resolve (conversion): {first_resolve.seconds:.1f} s")
 

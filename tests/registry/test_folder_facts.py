@@ -13,10 +13,15 @@ from runner.registry.folder_facts import infer_kind
 
 
 def test_headers_give_every_tensor_of_every_shard_its_dtype_and_shape(tmp_path: Path) -> None:
-    save_file({"a": torch.zeros(3, 4, dtype=torch.bfloat16), "scale": torch.zeros((), dtype=torch.float32)},
-              tmp_path / "model-00001-of-00002.safetensors", metadata={"format": "pt"})
-    save_file({"b": torch.zeros(0, 5, dtype=torch.float16), "c": torch.zeros(2, dtype=torch.float8_e4m3fn)},
-              tmp_path / "model-00002-of-00002.safetensors")
+    save_file(
+        {"a": torch.zeros(3, 4, dtype=torch.bfloat16), "scale": torch.zeros((), dtype=torch.float32)},
+        tmp_path / "model-00001-of-00002.safetensors",
+        metadata={"format": "pt"},
+    )
+    save_file(
+        {"b": torch.zeros(0, 5, dtype=torch.float16), "c": torch.zeros(2, dtype=torch.float8_e4m3fn)},
+        tmp_path / "model-00002-of-00002.safetensors",
+    )
     save_file({"hidden": torch.zeros(7)}, tmp_path / ".partial.safetensors")  # not part of the model
 
     assert read_safetensors_headers(tmp_path) == {

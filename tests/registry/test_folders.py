@@ -10,13 +10,7 @@ import pytest
 import torch
 
 from runner import paths
-from runner.registry import (
-    SourceError,
-    folder_checksums,
-    model_files,
-    resolve_source,
-    sha256_file,
-)
+from runner.registry import SourceError, folder_checksums, model_files, resolve_source, sha256_file
 from runner.registry import checksums as checksums_mod
 
 from .tiny_models import copy_model
@@ -58,7 +52,9 @@ def test_sha256_file_streams_known_digest(tmp_path: Path) -> None:
     assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
-def test_folder_checksums_cache_and_invalidation(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_folder_checksums_cache_and_invalidation(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = copy_model(tiny_model_dir, tmp_path / "m")
     (folder / "README.md").write_text("not part of the model")
     (folder / "checkpoint-1").mkdir()
@@ -87,7 +83,9 @@ def test_folder_checksums_cache_and_invalidation(tiny_model_dir: Path, tmp_path:
 def test_torn_checksum_cache_is_ignored(tiny_model_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "sums.json"
     cache.write_text("{not json")
-    assert folder_checksums(tiny_model_dir, cache_file=cache)["config.json"] == sha256_file(tiny_model_dir / "config.json")
+    assert folder_checksums(tiny_model_dir, cache_file=cache)["config.json"] == sha256_file(
+        tiny_model_dir / "config.json"
+    )
     assert json.loads(cache.read_text())["version"] == 1
 
 
@@ -113,7 +111,9 @@ def test_local_resolves_and_loads(tiny_model_dir: Path, home: Path) -> None:
     assert not any(p.name.startswith("runner_") for p in tiny_model_dir.iterdir())
 
 
-def test_local_relative_path_is_made_absolute(tiny_model_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_relative_path_is_made_absolute(
+    tiny_model_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tiny_model_dir.parent)
     resolved = resolve_source(f"local:{tiny_model_dir.name}", home=home, progress=False)
     assert resolved.path == tiny_model_dir and resolved.source == f"local:{tiny_model_dir}"
@@ -245,7 +245,9 @@ def test_pkg_subpath_must_be_a_model_or_gguf(fake_package: Path, home: Path) -> 
         resolve_source("pkg:weights_pkg_zz/notes.txt", home=home)
 
 
-def test_unwritable_checksum_cache_does_not_fail(tiny_model_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_checksum_cache_does_not_fail(
+    tiny_model_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A read-only or full RUNNER_HOME costs speed (re-hashing), never the run."""
 
     def no_space(*_a: object, **_k: object) -> None:

@@ -52,7 +52,13 @@ def test_converts_once_into_a_loadable_snapshot(tiny_gguf: Path, home: Path, con
     assert resolved.revision == sha
     assert resolved.format_note == "converted from GGUF Q8_0"
     assert resolved.source == f"gguf:{tiny_gguf.parent}#{tiny_gguf.name}"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= set(resolved.files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    } <= set(resolved.files)
     assert resolved.files["model.safetensors"] == sha256_file(resolved.path / "model.safetensors")
     assert conversions == [tiny_gguf]
     assert _leftovers(home) == []
@@ -105,7 +111,9 @@ def test_interrupted_conversion_leaves_nothing(
     real_save = PreTrainedTokenizerBase.save_pretrained
     written: list[list[str]] = []
 
-    def failing_save(self: PreTrainedTokenizerBase, save_directory: str | Path, *args: object, **kwargs: object) -> None:
+    def failing_save(
+        self: PreTrainedTokenizerBase, save_directory: str | Path, *args: object, **kwargs: object
+    ) -> None:
         written.append(sorted(os.listdir(save_directory)))
         raise interruption
 
@@ -176,7 +184,9 @@ def test_missing_gguf_file(tmp_path: Path, home: Path) -> None:
         resolve_source(f"gguf:{tmp_path}#absent.gguf", home=home)
 
 
-def test_pkg_with_one_gguf_converts_it(tiny_gguf: Path, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pkg_with_one_gguf_converts_it(
+    tiny_gguf: Path, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pkg = tmp_path / "site" / "tiny_gguf_pkg_zz"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -207,7 +217,9 @@ def test_progress_reports_conversion(tiny_gguf: Path, home: Path, caplog: pytest
     assert "converted tiny.Q8_0.gguf in" in text
 
 
-def test_quantizer_is_cleared_when_transformers_keeps_it(tiny_gguf: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quantizer_is_cleared_when_transformers_keeps_it(
+    tiny_gguf: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Loaded the default way, a GGUF model carries a quantizer that makes save_pretrained refuse."""
     from transformers import AutoModelForCausalLM
 

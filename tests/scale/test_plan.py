@@ -54,8 +54,9 @@ def test_parameter_counts_match_a_hand_computation(tiny_model_dir: Path) -> None
     # and peft, on the real model, trains exactly that many
     from transformers import AutoModelForCausalLM
 
-    real = apply_adapter(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), AdapterSection(r=16),
-                         gradient_checkpointing=False)
+    real = apply_adapter(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), AdapterSection(r=16), gradient_checkpointing=False
+    )
     assert count_parameters(real) == (lora, expected + lora)
 
 
@@ -109,12 +110,20 @@ def test_sizes_parse(write_job: Callable[..., Path], capsys: pytest.CaptureFixtu
 def test_the_calibration_extrapolates_activation_memory_to_the_full_depth(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=5,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     folder = tmp_path / "deep"
     AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
-    spec = JobSpec.model_validate({"model": {"source": "local:x"}, "data": {"train": "t.jsonl"},
-                                   "resources": {"device": "cpu"}})
+    spec = JobSpec.model_validate(
+        {"model": {"source": "local:x"}, "data": {"train": "t.jsonl"}, "resources": {"device": "cpu"}}
+    )
     choice = choose_device(spec.model, spec.resources, spec.adapter)
     calibration = calibrate(folder, spec, choice, rows=3, columns=40, time_it=False)
     for method in ("full", "lora"):
@@ -159,7 +168,12 @@ def test_choose_device_resolves_and_refuses_with_reasons() -> None:
         pytest.skip("CPU-only expectations")
     model, cpu = ModelSection(source="local:x"), ResourcesSection()
     choice = choose_device(model, cpu)
-    assert (choice.device, choice.dtype, choice.precision, choice.attn_implementation) == ("cpu", "float32", "fp32", "sdpa")
+    assert (choice.device, choice.dtype, choice.precision, choice.attn_implementation) == (
+        "cpu",
+        "float32",
+        "fp32",
+        "sdpa",
+    )
     qlora = AdapterSection(method="qlora", allow_cpu=True)
     assert choose_device(model, ResourcesSection(precision="bf16"), qlora).compute_dtype == "bfloat16"
     from runner.train.model import ModelSetupError

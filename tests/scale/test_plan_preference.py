@@ -16,8 +16,15 @@ from runner.plan import BatchShape
 from runner.plan.preference import PreferenceRows, passes_per_token, preference_batch, reference_kind
 from runner.spec.model import JobSpec
 
-PAIRS = [{"instruction": f"What is {i} + {i}?", "input": "", "chosen": f"{i} + {i} = {2 * i}.",
-          "rejected": f"I cannot answer questions about {i}."} for i in range(40)]
+PAIRS = [
+    {
+        "instruction": f"What is {i} + {i}?",
+        "input": "",
+        "chosen": f"{i} + {i} = {2 * i}.",
+        "rejected": f"I cannot answer questions about {i}.",
+    }
+    for i in range(40)
+]
 
 
 def _plan(write_job: Callable[..., Path], capsys: pytest.CaptureFixture[str], name: str, **sections: Any) -> dict:
@@ -30,8 +37,9 @@ def test_a_dpo_plan_counts_both_replies_the_shared_prompt_and_the_reference(
     write_job: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     shared = _plan(write_job, capsys, "dpo", loss={"type": "dpo"}, train={"speed": {"token_budget": 0}})
-    repeated = _plan(write_job, capsys, "dpo2", loss={"type": "dpo"},
-                     train={"speed": {"token_budget": 0, "shared_prompt": False}})
+    repeated = _plan(
+        write_job, capsys, "dpo2", loss={"type": "dpo"}, train={"speed": {"token_budget": 0, "shared_prompt": False}}
+    )
     assert shared["data"]["format"] == "alpaca-preference" and shared["data"]["train_examples"] == 40
     assert shared["data"]["peak_batch"][0] == 1  # always one padding-free row
     # the same replies, each prompt once instead of twice
@@ -40,13 +48,20 @@ def test_a_dpo_plan_counts_both_replies_the_shared_prompt_and_the_reference(
     lora = shared["memory"]["methods"]["lora"]
     assert lora["reference"] > 0  # the adapter-off pass's logits, beside the policy's activations
     assert shared["memory"]["methods"]["full"]["reference"] == 0  # full fine-tuning: 'auto' precomputes
-    precomputed = _plan(write_job, capsys, "dpo3", loss={"type": "dpo", "reference": "precompute"},
-                        train={"speed": {"token_budget": 0}})
+    precomputed = _plan(
+        write_job, capsys, "dpo3", loss={"type": "dpo", "reference": "precompute"}, train={"speed": {"token_budget": 0}}
+    )
     assert precomputed["memory"]["methods"]["lora"]["reference"] == 0
     other = precomputed["memory"]["methods"]["lora"]  # the runtime is this process's measured RSS: left out
     assert other["peak"] - other["runtime"] == lora["peak"] - lora["runtime"] - lora["reference"]
-    copy = _plan(write_job, capsys, "dpo4", loss={"type": "dpo", "reference": "copy"}, adapter={"method": "full"},
-                 train={"speed": {"token_budget": 0}})
+    copy = _plan(
+        write_job,
+        capsys,
+        "dpo4",
+        loss={"type": "dpo", "reference": "copy"},
+        adapter={"method": "full"},
+        train={"speed": {"token_budget": 0}},
+    )
     weights = copy["memory"]["methods"]["full"]["gradients"]  # fp32: gradients are one copy of the weights
     assert copy["memory"]["methods"]["full"]["reference"] >= weights
     assert any("preference (dpo)" in note for note in shared["notes"])

@@ -17,8 +17,15 @@ from runner.outputs.runs import list_runs
 
 from .conftest import start_run
 
-PAIRS = [{"instruction": f"What is {i} + {i}?", "input": "", "chosen": f"{i} + {i} = {2 * i}.",
-          "rejected": f"I cannot answer questions about {i}."} for i in range(32)]
+PAIRS = [
+    {
+        "instruction": f"What is {i} + {i}?",
+        "input": "",
+        "chosen": f"{i} + {i} = {2 * i}.",
+        "rejected": f"I cannot answer questions about {i}.",
+    }
+    for i in range(32)
+]
 
 
 def _run(runs: Path, job: str) -> Path:
@@ -30,18 +37,32 @@ def _lines(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize(("name", "loss", "adapter"), [
-    ("ddp-kto", {"type": "kto"}, {"method": "lora"}),
-    ("ddp-dpo-full", {"type": "dpo", "reference": "precompute"}, {"method": "full"}),
-], ids=["kto-lora", "dpo-full-precompute"])
+@pytest.mark.parametrize(
+    ("name", "loss", "adapter"),
+    [
+        ("ddp-kto", {"type": "kto"}, {"method": "lora"}),
+        ("ddp-dpo-full", {"type": "dpo", "reference": "precompute"}, {"method": "full"}),
+    ],
+    ids=["kto-lora", "dpo-full-precompute"],
+)
 def test_two_processes_train_a_preference_job_with_identical_replicas(
-    write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
-    loss: dict[str, Any], adapter: dict[str, Any],
+    write_job: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    loss: dict[str, Any],
+    adapter: dict[str, Any],
 ) -> None:
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
-    job = write_job(name, rows=PAIRS, loss=loss, adapter=adapter, data={"eval_fraction": 0.25},
-                    train={"max_steps": 4, "save_every": 2, "learning_rate": 1e-4 if adapter["method"] == "full" else 1e-3},
-                    resources={"nproc": 2, "device": "cpu"})
+    job = write_job(
+        name,
+        rows=PAIRS,
+        loss=loss,
+        adapter=adapter,
+        data={"eval_fraction": 0.25},
+        train={"max_steps": 4, "save_every": 2, "learning_rate": 1e-4 if adapter["method"] == "full" else 1e-3},
+        resources={"nproc": 2, "device": "cpu"},
+    )
     runs = tmp_path / "runs"
     proc = start_run(job, runs)
     out, _ = proc.communicate(timeout=600)
@@ -66,8 +87,14 @@ def test_qlora_dpo_uses_the_4bit_base_with_its_adapter_off_as_the_reference(
     write_job: Callable[..., Path], tmp_path: Path
 ) -> None:
     pytest.importorskip("bitsandbytes")
-    job = write_job("qlora-dpo", rows=PAIRS, loss={"type": "dpo"}, data={"eval_fraction": 0.25},
-                    adapter={"method": "qlora", "allow_cpu": True, "dropout": 0.0}, train={"max_steps": 3})
+    job = write_job(
+        "qlora-dpo",
+        rows=PAIRS,
+        loss={"type": "dpo"},
+        data={"eval_fraction": 0.25},
+        adapter={"method": "qlora", "allow_cpu": True, "dropout": 0.0},
+        train={"max_steps": 3},
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     run = _run(runs, "qlora-dpo")
@@ -81,4 +108,3 @@ def test_qlora_dpo_uses_the_4bit_base_with_its_adapter_off_as_the_reference(
     assert len(steps) == 3 and steps[-1]["loss"] < steps[0]["loss"]
     assert (run / "adapter" / "runner_adapter.json").is_file()
     assert "quantization" in json.loads((run / "adapter" / "runner_adapter.json").read_text())
-

@@ -35,7 +35,9 @@ def _setup(method: str = "qlora") -> tuple[ModelSection, AdapterSection, object]
     return model, adapter, choose_device(model, ResourcesSection(device="cpu"), adapter)
 
 
-def test_a_4bit_base_trains_lora_and_the_adapter_reloads_onto_a_fresh_4bit_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_4bit_base_trains_lora_and_the_adapter_reloads_onto_a_fresh_4bit_base(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     spec_model, adapter, choice = _setup()
     assert choice.compute_dtype == "float32"
     model = load_causal_lm(tiny_model_dir, spec_model, adapter, choice)
@@ -66,10 +68,14 @@ def test_a_4bit_base_trains_lora_and_the_adapter_reloads_onto_a_fresh_4bit_base(
 
     saved = tmp_path / "adapter"
     model.save_pretrained(str(saved))
-    atomic_write_json(saved / "runner_adapter.json", {
-        "method": "qlora", "base_model": {"path": str(tiny_model_dir)},
-        "quantization": quantization_record(adapter, choice),
-    })
+    atomic_write_json(
+        saved / "runner_adapter.json",
+        {
+            "method": "qlora",
+            "base_model": {"path": str(tiny_model_dir)},
+            "quantization": quantization_record(adapter, choice),
+        },
+    )
     reloaded = load_for_inference(saved, device="cpu")
     base_q = reloaded.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(base_q, bnb.nn.Linear4bit)
@@ -87,8 +93,11 @@ def test_a_4bit_base_trains_lora_and_the_adapter_reloads_onto_a_fresh_4bit_base(
 
 
 def test_runner_run_qlora_on_the_cpu_records_the_4bit_setup(write_job: Callable[..., Path], tmp_path: Path) -> None:
-    job = write_job("qlora", adapter={"method": "qlora", "allow_cpu": True, "quant_type": "fp4", "double_quant": False},
-                    train={"max_steps": 3, "save_every": 3})
+    job = write_job(
+        "qlora",
+        adapter={"method": "qlora", "allow_cpu": True, "quant_type": "fp4", "double_quant": False},
+        train={"max_steps": 3, "save_every": 3},
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     (run,) = list_runs(runs, "qlora")
@@ -108,8 +117,11 @@ def test_runner_run_qlora_on_the_cpu_records_the_4bit_setup(write_job: Callable[
 
 @pytest.mark.parametrize("installed", [None, "0.45.3"])
 def test_qlora_is_refused_before_any_weights_load_where_4bit_cannot_run(
-    write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str], installed: str | None,
+    write_job: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    installed: str | None,
 ) -> None:
     real_version = importlib.metadata.version
 
@@ -144,8 +156,9 @@ def test_an_eval_pass_does_not_change_the_gradients_of_the_next_training_step(ti
     """bitsandbytes repacks 4-bit CPU weights for inference on the first eval pass, after which its
     kernel passes no gradient to the layers below; the runner keeps the training layout."""
     spec_model, adapter, choice = _setup()
-    model = apply_adapter(load_causal_lm(tiny_model_dir, spec_model, adapter, choice), adapter,
-                          gradient_checkpointing=False)
+    model = apply_adapter(
+        load_causal_lm(tiny_model_dir, spec_model, adapter, choice), adapter, gradient_checkpointing=False
+    )
     ids = torch.randint(5, 300, (2, 12), generator=torch.Generator().manual_seed(0))
 
     def gradients() -> dict[str, torch.Tensor]:
@@ -161,4 +174,3 @@ def test_an_eval_pass_does_not_change_the_gradients_of_the_next_training_step(ti
     after = gradients()
     for name in before:
         torch.testing.assert_close(after[name], before[name], atol=0, rtol=0)
-

@@ -55,8 +55,10 @@ def _hardware() -> dict[str, int]:
     out = subprocess.run([str(_find("slurmd")), "-C"], capture_output=True, text=True, timeout=30).stdout
     first = out.splitlines()[0] if out else ""
     fields = dict(part.split("=", 1) for part in first.split() if "=" in part)
-    return {"CPUs": max(1, int(fields.get("CPUs", "1")) // 2),
-            "RealMemory": max(1, (int(fields.get("RealMemory", "2000")) - 256) // 2)}
+    return {
+        "CPUs": max(1, int(fields.get("CPUs", "1")) // 2),
+        "RealMemory": max(1, (int(fields.get("RealMemory", "2000")) - 256) // 2),
+    }
 
 
 @dataclass
@@ -69,7 +71,9 @@ class Cluster:
         return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=True).stdout
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.root.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in sorted(self.root.glob("*.log"))
+        )
 
     def job(self, job_id: str) -> str:
         """`scontrol show job` of one job, for assertions and failure messages."""
@@ -112,8 +116,10 @@ def _stop(cluster: Cluster) -> None:
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     missing = [name for name in BINARIES if _find(name) is None]
     if missing:
-        pytest.skip(f"Slurm is not installed here ({', '.join(missing)} not found): install the Debian packages "
-                    "slurmctld slurmd slurm-client munge (`bash scripts/system-packages`) to run the Slurm tests")
+        pytest.skip(
+            f"Slurm is not installed here ({', '.join(missing)} not found): install the Debian packages "
+            "slurmctld slurmd slurm-client munge (`bash scripts/system-packages`) to run the Slurm tests"
+        )
     if os.geteuid() != 0:
         pytest.skip("the single-node test Slurm needs root (slurmd runs the jobs as their user): run as root")
     root = tmp_path_factory.mktemp("slurm")
@@ -138,12 +144,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
-StateSaveLocation={root / 'state'}
-SlurmdSpoolDir={root / 'spool-%n'}
-SlurmctldPidFile={root / 'slurmctld.pid'}
-SlurmdPidFile={root / 'slurmd-%n.pid'}
-SlurmctldLogFile={root / 'slurmctld.log'}
-SlurmdLogFile={root / 'slurmd-%n.log'}
+StateSaveLocation={root / "state"}
+SlurmdSpoolDir={root / "spool-%n"}
+SlurmctldPidFile={root / "slurmctld.pid"}
+SlurmdPidFile={root / "slurmd-%n.pid"}
+SlurmctldLogFile={root / "slurmctld.log"}
+SlurmdLogFile={root / "slurmd-%n.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -160,9 +166,9 @@ Waittime=0
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-NodeName={NODES[0]} NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[0]} CPUs={hardware['CPUs']} RealMemory={hardware['RealMemory']} State=UNKNOWN
-NodeName={NODES[1]} NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[1]} CPUs={hardware['CPUs']} RealMemory={hardware['RealMemory']} State=UNKNOWN
-PartitionName=debug Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
+NodeName={NODES[0]} NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[0]} CPUs={hardware["CPUs"]} RealMemory={hardware["RealMemory"]} State=UNKNOWN
+NodeName={NODES[1]} NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[1]} CPUs={hardware["CPUs"]} RealMemory={hardware["RealMemory"]} State=UNKNOWN
+PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
 """)  # noqa: E501 - slurm.conf wants each node on one line
     saved = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)  # for this process, the daemons and the jobs (sbatch exports it)
@@ -185,13 +191,28 @@ def _start(cluster: Cluster, key: Path, munge_socket: Path) -> None:
     root, conf = cluster.root, cluster.conf
     quiet = {"stdin": subprocess.DEVNULL, "start_new_session": True}
     with open(root / "munged.log", "ab") as log:
-        cluster.procs.append(subprocess.Popen(
-            [str(_find("munged")), "--foreground", "--force", f"--socket={munge_socket}", f"--key-file={key}",
-             f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'munged-own.log'}",
-             f"--seed-file={root / 'munged.seed'}"], stdout=log, stderr=subprocess.STDOUT, **quiet))  # type: ignore[call-overload]
+        cluster.procs.append(
+            subprocess.Popen(
+                [
+                    str(_find("munged")),
+                    "--foreground",
+                    "--force",
+                    f"--socket={munge_socket}",
+                    f"--key-file={key}",
+                    f"--pid-file={root / 'munged.pid'}",
+                    f"--log-file={root / 'munged-own.log'}",
+                    f"--seed-file={root / 'munged.seed'}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **quiet,
+            )
+        )  # type: ignore[call-overload]
     _wait("munged's socket", munge_socket.exists, 20, cluster)
-    for name, command in [("slurmctld", [str(_find("slurmctld")), "-D", "-f", str(conf)]),
-                          *((f"slurmd-{node}", [str(_find("slurmd")), "-D", "-N", node, "-f", str(conf)]) for node in NODES)]:
+    for name, command in [
+        ("slurmctld", [str(_find("slurmctld")), "-D", "-f", str(conf)]),
+        *((f"slurmd-{node}", [str(_find("slurmd")), "-D", "-N", node, "-f", str(conf)]) for node in NODES),
+    ]:
         with open(root / f"{name}.out.log", "ab") as log:
             cluster.procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **quiet))  # type: ignore[call-overload]
 
@@ -215,7 +236,11 @@ def project(tmp_path: Path, tiny_model_dir: Path, slurm_cluster: Cluster) -> Ite
         if daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait(10)
-    ids = [str(status.extra["slurm"]["job_id"]) for job_dir in proj.runs.glob("*") for run in list_runs(proj.runs, job_dir.name)
-           if (status := read_status(run)) is not None and isinstance(status.extra.get("slurm"), dict)]
+    ids = [
+        str(status.extra["slurm"]["job_id"])
+        for job_dir in proj.runs.glob("*")
+        for run in list_runs(proj.runs, job_dir.name)
+        if (status := read_status(run)) is not None and isinstance(status.extra.get("slurm"), dict)
+    ]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True)

@@ -39,7 +39,8 @@ def slurm(status: Status) -> dict:  # type: ignore[type-arg]
 
 
 def test_a_job_runs_as_an_sbatch_job_outlives_a_daemon_restart_and_succeeds_with_its_slurm_job_id_recorded(
-        project: Project, slurm_cluster: Cluster) -> None:
+    project: Project, slurm_cluster: Cluster
+) -> None:
     first = project.start("--executor", "slurm", "--slurm-poll", "0.5").wait_ready()
     project.write("tiny.toml", project.spec(steps=60, resources={"memory": "1G", "cpus_per_node": 1}))
     running = project.wait_for(lambda: running_on_a_node(project, "tiny"), timeout=120, why="tiny running on a node")
@@ -61,8 +62,10 @@ def test_a_job_runs_as_an_sbatch_job_outlives_a_daemon_restart_and_succeeds_with
     run_dir = project.run_dirs("tiny")[-1]
     assert (run_dir / "adapter").is_dir() and (run_dir / "manifest.json").is_file()
     script = (run_dir / ".slurm" / "attempt-1.sh").read_text()
-    assert f"exec {sys.executable} -m runner run {project.jobs / 'tiny.toml'} --runs-dir {project.runs} " \
-           f"--run-dir {run_dir}" in script
+    assert (
+        f"exec {sys.executable} -m runner run {project.jobs / 'tiny.toml'} --runs-dir {project.runs} "
+        f"--run-dir {run_dir}" in script
+    )
     log = project.cli("logs", "tiny").stdout
     assert "attempt 1 of tiny/" in log and "[60/60]" in log and "succeeded in" in log  # the node's output
     assert f"following its Slurm job {record['job_id']} (running)" in project.daemons[1].log()
@@ -71,13 +74,22 @@ def test_a_job_runs_as_an_sbatch_job_outlives_a_daemon_restart_and_succeeds_with
 
 
 def test_runner_run_with_the_slurm_executor_follows_its_job_ctrl_c_stops_it_and_running_again_resumes(
-        project: Project) -> None:
+    project: Project,
+) -> None:
     job = project.write("fg.toml", project.spec(steps=300, save_every=1000, train={"log_every": 10}))
     command = [sys.executable, "-m", "runner", "run", str(job), "--executor", "slurm", "--runs-dir", str(project.runs)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root,
-                             env=_env())
-    project.wait_for(lambda: project.runs_of("fg") and project.latest("fg").state is JobState.RUNNING
-                     and (project.latest("fg").step or 0) >= 10, timeout=120, why="fg running on a node")
+    first = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=project.root, env=_env()
+    )
+    project.wait_for(
+        lambda: (
+            project.runs_of("fg")
+            and project.latest("fg").state is JobState.RUNNING
+            and (project.latest("fg").step or 0) >= 10
+        ),
+        timeout=120,
+        why="fg running on a node",
+    )
     first.send_signal(signal.SIGINT)  # Ctrl-C: scancel, the job saves a checkpoint, the run is resumable
     out, err = first.communicate(timeout=120)
     stopped = project.latest("fg")
@@ -102,18 +114,22 @@ def test_a_job_over_two_nodes_runs_one_torchrun_per_node_that_meet_on_the_first_
     status = project.latest("wide")
     assert (status.state, status.step) == (JobState.SUCCEEDED, 3), status.error
     assert slurm(status)["nodes"] == "runner-n[1-2]"
-    assert status.extra["processes"] == 2 and len(set(status.extra["replica_sha256"])) == 1, \
+    assert status.extra["processes"] == 2 and len(set(status.extra["replica_sha256"])) == 1, (
         "one rank per node, identical replicas at the end"
+    )
     log = project.cli("logs", "wide").stdout
     assert "launching 1 processes on each of 2 nodes with torchrun" in log
 
 
 def test_a_job_over_its_time_limit_is_interrupted_resumed_on_a_new_allocation_and_runner_cancel_scancels_it(
-        project: Project, slurm_cluster: Cluster) -> None:
+    project: Project, slurm_cluster: Cluster
+) -> None:
     # Slurm's shortest limit is a minute (enforced within ~30 s): the job trains far longer than that.
     project.start("--executor", "slurm", "--slurm-poll", "0.5").wait_ready()
-    project.write("slow.toml", project.spec(steps=100_000, save_every=100_000, resources={"time_limit": 1},
-                                            train={"log_every": 20}))
+    project.write(
+        "slow.toml",
+        project.spec(steps=100_000, save_every=100_000, resources={"time_limit": 1}, train={"log_every": 20}),
+    )
 
     def resumed() -> Status | None:
         """Attempt 2 running from a checkpoint, past the step it resumed from."""
@@ -137,6 +153,9 @@ def test_a_job_over_its_time_limit_is_interrupted_resumed_on_a_new_allocation_an
     assert (final.state, final.reason) == (JobState.CANCELLED, FailureClass.CANCELLED_BY_USER), final.error
     assert slurm(final)["state"] == "CANCELLED" and slurm(final)["job_id"] == second_job["job_id"]
     assert "JobState=CANCELLED" in slurm_cluster.job(second_job["job_id"])
-    steps = [r["step"] for r in map(json.loads, (project.run_dirs("slow")[-1] / "metrics.jsonl").read_text().splitlines())
-             if "loss" in r]
+    steps = [
+        r["step"]
+        for r in map(json.loads, (project.run_dirs("slow")[-1] / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    ]
     assert steps == sorted(steps) and min(s for s in steps if s > checkpoint_step) > checkpoint_step

@@ -24,8 +24,17 @@ def run(tmp_path: Path) -> Submission:
     run_dir = new_run_dir(tmp_path / "runs", "demo")
     status = StatusFile(run_paths(run_dir).status)
     status.create(new_status("demo", run_dir.name, spec_sha256="0" * 64))
-    status.update(extra={SLURM_KEY: {"job_id": JOB_ID, "attempt": 1, "state": "PENDING", "ended": False,
-                                     "jobs": [{"job_id": JOB_ID, "attempt": 1, "state": "PENDING", "exit_code": None}]}})
+    status.update(
+        extra={
+            SLURM_KEY: {
+                "job_id": JOB_ID,
+                "attempt": 1,
+                "state": "PENDING",
+                "ended": False,
+                "jobs": [{"job_id": JOB_ID, "attempt": 1, "state": "PENDING", "exit_code": None}],
+            }
+        }
+    )
     return Submission(JOB_ID, run_dir, 1)
 
 
@@ -60,7 +69,9 @@ def test_a_started_job_sets_the_run_running_with_its_nodes(executor: SlurmExecut
     assert status.extra[SLURM_KEY]["nodes"] == "gpu-07" and status.extra[SLURM_KEY]["state"] == "RUNNING"
 
 
-def test_a_job_that_ran_and_ended_between_two_polls_still_shows_it_ran(executor: SlurmExecutor, run: Submission) -> None:
+def test_a_job_that_ran_and_ended_between_two_polls_still_shows_it_ran(
+    executor: SlurmExecutor, run: Submission
+) -> None:
     write_outcome(run.run_dir / OUTCOME_FILE, JobState.SUCCEEDED, step=12, extra={"train_seconds": 3.0})
     final = executor.observe(run, JobInfo(JOB_ID, "COMPLETED", None, "0:0", "gpu-07"))
     apply(run, final)

@@ -54,8 +54,13 @@ def test_squeue_lines_become_job_infos_with_blanks_as_none() -> None:
 
 def test_scontrol_gives_the_exit_code_and_keeps_values_with_spaces_whole() -> None:
     job = parse_scontrol(SCONTROL)["3"]
-    assert (job.state, job.reason, job.exit_code, job.nodes, job.time_limit) == ("TIMEOUT", "TimeLimit", "3:0", "vm",
-                                                                                 "00:01:00")
+    assert (job.state, job.reason, job.exit_code, job.nodes, job.time_limit) == (
+        "TIMEOUT",
+        "TimeLimit",
+        "3:0",
+        "vm",
+        "00:01:00",
+    )
     assert parse_scontrol("slurm_load_jobs error: Invalid job id specified\n") == {}
 
 
@@ -66,8 +71,10 @@ def test_sacct_keeps_the_allocation_not_its_steps_and_trims_who_cancelled() -> N
     assert (jobs["813"].state, jobs["813"].nodes) == ("CANCELLED", None)
 
 
-@pytest.mark.parametrize(("text", "parsed"), [("3:0", (3, 0)), ("0:9", (0, 9)), (" 137:0 ", (137, 0)), ("", None),
-                                              (None, None), ("n/a", None)])
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("3:0", (3, 0)), ("0:9", (0, 9)), (" 137:0 ", (137, 0)), ("", None), (None, None), ("n/a", None)],
+)
 def test_exit_codes_are_return_code_and_signal(text: str | None, parsed: tuple[int, int] | None) -> None:
     assert parse_exit_code(text) == parsed
 
@@ -75,16 +82,19 @@ def test_exit_codes_are_return_code_and_signal(text: str | None, parsed: tuple[i
 SUCCESS = Outcome(JobState.SUCCEEDED, fields={"step": 30, "extra": {"train_seconds": 12.0}})
 
 
-@pytest.mark.parametrize(("state", "outcome", "ours", "reason"), [
-    ("COMPLETED", SUCCESS, JobState.SUCCEEDED, None),
-    ("FAILED", None, JobState.FAILED, FailureClass.CRASH),
-    ("OUT_OF_MEMORY", None, JobState.FAILED, FailureClass.OOM),
-    ("CANCELLED", None, JobState.CANCELLED, FailureClass.CANCELLED_BY_USER),
-    ("TIMEOUT", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
-    ("PREEMPTED", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
-    ("NODE_FAIL", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
-    ("REQUEUED", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
-])
+@pytest.mark.parametrize(
+    ("state", "outcome", "ours", "reason"),
+    [
+        ("COMPLETED", SUCCESS, JobState.SUCCEEDED, None),
+        ("FAILED", None, JobState.FAILED, FailureClass.CRASH),
+        ("OUT_OF_MEMORY", None, JobState.FAILED, FailureClass.OOM),
+        ("CANCELLED", None, JobState.CANCELLED, FailureClass.CANCELLED_BY_USER),
+        ("TIMEOUT", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
+        ("PREEMPTED", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
+        ("NODE_FAIL", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
+        ("REQUEUED", None, JobState.INTERRUPTED, FailureClass.INTERRUPTED),
+    ],
+)
 def test_the_issues_state_map(state: str, outcome: Outcome | None, ours: JobState, reason: FailureClass | None) -> None:
     final = classify_end(info(state, "1:0" if state == "FAILED" else "0:0"), outcome, None)
     assert (final.state, final.reason) == (ours, reason), final.error
@@ -107,14 +117,18 @@ def test_the_runs_own_report_wins_where_slurm_knows_less() -> None:
     assert "checkpoint saved at step 40" in (early.error or "") and "Slurm job 812 FAILED" in (early.error or "")
     assert classify_end(info("TIMEOUT"), SUCCESS, None).state is JobState.SUCCEEDED, "done just before the limit"
     timeout = classify_end(info("TIMEOUT", "3:0", reason="TimeLimit", time_limit="02:00:00"), signalled, None)
-    assert timeout.error == ("Slurm job 812 TIMEOUT (TimeLimit, time limit 02:00:00, exit code 3:0): SIGTERM: checkpoint "
-                             "saved at step 40; it resumes from its last complete checkpoint on a new allocation")
+    assert timeout.error == (
+        "Slurm job 812 TIMEOUT (TimeLimit, time limit 02:00:00, exit code 3:0): SIGTERM: checkpoint "
+        "saved at step 40; it resumes from its last complete checkpoint on a new allocation"
+    )
 
 
 def test_a_scancel_the_runner_sent_is_a_cancel_or_a_stop_depending_on_why() -> None:
     cancelled = classify_end(info("CANCELLED"), None, Intent.CANCEL)
-    assert (cancelled.state, cancelled.error) == (JobState.CANCELLED,
-                                                  "cancelled with `runner cancel` (Slurm job 812 CANCELLED)")
+    assert (cancelled.state, cancelled.error) == (
+        JobState.CANCELLED,
+        "cancelled with `runner cancel` (Slurm job 812 CANCELLED)",
+    )
     assert classify_end(info("CANCELLED"), None, Intent.SHUTDOWN).state is JobState.INTERRUPTED  # Ctrl-C: resumable
     assert classify_end(info("CANCELLED"), None, Intent.DROP).error.startswith("cancelled: its job file was deleted")  # type: ignore[union-attr]
     failed_first = Outcome(JobState.FAILED, FailureClass.MODEL, "weights changed")

@@ -50,7 +50,10 @@ def test_json_format_lists_every_problem(capsys: pytest.CaptureFixture[str]) -> 
     assert report["valid"] is False
     (entry,) = report["files"]
     assert [(e["line"], e["column"], e["path"]) for e in entry["errors"]] == [
-        (10, 1, "adapter.rnak"), (11, 9, "adapter.alpha"), (13, 14, "train.batch_size"), (14, 17, "train.learning_rate"),
+        (10, 1, "adapter.rnak"),
+        (11, 9, "adapter.alpha"),
+        (13, 14, "train.batch_size"),
+        (14, 17, "train.learning_rate"),
     ]
 
 

@@ -59,10 +59,17 @@ eval_steps: 500
 """
 DATASET_INFO = {
     "identity": {"file_name": "identity.json"},
-    "glaive_toolcall_en_demo": {"file_name": "glaive_toolcall_en_demo.json", "formatting": "sharegpt",
-                                "columns": {"messages": "conversations", "tools": "tools"}},
-    "custom_chat": {"file_name": "chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "dialog"},
-                    "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}},
+    "glaive_toolcall_en_demo": {
+        "file_name": "glaive_toolcall_en_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "tools": "tools"},
+    },
+    "custom_chat": {
+        "file_name": "chat.jsonl",
+        "formatting": "sharegpt",
+        "columns": {"messages": "dialog"},
+        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"},
+    },
     "alpaca_hub": {"hf_hub_url": "llamafactory/alpaca_en", "subset": "main", "split": "train"},
     "dpo_demo": {"file_name": "dpo.json", "ranking": True, "formatting": "sharegpt"},
 }
@@ -132,10 +139,14 @@ def _llamafactory(tmp_path: Path, config: str = LLAMAFACTORY) -> Path:
     data.mkdir(exist_ok=True)
     (data / "dataset_info.json").write_text(json.dumps(DATASET_INFO), encoding="utf-8")
     (data / "identity.json").write_text(json.dumps([{"instruction": "hi", "input": "", "output": "hello"}] * 8))
-    (data / "glaive_toolcall_en_demo.json").write_text(json.dumps([{"conversations": [
-        {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": "[]"}] * 8))
-    (data / "chat.jsonl").write_text(json.dumps({"dialog": [{"speaker": "me", "text": "q"},
-                                                           {"speaker": "bot", "text": "a"}]}) + "\n")
+    (data / "glaive_toolcall_en_demo.json").write_text(
+        json.dumps(
+            [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": "[]"}] * 8
+        )
+    )
+    (data / "chat.jsonl").write_text(
+        json.dumps({"dialog": [{"speaker": "me", "text": "q"}, {"speaker": "bot", "text": "a"}]}) + "\n"
+    )
     path = tmp_path / "llama3_lora_sft.yaml"
     path.write_text(config, encoding="utf-8")
     return path
@@ -151,26 +162,48 @@ def _convert(config: Path, job: Path) -> tuple[str, dict[str, dict]]:
 def test_a_llamafactory_config_becomes_a_job_that_validates(tmp_path: Path) -> None:
     text, job = _convert(_llamafactory(tmp_path), tmp_path / "jobs" / "x.toml")
     assert job["model"] == {"source": "hf:meta-llama/Meta-Llama-3-8B-Instruct", "trust_remote_code": True}
-    assert job["data"] == {"train": ["../data/identity.json", "../data/glaive_toolcall_en_demo.json"],
-                           "format": "auto", "max_length": 2048, "max_records": 1000, "eval_fraction": 0.1}
+    assert job["data"] == {
+        "train": ["../data/identity.json", "../data/glaive_toolcall_en_demo.json"],
+        "format": "auto",
+        "max_length": 2048,
+        "max_records": 1000,
+        "eval_fraction": 0.1,
+    }
     assert job["adapter"] == {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["all-linear"]}
-    assert job["train"] == {"batch_size": 1, "grad_accum": 8, "log_every": 10, "save_every": 500,
-                            "learning_rate": 1e-4, "epochs": 3.0, "warmup_ratio": 0.1, "lr_scheduler": "cosine",
-                            "gradient_checkpointing": True}
+    assert job["train"] == {
+        "batch_size": 1,
+        "grad_accum": 8,
+        "log_every": 10,
+        "save_every": 500,
+        "learning_rate": 1e-4,
+        "epochs": 3.0,
+        "warmup_ratio": 0.1,
+        "lr_scheduler": "cosine",
+        "gradient_checkpointing": True,
+    }
     assert job["eval"] == {"batch_size": 1, "every": 500} and job["resources"] == {"precision": "bf16"}
     # every key without a counterpart is listed, with its reason
-    for key in ("do_train", "template", "overwrite_cache", "preprocessing_num_workers", "output_dir", "plot_loss",
-                "overwrite_output_dir", "ddp_timeout"):
+    for key in (
+        "do_train",
+        "template",
+        "overwrite_cache",
+        "preprocessing_num_workers",
+        "output_dir",
+        "plot_loss",
+        "overwrite_output_dir",
+        "ddp_timeout",
+    ):
         assert f"\n#   {key}: " in text
     assert "#   template: the model's own chat template (tokenizer_config.json) is used" in text
     # each value names where it came from, LLaMA-Factory's defaults included
-    assert 'alpha = 16  # lora_alpha unset: LLaMA-Factory\'s default (2 x lora_rank)' in text
+    assert "alpha = 16  # lora_alpha unset: LLaMA-Factory's default (2 x lora_rank)" in text
     assert "max_length = 2048  # cutoff_len" in text
 
 
 def test_dataset_info_columns_tags_and_hub_entries_become_fields_roles_and_hf_sources(tmp_path: Path) -> None:
-    config = LLAMAFACTORY.replace("dataset: identity,glaive_toolcall_en_demo", "dataset: custom_chat\n"
-                                  "eval_dataset: alpaca_hub").replace("val_size: 0.1\n", "")
+    config = LLAMAFACTORY.replace(
+        "dataset: identity,glaive_toolcall_en_demo", "dataset: custom_chat\neval_dataset: alpaca_hub"
+    ).replace("val_size: 0.1\n", "")
     _, job = _convert(_llamafactory(tmp_path, config), tmp_path / "x.toml")
     assert job["data"]["train"] == ["data/chat.jsonl"] and job["data"]["format"] == "auto"  # alpaca eval
     assert job["data"]["eval"] == ["hf:llamafactory/alpaca_en?split=train&subset=main"]
@@ -178,18 +211,37 @@ def test_dataset_info_columns_tags_and_hub_entries_become_fields_roles_and_hf_so
     assert job["data"]["roles"] == {"user": ["me"], "assistant": ["bot"]}
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (("stage: sft", "stage: dpo"), "stage: 'dpo': only supervised fine-tuning (sft) and continued pre-training (pt)"),
-    (("stage: sft", "stage: kto"), ('a preference job of its own: write it by hand with [loss] type = "kto" '
-                                    "(jobs/quickstart-dpo.toml is an example)")),
-    (("stage: sft", "stage: ppo"), "stage: 'ppo': only supervised fine-tuning (sft) and continued pre-training (pt)"),
-    (("dataset: identity,glaive_toolcall_en_demo", "dataset: nowhere"), "dataset: 'nowhere' is not a data set of"),
-    (("dataset: identity,glaive_toolcall_en_demo", "dataset: dpo_demo"),
-     ("data set 'dpo_demo' is a preference data set (ranking: true): it trains a preference job (loss.type = "
-      '"dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it)')),
-])
-def test_a_llamafactory_config_that_cannot_become_a_job_says_why(tmp_path: Path, edit: tuple[str, str],
-                                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("stage: sft", "stage: dpo"),
+            "stage: 'dpo': only supervised fine-tuning (sft) and continued pre-training (pt)",
+        ),
+        (
+            ("stage: sft", "stage: kto"),
+            (
+                'a preference job of its own: write it by hand with [loss] type = "kto" '
+                "(jobs/quickstart-dpo.toml is an example)"
+            ),
+        ),
+        (
+            ("stage: sft", "stage: ppo"),
+            "stage: 'ppo': only supervised fine-tuning (sft) and continued pre-training (pt)",
+        ),
+        (("dataset: identity,glaive_toolcall_en_demo", "dataset: nowhere"), "dataset: 'nowhere' is not a data set of"),
+        (
+            ("dataset: identity,glaive_toolcall_en_demo", "dataset: dpo_demo"),
+            (
+                "data set 'dpo_demo' is a preference data set (ranking: true): it trains a preference job (loss.type = "
+                '"dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it)'
+            ),
+        ),
+    ],
+)
+def test_a_llamafactory_config_that_cannot_become_a_job_says_why(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
     with pytest.raises(ConvertError, match=re.escape(message)):
         convert_config(_llamafactory(tmp_path, LLAMAFACTORY.replace(*edit)), job_path=tmp_path / "x.toml")
 
@@ -197,8 +249,9 @@ def test_a_llamafactory_config_that_cannot_become_a_job_says_why(tmp_path: Path,
 def _axolotl(tmp_path: Path, config: str = AXOLOTL) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    (data / "chat.jsonl").write_text(json.dumps({"conversations": [{"from": "human", "value": "q"},
-                                                                   {"from": "gpt", "value": "a"}]}) + "\n")
+    (data / "chat.jsonl").write_text(
+        json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}) + "\n"
+    )
     (data / "segments.jsonl").write_text(json.dumps({"segments": [{"label": True, "text": "x"}]}) + "\n")
     path = tmp_path / "qlora.yml"
     path.write_text(config, encoding="utf-8")
@@ -210,19 +263,32 @@ def test_an_axolotl_config_becomes_a_job_that_validates(tmp_path: Path) -> None:
     assert job["model"] == {"source": "hf:NousResearch/Llama-3.2-1B", "attn_implementation": "flash_attention_2"}
     assert job["data"] == {
         "train": ["../data/chat.jsonl", "../data/segments.jsonl", "hf:mlabonne/FineTome-100k?split=train"],
-        "format": "auto", "max_length": 4096, "packing": True, "eval_fraction": 0.05,
-        "fields": {"loss_weight": "train"}, "roles": {"assistant": ["model"]},
+        "format": "auto",
+        "max_length": 4096,
+        "packing": True,
+        "eval_fraction": 0.05,
+        "fields": {"loss_weight": "train"},
+        "roles": {"assistant": ["model"]},
     }
-    assert job["adapter"] == {"method": "qlora", "quant_type": "nf4", "double_quant": True, "r": 32, "alpha": 16,
-                              "dropout": 0.05, "target_modules": ["all-linear"]}
+    assert job["adapter"] == {
+        "method": "qlora",
+        "quant_type": "nf4",
+        "double_quant": True,
+        "r": 32,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": ["all-linear"],
+    }
     assert job["train"]["batch_size"] == 2 and job["train"]["grad_accum"] == 4 and job["train"]["epochs"] == 1.0
     assert "optimizer" not in job["train"]
     assert job["resources"] == {"precision": "auto", "device": "cuda"}
     assert job["tracking"] == {"project": "chat-runs", "report_to": ["wandb"]}
-    for key, reason in (("optimizer", "'paged_adamw_32bit' is not one of adamw_torch"),
-                        ("special_tokens", "the tokenizer's own special tokens are used"),
-                        ("warmup_steps", "warm-up is a share of the steps here"),
-                        ("dataset_prepared_path", "tokenised data is cached by content")):
+    for key, reason in (
+        ("optimizer", "'paged_adamw_32bit' is not one of adamw_torch"),
+        ("special_tokens", "the tokenizer's own special tokens are used"),
+        ("warmup_steps", "warm-up is a share of the steps here"),
+        ("dataset_prepared_path", "tokenised data is cached by content"),
+    ):
         assert f"#   {key}: {reason}" in text
     assert "QLoRA trains on a CUDA device" in text
 
@@ -276,8 +342,9 @@ def test_a_conversion_that_would_not_validate_writes_nothing_and_says_why(
     assert "the converted job does not validate; nothing was written" in err and not job.exists()
 
 
-def test_without_to_the_job_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_to_the_job_is_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from runner.commands import main
 
     config = _llamafactory(tmp_path)

@@ -14,11 +14,34 @@ JOBS = find_job_files([ROOT / "jobs"])
 
 def test_there_is_an_example_per_format_and_loss() -> None:
     specs = [load_job(path).spec for path in JOBS]
-    assert {s.data.format for s in specs} >= {"alpaca", "sharegpt", "messages", "text", "segments", "pairs", "triplets",
-                                              "scored-pairs", "image-text", "auto", "preference", "sharegpt-preference",
-                                              "alpaca-preference", "unpaired-preference"}
-    assert {s.loss_type for s in specs} >= {"causal-lm", "contrastive", "matryoshka", "cosent", "multi-task",
-                                            "dpo", "ipo", "orpo", "simpo", "kto"}
+    assert {s.data.format for s in specs} >= {
+        "alpaca",
+        "sharegpt",
+        "messages",
+        "text",
+        "segments",
+        "pairs",
+        "triplets",
+        "scored-pairs",
+        "image-text",
+        "auto",
+        "preference",
+        "sharegpt-preference",
+        "alpaca-preference",
+        "unpaired-preference",
+    }
+    assert {s.loss_type for s in specs} >= {
+        "causal-lm",
+        "contrastive",
+        "matryoshka",
+        "cosent",
+        "multi-task",
+        "dpo",
+        "ipo",
+        "orpo",
+        "simpo",
+        "kto",
+    }
     assert {s.adapter.method for s in specs} == {"lora", "qlora", "full"}
 
 

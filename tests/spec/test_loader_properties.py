@@ -15,8 +15,12 @@ from runner.spec.positions import SourceMap
 
 KNOWN_KEYS = sorted(
     {"name", "description", "priority", *JobSpec.model_fields}
-    | {key for section in JobSpec.model_fields.values() if hasattr(section.annotation, "model_fields")
-       for key in section.annotation.model_fields}  # type: ignore[union-attr]
+    | {
+        key
+        for section in JobSpec.model_fields.values()
+        if hasattr(section.annotation, "model_fields")
+        for key in section.annotation.model_fields
+    }  # type: ignore[union-attr]
 )
 keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(min_size=1, max_size=12))
 scalars = st.one_of(
@@ -123,8 +127,11 @@ def deeply_nested_documents(draw: st.DrawFn) -> str:
     """A valid job with a value nested up to thousands of levels (arrays, inline tables, dotted keys)."""
     depth = draw(st.integers(1, 3_000))
     openers = draw(st.lists(_OPENERS, min_size=depth, max_size=depth))
-    value = "".join(openers) + draw(st.sampled_from(["1", '"x"', "nan", "[]", "{}"])) + "".join(
-        _CLOSERS[o] for o in reversed(openers))
+    value = (
+        "".join(openers)
+        + draw(st.sampled_from(["1", '"x"', "nan", "[]", "{}"]))
+        + "".join(_CLOSERS[o] for o in reversed(openers))
+    )
     key = ".".join(["k"] * draw(st.integers(1, 2_000)))
     table = draw(st.sampled_from(["", "[train]\n", "[" + ".".join(["t"] * draw(st.integers(1, 100))) + "]\n"]))
     return 'name = "deep"\n[model]\nsource = "pkg:x"\n[data]\ntrain = "t.jsonl"\n' + table + f"{key} = {value}\n"
@@ -137,8 +144,10 @@ def test_deeply_nested_documents_never_escape_the_project_error(text: str) -> No
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.text(alphabet=st.characters(codec=None, categories=("Cs", "Lu", "Nd", "Po", "Zs")), max_size=40),
-       st.sampled_from(["name = ", "description = ", "[data]\ntrain = "]))
+@given(
+    st.text(alphabet=st.characters(codec=None, categories=("Cs", "Lu", "Nd", "Po", "Zs")), max_size=40),
+    st.sampled_from(["name = ", "description = ", "[data]\ntrain = "]),
+)
 def test_surrogates_raw_or_escaped_never_escape_the_project_error(text: str, prefix: str) -> None:
     _check(prefix + '"' + text + '"')  # raw surrogates: not UTF-8 once encoded
     escaped = "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text if c not in '"\\')
@@ -146,8 +155,11 @@ def test_surrogates_raw_or_escaped_never_escape_the_project_error(text: str, pre
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 6_000), st.sampled_from(["", "-", "+", "0x", "0o", "0b"]),
-       st.sampled_from(["seed", "batch_size", "max_steps", "unknown"]))
+@given(
+    st.integers(1, 6_000),
+    st.sampled_from(["", "-", "+", "0x", "0o", "0b"]),
+    st.sampled_from(["seed", "batch_size", "max_steps", "unknown"]),
+)
 def test_huge_integers_never_escape_the_project_error(digits: int, sign: str, key: str) -> None:
     body = "1" * digits
     _check(f'[model]\nsource = "pkg:x"\n[data]\ntrain = "t.jsonl"\n[train]\n{key} = {sign}{body}\n')

@@ -26,8 +26,9 @@ train = "pairs.jsonl"
 """
 
 
-def _job(tmp_path: Path, *, model: str = "", data: str = "", adapter: str = "", loss: str = 'type = "dpo"',
-          train: str = "") -> Path:
+def _job(
+    tmp_path: Path, *, model: str = "", data: str = "", adapter: str = "", loss: str = 'type = "dpo"', train: str = ""
+) -> Path:
     path = tmp_path / "job.toml"
     path.write_text(BASE.format(model=model, data=data, adapter=adapter, loss=loss, train=train), encoding="utf-8")
     return path
@@ -59,10 +60,14 @@ def test_preference_losses_need_a_causal_lm_and_preference_data(tmp_path: Path) 
 
 def test_preference_data_needs_a_preference_loss_and_unpaired_data_needs_kto(tmp_path: Path) -> None:
     problems = _problems(_job(tmp_path, data='format = "sharegpt-preference"', loss='type = "causal-lm"'))
-    assert problems == [("loss.type", "format 'sharegpt-preference' is preference data: set loss.type to one of "
-                                      "dpo, ipo, orpo, simpo, kto")]
+    assert problems == [
+        (
+            "loss.type",
+            "format 'sharegpt-preference' is preference data: set loss.type to one of dpo, ipo, orpo, simpo, kto",
+        )
+    ]
     problems = _problems(_job(tmp_path, data='format = "unpaired-preference"', loss='type = "ipo"'))
-    assert problems[0][0] == "data.format" and "train it with loss.type = \"kto\"" in problems[0][1]
+    assert problems[0][0] == "data.format" and 'train it with loss.type = "kto"' in problems[0][1]
     problems = _problems(_job(tmp_path, loss='type = "kto"', train="batch_size = 1"))
     assert problems[0][0] == "train.batch_size" and "batch_size to 2 or more" in problems[0][1]
 
@@ -84,7 +89,7 @@ def test_reference_free_losses_take_no_reference_and_a_reference_must_exist(tmp_
     problems = _problems(_job(tmp_path, adapter='method = "full"', loss='type = "dpo"\nreference = "adapter-off"'))
     assert problems[0][0] == "loss.reference" and "full fine-tuning has no adapter to switch off" in problems[0][1]
     problems = _problems(_job(tmp_path, loss='type = "dpo"\nreference = "copy"'))
-    assert problems[0][0] == "loss.reference" and "use reference = \"adapter-off\"" in problems[0][1]
+    assert problems[0][0] == "loss.reference" and 'use reference = "adapter-off"' in problems[0][1]
     full_copy = load_job(_job(tmp_path, adapter='method = "full"', loss='type = "dpo"\nreference = "copy"')).spec
     assert full_copy.reference == "copy"
     assert load_job(_job(tmp_path, loss='type = "kto"\nreference = "precompute"')).spec.reference == "precompute"

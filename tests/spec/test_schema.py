@@ -76,7 +76,9 @@ def test_schema_and_typed_model_agree_field_by_field() -> None:
         if not info.is_required() and info.default is not None and not callable(info.default_factory):
             default = info.default
             assert prop.get("default") == default, name
-        literal_args = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
+        literal_args = (
+            typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
+        )
         if literal_args:
             assert prop["enum"] == list(literal_args), name
         assert info.description == prop["description"], name

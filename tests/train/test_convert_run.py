@@ -11,10 +11,14 @@ from runner.commands import main
 from runner.outputs.runs import list_runs
 from runner.spec.convert import convert_config, to_toml
 
-CHAT = [{"conversations": [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"{2 * i}."}]}
-        for i in range(12)]
-SEGMENTS = [{"segments": [{"label": False, "text": f"Question: {i} + {i}? "}, {"label": True, "text": f"{2 * i}"}]}
-            for i in range(12)]
+CHAT = [
+    {"conversations": [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"{2 * i}."}]}
+    for i in range(12)
+]
+SEGMENTS = [
+    {"segments": [{"label": False, "text": f"Question: {i} + {i}? "}, {"label": True, "text": f"{2 * i}"}]}
+    for i in range(12)
+]
 ALPACA = [{"instruction": f"What is {i} + {i}?", "input": "", "output": f"{2 * i}."} for i in range(12)]
 
 
@@ -34,12 +38,14 @@ def _run(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> di
     return json.loads((run / "status.json").read_text())
 
 
-def test_a_converted_axolotl_config_runs(tiny_model_dir: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_converted_axolotl_config_runs(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _jsonl(tmp_path / "data" / "chat.jsonl", CHAT)
     _jsonl(tmp_path / "data" / "segments.jsonl", SEGMENTS)
     config = tmp_path / "lora.yml"
-    config.write_text(f"""\
+    config.write_text(
+        f"""\
 base_model: {tiny_model_dir}
 datasets:
   - path: data/chat.jsonl
@@ -63,20 +69,24 @@ max_steps: 2
 learning_rate: 0.001
 optimizer: adamw_torch
 eval_steps: 2
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     status = _run(config, tmp_path, capsys)
     assert status["state"] == "succeeded" and status["step"] == 2
     assert status["extra"]["data"]["format"] == "mixed"  # each file detected on its own
     assert status["adapter"]["r"] == 4
 
 
-def test_a_converted_llamafactory_config_runs(tiny_model_dir: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_converted_llamafactory_config_runs(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     _jsonl(data / "qa.jsonl", ALPACA)
     (data / "dataset_info.json").write_text(json.dumps({"qa": {"file_name": "qa.jsonl"}}), encoding="utf-8")
     config = tmp_path / "sft.yaml"
-    config.write_text(f"""\
+    config.write_text(
+        f"""\
 model_name_or_path: {tiny_model_dir}
 stage: sft
 do_train: true
@@ -92,7 +102,9 @@ gradient_accumulation_steps: 1
 learning_rate: 1.0e-3
 max_steps: 2
 disable_gradient_checkpointing: true
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     status = _run(config, tmp_path, capsys)
     assert status["state"] == "succeeded" and status["step"] == 2
     assert status["extra"]["data"]["format"] == "alpaca" and status["adapter"]["alpha"] == 8

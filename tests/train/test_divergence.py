@@ -22,10 +22,19 @@ def _poisoned_model(folder: Path) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     tokenizer = make_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     (trigger,) = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(TRIGGER))
@@ -48,8 +57,11 @@ def _job(folder: Path, model: Path, **train: object) -> Path:
     settings = {"max_steps": 6, "batch_size": 2, "learning_rate": 1e-3, "log_every": 1, "save_every": 100, **train}
     lines = "\n".join(f"{key} = {json.dumps(value)}" for key, value in settings.items())
     job = folder / "diverges.toml"
-    job.write_text(f'[model]\nsource = "local:{model}"\n[data]\ntrain = "train.jsonl"\nmax_length = 64\n'
-                   f"shuffle = false\n[train]\n{lines}\n", encoding="utf-8")
+    job.write_text(
+        f'[model]\nsource = "local:{model}"\n[data]\ntrain = "train.jsonl"\nmax_length = 64\n'
+        f"shuffle = false\n[train]\n{lines}\n",
+        encoding="utf-8",
+    )
     return job
 
 
@@ -92,6 +104,8 @@ def test_the_likely_setting_follows_the_spec() -> None:
         body = '[model]\nsource = "pkg:x"\n[data]\ntrain = "t.jsonl"\n' + extra
         return likely_setting(parse_job(body, display="j.toml", default_name="j").spec)
 
-    assert hint("[train]\nlearning_rate = 0.5\n").startswith("train.learning_rate = 0.5 is high for fine-tuning: try 0.05")
+    assert hint("[train]\nlearning_rate = 0.5\n").startswith(
+        "train.learning_rate = 0.5 is high for fine-tuning: try 0.05"
+    )
     assert hint('[resources]\ndevice = "cuda"\nprecision = "fp16"\n').startswith('resources.precision = "fp16"')
     assert hint("").startswith("lower train.learning_rate (now 0.0002)")

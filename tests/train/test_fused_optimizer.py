@@ -19,7 +19,9 @@ from runner.train.trainers.causal import CausalTrainer
 CPU = DeviceChoice(device="cpu", dtype="float32", precision="fp32", attn_implementation="sdpa")
 
 
-def test_adamw_becomes_the_fused_kernel_only_when_the_switch_is_on(write_job: Callable[..., Path], tmp_path: Path) -> None:
+def test_adamw_becomes_the_fused_kernel_only_when_the_switch_is_on(
+    write_job: Callable[..., Path], tmp_path: Path
+) -> None:
     assert optimizer_name("adamw_torch", fused=True) == "adamw_torch_fused"
     assert optimizer_name("adamw_torch", fused=False) == "adamw_torch"
     assert optimizer_name("sgd", fused=True) == "sgd" and optimizer_name("adafactor", fused=True) == "adafactor"
@@ -31,18 +33,32 @@ def test_adamw_becomes_the_fused_kernel_only_when_the_switch_is_on(write_job: Ca
 
 def _lora_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    return get_peft_model(LlamaForCausalLM._from_config(config),
-                          LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return get_peft_model(
+        LlamaForCausalLM._from_config(config),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
 
 
 def test_fused_adamw_moves_the_trainable_weights_as_the_loop_does(tmp_path: Path) -> None:
     weights = {}
     for optim in ("adamw_torch", "adamw_torch_fused"):
         model = _lora_model()
-        args = TrainingArguments(output_dir=str(tmp_path / optim), optim=optim, learning_rate=1e-2, weight_decay=0.01,
-                                 report_to="none", use_cpu=True)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / optim),
+            optim=optim,
+            learning_rate=1e-2,
+            weight_decay=0.01,
+            report_to="none",
+            use_cpu=True,
+        )
         trainer = CausalTrainer(model=model, args=args)
         optimizer = trainer.create_optimizer()
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -62,6 +78,8 @@ def test_fused_adamw_moves_the_trainable_weights_as_the_loop_does(tmp_path: Path
 
 
 @pytest.mark.parametrize("optim", ["sgd"])
-def test_other_optimizers_are_left_as_the_job_names_them(write_job: Callable[..., Path], tmp_path: Path, optim: str) -> None:
+def test_other_optimizers_are_left_as_the_job_names_them(
+    write_job: Callable[..., Path], tmp_path: Path, optim: str
+) -> None:
     job = load_job(write_job(train={"optimizer": optim}))
     assert training_arguments(job, tmp_path, CPU, has_eval=False, plain_logs=True).optim == optim

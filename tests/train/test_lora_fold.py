@@ -20,12 +20,20 @@ LENGTHS = [5, 17, 1, 9]
 
 def lora_model(dropout: float = 0.0, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
     model.config.use_cache = False
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
-                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     with torch.no_grad():  # B starts at zero in peft; a non-zero B makes every term of the fold count
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -66,8 +74,9 @@ def test_folded_loss_and_gradients_equal_peft_over_several_optimizer_steps(batch
     must follow it all the same."""
     plain, folded = lora_model(), lora_model()
     assert fold_lora_layers(folded) == 2 * 7
-    optimizers = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, fused=fused)
-                  for m in (plain, folded)]
+    optimizers = [
+        torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2, fused=fused) for m in (plain, folded)
+    ]
     for _ in range(3):  # the fold must follow the adapter as the optimizer moves it
         loss_plain, grads_plain = loss_and_grads(plain, batch())
         loss_folded, grads_folded = loss_and_grads(folded, batch())
@@ -82,8 +91,11 @@ def test_folded_loss_and_gradients_equal_peft_over_several_optimizer_steps(batch
 def test_the_function_equals_a_float64_lora_linear_with_its_gradients() -> None:
     torch.manual_seed(3)
     x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
-    weight, lora_a, lora_b = torch.randn(24, 16, dtype=torch.float64), torch.randn(4, 16, dtype=torch.float64), \
-        torch.randn(24, 4, dtype=torch.float64)
+    weight, lora_a, lora_b = (
+        torch.randn(24, 16, dtype=torch.float64),
+        torch.randn(4, 16, dtype=torch.float64),
+        torch.randn(24, 4, dtype=torch.float64),
+    )
     lora_a.requires_grad_(True)
     lora_b.requires_grad_(True)
     bias = torch.randn(24, dtype=torch.float64)
@@ -140,7 +152,10 @@ def test_a_folded_model_saves_the_same_adapter_and_eval_uses_the_fold_without_au
     folded.save_pretrained(str(tmp_path / "folded"))
     from safetensors.torch import load_file
 
-    a, b = load_file(tmp_path / "plain" / "adapter_model.safetensors"), load_file(tmp_path / "folded" / "adapter_model.safetensors")
+    a, b = (
+        load_file(tmp_path / "plain" / "adapter_model.safetensors"),
+        load_file(tmp_path / "folded" / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():
         batch = packed_batch()
@@ -151,10 +166,20 @@ def test_the_peft_internals_read_are_where_the_module_expects_them() -> None:
     """The fold reads peft's LoRA Linear by attribute; a peft that renames them fails here first."""
     model = lora_model()
     layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
-    for attribute in ("base_layer", "lora_A", "lora_B", "lora_dropout", "scaling", "lora_variant", "active_adapters",
-                      "merged", "disable_adapters"):
+    for attribute in (
+        "base_layer",
+        "lora_A",
+        "lora_B",
+        "lora_dropout",
+        "scaling",
+        "lora_variant",
+        "active_adapters",
+        "merged",
+        "disable_adapters",
+    ):
         assert hasattr(layer, attribute), f"peft {importlib.metadata.version('peft')} LoRA Linear has no {attribute}"
     assert isinstance(layer.base_layer, torch.nn.Linear)
     assert lora_fold.CHECKED_AGAINST.split(".")[:2] == importlib.metadata.version("peft").split(".")[:2], (
         "peft changed its minor version: read peft.tuners.lora.layer.Linear.forward, check the fold still "
-        "computes the same function, then update runner.train.lora_fold.CHECKED_AGAINST")
+        "computes the same function, then update runner.train.lora_fold.CHECKED_AGAINST"
+    )

@@ -16,8 +16,11 @@ from runner.train.trainers.causal import CausalTrainer
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "2 + 2 = 4."}],
     [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hello! How can I help you today?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
-     {"role": "assistant", "content": "Paris."}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+    ],
 ]
 
 
@@ -44,7 +47,9 @@ def test_trainer_loss_equals_reference_and_hf_loss(tiny_model_dir: Path, tmp_pat
     examples = [tokenize_conversation(tokenizer, conv, max_length=256) for conv in CONVERSATIONS]
     assert all(any(label != -100 for label in e["labels"]) for e in examples)
     batch = make_collator(tokenizer, packing=packing)(examples)
-    trainer = CausalTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+    trainer = CausalTrainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    )
 
     with torch.no_grad():
         ours = trainer.compute_loss(model, dict(batch))
@@ -76,8 +81,11 @@ def test_loss_positions_only_equals_the_stock_loss_and_gradients(
         model.config.use_cache = False
         if fast and packing:
             use_packed_sdpa(model)
-        trainer = CausalTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                                                    use_cpu=True), loss_positions_only=fast)
+        trainer = CausalTrainer(
+            model=model,
+            args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+            loss_positions_only=fast,
+        )
         loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_items)
         loss.backward()
         grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
@@ -102,9 +110,12 @@ def test_micro_batches_give_the_batch_loss_and_gradients(tiny_model_dir: Path, t
         model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="sdpa")
         model.config.use_cache = False
         use_packed_sdpa(model)
-        trainer = CausalTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                                                    use_cpu=True),
-                                loss_positions_only=True, token_budget=cut)
+        trainer = CausalTrainer(
+            model=model,
+            args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+            loss_positions_only=True,
+            token_budget=cut,
+        )
         parts = trainer.micro_batches(dict(batch), n_items)
         if cut == 1:
             assert len(parts) == len(examples)  # one part per sequence, none split

@@ -27,8 +27,15 @@ LENGTHS = [5, 17, 1, 9]
 
 def tiny(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    size = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512)
+    size = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     config = LlamaConfig(**size) if kind == "llama" else Qwen2Config(**size)
     cls = LlamaForCausalLM if kind == "llama" else Qwen2ForCausalLM
     model = cls._from_config(config, attn_implementation="sdpa").eval()
@@ -59,7 +66,7 @@ def test_packed_equals_dense_mask_and_each_sequence_alone(kind: str) -> None:
         packed = model(input_ids=ids, position_ids=positions).logits
         alone, start = [], 0
         for n in LENGTHS:
-            alone.append(model(input_ids=ids[:, start:start + n]).logits)
+            alone.append(model(input_ids=ids[:, start : start + n]).logits)
             start += n
     assert (packed - dense).abs().max() < 1e-5
     assert (packed - torch.cat(alone, dim=1)).abs().max() < 1e-5
@@ -91,9 +98,10 @@ def test_padded_batches_still_use_their_mask() -> None:
 
 
 def test_eager_models_are_left_alone() -> None:
-    model = LlamaForCausalLM._from_config(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
-                                                      num_hidden_layers=1, num_attention_heads=2),
-                                          attn_implementation="eager")
+    model = LlamaForCausalLM._from_config(
+        LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        attn_implementation="eager",
+    )
     assert not use_packed_sdpa(model)
     assert model.config._attn_implementation == "eager"
 
@@ -133,9 +141,16 @@ def _fake_flash_attn() -> types.ModuleType:
         assert max_q == max(b - a for a, b in itertools.pairwise(ends))
         outs = []
         for a, b in itertools.pairwise(ends):
-            outs.append(F.scaled_dot_product_attention(
-                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), scale=softmax_scale,
-                is_causal=causal, enable_gqa=k.shape[1] != q.shape[1]).transpose(0, 1))
+            outs.append(
+                F.scaled_dot_product_attention(
+                    q[a:b].transpose(0, 1),
+                    k[a:b].transpose(0, 1),
+                    v[a:b].transpose(0, 1),
+                    scale=softmax_scale,
+                    is_causal=causal,
+                    enable_gqa=k.shape[1] != q.shape[1],
+                ).transpose(0, 1)
+            )
         return torch.cat(outs)
 
     module = types.ModuleType("flash_attn")

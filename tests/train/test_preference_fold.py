@@ -23,8 +23,9 @@ from .test_shared_prompt import PAIRS, tiny
 def lora_model() -> torch.nn.Module:
     model = tiny("llama")
     use_shared_prompt_sdpa(model)
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
-                                            init_lora_weights=False))  # B != 0: the policy differs from the base
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+    )  # B != 0: the policy differs from the base
     return peft.train()
 
 
@@ -34,8 +35,10 @@ def dpo_step(model: torch.nn.Module, row: dict[str, torch.Tensor]) -> tuple[floa
     policy = reply_logps(model, row)
     reference = AdapterOff()(model, row)
     tokens = row["reply_tokens"]
-    out = DPOLoss(beta=0.5)(SequenceLogps(policy[0::2], policy[1::2], tokens[0::2], tokens[1::2]),
-                            SequenceLogps(reference[0::2], reference[1::2], tokens[0::2], tokens[1::2]))
+    out = DPOLoss(beta=0.5)(
+        SequenceLogps(policy[0::2], policy[1::2], tokens[0::2], tokens[1::2]),
+        SequenceLogps(reference[0::2], reference[1::2], tokens[0::2], tokens[1::2]),
+    )
     out.loss.backward()
     return float(out.loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 

@@ -49,7 +49,9 @@ def dpo_ref(pc, pr, rc, rr, beta=0.1, eps=0.0) -> float:
 def ipo_ref(pc, pr, rc, rr, beta=0.1) -> float:
     total = 0.0
     for i in range(len(pc)):
-        h = (pc[i] / CHOSEN_TOKENS[i] - rc[i] / CHOSEN_TOKENS[i]) - (pr[i] / REJECTED_TOKENS[i] - rr[i] / REJECTED_TOKENS[i])
+        h = (pc[i] / CHOSEN_TOKENS[i] - rc[i] / CHOSEN_TOKENS[i]) - (
+            pr[i] / REJECTED_TOKENS[i] - rr[i] / REJECTED_TOKENS[i]
+        )
         total += (h - 1 / (2 * beta)) ** 2
     return total / len(pc)
 
@@ -102,8 +104,11 @@ CASES = [
     ("orpo", ORPOLoss(beta=0.1), orpo_ref),
     ("orpo-weighted", ORPOLoss(beta=0.25, sft_weight=0.5), lambda *v: orpo_ref(*v, beta=0.25, sft_weight=0.5)),
     ("simpo", SimPOLoss(beta=2.0, gamma=0.5), simpo_ref),
-    ("simpo-smoothed", SimPOLoss(beta=2.5, gamma=1.0, label_smoothing=0.1),
-     lambda *v: simpo_ref(*v, beta=2.5, gamma=1.0, eps=0.1)),
+    (
+        "simpo-smoothed",
+        SimPOLoss(beta=2.5, gamma=1.0, label_smoothing=0.1),
+        lambda *v: simpo_ref(*v, beta=2.5, gamma=1.0, eps=0.1),
+    ),
 ]
 
 
@@ -168,7 +173,8 @@ def test_kto_and_its_gradient_match_a_float64_reference(beta, wd, wu) -> None:
     tokens = torch.ones(6, dtype=torch.long)
     kl_ratio = torch.tensor(KL_POLICY, requires_grad=True) - torch.tensor(KL_REF)
     out = KTOLoss(beta=beta, desirable_weight=wd, undesirable_weight=wu)(
-        UnpairedLogps(policy, tokens, desirable), UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable), kl_ratio)
+        UnpairedLogps(policy, tokens, desirable), UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable), kl_ratio
+    )
 
     def reference(p: list[float]) -> float:
         return kto_ref(p, KTO_REF, KL_POLICY, KL_REF, beta, wd, wu)
@@ -177,7 +183,9 @@ def test_kto_and_its_gradient_match_a_float64_reference(beta, wd, wu) -> None:
     out.loss.backward()
     expected = _numeric_gradient(lambda p: reference(p), [KTO_POLICY])[0]
     assert max(abs(g - w) for g, w in zip(policy.grad.tolist(), expected, strict=True)) < 1e-5
-    assert float(out.extra["kl"]) == pytest.approx(max(0.0, sum(p - r for p, r in zip(KL_POLICY, KL_REF, strict=True)) / 4))
+    assert float(out.extra["kl"]) == pytest.approx(
+        max(0.0, sum(p - r for p, r in zip(KL_POLICY, KL_REF, strict=True)) / 4)
+    )
     assert out.chosen_rewards.shape == (3,) and out.rejected_rewards.shape == (3,)
 
 
@@ -185,8 +193,9 @@ def test_kto_kl_reference_point_is_never_negative_and_carries_no_gradient() -> N
     policy = torch.tensor(KTO_POLICY, requires_grad=True)
     desirable, tokens = torch.tensor(KTO_DESIRABLE), torch.ones(6, dtype=torch.long)
     kl_ratio = torch.tensor([-3.0, -1.0], requires_grad=True)
-    out = KTOLoss()(UnpairedLogps(policy, tokens, desirable), UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable),
-                    kl_ratio)
+    out = KTOLoss()(
+        UnpairedLogps(policy, tokens, desirable), UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable), kl_ratio
+    )
     assert float(out.extra["kl"]) == 0.0
     out.loss.backward()
     assert kl_ratio.grad is None
@@ -212,9 +221,12 @@ def test_a_batch_in_parts_with_its_totals_adds_up_to_the_whole_batch(name, loss,
     parted, _ = _paired(values)
     total = 0.0
     for part in (slice(0, 2), slice(2, 5)):
-        sub = SequenceLogps(parted.chosen[part], parted.rejected[part], parted.chosen_tokens[part],
-                            parted.rejected_tokens[part])
-        sub_ref = SequenceLogps(ref.chosen[part], ref.rejected[part], ref.chosen_tokens[part], ref.rejected_tokens[part])
+        sub = SequenceLogps(
+            parted.chosen[part], parted.rejected[part], parted.chosen_tokens[part], parted.rejected_tokens[part]
+        )
+        sub_ref = SequenceLogps(
+            ref.chosen[part], ref.rejected[part], ref.chosen_tokens[part], ref.rejected_tokens[part]
+        )
         out = loss(sub, sub_ref if loss.needs_reference else None, totals=totals)
         out.loss.backward()
         total += float(out.loss.detach())
@@ -230,15 +242,21 @@ def test_kto_in_parts_with_the_whole_batchs_reference_point_adds_up_to_the_whole
     kl_ratio = torch.tensor(KL_POLICY) - torch.tensor(KL_REF)
     loss = KTOLoss(beta=0.5)
     whole_policy = torch.tensor(KTO_POLICY, requires_grad=True)
-    whole = loss(UnpairedLogps(whole_policy, tokens, desirable), UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable),
-                 kl_ratio)
+    whole = loss(
+        UnpairedLogps(whole_policy, tokens, desirable),
+        UnpairedLogps(torch.tensor(KTO_REF), tokens, desirable),
+        kl_ratio,
+    )
     whole.loss.backward()
     parted = torch.tensor(KTO_POLICY, requires_grad=True)
     total = 0.0
     for part in (slice(0, 4), slice(4, 6)):
-        out = loss(UnpairedLogps(parted[part], tokens[part], desirable[part]),
-                   UnpairedLogps(torch.tensor(KTO_REF)[part], tokens[part], desirable[part]), kl_ratio,
-                   totals=BatchTotals(items=6))
+        out = loss(
+            UnpairedLogps(parted[part], tokens[part], desirable[part]),
+            UnpairedLogps(torch.tensor(KTO_REF)[part], tokens[part], desirable[part]),
+            kl_ratio,
+            totals=BatchTotals(items=6),
+        )
         out.loss.backward()
         total += float(out.loss.detach())
     assert abs(total - float(whole.loss.detach())) < 1e-6

@@ -19,14 +19,27 @@ from runner.outputs.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16
-PAIRS = [{"instruction": f"What is {i} + {i}?", "input": "", "chosen": f"{i} + {i} = {2 * i}.",
-          "rejected": f"I cannot answer questions about {i}."} for i in range(32)]
+PAIRS = [
+    {
+        "instruction": f"What is {i} + {i}?",
+        "input": "",
+        "chosen": f"{i} + {i} = {2 * i}.",
+        "rejected": f"I cannot answer questions about {i}.",
+    }
+    for i in range(32)
+]
 
 
 def _start(job: Path, runs: Path, home: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RUNNER_HOME": str(home)}
-    return subprocess.Popen([sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def _status(runs: Path) -> dict:
@@ -63,9 +76,13 @@ def _weights(runs: Path) -> dict[str, torch.Tensor]:
 def test_a_stopped_preference_run_resumes_to_the_same_weights_without_recomputing_its_reference(
     write_job: Callable[..., Path], tmp_path: Path
 ) -> None:
-    job = write_job(rows=PAIRS, loss={"type": "dpo", "reference": "precompute"}, adapter={"method": "full"},
-                    data={"eval_fraction": 0.0},
-                    train={"max_steps": STEPS, "save_every": 4, "batch_size": 2, "learning_rate": 1e-4})
+    job = write_job(
+        rows=PAIRS,
+        loss={"type": "dpo", "reference": "precompute"},
+        adapter={"method": "full"},
+        data={"eval_fraction": 0.0},
+        train={"max_steps": STEPS, "save_every": 4, "batch_size": 2, "learning_rate": 1e-4},
+    )
     _finish(job, tmp_path / "reference", tmp_path / "home-a")
 
     runs, home = tmp_path / "runs", tmp_path / "home-b"
@@ -84,8 +101,11 @@ def test_a_stopped_preference_run_resumes_to_the_same_weights_without_recomputin
     assert status["state"] == "succeeded" and status["attempt"] == 2
     assert status["extra"]["reference"]["cache_hit"] is True
     (run,) = list_runs(runs, "tiny")
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert steps == list(range(1, STEPS + 1))
     expected, got = _weights(tmp_path / "reference"), _weights(runs)
     assert expected.keys() == got.keys()

@@ -17,8 +17,15 @@ from runner.commands import main
 from runner.outputs.runs import list_runs
 
 # a preference the tiny model can pick up in a few steps: the chosen reply answers, the rejected one refuses
-PAIRS = [{"instruction": f"What is {i} + {i}?", "input": "", "chosen": f"{i} + {i} = {2 * i}.",
-          "rejected": f"I cannot answer questions about {i}."} for i in range(40)]
+PAIRS = [
+    {
+        "instruction": f"What is {i} + {i}?",
+        "input": "",
+        "chosen": f"{i} + {i} = {2 * i}.",
+        "rejected": f"I cannot answer questions about {i}.",
+    }
+    for i in range(40)
+]
 
 
 @pytest.fixture
@@ -27,6 +34,7 @@ def write_pref_job(write_job: Callable[..., Path]) -> Callable[..., Path]:
         sections.setdefault("data", {})
         sections["data"] = {"format": "auto", **sections["data"]}
         return write_job(rows=PAIRS, name=name, loss=loss or {"type": "dpo"}, **sections)
+
     return write
 
 
@@ -49,8 +57,15 @@ def test_a_dpo_run_logs_rewards_and_raises_held_out_reward_accuracy(
     lines = _metrics(run)
     steps = [m for m in lines if "loss" in m]
     assert [m["step"] for m in steps] == [1, 2, 3, 4, 5, 6]
-    for key in ("reward_chosen", "reward_rejected", "reward_accuracy", "reward_margin", "logp_chosen",
-                "logp_rejected", "tokens_per_second"):
+    for key in (
+        "reward_chosen",
+        "reward_rejected",
+        "reward_accuracy",
+        "reward_margin",
+        "logp_chosen",
+        "logp_rejected",
+        "tokens_per_second",
+    ):
         assert all(key in m for m in steps), key
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # the policy starts as its reference
     assert steps[-1]["loss"] < steps[0]["loss"]
@@ -65,19 +80,30 @@ def test_a_dpo_run_logs_rewards_and_raises_held_out_reward_accuracy(
     assert extra["eval_after"]["reward_accuracy"] > extra["eval_before"]["reward_accuracy"]
     assert extra["preference"]["step"] == 6 and "reward_margin" in extra["preference"]
     assert extra["data"]["format"] == "alpaca-preference" and set(extra["data"]["lengths"]) == {
-        "prompt", "chosen", "rejected"}
+        "prompt",
+        "chosen",
+        "rejected",
+    }
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["runtime"]["shared_prompt"] is True
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert "held-out reward_accuracy 0.0000 ->" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("loss", [
-    {"type": "ipo"}, {"type": "orpo", "sft_weight": 0.5}, {"type": "simpo", "gamma": 1.0},
-    {"type": "kto", "undesirable_weight": 1.2}, {"type": "dpo", "label_smoothing": 0.1},
-], ids=["ipo", "orpo", "simpo", "kto", "conservative-dpo"])
-def test_each_preference_loss_trains_and_reports(write_pref_job: Callable[..., Path], tmp_path: Path,
-                                                  loss: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"type": "ipo"},
+        {"type": "orpo", "sft_weight": 0.5},
+        {"type": "simpo", "gamma": 1.0},
+        {"type": "kto", "undesirable_weight": 1.2},
+        {"type": "dpo", "label_smoothing": 0.1},
+    ],
+    ids=["ipo", "orpo", "simpo", "kto", "conservative-dpo"],
+)
+def test_each_preference_loss_trains_and_reports(
+    write_pref_job: Callable[..., Path], tmp_path: Path, loss: dict[str, Any]
+) -> None:
     job = write_pref_job(loss=loss, train={"max_steps": 3})
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
@@ -96,10 +122,13 @@ def test_speed_switches_off_learn_the_same(write_pref_job: Callable[..., Path], 
     """The prompt shared or repeated, the batch whole or in parts, LoRA folded into the weight or not:
     the same losses and adapter."""
     results = []
-    for name, speed in (("on", {"token_budget": 64}),
-                        ("off", {"shared_prompt": False, "token_budget": 0, "lora_fold": False})):
-        job = write_pref_job(train={"speed": speed, "max_steps": 4}, adapter={"dropout": 0.0},
-                             data={"eval_fraction": 0.0})
+    for name, speed in (
+        ("on", {"token_budget": 64}),
+        ("off", {"shared_prompt": False, "token_budget": 0, "lora_fold": False}),
+    ):
+        job = write_pref_job(
+            train={"speed": speed, "max_steps": 4}, adapter={"dropout": 0.0}, data={"eval_fraction": 0.0}
+        )
         runs = tmp_path / name
         assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
         run = _run(runs)
@@ -107,8 +136,13 @@ def test_speed_switches_off_learn_the_same(write_pref_job: Callable[..., Path], 
         assert manifest["runtime"]["shared_prompt"] is (name == "on")
         assert manifest["runtime"].get("lora_fold", 0) == (2 * 7 if name == "on" else 0)  # every linear layer
         steps = [m for m in _metrics(run) if "loss" in m]
-        results.append(([m["loss"] for m in steps], [m["tokens_seen"] for m in steps],
-                        load_file(run / "adapter" / "adapter_model.safetensors")))
+        results.append(
+            (
+                [m["loss"] for m in steps],
+                [m["tokens_seen"] for m in steps],
+                load_file(run / "adapter" / "adapter_model.safetensors"),
+            )
+        )
     (losses_on, tokens_on, adapter_on), (losses_off, tokens_off, adapter_off) = results
     assert losses_on == pytest.approx(losses_off, rel=1e-4)
     assert tokens_on == tokens_off  # throughput counts the same tokens whatever the layout
@@ -117,14 +151,20 @@ def test_speed_switches_off_learn_the_same(write_pref_job: Callable[..., Path], 
 
 
 def test_full_fine_tuning_with_a_precomputed_reference_caches_it_and_equals_a_frozen_copy(
-    write_pref_job: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    write_pref_job: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("RUNNER_HOME", str(tmp_path / "home"))
     losses = {}
     for name, reference in (("first", "precompute"), ("again", "precompute"), ("copy", "copy")):
-        job = write_pref_job(loss={"type": "dpo", "reference": reference}, adapter={"method": "full"},
-                             train={"max_steps": 3, "learning_rate": 1e-4}, data={"eval_fraction": 0.0})
+        job = write_pref_job(
+            loss={"type": "dpo", "reference": reference},
+            adapter={"method": "full"},
+            train={"max_steps": 3, "learning_rate": 1e-4},
+            data={"eval_fraction": 0.0},
+        )
         runs = tmp_path / name
         assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
         run = _run(runs)
@@ -153,7 +193,9 @@ def test_bad_preference_records_stop_the_run_before_training_with_every_location
 
 
 def test_a_preference_result_generates_exports_and_registers(
-    write_pref_job: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    write_pref_job: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from transformers import AutoModelForCausalLM
@@ -164,8 +206,10 @@ def test_a_preference_result_generates_exports_and_registers(
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs), "--registry", str(registry)]) == 0
     capsys.readouterr()
-    assert main(["generate", str(job), "--runs-dir", str(runs), "--prompt", "What is 1 + 1?",
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(["generate", str(job), "--runs-dir", str(runs), "--prompt", "What is 1 + 1?", "--max-new-tokens", "4"])
+        == 0
+    )
     merged = tmp_path / "merged"
     assert main(["export", "tiny", "--runs-dir", str(runs), "--out", str(merged), "--merge"]) == 0
     assert not any("lora" in n for n, _ in AutoModelForCausalLM.from_pretrained(str(merged)).named_parameters())

@@ -13,21 +13,31 @@ from runner.train.recipes import CAUSAL_LM, EMBEDDING, LOSS_FAMILIES, RECIPES, R
 
 
 def _spec(kind: str, loss: str = "auto") -> JobSpec:
-    return JobSpec.model_validate({"model": {"source": "local:m", "kind": kind}, "data": {"train": "t.jsonl"},
-                                   "loss": {"type": loss}})
+    return JobSpec.model_validate(
+        {"model": {"source": "local:m", "kind": kind}, "data": {"train": "t.jsonl"}, "loss": {"type": loss}}
+    )
 
 
-@pytest.mark.parametrize(("kind", "loss", "recipe"), [
-    ("causal-lm", "auto", CAUSAL_LM), ("causal-lm", "causal-lm", CAUSAL_LM),
-    ("embedding", "auto", EMBEDDING), ("embedding", "matryoshka", EMBEDDING), ("embedding", "cosent", EMBEDDING),
-    ("image-text-embedding", "contrastive", EMBEDDING), ("embedding", "multi-task", EMBEDDING),
-])
+@pytest.mark.parametrize(
+    ("kind", "loss", "recipe"),
+    [
+        ("causal-lm", "auto", CAUSAL_LM),
+        ("causal-lm", "causal-lm", CAUSAL_LM),
+        ("embedding", "auto", EMBEDDING),
+        ("embedding", "matryoshka", EMBEDDING),
+        ("embedding", "cosent", EMBEDDING),
+        ("image-text-embedding", "contrastive", EMBEDDING),
+        ("embedding", "multi-task", EMBEDDING),
+    ],
+)
 def test_each_model_kind_and_loss_trains_with_its_recipe(kind: str, loss: str, recipe: Recipe) -> None:
     assert recipe_for(_spec(kind, loss)) is recipe
 
 
 def test_a_combination_without_a_recipe_is_a_config_error_naming_it() -> None:
-    with pytest.raises(ModelSetupError, match=r"no training recipe for model.kind 'causal-lm' with loss.type 'contrastive'"):
+    with pytest.raises(
+        ModelSetupError, match=r"no training recipe for model.kind 'causal-lm' with loss.type 'contrastive'"
+    ):
         recipe_for(_spec("causal-lm", "contrastive"))
 
 

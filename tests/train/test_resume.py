@@ -26,7 +26,11 @@ def _start(job: Path, runs: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -39,7 +43,9 @@ def _wait_for(predicate: Callable[[], bool], proc: subprocess.Popen[str], timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"process ended early ({proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}")
+            raise AssertionError(
+                f"process ended early ({proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}"
+            )
         try:
             if predicate():
                 return

@@ -64,8 +64,9 @@ def test_bad_records_stop_the_run_before_training_with_every_location(
 
 def test_skipped_bad_records_are_counted(write_job: Callable[..., Path], tmp_path: Path) -> None:
     rows = [{"instruction": "hi", "output": "hello"}] * 8 + [{"instruction": "no answer"}]
-    job = write_job(rows=rows, data={"format": "alpaca", "eval_fraction": 0.0, "on_bad_record": "skip"},
-                    train={"max_steps": 1})
+    job = write_job(
+        rows=rows, data={"format": "alpaca", "eval_fraction": 0.0, "on_bad_record": "skip"}, train={"max_steps": 1}
+    )
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     status = json.loads((_only_run(runs) / "status.json").read_text())
@@ -118,7 +119,10 @@ def test_generate_and_export_use_the_latest_successful_run(
     runs = tmp_path / "runs"
     assert main(["run", str(job), "--runs-dir", str(runs)]) == 0
     capsys.readouterr()
-    assert main(["generate", str(job), "--runs-dir", str(runs), "--prompt", "What is 1 + 1?", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(["generate", str(job), "--runs-dir", str(runs), "--prompt", "What is 1 + 1?", "--max-new-tokens", "5"])
+        == 0
+    )
     assert capsys.readouterr().out.endswith("\n")  # a random tiny model may well answer in whitespace
 
     merged = tmp_path / "merged"

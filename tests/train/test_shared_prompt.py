@@ -23,8 +23,15 @@ PAIRS = [
 
 def tiny(kind: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    size = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=512)
+    size = dict(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     config = LlamaConfig(**size) if kind == "llama" else Qwen2Config(**size)
     cls = LlamaForCausalLM if kind == "llama" else Qwen2ForCausalLM
     model = cls._from_config(config, attn_implementation="sdpa").eval()
@@ -41,7 +48,7 @@ def alone_logps(model: torch.nn.Module) -> torch.Tensor:
             logps = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
             targets = ids[0, 1:]
             token = logps.gather(1, targets[:, None])[:, 0]
-            out.append(token[len(prompt) - 1:].sum())
+            out.append(token[len(prompt) - 1 :].sum())
     return torch.stack(out)
 
 
@@ -52,12 +59,12 @@ def packed_row(shared: bool) -> dict[str, torch.Tensor]:
 def test_the_shared_layout_repeats_no_prompt_and_branches_the_rejected_reply_from_it() -> None:
     row = packed_row(shared=True)
     (p0, c0, r0), (_p1, _c1, _r1), _ = PAIRS
-    assert row["input_ids"][0, :len(p0) + len(c0) + len(r0)].tolist() == p0 + c0 + r0
+    assert row["input_ids"][0, : len(p0) + len(c0) + len(r0)].tolist() == p0 + c0 + r0
     assert row["position_ids"][0, :13].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 6, 7, 8]
     assert segments(row["position_ids"])[:3] == [(0, 10, 0, 0), (10, 13, 0, 6), (13, 22, 13, 13)]
     # the last prompt token predicts the first token of both replies
     assert row["logit_index"][0, [0, len(c0)]].tolist() == [5, 5]
-    assert row["targets"][:len(c0) + len(r0)].tolist() == c0 + r0
+    assert row["targets"][: len(c0) + len(r0)].tolist() == c0 + r0
     assert row["reply_tokens"].tolist() == [4, 3, 7, 1, 2, 5]
     plain = packed_row(shared=False)
     assert plain["input_ids"].shape[1] == row["input_ids"].shape[1] + sum(len(p) for p, _, _ in PAIRS)
@@ -108,8 +115,9 @@ def test_gradients_reach_a_lora_adapter_through_the_shared_prompt_as_through_the
     for shared in (False, True):
         model = tiny("llama")
         use_shared_prompt_sdpa(model)
-        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
-                                                init_lora_weights=False))
+        peft = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False)
+        )
         grads.append(_grads(peft, reply_logps(peft, packed_row(shared))))
     assert grads[0].keys() == grads[1].keys() and all("lora_" in n for n in grads[0])
     for name in grads[0]:
@@ -126,8 +134,9 @@ def test_the_reference_with_the_adapter_switched_off_is_exactly_the_base_model()
     with torch.no_grad():
         base = reply_logps(model, row)
     # non-zero LoRA weights from the start, so the adapted model really differs from its base
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1,
-                                            init_lora_weights=False))
+    peft = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.1, init_lora_weights=False)
+    )
     peft.train()
     with torch.no_grad():
         adapted = reply_logps(peft, row)

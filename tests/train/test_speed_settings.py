@@ -19,8 +19,16 @@ from runner.spec import load_job
 from runner.spec.model import SpeedSection
 from runner.spec.schema import job_schema
 
-ALL_OFF = {"packed_attention": False, "loss_positions_only": False, "token_budget": 0, "data_cache": False,
-           "shared_prompt": False, "lora_fold": False, "fused_optimizer": False, "padding_free_embeddings": False}
+ALL_OFF = {
+    "packed_attention": False,
+    "loss_positions_only": False,
+    "token_budget": 0,
+    "data_cache": False,
+    "shared_prompt": False,
+    "lora_fold": False,
+    "fused_optimizer": False,
+    "padding_free_embeddings": False,
+}
 
 
 def _only_run(runs: Path) -> Path:
@@ -29,9 +37,16 @@ def _only_run(runs: Path) -> Path:
 
 
 def test_the_speed_switches_default_to_on_and_are_documented_in_the_schema() -> None:
-    assert SpeedSection().model_dump() == {"packed_attention": True, "loss_positions_only": True,
-                                          "token_budget": 1024, "data_cache": True, "shared_prompt": True,
-                                          "lora_fold": True, "fused_optimizer": True, "padding_free_embeddings": True}
+    assert SpeedSection().model_dump() == {
+        "packed_attention": True,
+        "loss_positions_only": True,
+        "token_budget": 1024,
+        "data_cache": True,
+        "shared_prompt": True,
+        "lora_fold": True,
+        "fused_optimizer": True,
+        "padding_free_embeddings": True,
+    }
     speed = job_schema()["$defs"]["SpeedSection"]
     assert set(speed["properties"]) == set(ALL_OFF) and speed["additionalProperties"] is False
     assert all(p["description"] for p in speed["properties"].values())
@@ -61,7 +76,10 @@ def test_switched_off_the_run_learns_the_same_and_the_manifest_says_how_it_ran(
         run = _only_run(runs)
         manifest = json.loads((run / "manifest.json").read_text())
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        results[name] = ([m["loss"] for m in metrics if "loss" in m], load_file(run / "adapter" / "adapter_model.safetensors"))
+        results[name] = (
+            [m["loss"] for m in metrics if "loss" in m],
+            load_file(run / "adapter" / "adapter_model.safetensors"),
+        )
         assert manifest["spec"]["train"]["speed"] == {**SpeedSection().model_dump(), **speed}
         entries_after = set(cache.glob("*.npz")) if cache.exists() else set()
         if name == "on":
@@ -91,12 +109,21 @@ def test_the_recipe_passes_the_job_speed_settings_to_the_trainer_constructor(
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(recipe, "CausalTrainer", Recording)
-    job = write_job(data={"packing": True}, train={"max_steps": 1, "gradient_checkpointing": checkpointing,
-                                                   "speed": {"loss_positions_only": False, "token_budget": 300}})
+    job = write_job(
+        data={"packing": True},
+        train={
+            "max_steps": 1,
+            "gradient_checkpointing": checkpointing,
+            "speed": {"loss_positions_only": False, "token_budget": 300},
+        },
+    )
     assert main(["run", str(job), "--runs-dir", str(tmp_path / "runs")]) == 0
     # gradient checkpointing bounds the memory already: no cut then
-    assert seen == {"loss_positions_only": False, "token_budget": None if checkpointing else 300,
-                    "require_sharded": False}
+    assert seen == {
+        "loss_positions_only": False,
+        "token_budget": None if checkpointing else 300,
+        "require_sharded": False,
+    }
 
 
 def test_a_retired_environment_switch_is_ignored_and_named_with_its_job_setting(
@@ -106,8 +133,10 @@ def test_a_retired_environment_switch_is_ignored_and_named_with_its_job_setting(
     job = write_job(data={"packing": True}, train={"max_steps": 1})
     assert main(["run", str(job), "--runs-dir", str(tmp_path / "runs")]) == 0
     err = capsys.readouterr().err
-    assert ("RUNNER_PACKED_ATTENTION is no longer read: speed switches are job settings now; set "
-            "train.speed.packed_attention in the job file") in err
+    assert (
+        "RUNNER_PACKED_ATTENTION is no longer read: speed switches are job settings now; set "
+        "train.speed.packed_attention in the job file"
+    ) in err
     manifest = json.loads((_only_run(tmp_path / "runs") / "manifest.json").read_text())
     assert manifest["runtime"]["packed_attention"]  # the job decides, and it kept the default
 

@@ -58,13 +58,20 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None or importlib.util.find_spec("datasets") is None,
-                    reason="needs bitsandbytes and datasets installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None or importlib.util.find_spec("datasets") is None,
+    reason="needs bitsandbytes and datasets installed",
+)
 def test_hidden_libraries_look_uninstalled_inside_and_installed_again_after() -> None:
     done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, timeout=120)
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {"hidden": ["bitsandbytes", "datasets"], "found_inside": False, "imported_inside": False,
-                    "found_after": True, "datasets_found_after": True}
+    assert seen == {
+        "hidden": ["bitsandbytes", "datasets"],
+        "found_inside": False,
+        "imported_inside": False,
+        "found_after": True,
+        "datasets_found_after": True,
+    }
 
 
 def test_a_library_already_imported_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,8 +96,14 @@ def test_a_lora_run_trains_without_importing_bitsandbytes_or_datasets_and_peft_s
     write_job: Callable[..., Path], tmp_path: Path
 ) -> None:
     job = write_job(train={"max_steps": 2}, eval={"at_start": False, "at_end": False})
-    done = subprocess.run([sys.executable, "-c", _RUN, str(job), str(tmp_path / "runs")], capture_output=True,
-                          text=True, timeout=600, check=False, env={**os.environ, "RUNNER_JEMALLOC": "0"})
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN, str(job), str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "RUNNER_JEMALLOC": "0"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     # trained, the two libraries never loaded during the run, and after it peft finds bitsandbytes

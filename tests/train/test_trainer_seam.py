@@ -44,8 +44,11 @@ def _runner_trainers() -> list[type]:
 
 def _overrides(cls: type) -> dict[str, object]:
     """Methods `cls` defines itself that the Trainer also has (constructors aside)."""
-    return {name: member for name, member in vars(cls).items()
-            if callable(member) and name != "__init__" and hasattr(Trainer, name)}
+    return {
+        name: member
+        for name, member in vars(cls).items()
+        if callable(member) and name != "__init__" and hasattr(Trainer, name)
+    }
 
 
 def test_the_runner_has_a_trainer_for_each_model_kind() -> None:
@@ -57,10 +60,16 @@ def test_every_private_trainer_method_overridden_is_listed_and_only_in_the_base_
     unlisted = []
     for cls in _runner_trainers():
         for name in _overrides(cls):
-            if name.startswith("_") and not name.startswith("__") and (cls is not RunTrainer or name not in PRIVATE_OVERRIDES):
+            if (
+                name.startswith("_")
+                and not name.startswith("__")
+                and (cls is not RunTrainer or name not in PRIVATE_OVERRIDES)
+            ):
                 unlisted.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
-    assert unlisted == [], ("private Trainer methods may be overridden only in runner.train.trainers.base, "
-                            "listed in PRIVATE_OVERRIDES and its docstring")
+    assert unlisted == [], (
+        "private Trainer methods may be overridden only in runner.train.trainers.base, "
+        "listed in PRIVATE_OVERRIDES and its docstring"
+    )
     assert set(PRIVATE_OVERRIDES) == {n for n in _overrides(RunTrainer) if n.startswith("_")}
 
 
@@ -71,7 +80,8 @@ def test_each_private_method_overridden_keeps_the_signature_it_was_checked_again
     assert found == expected, (
         f"Trainer.{name} takes {found} in transformers {transformers.__version__}, but the override in "
         f"runner.train.trainers.base was written for {expected} (transformers {CHECKED_AGAINST}): "
-        "read the new Trainer code, adapt the override, then update PRIVATE_OVERRIDES and CHECKED_AGAINST")
+        "read the new Trainer code, adapt the override, then update PRIVATE_OVERRIDES and CHECKED_AGAINST"
+    )
     assert tuple(inspect.signature(getattr(RunTrainer, name)).parameters) == expected
     assert name in (base.__doc__ or ""), f"{name} is not described in the module docstring"
 
@@ -82,7 +92,8 @@ def test_the_trainer_still_calls_each_private_method_overridden(name: str) -> No
     source = inspect.getsource(getattr(Trainer, caller))
     assert f"self.{name}(" in source, (
         f"Trainer.{caller} no longer calls self.{name}(...) in transformers {transformers.__version__}: "
-        f"the override in runner.train.trainers.base would be dead code (checked against {CHECKED_AGAINST})")
+        f"the override in runner.train.trainers.base would be dead code (checked against {CHECKED_AGAINST})"
+    )
 
 
 def test_every_public_trainer_method_overridden_takes_the_trainers_parameters() -> None:
@@ -100,9 +111,11 @@ def test_only_the_base_trainer_imports_the_trainer_class() -> None:
     importers = []
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("transformers")
-                    and any(alias.name == "Trainer" for alias in node.names)) or (
-                        isinstance(node, ast.Attribute) and node.attr == "Trainer"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("transformers")
+                and any(alias.name == "Trainer" for alias in node.names)
+            ) or (isinstance(node, ast.Attribute) and node.attr == "Trainer"):
                 importers.append(str(path.relative_to(ROOT)))
     assert importers == ["runner/train/trainers/base.py"]
 
@@ -112,20 +125,33 @@ def test_no_setting_is_assigned_onto_a_trainer_after_it_is_built() -> None:
     patched = []
     for path in (PACKAGE / "train").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            targets = node.targets if isinstance(node, ast.Assign) else (
-                [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else ([node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else [])
+            )
             for target in targets:
-                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                        and "trainer" in target.value.id.lower()):
+                if (
+                    isinstance(target, ast.Attribute)
+                    and isinstance(target.value, ast.Name)
+                    and "trainer" in target.value.id.lower()
+                ):
                     patched.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert patched == []
 
 
 def test_the_stop_request_and_the_run_context_load_without_the_trainer() -> None:
-    code = ("import sys, runner.train.stop, runner.train.context, runner.train.recipes; "
-            "print('transformers.trainer' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    code = (
+        "import sys, runner.train.stop, runner.train.context, runner.train.recipes; "
+        "print('transformers.trainer' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 
@@ -153,15 +179,21 @@ def test_no_two_modules_of_the_training_package_import_each_other() -> None:
     def visit(node: str, path: list[str]) -> None:
         for target in sorted(graph[node]):
             if target in path:
-                cycles.append(" -> ".join([*path[path.index(target):], target]))
+                cycles.append(" -> ".join([*path[path.index(target) :], target]))
             elif len(path) < 12:
                 visit(target, [*path, target])
 
     for start in sorted(graph):
         visit(start, [start])
     # a package's __init__ importing its own modules is not a cycle
-    cycles = [c for c in cycles if not any(c.startswith(p + " ->") and f"-> {p}." in c
-                                           for p in ("runner.train", "runner.train.trainers", "runner.train.losses"))]
+    cycles = [
+        c
+        for c in cycles
+        if not any(
+            c.startswith(p + " ->") and f"-> {p}." in c
+            for p in ("runner.train", "runner.train.trainers", "runner.train.losses")
+        )
+    ]
     assert cycles == []
 
 
@@ -175,8 +207,11 @@ def test_a_job_that_asks_for_fsdp_stops_at_its_first_step_when_the_model_is_only
     from runner.train.trainers.causal import CausalTrainer
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    trainer = CausalTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none",
-                                                                use_cpu=True), require_sharded=True)
+    trainer = CausalTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        require_sharded=True,
+    )
     batch = {"input_ids": torch.tensor([[1, 2, 3]]), "labels": torch.tensor([[1, 2, 3]])}
     with pytest.raises(ModelSetupError, match="it is not sharded here"):
         trainer.training_step(model, batch)

@@ -49,8 +49,16 @@ class Project:
     def runs(self) -> Path:
         return self.root / "runs"
 
-    def spec(self, *, steps: int = 4, save_every: int = 10, priority: int | None = None, source: str | None = None,
-             seed: int = 42, **sections: dict[str, Any]) -> str:
+    def spec(
+        self,
+        *,
+        steps: int = 4,
+        save_every: int = 10,
+        priority: int | None = None,
+        source: str | None = None,
+        seed: int = 42,
+        **sections: dict[str, Any],
+    ) -> str:
         """A small causal-LM job on the tiny model, one thread; `seed` makes distinct versions,
         keyword sections (data={...}) override or add keys."""
         import tomli_w
@@ -59,8 +67,14 @@ class Project:
         spec |= {
             "model": {"source": source or f"local:{self.model}"},
             "data": {"train": "../data/train.jsonl", "max_length": 128},
-            "train": {"max_steps": steps, "batch_size": 4, "learning_rate": 1e-3, "log_every": 1,
-                      "save_every": save_every, "seed": seed},
+            "train": {
+                "max_steps": steps,
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+                "log_every": 1,
+                "save_every": save_every,
+                "seed": seed,
+            },
             "resources": {"threads": 1},
         }
         for section, values in sections.items():
@@ -97,8 +111,9 @@ class Project:
         path = self.run_dirs(job)[-1] / "metrics.jsonl"
         return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
 
-    def start(self, *args: str, jobs: Path | None = None, env: dict[str, str] | None = None,
-              prefix: list[str] | None = None) -> Daemon:
+    def start(
+        self, *args: str, jobs: Path | None = None, env: dict[str, str] | None = None, prefix: list[str] | None = None
+    ) -> Daemon:
         """`runner watch` on `jobs` (default: the project's jobs folder); `env` adds variables,
         `prefix` runs it through another command (`sh -c ...`)."""
         daemon = Daemon.start(self, list(args), jobs=jobs, env=env, prefix=prefix)
@@ -117,8 +132,14 @@ class Project:
         pytest.fail(f"timed out after {timeout} s waiting for {why or what}\n--- daemon logs ---\n{logs}")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "runner", *args, "--runs-dir", str(self.runs)],
-                              capture_output=True, text=True, cwd=self.root, env=_env(), timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "runner", *args, "--runs-dir", str(self.runs)],
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            env=_env(),
+            timeout=60,
+        )
 
 
 def _env() -> dict[str, str]:
@@ -134,15 +155,33 @@ class Daemon:
     log_path: Path
 
     @classmethod
-    def start(cls, project: Project, args: list[str], *, jobs: Path | None = None, env: dict[str, str] | None = None,
-              prefix: list[str] | None = None) -> Daemon:
+    def start(
+        cls,
+        project: Project,
+        args: list[str],
+        *,
+        jobs: Path | None = None,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> Daemon:
         log_path = project.root / f"daemon-{len(project.daemons)}.log"
-        command = [sys.executable, "-m", "runner", "watch", str(jobs or project.jobs), "--runs-dir", str(project.runs),
-                   *args]
+        command = [
+            sys.executable,
+            "-m",
+            "runner",
+            "watch",
+            str(jobs or project.jobs),
+            "--runs-dir",
+            str(project.runs),
+            *args,
+        ]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [*(prefix or []), *command],
-                cwd=project.root, env={**_env(), **(env or {})}, stdin=subprocess.DEVNULL, stdout=log,
+                cwd=project.root,
+                env={**_env(), **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, like a service: tests signal the group
             )
@@ -152,8 +191,11 @@ class Daemon:
         return f"[{self.log_path.name}]\n" + self.log_path.read_text(errors="replace")
 
     def wait_ready(self) -> Daemon:
-        self.project.wait_for(lambda: "watching" in self.log_path.read_text() or self.proc.poll() is not None,
-                              timeout=30, why="the daemon to start")
+        self.project.wait_for(
+            lambda: "watching" in self.log_path.read_text() or self.proc.poll() is not None,
+            timeout=30,
+            why="the daemon to start",
+        )
         assert self.proc.poll() is None, self.log()
         return self
 
@@ -247,8 +289,11 @@ class Pause:
     def env(self, at: str) -> dict[str, str]:
         """`at`: "checkpoint" (the first), "checkpoint:2" (the second), "adapter"."""
         self.marker.unlink(missing_ok=True)
-        return {"PYTHONPATH": f"{self.folder}{os.pathsep}{_env()['PYTHONPATH']}", "RUNNER_TEST_PAUSE_AT": at,
-                "RUNNER_TEST_PAUSED": str(self.marker)}
+        return {
+            "PYTHONPATH": f"{self.folder}{os.pathsep}{_env()['PYTHONPATH']}",
+            "RUNNER_TEST_PAUSE_AT": at,
+            "RUNNER_TEST_PAUSED": str(self.marker),
+        }
 
     def wait(self, project: Project, timeout: float = 120) -> tuple[int, Path]:
         """The frozen process's pid and the folder it was writing, once it is stopped."""

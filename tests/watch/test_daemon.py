@@ -31,11 +31,13 @@ def states(status: Status) -> list[str]:
     return [str(h.to_state) for h in status.history]
 
 
-def running_pid(project: Project, job: str, attempt: int = 1, min_step: int = 0, timeout: float = 90,
-                resumed: bool = False) -> int:
+def running_pid(
+    project: Project, job: str, attempt: int = 1, min_step: int = 0, timeout: float = 90, resumed: bool = False
+) -> int:
     """The pid of the job's process once it reports `min_step`. A resumed attempt starts with the
     step count its predecessor left in the status, so `resumed=True` also waits for the new
     process to say where it resumed from (before that, the step is not its own)."""
+
     def ready() -> int | None:
         runs = project.runs_of(job)
         s = runs[-1] if runs else None
@@ -57,8 +59,13 @@ def test_two_jobs_succeed_an_invalid_spec_is_recorded_and_the_cli_shows_them(pro
     running_pid(project, "a")
     project.write("c.toml", project.spec(steps=3))  # lands while a job runs
     project.wait_for(lambda: project.runs_of("c"), why="c queued")
-    follow = subprocess.Popen([sys.executable, "-m", "runner", "logs", "c", "-f", "--runs-dir", str(project.runs)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "runner", "logs", "c", "-f", "--runs-dir", str(project.runs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
     project.wait_for(lambda: finished(project, "a", "c"), timeout=150, why="a and c finished")
 
     a, c, bad = project.latest("a"), project.latest("c"), project.latest("bad")
@@ -112,9 +119,16 @@ def test_editor_saves_partial_writes_and_a_burst_give_one_run_per_spec_version(p
     x2 = project.spec(steps=3000, priority=100, seed=9)
     project.save_like_an_editor("x.toml", x2)  # the running job's file changes
 
-    project.wait_for(lambda: all(project.runs_of(n) for n in burst) and len(project.runs_of("x")) == 2
-                     and project.runs_of("z") and any(r.spec_sha256 == sha(y_final) for r in project.runs_of("y")),
-                     timeout=60, why="every version queued")
+    project.wait_for(
+        lambda: (
+            all(project.runs_of(n) for n in burst)
+            and len(project.runs_of("x")) == 2
+            and project.runs_of("z")
+            and any(r.spec_sha256 == sha(y_final) for r in project.runs_of("y"))
+        ),
+        timeout=60,
+        why="every version queued",
+    )
     (project.jobs / "b49.toml").unlink()
     project.wait_for(lambda: project.state("b49") is JobState.CANCELLED, why="b49 dropped")
     time.sleep(1.0)  # and nothing else arrives late
@@ -202,8 +216,17 @@ def test_sigkill_then_restart_resumes_from_the_last_complete_checkpoint_and_an_o
     project.wait_for(lambda: project.state("long") is JobState.SUCCEEDED, timeout=150, why="long resumed")
     done = project.latest("long")
     assert done.attempt == 3 and done.resumed_from and done.resumed_from != resumed
-    assert states(done) == ["queued", "running", "interrupted", "queued", "running", "interrupted", "queued",
-                            "running", "succeeded"]
+    assert states(done) == [
+        "queued",
+        "running",
+        "interrupted",
+        "queued",
+        "running",
+        "interrupted",
+        "queued",
+        "running",
+        "succeeded",
+    ]
     assert project.metrics_steps("long") == list(range(1, 31)), "continuous across both kills"
     # attempt 2 got SIGTERM from the kernel when its daemon died (attempt 1 may have too, in the
     # instant between the two SIGKILLs); attempt 3 ran undisturbed

@@ -41,9 +41,14 @@ def half_written(run: Path) -> list[str]:
 
 
 def runner_run(project: Project, job: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(project.runs)],
-                            cwd=project.root, env={**_env(), **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "run", str(job), "--runs-dir", str(project.runs)],
+        cwd=project.root,
+        env={**_env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_a_second_daemon_on_the_same_folder_through_a_symlink_or_another_state_folder_refuses(project: Project) -> None:
@@ -73,7 +78,8 @@ def test_a_second_daemon_on_the_same_folder_through_a_symlink_or_another_state_f
 
 
 def test_an_operators_sigkill_mid_checkpoint_leaves_nothing_half_written_and_the_run_waits_for_runner_run(
-        project: Project, pause: Pause) -> None:
+    project: Project, pause: Pause
+) -> None:
     x = project.write("x.toml", project.spec(steps=12, save_every=4))
     project.write("y.toml", project.spec(steps=2, source="job:x"))
     daemon = project.start(env=pause.env("checkpoint:2")).wait_ready()
@@ -110,7 +116,8 @@ def test_an_operators_sigkill_mid_checkpoint_leaves_nothing_half_written_and_the
 
 
 def test_killing_daemon_and_job_mid_adapter_write_the_next_daemon_cleans_up_and_resumes(
-        project: Project, pause: Pause) -> None:
+    project: Project, pause: Pause
+) -> None:
     project.write("z.toml", project.spec(steps=6, save_every=3))
     daemon = project.start(env=pause.env("adapter")).wait_ready()
     pid, temp = pause.wait(project)
@@ -135,7 +142,8 @@ def test_killing_daemon_and_job_mid_adapter_write_the_next_daemon_cleans_up_and_
 
 
 def test_runner_run_killed_mid_adapter_write_is_cleaned_and_resumed_by_the_next_runner_run(
-        project: Project, pause: Pause) -> None:
+    project: Project, pause: Pause
+) -> None:
     job = project.write("f.toml", project.spec(steps=4, save_every=2))
     first = runner_run(project, job, env=pause.env("adapter"))
     pid, temp = pause.wait(project)
@@ -205,9 +213,11 @@ def memory_limited_cgroup() -> Iterator[Path]:
 
 
 def test_a_job_the_oom_killer_kills_under_a_cgroup_limit_fails_with_class_oom(
-        project: Project, memory_limited_cgroup: Path) -> None:
-    counter = memory_limited_cgroup / ("memory.events" if (memory_limited_cgroup / "memory.events").exists()
-                                       else "memory.oom_control")
+    project: Project, memory_limited_cgroup: Path
+) -> None:
+    counter = memory_limited_cgroup / (
+        "memory.events" if (memory_limited_cgroup / "memory.events").exists() else "memory.oom_control"
+    )
     into = f'echo $$ > {memory_limited_cgroup / "cgroup.procs"} && exec "$@"'
     daemon = project.start(prefix=["sh", "-c", into, "sh"]).wait_ready()  # the daemon, and so its jobs, in the cgroup
     project.write("big.toml", project.spec(steps=50))

@@ -29,8 +29,16 @@ VALID = '[model]\nsource = "local:/m"\n[data]\ntrain = "t.jsonl"\n'
 def test_scan_sees_job_files_only_and_hashes_their_bytes(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / ".git").mkdir()
-    for name in ["a.toml", "sub/b.toml", ".a.toml.swp", ".hidden.toml", "a.toml~", "notes.txt", ".git/c.toml",
-                 ".tmp-a.toml-1234"]:
+    for name in [
+        "a.toml",
+        "sub/b.toml",
+        ".a.toml.swp",
+        ".hidden.toml",
+        "a.toml~",
+        "notes.txt",
+        ".git/c.toml",
+        ".tmp-a.toml-1234",
+    ]:
         (tmp_path / name).write_text(VALID)
     found = scan_folder(tmp_path)
     assert sorted(found) == ["a.toml", "sub/b.toml"]
@@ -58,8 +66,9 @@ def test_a_file_settles_only_after_its_bytes_stay_the_same_for_the_quiet_period(
 
 
 def test_state_round_trips_and_the_lock_admits_one_holder(tmp_path: Path) -> None:
-    state = WatchState(files={"a.toml": KnownFile("s" * 64, "a", "20260101-000000-abcd", "2026-01-01T00:00:00Z", 3)},
-                       next_seq=4)
+    state = WatchState(
+        files={"a.toml": KnownFile("s" * 64, "a", "20260101-000000-abcd", "2026-01-01T00:00:00Z", 3)}, next_seq=4
+    )
     save_state(tmp_path / "state.json", state)
     assert load_state(tmp_path / "state.json") == state
     first, second = DaemonLock(tmp_path), DaemonLock(tmp_path)
@@ -103,9 +112,9 @@ FAILED_DATA = Outcome(JobState.FAILED, FailureClass.DATA, "bad records")
         (None, INTERRUPTED, None, JobState.INTERRUPTED, None),
     ],
 )
-def test_a_childs_end_maps_to_one_state_and_class(returncode: int | None, outcome: Outcome | None,
-                                                  intent: Intent | None, state: JobState,
-                                                  reason: FailureClass | None) -> None:
+def test_a_childs_end_maps_to_one_state_and_class(
+    returncode: int | None, outcome: Outcome | None, intent: Intent | None, state: JobState, reason: FailureClass | None
+) -> None:
     final = classify_exit(returncode, outcome, intent, log_tail="Traceback: boom")
     assert (final.state, final.reason) == (state, reason)
     if final.reason is FailureClass.CRASH or final.reason is FailureClass.OOM:
@@ -116,7 +125,9 @@ def test_a_childs_end_maps_to_one_state_and_class(returncode: int | None, outcom
 
 def test_a_sigkill_is_oom_only_when_the_oom_killer_sent_it() -> None:
     oom = classify_exit(-signal.SIGKILL, None, None, log_tail="boom", oom_killed=True)
-    assert (oom.state, oom.reason) == (JobState.FAILED, FailureClass.OOM) and "out-of-memory killer" in (oom.error or "")
+    assert (oom.state, oom.reason) == (JobState.FAILED, FailureClass.OOM) and "out-of-memory killer" in (
+        oom.error or ""
+    )
     operator = classify_exit(-signal.SIGKILL, None, None, oom_killed=False)
     assert (operator.state, operator.reason) == (JobState.INTERRUPTED, FailureClass.KILLED)
     assert "not by the kernel's out-of-memory killer" in (operator.error or "")

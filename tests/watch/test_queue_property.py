@@ -27,8 +27,10 @@ def queues(draw: st.DrawFn) -> tuple[list[Item], dict[str, DepState]]:
         )
         for i, job in enumerate(draw(st.lists(st.sampled_from(JOBS), min_size=n, max_size=n)))
     ]
-    deps = {job: draw(st.sampled_from([DepState.SUCCEEDED, DepState.FAILED, DepState.MISSING, DepState.PENDING]))
-            for job in JOBS}
+    deps = {
+        job: draw(st.sampled_from([DepState.SUCCEEDED, DepState.FAILED, DepState.MISSING, DepState.PENDING]))
+        for job in JOBS
+    }
     for item in items:
         deps[item.job] = DepState.PENDING
     return items, deps
@@ -104,8 +106,13 @@ def workloads(draw: st.DrawFn) -> tuple[dict[str, Item], dict[str, bool], set[st
     whether each would succeed if run, and the jobs that already succeeded before."""
     names = draw(st.lists(st.sampled_from(JOBS), min_size=1, max_size=len(JOBS), unique=True))
     items = {
-        name: Item(f"{name}/1", name, draw(st.integers(-2, 2)), seq,
-                   tuple(draw(st.lists(st.sampled_from(JOBS), max_size=2, unique=True))))
+        name: Item(
+            f"{name}/1",
+            name,
+            draw(st.integers(-2, 2)),
+            seq,
+            tuple(draw(st.lists(st.sampled_from(JOBS), max_size=2, unique=True))),
+        )
         for seq, name in enumerate(names)
     }
     outcome = {name: draw(st.booleans()) for name in names}
@@ -116,7 +123,7 @@ def workloads(draw: st.DrawFn) -> tuple[dict[str, Item], dict[str, bool], set[st
 @settings(max_examples=200, deadline=None)
 @given(workloads())
 def test_a_whole_queue_drains_in_dependency_and_priority_order(
-    workload: tuple[dict[str, Item], dict[str, bool], set[str]]
+    workload: tuple[dict[str, Item], dict[str, bool], set[str]],
 ) -> None:
     """Simulate the daemon: decide, apply dependency failures, run the chosen job to its outcome,
     repeat. Nothing runs before its dependencies succeeded, nothing hopeless is left queued,
@@ -150,8 +157,11 @@ def test_a_whole_queue_drains_in_dependency_and_priority_order(
     for job, final in state.items():
         deps_of = items[job].depends_on
         if final == "dependency":
-            assert any(dep_state(d) is DepState.FAILED for d in deps_of) or job in deps_of or any(
-                state.get(d) == "dependency" for d in deps_of), f"{job} failed without a failed dependency"
+            assert (
+                any(dep_state(d) is DepState.FAILED for d in deps_of)
+                or job in deps_of
+                or any(state.get(d) == "dependency" for d in deps_of)
+            ), f"{job} failed without a failed dependency"
         if final == "queued":  # only what waits, transitively, on a job that never appeared
             assert any(dep_state(d) in (DepState.MISSING, DepState.PENDING) for d in deps_of)
     leftover = [items[j] for j, s in state.items() if s == "queued"]

@@ -21,8 +21,17 @@ def make(tmp_path: Path) -> Iterator[object]:
     (tmp_path / "jobs").mkdir()
 
     def daemon() -> Daemon:
-        made.append(Daemon(WatchConfig(jobs_dir=tmp_path / "jobs", runs_root=tmp_path / "runs",
-                                       state_dir=tmp_path / ".runner" / "watch-jobs", settle=0, invalid_grace=0)))
+        made.append(
+            Daemon(
+                WatchConfig(
+                    jobs_dir=tmp_path / "jobs",
+                    runs_root=tmp_path / "runs",
+                    state_dir=tmp_path / ".runner" / "watch-jobs",
+                    settle=0,
+                    invalid_grace=0,
+                )
+            )
+        )
         return made[-1]
 
     yield daemon
@@ -78,7 +87,10 @@ def test_the_queue_survives_a_restart_and_a_lost_state_file_queues_nothing_twice
 
     second = make()  # a restart: the queue comes back from the run folders, order included
     recover(second.supervisor, second.state_dir)
-    assert {(t.job, t.priority, t.depends_on) for t in second.supervisor.tracked.values()} == {("a", 5, ()), ("b", 0, ("a",))}
+    assert {(t.job, t.priority, t.depends_on) for t in second.supervisor.tracked.values()} == {
+        ("a", 5, ()),
+        ("b", 0, ("a",)),
+    }
     assert second.state.next_seq > max(t.seq for t in second.supervisor.tracked.values())
 
     (tmp_path / ".runner" / "watch-jobs" / "state.json").unlink()
@@ -90,7 +102,9 @@ def test_the_queue_survives_a_restart_and_a_lost_state_file_queues_nothing_twice
 
 
 def test_cancel_without_a_daemon_changes_the_run_itself_and_with_one_leaves_a_request(
-    tmp_path: Path, make, capsys: pytest.CaptureFixture[str]  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    make,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
     from runner.commands.watch import cancel_command
     from runner.watch.store import DaemonLock, pending_requests
@@ -129,7 +143,8 @@ def test_a_run_finished_by_another_process_is_not_waited_on(tmp_path: Path, make
 
 
 def test_a_killed_run_is_not_followed_but_still_cancelled_on_request_and_retried_only_when_asked(
-        tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, make
+) -> None:  # type: ignore[no-untyped-def]
     from runner.outputs.status import FailureClass
     from runner.watch.store import request_cancel
 
@@ -149,8 +164,14 @@ def test_a_killed_run_is_not_followed_but_still_cancelled_on_request_and_retried
     parked.supervisor.apply_requests(parked.state_dir)
     assert runs(tmp_path, "k")[-1].state is JobState.CANCELLED, "`runner cancel` reaches a run nobody follows"
 
-    retrying = Daemon(WatchConfig(jobs_dir=tmp_path / "jobs", runs_root=tmp_path / "runs",
-                                  state_dir=tmp_path / ".runner" / "watch-jobs", retry_killed=True))
+    retrying = Daemon(
+        WatchConfig(
+            jobs_dir=tmp_path / "jobs",
+            runs_root=tmp_path / "runs",
+            state_dir=tmp_path / ".runner" / "watch-jobs",
+            retry_killed=True,
+        )
+    )
     try:
         recover(retrying.supervisor, retrying.state_dir)
         (w,) = retrying.supervisor.tracked.values()

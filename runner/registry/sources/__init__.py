@@ -34,13 +34,7 @@ from runner.registry.sources.kinds import (
     SourceError,
 )
 from runner.registry.sources.parse import parse_source
-from runner.registry.sources.resolve import (
-    DownloadCheck,
-    ResolveContext,
-    register_resolver,
-    resolve_in,
-    resolve_source,
-)
+from runner.registry.sources.resolve import DownloadCheck, ResolveContext, register_resolver, resolve_in, resolve_source
 
 __all__ = [
     "HUB_ALLOW_PATTERNS",

@@ -111,7 +111,9 @@ def _resolve_hub(src: HubSource, ctx: ResolveContext) -> ResolvedModel:
             note(f"{source}: downloading into {cache}", ctx.progress)
             folder = Path(huggingface_hub.snapshot_download(**kwargs))
         except RevisionNotFoundError as exc:
-            raise SourceError(f"{source}: revision {src.revision!r} not found on the Hub; check the branch, tag or commit") from exc
+            raise SourceError(
+                f"{source}: revision {src.revision!r} not found on the Hub; check the branch, tag or commit"
+            ) from exc
         except (RepositoryNotFoundError, GatedRepoError) as exc:
             raise SourceError(
                 f"{source}: repository not found, private or gated; check the name, or log in "

@@ -17,7 +17,9 @@ def _resolve_local(src: LocalSource, ctx: ResolveContext) -> ResolvedModel:
     folder = src.path.absolute()
     source = str(replace(src, path=folder))
     if not folder.exists():
-        raise SourceError(f"{src}: no such folder {folder}; check the path (relative paths start at the job file's folder)")
+        raise SourceError(
+            f"{src}: no such folder {folder}; check the path (relative paths start at the job file's folder)"
+        )
     if not folder.is_dir():
         raise SourceError(f"{src}: {folder} is a file; local: takes a model folder (config.json + *.safetensors)")
     return folder_model(folder, source, ctx, "safetensors folder")

@@ -67,7 +67,9 @@ def _parse_hf(text: str, rest: str, base_dir: Path | None) -> HubSource:
         raise _err(text, "a URL", f"write the repo id: 'hf:{repo}'")
     repo, at, revision = rest.partition("@")
     if at and not revision:
-        raise _err(text, "empty revision after '@'", f"write 'hf:{repo}@REVISION' (branch, tag or commit) or drop the '@'")
+        raise _err(
+            text, "empty revision after '@'", f"write 'hf:{repo}@REVISION' (branch, tag or commit) or drop the '@'"
+        )
     if at and (any(c.isspace() for c in revision) or "@" in revision):
         raise _err(text, f"invalid revision {revision!r}", "a revision is a branch, tag or commit hash without spaces")
     parts = repo.split("/")
@@ -97,9 +99,15 @@ def _parse_gguf(text: str, rest: str, base_dir: Path | None) -> GGUFSource:
     if "#" in rest:
         folder, _, name = rest.rpartition("#")
         if not folder:
-            raise _err(text, "no folder before '#'", f"write 'gguf:FOLDER#{name or 'FILE.gguf'}' or 'gguf:PATH/FILE.gguf'")
+            raise _err(
+                text, "no folder before '#'", f"write 'gguf:FOLDER#{name or 'FILE.gguf'}' or 'gguf:PATH/FILE.gguf'"
+            )
         if not name or "/" in name or "\\" in name:
-            raise _err(text, f"{name!r} is not a file name", "after '#' name the .gguf file inside the folder: 'gguf:FOLDER#FILE.gguf'")
+            raise _err(
+                text,
+                f"{name!r} is not a file name",
+                "after '#' name the .gguf file inside the folder: 'gguf:FOLDER#FILE.gguf'",
+            )
     else:
         path = PurePosixPath(rest)
         folder, name = (str(path.parent), path.name)
@@ -120,9 +128,15 @@ def _parse_pkg(text: str, rest: str, base_dir: Path | None) -> PackageSource:
     if "." in package:
         top, _, inner = package.partition(".")
         fixed = f"{top}/{inner.replace('.', '/')}" + (f"/{sub}" if sub else "")
-        raise _err(text, f"dotted package {package!r}", f"name the top-level package and the folder inside it: 'pkg:{fixed}'")
+        raise _err(
+            text, f"dotted package {package!r}", f"name the top-level package and the folder inside it: 'pkg:{fixed}'"
+        )
     if not package.isidentifier() or keyword.iskeyword(package):
-        raise _err(text, f"{package!r} is not a Python package name", "write 'pkg:PACKAGE[/SUBPATH]' with an importable top-level package")
+        raise _err(
+            text,
+            f"{package!r} is not a Python package name",
+            "write 'pkg:PACKAGE[/SUBPATH]' with an importable top-level package",
+        )
     parts = [p for p in sub.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise _err(text, "'..' in the sub-path", "SUBPATH must stay inside the package folder")
@@ -184,7 +198,11 @@ def parse_source(text: str, *, base_dir: Path | str | None = None) -> ModelSourc
         fix = f"write 'hf:{hub.group(1)}'" if hub else f"download it and use local:PATH; expected one of {_EXPECTED}"
         raise SourceError(f"model source {raw!r} is a URL; {fix}")
     scheme, colon, rest = raw.partition(":")
-    if not colon or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_+.-]*", scheme) or (len(scheme) == 1 and rest.startswith("\\")):
+    if (
+        not colon
+        or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_+.-]*", scheme)
+        or (len(scheme) == 1 and rest.startswith("\\"))
+    ):
         raise _no_scheme(raw)
     if scheme not in _PARSERS:
         close = difflib.get_close_matches(scheme.lower(), SCHEMES, n=1, cutoff=0.5)

@@ -19,13 +19,7 @@ from runner.registry.gguf_convert import cached_key
 from runner.registry.sources.kinds import JobSource, ModelSource, ResolvedModel, SourceError
 from runner.registry.sources.parse import parse_source
 
-__all__ = [
-    "DownloadCheck",
-    "ResolveContext",
-    "register_resolver",
-    "resolve_in",
-    "resolve_source",
-]
+__all__ = ["DownloadCheck", "ResolveContext", "register_resolver", "resolve_in", "resolve_source"]
 
 
 # Called before a Hub download with (source, bytes to fetch, number of files); raising refuses it.

@@ -20,8 +20,16 @@ from runner.spec.convert import axolotl, llamafactory
 from runner.spec.convert.common import Conversion, ConvertError
 from runner.spec.convert.writer import to_toml
 
-__all__ = ["TOOLS", "Conversion", "ConvertError", "convert_config", "detect_tool", "read_config", "to_toml",
-           "validate_text"]
+__all__ = [
+    "TOOLS",
+    "Conversion",
+    "ConvertError",
+    "convert_config",
+    "detect_tool",
+    "read_config",
+    "to_toml",
+    "validate_text",
+]
 
 TOOLS = {"axolotl": axolotl, "llamafactory": llamafactory}
 NAMES = {"axolotl": "Axolotl", "llamafactory": "LLaMA-Factory"}
@@ -48,8 +56,10 @@ def read_config(path: Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConvertError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(config, dict):
-        raise ConvertError(f"{path}: expected a mapping of settings (key: value), found "
-                           f"{type(config).__name__ if config is not None else 'an empty file'}")
+        raise ConvertError(
+            f"{path}: expected a mapping of settings (key: value), found "
+            f"{type(config).__name__ if config is not None else 'an empty file'}"
+        )
     return config
 
 
@@ -58,8 +68,10 @@ def detect_tool(config: dict[str, Any], path: Path) -> str:
     best = max(scores, key=lambda tool: scores[tool])
     if scores[best] == 0 or list(scores.values()).count(scores[best]) > 1:
         keys = ", ".join(sorted(map(str, config)))[:200]
-        raise ConvertError(f"{path}: cannot tell which tool this config is for (keys: {keys}); name it with "
-                           "--from axolotl or --from llamafactory")
+        raise ConvertError(
+            f"{path}: cannot tell which tool this config is for (keys: {keys}); name it with "
+            "--from axolotl or --from llamafactory"
+        )
     return best
 
 
@@ -76,8 +88,10 @@ def convert_config(path: Path, *, job_path: Path | None = None, tool: str | None
     TOOLS[tool].convert(config, conv)
     if conv.get("adapter.method") == "qlora":
         conv.set("resources.device", "cuda")
-        conv.notes.append("QLoRA trains on a CUDA device (resources.device); adapter.allow_cpu = true runs the 4-bit "
-                          "base on the CPU, slowly")
+        conv.notes.append(
+            "QLoRA trains on a CUDA device (resources.device); adapter.allow_cpu = true runs the 4-bit "
+            "base on the CPU, slowly"
+        )
     return conv
 
 

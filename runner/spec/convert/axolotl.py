@@ -27,8 +27,13 @@ from runner.spec.convert.common import (
 )
 
 MARKERS = ("base_model", "datasets", "sequence_len", "micro_batch_size", "num_epochs", "adapter", "lora_r")
-TYPES = {"alpaca": "alpaca", "sharegpt": "sharegpt", "completion": "text", "input_output": "segments",
-         "chat_template": "messages"}
+TYPES = {
+    "alpaca": "alpaca",
+    "sharegpt": "sharegpt",
+    "completion": "text",
+    "input_output": "segments",
+    "chat_template": "messages",
+}
 IGNORED = {
     "model_type": "the runner loads causal LMs with AutoModelForCausalLM",
     "tokenizer_type": "the model's own tokenizer is used (AutoTokenizer)",
@@ -43,7 +48,7 @@ IGNORED = {
     "lora_fan_in_fan_out": "not needed for the models the runner trains",
     "special_tokens": "the tokenizer's own special tokens are used",
     "chat_template": "the model's own chat template (tokenizer_config.json) is used; check what it renders with "
-                     "runner data validate --job",
+    "runner data validate --job",
     "resume_from_checkpoint": "an interrupted run resumes from its last complete checkpoint by itself",
     "auto_resume_from_checkpoints": "an interrupted run resumes from its last complete checkpoint by itself",
     "early_stopping_patience": "not a setting here",
@@ -58,24 +63,44 @@ IGNORED = {
     "deepspeed": "processes and sharding are resources.nproc and resources.strategy",
     "fsdp": "processes and sharding are resources.nproc and resources.strategy (fsdp)",
     "fsdp_config": "processes and sharding are resources.nproc and resources.strategy (fsdp)",
-    "logging_steps": None, "save_steps": None, "eval_steps": None,
+    "logging_steps": None,
+    "save_steps": None,
+    "eval_steps": None,
 }
 
 
 def convert(config: dict[str, Any], conv: Conversion) -> None:
     if config.get("rl") or config.get("reward_model"):
-        raise ConvertError(f"rl: {config.get('rl') or 'reward_model'}: only supervised fine-tuning configs convert "
-                           "into a job here")
+        raise ConvertError(
+            f"rl: {config.get('rl') or 'reward_model'}: only supervised fine-tuning configs convert into a job here"
+        )
     model_source(conv, config.get("base_model"), "base_model", config.get("revision_of_model"))
     if config.get("trust_remote_code"):
         conv.set("model.trust_remote_code", True, "trust_remote_code")
     _adapter(config, conv)
     _datasets(config, conv)
     _training(config, conv)
-    handled = {"base_model", "revision_of_model", "trust_remote_code", "adapter", "load_in_4bit", "load_in_8bit",
-               "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_linear", "bnb_config_kwargs",
-               "datasets", "test_datasets", "val_set_size", "sequence_len", "sample_packing", "train_on_inputs",
-               *TRAINING_KEYS}
+    handled = {
+        "base_model",
+        "revision_of_model",
+        "trust_remote_code",
+        "adapter",
+        "load_in_4bit",
+        "load_in_8bit",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "lora_target_linear",
+        "bnb_config_kwargs",
+        "datasets",
+        "test_datasets",
+        "val_set_size",
+        "sequence_len",
+        "sample_packing",
+        "train_on_inputs",
+        *TRAINING_KEYS,
+    }
     for key, value in config.items():
         if key in handled or (key in IGNORED and IGNORED[key] is None) or value in (None, "", [], {}):
             continue
@@ -110,8 +135,11 @@ def _adapter(config: dict[str, Any], conv: Conversion) -> None:
             if modules:
                 conv.skip("lora_target_modules", "lora_target_linear: true adapts every linear layer already")
         elif modules:
-            conv.set("adapter.target_modules", [modules] if isinstance(modules, str) else list(modules),
-                     "lora_target_modules")
+            conv.set(
+                "adapter.target_modules",
+                [modules] if isinstance(modules, str) else list(modules),
+                "lora_target_modules",
+            )
 
 
 def _datasets(config: dict[str, Any], conv: Conversion) -> None:
@@ -136,7 +164,7 @@ def _datasets(config: dict[str, Any], conv: Conversion) -> None:
     formats.discard("auto")
     conv.set("data.format", formats.pop() if len(formats) == 1 else "auto", "datasets[].type")
     if formats:
-        conv.notes.append("the data sets have different layouts: data.format = \"auto\" detects each file's own")
+        conv.notes.append('the data sets have different layouts: data.format = "auto" detects each file\'s own')
     if fields:
         conv.set("data.fields", fields, "datasets[].field_*")
     if roles:
@@ -164,8 +192,11 @@ def _sources(entry: dict[str, Any], where: str, conv: Conversion) -> list[str]:
     if (base / path).exists() or path.startswith((".", "/", "~")):
         candidate = base / path
         if candidate.is_dir():
-            found = sorted(p for p in candidate.rglob("*") if p.is_file() and p.suffix.lower() in
-                           (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt"))
+            found = sorted(
+                p
+                for p in candidate.rglob("*")
+                if p.is_file() and p.suffix.lower() in (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+            )
             return [conv.path(p, base=Path("/")) for p in found]
         return [conv.path(path, base=base)]
     query = f"?split={entry.get('split') or 'train'}" + (f"&subset={entry['name']}" if entry.get("name") else "")
@@ -175,12 +206,17 @@ def _sources(entry: dict[str, Any], where: str, conv: Conversion) -> list[str]:
     return [f"hf:{path}{revision}{query}"]
 
 
-def _entry_format(entry: dict[str, Any], where: str, conv: Conversion, fields: dict[str, str],
-                  roles: dict[str, list[str]]) -> str:
+def _entry_format(
+    entry: dict[str, Any], where: str, conv: Conversion, fields: dict[str, str], roles: dict[str, list[str]]
+) -> str:
     kind = entry.get("type")
     if isinstance(kind, dict):  # a custom instruction type: its field names, and a prompt format
-        for key, canonical in (("field_instruction", "instruction"), ("field_input", "input"),
-                               ("field_output", "output"), ("field_system", "system")):
+        for key, canonical in (
+            ("field_instruction", "instruction"),
+            ("field_input", "input"),
+            ("field_output", "output"),
+            ("field_system", "system"),
+        ):
             if kind.get(key) and kind[key] != canonical:
                 _field(fields, canonical, kind[key], where, conv)
         for key in ("format", "no_input_format", "system_prompt", "system_format"):
@@ -196,15 +232,26 @@ def _entry_format(entry: dict[str, Any], where: str, conv: Conversion, fields: d
         _field(fields, "text", entry["field"], where, conv)
     if fmt == "messages":
         _chat_template(entry, where, conv, fields, roles)
-    for key in ("conversation", "chat_template", "chat_template_jinja", "train_on_eos", "train_on_eot",
-                "message_field_training_detail", "drop_system_message", "split_thinking", "shards", "shards_idx"):
+    for key in (
+        "conversation",
+        "chat_template",
+        "chat_template_jinja",
+        "train_on_eos",
+        "train_on_eot",
+        "message_field_training_detail",
+        "drop_system_message",
+        "split_thinking",
+        "shards",
+        "shards_idx",
+    ):
         if entry.get(key) not in (None, ""):
             conv.skip(f"{where}.{key}", IGNORED.get(key) or "not a setting here")
     return fmt
 
 
-def _chat_template(entry: dict[str, Any], where: str, conv: Conversion, fields: dict[str, str],
-                   roles: dict[str, list[str]]) -> None:
+def _chat_template(
+    entry: dict[str, Any], where: str, conv: Conversion, fields: dict[str, str], roles: dict[str, list[str]]
+) -> None:
     messages = entry.get("field_messages", "messages")
     if messages not in ("messages", "conversations"):
         _field(fields, "conversations", messages, where, conv)
@@ -218,8 +265,12 @@ def _chat_template(entry: dict[str, Any], where: str, conv: Conversion, fields: 
         _field(fields, "loss_weight", entry["message_field_training"], where, conv)
     if entry.get("field_system") and entry["field_system"] != "system":
         _field(fields, "system", entry["field_system"], where, conv)
-    known = {"user": ("human", "user"), "assistant": ("gpt", "assistant"), "system": ("system",),
-             "tool": ("tool", "observation")}
+    known = {
+        "user": ("human", "user"),
+        "assistant": ("gpt", "assistant"),
+        "system": ("system",),
+        "tool": ("tool", "observation"),
+    }
     for role, names in (entry.get("roles") or {}).items():
         if role not in known:
             conv.skip(f"{where}.roles.{role}", "the roles are system, user, assistant and tool")
@@ -229,38 +280,77 @@ def _chat_template(entry: dict[str, Any], where: str, conv: Conversion, fields: 
             roles.setdefault(role, []).extend(n for n in extra if n not in roles.get(role, []))
     trained = entry.get("roles_to_train")
     if trained not in (None, ["assistant"]):
-        conv.skip(f"{where}.roles_to_train", f"{trained!r}: assistant turns are trained (data.train_on_prompt "
-                                             "trains every turn; a message's loss_weight trains or masks it)")
+        conv.skip(
+            f"{where}.roles_to_train",
+            f"{trained!r}: assistant turns are trained (data.train_on_prompt "
+            "trains every turn; a message's loss_weight trains or masks it)",
+        )
 
 
 def _field(fields: dict[str, str], canonical: str, value: str, where: str, conv: Conversion) -> None:
     if canonical in fields and fields[canonical] != value:
-        conv.skip(where, f"'{canonical}' is '{fields[canonical]}' in another data set and '{value}' here; one job "
-                         "has one field mapping (split the job)")
+        conv.skip(
+            where,
+            f"'{canonical}' is '{fields[canonical]}' in another data set and '{value}' here; one job "
+            "has one field mapping (split the job)",
+        )
         return
     fields[canonical] = value
 
 
-TRAINING_KEYS = ("micro_batch_size", "eval_batch_size", "gradient_accumulation_steps", "learning_rate", "num_epochs",
-                 "max_steps", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "optimizer", "seed",
-                 "logging_steps", "save_steps", "save_total_limit", "eval_steps", "bf16", "fp16",
-                 "gradient_checkpointing", "flash_attention", "sdp_attention", "wandb_project", "wandb_mode",
-                 "use_tensorboard", "mlflow_experiment_name", "mlflow_tracking_uri")
+TRAINING_KEYS = (
+    "micro_batch_size",
+    "eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_epochs",
+    "max_steps",
+    "lr_scheduler",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "optimizer",
+    "seed",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "eval_steps",
+    "bf16",
+    "fp16",
+    "gradient_checkpointing",
+    "flash_attention",
+    "sdp_attention",
+    "wandb_project",
+    "wandb_mode",
+    "use_tensorboard",
+    "mlflow_experiment_name",
+    "mlflow_tracking_uri",
+)
 
 
 def _training(config: dict[str, Any], conv: Conversion) -> None:
-    simple = {"micro_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
-              "max_steps": "train.max_steps", "seed": "train.seed", "logging_steps": "train.log_every",
-              "save_steps": "train.save_every", "save_total_limit": "train.keep_checkpoints"}
+    simple = {
+        "micro_batch_size": "train.batch_size",
+        "gradient_accumulation_steps": "train.grad_accum",
+        "max_steps": "train.max_steps",
+        "seed": "train.seed",
+        "logging_steps": "train.log_every",
+        "save_steps": "train.save_every",
+        "save_total_limit": "train.keep_checkpoints",
+    }
     for key, target in simple.items():
         value = config.get(key)
         if positive_int(value) or (key == "seed" and isinstance(value, int) and not isinstance(value, bool)):
             conv.set(target, value, key)
         elif value is not None:
             conv.skip(key, f"{value!r} is not a positive whole number (a fraction of the steps is not read)")
-    for key, target in (("learning_rate", "train.learning_rate"), ("num_epochs", "train.epochs"),
-                        ("warmup_ratio", "train.warmup_ratio"), ("weight_decay", "train.weight_decay"),
-                        ("max_grad_norm", "train.max_grad_norm")):
+    for key, target in (
+        ("learning_rate", "train.learning_rate"),
+        ("num_epochs", "train.epochs"),
+        ("warmup_ratio", "train.warmup_ratio"),
+        ("weight_decay", "train.weight_decay"),
+        ("max_grad_norm", "train.max_grad_norm"),
+    ):
         if isinstance(config.get(key), int | float) and not isinstance(config.get(key), bool):
             conv.set(target, float(config[key]), key)
     if config.get("lr_scheduler"):
@@ -281,8 +371,12 @@ def _training(config: dict[str, Any], conv: Conversion) -> None:
         if positive_int(config.get(key)) and has_eval:
             conv.set(target, config[key], key)
         elif config.get(key) is not None:
-            conv.skip(key, "no eval data (test_datasets or val_set_size)" if not has_eval
-                      else f"{config[key]!r} is not a positive whole number")
+            conv.skip(
+                key,
+                "no eval data (test_datasets or val_set_size)"
+                if not has_eval
+                else f"{config[key]!r} is not a positive whole number",
+            )
     trackers = []
     if config.get("wandb_project") and config.get("wandb_mode") != "disabled":
         trackers.append("wandb")

@@ -92,12 +92,16 @@ def precision(conv: Conversion, config: dict[str, Any], bf16: str, fp16: str) ->
         conv.set("resources.precision", "fp16", fp16)
     for key, value in ((bf16, b), (fp16, f)):
         if value is not None and (key, "resources.precision") not in conv.mapped:
-            conv.skip(key, f"{value!r}: the precision is {conv.get('resources.precision', 'auto')} "
-                           "(resources.precision; auto is fp32 on the CPU, bf16 where the GPU has it)")
+            conv.skip(
+                key,
+                f"{value!r}: the precision is {conv.get('resources.precision', 'auto')} "
+                "(resources.precision; auto is fp32 on the CPU, bf16 where the GPU has it)",
+            )
 
 
-def choose(conv: Conversion, origin: str, value: Any, key: str, choices: tuple[str, ...],
-           aliases: dict[str, str] | None = None) -> None:
+def choose(
+    conv: Conversion, origin: str, value: Any, key: str, choices: tuple[str, ...], aliases: dict[str, str] | None = None
+) -> None:
     """A named value the runner knows (after aliases) -> key; anything else is listed as unmapped."""
     named = (aliases or {}).get(value, value)
     if named in choices:

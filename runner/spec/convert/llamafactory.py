@@ -29,12 +29,24 @@ from runner.spec.convert.common import (
 MARKERS = ("model_name_or_path", "finetuning_type", "stage", "cutoff_len", "template", "lora_target")
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 # LLaMA-Factory column -> canonical field of data.fields
-COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
-           "messages": "conversations", "system": "system", "tools": "tools", "images": "images"}
+COLUMNS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "history": "history",
+    "messages": "conversations",
+    "system": "system",
+    "tools": "tools",
+    "images": "images",
+}
 # tag -> (role, the names the runner already knows for it)
-TAGS = {"user_tag": ("user", ("human", "user")), "assistant_tag": ("assistant", ("gpt", "assistant")),
-        "observation_tag": ("tool", ("observation", "tool")),
-        "function_tag": ("assistant", ("function_call",)), "system_tag": ("system", ("system",))}
+TAGS = {
+    "user_tag": ("user", ("human", "user")),
+    "assistant_tag": ("assistant", ("gpt", "assistant")),
+    "observation_tag": ("tool", ("observation", "tool")),
+    "function_tag": ("assistant", ("function_call",)),
+    "system_tag": ("system", ("system",)),
+}
 IGNORED = {
     "do_train": "implied: runner run trains",
     "do_eval": "evaluation follows data.eval / data.eval_fraction and [eval]",
@@ -50,7 +62,7 @@ IGNORED = {
     "resume_from_checkpoint": "an interrupted run resumes from its last complete checkpoint by itself",
     "save_only_model": "checkpoints keep the optimizer state, so a run can resume",
     "template": "the model's own chat template (tokenizer_config.json) is used; check what it renders with "
-                "runner data validate --job",
+    "runner data validate --job",
     "dataset_dir": None,  # read to find dataset_info.json
     "stage": None,
     "mask_history": "every assistant turn is trained; mask turns with a per-message loss_weight 0 in the data",
@@ -67,19 +79,45 @@ IGNORED = {
 def convert(config: dict[str, Any], conv: Conversion) -> None:
     stage = config.get("stage", "sft")
     if stage not in ("sft", "pt"):
-        loss = stage if stage == "kto" else {"ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}.get(str(config.get("pref_loss")), "dpo")
-        preference = (f"; {stage} is a preference job of its own: write it by hand with [loss] type = \"{loss}\" "
-                      "(jobs/quickstart-dpo.toml is an example)" if stage in ("dpo", "kto") else "")
-        raise ConvertError(f"stage: {stage!r}: only supervised fine-tuning (sft) and continued pre-training (pt) "
-                           f"configs convert into a job here{preference}")
+        loss = (
+            stage
+            if stage == "kto"
+            else {"ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}.get(str(config.get("pref_loss")), "dpo")
+        )
+        preference = (
+            f'; {stage} is a preference job of its own: write it by hand with [loss] type = "{loss}" '
+            "(jobs/quickstart-dpo.toml is an example)"
+            if stage in ("dpo", "kto")
+            else ""
+        )
+        raise ConvertError(
+            f"stage: {stage!r}: only supervised fine-tuning (sft) and continued pre-training (pt) "
+            f"configs convert into a job here{preference}"
+        )
     model_source(conv, config.get("model_name_or_path"), "model_name_or_path")
     _adapter(config, conv)
     _data(config, conv, stage)
     _training(config, conv)
-    handled = {"model_name_or_path", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
-               "quantization_bit", "quantization_type", "double_quantization", "dataset", "eval_dataset",
-               "cutoff_len", "max_samples", "train_on_prompt", "packing", "val_size", "trust_remote_code",
-               *TRAINING_KEYS}
+    handled = {
+        "model_name_or_path",
+        "finetuning_type",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target",
+        "quantization_bit",
+        "quantization_type",
+        "double_quantization",
+        "dataset",
+        "eval_dataset",
+        "cutoff_len",
+        "max_samples",
+        "train_on_prompt",
+        "packing",
+        "val_size",
+        "trust_remote_code",
+        *TRAINING_KEYS,
+    }
     for key in config:
         if key in handled or (key in IGNORED and IGNORED[key] is None):
             continue
@@ -95,26 +133,36 @@ def _adapter(config: dict[str, Any], conv: Conversion) -> None:
         conv.set("adapter.method", "full", "finetuning_type")
     else:
         conv.set("adapter.method", "lora")
-        conv.skip("finetuning_type", f"{method!r} (training some layers in full) is not a method here; converted "
-                                     "to lora (adapter.method: lora, qlora or full)")
+        conv.skip(
+            "finetuning_type",
+            f"{method!r} (training some layers in full) is not a method here; converted "
+            "to lora (adapter.method: lora, qlora or full)",
+        )
     if bits is not None and bits != 4:
         conv.skip("quantization_bit", f"{bits}-bit bases are not supported; the base is trained in full precision")
     elif bits == 4 and config.get("quantization_method", "bnb") != "bnb":
         conv.skip("quantization_method", f"{config['quantization_method']!r}: 4-bit bases are bitsandbytes (nf4/fp4)")
     if conv.get("adapter.method") == "qlora":
         conv.set("adapter.quant_type", config.get("quantization_type", "nf4"), conv.origin(config, "quantization_type"))
-        conv.set("adapter.double_quant", bool(config.get("double_quantization", True)),
-                 conv.origin(config, "double_quantization"))
+        conv.set(
+            "adapter.double_quant",
+            bool(config.get("double_quantization", True)),
+            conv.origin(config, "double_quantization"),
+        )
     if conv.get("adapter.method") in ("lora", "qlora"):
         rank = config.get("lora_rank", 8)
         conv.set("adapter.r", rank, conv.origin(config, "lora_rank"))
-        conv.set("adapter.alpha", config.get("lora_alpha") or 2 * rank,  # its default: 2 x rank
-                 conv.origin(config, "lora_alpha") + (" (2 x lora_rank)" if "lora_alpha" not in config else ""))
+        conv.set(
+            "adapter.alpha",
+            config.get("lora_alpha") or 2 * rank,  # its default: 2 x rank
+            conv.origin(config, "lora_alpha") + (" (2 x lora_rank)" if "lora_alpha" not in config else ""),
+        )
         conv.set("adapter.dropout", float(config.get("lora_dropout", 0.0)), conv.origin(config, "lora_dropout"))
         target = config.get("lora_target", "all")
         names = [t.strip() for t in target.split(",")] if isinstance(target, str) else list(target)
-        conv.set("adapter.target_modules", ["all-linear"] if names == ["all"] else names,
-                 conv.origin(config, "lora_target"))
+        conv.set(
+            "adapter.target_modules", ["all-linear"] if names == ["all"] else names, conv.origin(config, "lora_target")
+        )
     if config.get("trust_remote_code"):
         conv.set("model.trust_remote_code", True, "trust_remote_code")
 
@@ -133,8 +181,7 @@ def _data(config: dict[str, Any], conv: Conversion, stage: str) -> None:
             entry = info.get(name) if info is not None else None
             if entry is None or info_path is None:  # an entry comes from the file at info_path
                 where = f"{info_path}" if info_path else "no dataset_info.json was found"
-                raise ConvertError(f"{key}: '{name}' is not a data set of {where}; add it there, or name one "
-                                   "that is")
+                raise ConvertError(f"{key}: '{name}' is not a data set of {where}; add it there, or name one that is")
             sources += _entry_sources(name, entry, info_path.parent, conv)
             formats.add(_entry_format(name, entry, stage, conv, fields, roles))
         if sources:
@@ -144,7 +191,7 @@ def _data(config: dict[str, Any], conv: Conversion, stage: str) -> None:
     formats.discard("auto")
     conv.set("data.format", formats.pop() if len(formats) == 1 else "auto", "dataset_info.json formatting")
     if len(formats) > 0:
-        conv.notes.append("the data sets have different layouts: data.format = \"auto\" detects each file's own")
+        conv.notes.append('the data sets have different layouts: data.format = "auto" detects each file\'s own')
     if fields:
         conv.set("data.fields", fields, "dataset_info.json columns / tags")
     if roles:
@@ -183,9 +230,11 @@ def _dataset_info(config: dict[str, Any], conv: Conversion) -> tuple[dict[str, A
 
 def _entry_sources(name: str, entry: dict[str, Any], folder: Path, conv: Conversion) -> list[str]:
     if entry.get("ranking"):
-        raise ConvertError(f"data set '{name}' is a preference data set (ranking: true): it trains a preference "
-                           'job (loss.type = "dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it), '
-                           "not supervised fine-tuning")
+        raise ConvertError(
+            f"data set '{name}' is a preference data set (ranking: true): it trains a preference "
+            'job (loss.type = "dpo", "ipo", "orpo", "simpo" or "kto", data.format = "auto" reads it), '
+            "not supervised fine-tuning"
+        )
     if "hf_hub_url" in entry:
         query = f"?split={entry.get('split', 'train')}" + (f"&subset={entry['subset']}" if entry.get("subset") else "")
         for key in ("folder", "num_samples"):
@@ -194,8 +243,10 @@ def _entry_sources(name: str, entry: dict[str, Any], folder: Path, conv: Convers
         return [f"hf:{entry['hf_hub_url']}{query}"]
     if "file_name" not in entry:
         kinds = [k for k in ("ms_hub_url", "script_url", "cloud_file_name", "om_hub_url") if k in entry]
-        conv.skip(f"dataset_info.{name}", f"{kinds or 'no file_name'}: only local files and Hugging Face Hub data "
-                                          "sets are read")
+        conv.skip(
+            f"dataset_info.{name}",
+            f"{kinds or 'no file_name'}: only local files and Hugging Face Hub data sets are read",
+        )
         return []
     path = folder / entry["file_name"]
     if path.is_dir():
@@ -204,8 +255,9 @@ def _entry_sources(name: str, entry: dict[str, Any], folder: Path, conv: Convers
     return [conv.path(path, base=Path("/"))]
 
 
-def _entry_format(name: str, entry: dict[str, Any], stage: str, conv: Conversion, fields: dict[str, str],
-                  roles: dict[str, list[str]]) -> str:
+def _entry_format(
+    name: str, entry: dict[str, Any], stage: str, conv: Conversion, fields: dict[str, str], roles: dict[str, list[str]]
+) -> str:
     formatting = entry.get("formatting", "alpaca")
     columns = dict(entry.get("columns") or {})
     tags = dict(entry.get("tags") or {})
@@ -229,8 +281,12 @@ def _entry_format(name: str, entry: dict[str, Any], stage: str, conv: Conversion
     for column, value in columns.items():
         canonical = COLUMNS.get(column)
         if canonical is None:
-            conv.skip(f"dataset_info.{name}.columns.{column}", "not read for supervised fine-tuning"
-                      if column in ("chosen", "rejected", "kto_tag") else "not a field the runner reads")
+            conv.skip(
+                f"dataset_info.{name}.columns.{column}",
+                "not read for supervised fine-tuning"
+                if column in ("chosen", "rejected", "kto_tag")
+                else "not a field the runner reads",
+            )
         else:
             _field(fields, canonical, value, name, conv)
     for tag in tags:
@@ -239,35 +295,71 @@ def _entry_format(name: str, entry: dict[str, Any], stage: str, conv: Conversion
 
 
 def _field(fields: dict[str, str], canonical: str, value: str, name: str, conv: Conversion) -> None:
-    defaults = {"conversations": ("conversations", "messages"), "role": ("from", "role"),
-                "content": ("value", "content")}
+    defaults = {
+        "conversations": ("conversations", "messages"),
+        "role": ("from", "role"),
+        "content": ("value", "content"),
+    }
     if value == canonical or value in defaults.get(canonical, ()):
         return  # read without a mapping
     if canonical in fields and fields[canonical] != value:
-        conv.skip(f"dataset_info.{name}.columns", f"'{canonical}' is '{fields[canonical]}' in another data set and "
-                                                  f"'{value}' here; one job has one field mapping (split the job)")
+        conv.skip(
+            f"dataset_info.{name}.columns",
+            f"'{canonical}' is '{fields[canonical]}' in another data set and "
+            f"'{value}' here; one job has one field mapping (split the job)",
+        )
         return
     fields[canonical] = value
 
 
-TRAINING_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "learning_rate", "num_train_epochs", "max_steps", "lr_scheduler_type", "warmup_ratio",
-                 "weight_decay", "max_grad_norm", "optim", "seed", "logging_steps", "save_steps", "save_total_limit",
-                 "eval_steps", "report_to", "bf16", "fp16", "pure_bf16", "warmup_steps", "run_name")
+TRAINING_KEYS = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "optim",
+    "seed",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "eval_steps",
+    "report_to",
+    "bf16",
+    "fp16",
+    "pure_bf16",
+    "warmup_steps",
+    "run_name",
+)
 
 
 def _training(config: dict[str, Any], conv: Conversion) -> None:
-    simple = {"per_device_train_batch_size": "train.batch_size", "gradient_accumulation_steps": "train.grad_accum",
-              "max_steps": "train.max_steps", "seed": "train.seed", "logging_steps": "train.log_every",
-              "save_steps": "train.save_every", "save_total_limit": "train.keep_checkpoints"}
+    simple = {
+        "per_device_train_batch_size": "train.batch_size",
+        "gradient_accumulation_steps": "train.grad_accum",
+        "max_steps": "train.max_steps",
+        "seed": "train.seed",
+        "logging_steps": "train.log_every",
+        "save_steps": "train.save_every",
+        "save_total_limit": "train.keep_checkpoints",
+    }
     for key, target in simple.items():
         if positive_int(config.get(key)) or (key == "seed" and isinstance(config.get(key), int)):
             conv.set(target, config[key], key)
         elif config.get(key) not in (None, -1):
             conv.skip(key, f"{config[key]!r} is not a positive whole number")
-    for key, target in (("learning_rate", "train.learning_rate"), ("num_train_epochs", "train.epochs"),
-                        ("warmup_ratio", "train.warmup_ratio"), ("weight_decay", "train.weight_decay"),
-                        ("max_grad_norm", "train.max_grad_norm")):
+    for key, target in (
+        ("learning_rate", "train.learning_rate"),
+        ("num_train_epochs", "train.epochs"),
+        ("warmup_ratio", "train.warmup_ratio"),
+        ("weight_decay", "train.weight_decay"),
+        ("max_grad_norm", "train.max_grad_norm"),
+    ):
         if isinstance(config.get(key), int | float) and not isinstance(config.get(key), bool):
             conv.set(target, float(config[key]), key)
     if "lr_scheduler_type" in config:
@@ -283,12 +375,16 @@ def _training(config: dict[str, Any], conv: Conversion) -> None:
     precision(conv, {**config, "bf16": True if config.get("pure_bf16") else config.get("bf16")}, "bf16", "fp16")
     if config.get("pure_bf16"):
         conv.mapped.append(("pure_bf16", "resources.precision"))
-    conv.set("train.gradient_checkpointing", not config.get("disable_gradient_checkpointing", False),
-             conv.origin(config, "disable_gradient_checkpointing"))  # on unless disabled, as LLaMA-Factory does
+    conv.set(
+        "train.gradient_checkpointing",
+        not config.get("disable_gradient_checkpointing", False),
+        conv.origin(config, "disable_gradient_checkpointing"),
+    )  # on unless disabled, as LLaMA-Factory does
     attention = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "auto"}
     if "flash_attn" in config:
-        choose(conv, "flash_attn", config["flash_attn"], "model.attn_implementation",
-               tuple(attention.values()), attention)
+        choose(
+            conv, "flash_attn", config["flash_attn"], "model.attn_implementation", tuple(attention.values()), attention
+        )
     has_eval = bool(conv.get("data.eval") or conv.get("data.eval_fraction"))
     if positive_int(config.get("per_device_eval_batch_size")):
         if has_eval:
@@ -302,5 +398,6 @@ def _training(config: dict[str, Any], conv: Conversion) -> None:
         else:
             conv.skip("eval_steps", "no eval data (eval_dataset or val_size)")
     elif strategy not in (None, "no"):
-        conv.skip("eval_strategy", f"{strategy!r}: evaluation runs every N steps (eval.every), before and after "
-                                   "training")
+        conv.skip(
+            "eval_strategy", f"{strategy!r}: evaluation runs every N steps (eval.every), before and after training"
+        )

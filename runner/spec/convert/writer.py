@@ -20,8 +20,9 @@ _TABLE = re.compile(r"^\[([A-Za-z0-9_.-]+)\]$")
 
 def to_toml(conv: Conversion) -> str:
     job = {table: conv.job[table] for table in (*ORDER, *conv.job) if conv.job.get(table)}
-    body = tomli_w.dumps({"description": f"Converted by runner convert from the {conv.tool} config "
-                                         f"{conv.source.name}", **job})
+    body = tomli_w.dumps(
+        {"description": f"Converted by runner convert from the {conv.tool} config {conv.source.name}", **job}
+    )
     origins: dict[str, str] = {}
     for origin, key in conv.mapped:
         origins.setdefault(key, origin)
@@ -38,9 +39,11 @@ def to_toml(conv: Conversion) -> str:
 
 
 def _header(conv: Conversion) -> list[str]:
-    out = [f"# Converted by `runner convert` from the {conv.tool} config {conv.source}.",
-           "# Each value names the key it came from; check the result with `runner validate` and",
-           "# `runner data validate --job` (it shows how the records are read and rendered)."]
+    out = [
+        f"# Converted by `runner convert` from the {conv.tool} config {conv.source}.",
+        "# Each value names the key it came from; check the result with `runner validate` and",
+        "# `runner data validate --job` (it shows how the records are read and rendered).",
+    ]
     if conv.unmapped:
         out += ["#", f"# Not carried over ({len(conv.unmapped)}):"]
         out += [f"#   {key}: {reason}" for key, reason in conv.unmapped]

@@ -30,10 +30,11 @@ def base_loss(kind: str, temperature: float, symmetric: bool, gather: bool = Tru
 def build_loss(loss: LossSection, loss_type: str, *, gather: bool = True) -> nn.Module:
     """The loss module of a job (`loss_type` is the spec's effective type, 'auto' resolved)."""
     if loss_type == "multi-task":
-        return MultiTaskLoss({
-            task: base_loss(one.type, one.temperature, one.symmetric, gather) for task, one in loss.tasks.items()
-        })
+        return MultiTaskLoss(
+            {task: base_loss(one.type, one.temperature, one.symmetric, gather) for task, one in loss.tasks.items()}
+        )
     if loss_type == "matryoshka":
-        return MatryoshkaLoss(base_loss(loss.base, loss.temperature, loss.symmetric, gather), loss.dims,
-                              loss.dim_weights or None)
+        return MatryoshkaLoss(
+            base_loss(loss.base, loss.temperature, loss.symmetric, gather), loss.dims, loss.dim_weights or None
+        )
     return base_loss(loss_type, loss.temperature, loss.symmetric, gather)

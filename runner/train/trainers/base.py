@@ -78,9 +78,16 @@ class RunOutputs:
 
     @classmethod
     def of(cls, ctx: RunContext) -> RunOutputs:
-        return cls(status=ctx.status, metrics=ctx.metrics, stop=ctx.stop, checkpoints=ctx.run_dir / "checkpoints",
-                   keep_checkpoints=ctx.job.spec.train.keep_checkpoints, base_model=ctx.model_info,
-                   plain_logs=ctx.plain_logs, divergence_hint=likely_setting(ctx.job.spec))
+        return cls(
+            status=ctx.status,
+            metrics=ctx.metrics,
+            stop=ctx.stop,
+            checkpoints=ctx.run_dir / "checkpoints",
+            keep_checkpoints=ctx.job.spec.train.keep_checkpoints,
+            base_model=ctx.model_info,
+            plain_logs=ctx.plain_logs,
+            divergence_hint=likely_setting(ctx.job.spec),
+        )
 
 
 @dataclass
@@ -110,14 +117,22 @@ class RunTrainer(Trainer):
     """A Trainer that reports into a run (`run`), counts real tokens (`token_counter`), and keeps
     checkpoints complete-or-absent. Without `run` it writes nothing of a run (tests, tools)."""
 
-    def __init__(self, *args: Any, run: RunOutputs | None = None, token_counter: TokenCounter | None = None,
-                 callbacks: list[TrainerCallback] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        run: RunOutputs | None = None,
+        token_counter: TokenCounter | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.token_counter = token_counter if token_counter is not None else TokenCounter()
         ours: list[TrainerCallback] = []
         if run is not None:
-            ours = [ProgressReporter(run.status, run.metrics, run.stop, self.token_counter, run.plain_logs),
-                    CompleteCheckpoints(run.checkpoints, run.keep_checkpoints, run.base_model),
-                    HealthCheck(run.divergence_hint)]  # a nan loss or gradient stops the run as diverged
+            ours = [
+                ProgressReporter(run.status, run.metrics, run.stop, self.token_counter, run.plain_logs),
+                CompleteCheckpoints(run.checkpoints, run.keep_checkpoints, run.base_model),
+                HealthCheck(run.divergence_hint),
+            ]  # a nan loss or gradient stops the run as diverged
             if distributed.is_writer():  # under torchrun, rank 0 alone writes the run's files
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
         # the caller's callbacks first: a stop one of them asks for at a step end is seen at that step
@@ -147,8 +162,11 @@ class RunTrainer(Trainer):
         import numpy as np
         import torch
 
-        states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                                  "cpu": torch.random.get_rng_state()}
+        states: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cpu": torch.random.get_rng_state(),
+        }
         if torch.cuda.is_available():
             states["cuda"] = torch.cuda.random.get_rng_state_all()
         gathered = distributed.gather_to_writer(states)
@@ -227,13 +245,20 @@ class ProgressReporter(TrainerCallback):
         if not logs or not state.is_world_process_zero:
             return
         now = time.perf_counter()
-        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
-                                  "time": round(time.time(), 3)}
+        record: dict[str, Any] = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 4),
+            "time": round(time.time(), 3),
+        }
         if "loss" in logs and tokens_now is not None:
             elapsed = max(now - self._last_time, 1e-9)
-            record.update(loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                          tokens_per_second=round((tokens_now - self._last_tokens) / elapsed, 2),
-                          tokens_seen=tokens_now)
+            record.update(
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_second=round((tokens_now - self._last_tokens) / elapsed, 2),
+                tokens_seen=tokens_now,
+            )
             # a trainer's own metrics of the step (added to the logs by its `log`) go along
             record.update({k: v for k, v in logs.items() if k not in record and k != "epoch"})
             self._last_time, self._last_tokens = now, tokens_now
@@ -259,7 +284,16 @@ class ProgressReporter(TrainerCallback):
         return progress
 
 
-_SHOWN = ("epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss", "train_loss", "train_runtime")
+_SHOWN = (
+    "epoch",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_second",
+    "eval_loss",
+    "train_loss",
+    "train_runtime",
+)
 
 
 def _fmt(value: Any) -> str:

@@ -20,8 +20,14 @@ class CausalTrainer(RunTrainer):
     `token_budget`: forward/backward a packed batch at most this many tokens at a time (None: whole);
     `require_sharded`: resources.strategy = "fsdp", refuse to train a model that is only replicated."""
 
-    def __init__(self, *args: Any, loss_positions_only: bool = False, token_budget: int | None = None,
-                 require_sharded: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        loss_positions_only: bool = False,
+        token_budget: int | None = None,
+        require_sharded: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.loss_positions_only = loss_positions_only
         self.token_budget = token_budget or None
         self.require_sharded = require_sharded
@@ -62,9 +68,17 @@ class CausalTrainer(RunTrainer):
 
         budget = self.token_budget
         ids, positions = inputs.get("input_ids"), inputs.get("position_ids")
-        if (not budget or ids is None or positions is None or "attention_mask" in inputs or ids.shape[0] != 1
-                or ids.shape[1] <= budget or num_items_in_batch is None or not self.loss_positions_only
-                or self.args.world_size > 1):
+        if (
+            not budget
+            or ids is None
+            or positions is None
+            or "attention_mask" in inputs
+            or ids.shape[0] != 1
+            or ids.shape[1] <= budget
+            or num_items_in_batch is None
+            or not self.loss_positions_only
+            or self.args.world_size > 1
+        ):
             return [inputs]
         length = ids.shape[1]
         if any(torch.is_tensor(v) and tuple(v.shape[:2]) != (1, length) for v in inputs.values()):
@@ -77,8 +91,9 @@ class CausalTrainer(RunTrainer):
                 cuts.append((start, end))
         return [{k: (v[:, s:e] if torch.is_tensor(v) else v) for k, v in inputs.items()} for s, e in cuts]
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         """The model's causal-LM loss, with the LM head applied only where a label counts.
 
         The stock path projects every position onto the vocabulary (49k columns for SmolLM2) and
@@ -91,11 +106,17 @@ class CausalTrainer(RunTrainer):
         logits, label smoothing, a custom loss function) takes the stock path.
         """
         labels = inputs.get("labels")
-        if (not self.loss_positions_only or labels is None or not self.model_accepts_loss_kwargs
-                or self.label_smoother is not None or self.compute_loss_func is not None
-                or self.compute_metrics is not None):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+        if (
+            not self.loss_positions_only
+            or labels is None
+            or not self.model_accepts_loss_kwargs
+            or self.label_smoother is not None
+            or self.compute_loss_func is not None
+            or self.compute_metrics is not None
+        ):
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         import torch
         import torch.nn.functional as F
 
@@ -108,14 +129,17 @@ class CausalTrainer(RunTrainer):
             logits = logits[keep]
         kept_targets = targets[counted]
         if logits.shape[0] != kept_targets.shape[0]:
-            raise RuntimeError(f"the model returned logits for {logits.shape[0]} positions, expected "
-                               f"{kept_targets.shape[0]}: it does not support a boolean logits_to_keep")
+            raise RuntimeError(
+                f"the model returned logits for {logits.shape[0]} positions, expected "
+                f"{kept_targets.shape[0]}: it does not support a boolean logits_to_keep"
+            )
         if num_items_in_batch is None:
             loss = F.cross_entropy(logits.float(), kept_targets)
         else:  # as ForCausalLMLoss and Trainer.compute_loss do with a token count
             loss = F.cross_entropy(logits.float(), kept_targets, reduction="sum")
-            loss = loss / (num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch)
-                           else num_items_in_batch)
+            loss = loss / (
+                num_items_in_batch.to(loss.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+            )
             if self.args.average_tokens_across_devices:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
@@ -129,7 +153,7 @@ def check_sharded(model_wrapped: Any) -> None:
     report = distributed.sharding_report(model_wrapped)
     if not report["sharded"]:
         raise ModelSetupError(
-            f"resources.strategy = \"fsdp\", but the model was prepared as {report['kind']} with every "
+            f'resources.strategy = "fsdp", but the model was prepared as {report["kind"]} with every '
             f"parameter in every process ({report['local_elements']:,} of {report['global_elements']:,}): "
-            "it is not sharded here; use strategy = \"ddp\""
+            'it is not sharded here; use strategy = "ddp"'
         )

@@ -33,8 +33,14 @@ class EmbeddingTrainer(RunTrainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, loss: torch.nn.Module, evaluator: EmbeddingEvaluator | None,
-                 no_duplicates: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        loss: torch.nn.Module,
+        evaluator: EmbeddingEvaluator | None,
+        no_duplicates: bool,
+        **kwargs: Any,
+    ) -> None:
         self.embedding_loss = loss
         self.evaluator = evaluator
         self.no_duplicates = no_duplicates
@@ -44,29 +50,38 @@ class EmbeddingTrainer(RunTrainer):
     def get_train_dataloader(self) -> DataLoader:
         examples: Any = self.train_dataset  # the recipe's list of EmbeddingExample
         sampler = EmbeddingBatchSampler(
-            examples, self.args.per_device_train_batch_size, world_size=self.args.world_size,
-            seed=self.args.seed, shuffle=self.args.train_sampling_strategy != "sequential",
+            examples,
+            self.args.per_device_train_batch_size,
+            world_size=self.args.world_size,
+            seed=self.args.seed,
+            shuffle=self.args.train_sampling_strategy != "sequential",
             no_duplicates=self.no_duplicates,
         )
-        loader = DataLoader(examples, batch_sampler=sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers)
+        loader = DataLoader(
+            examples, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=self.args.dataloader_num_workers
+        )
         return self.accelerator.prepare(loader)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         task = inputs.get("task")
         if task is not None:  # multi-task: this batch's LoRA adapter and loss
             self.accelerator.unwrap_model(model).set_task(task)
         sides = {side: inputs[side] for side in ("query", "positive", "negative") if side in inputs}
         embeddings = model(**sides)
         loss = self.embedding_loss(
-            embeddings["query"], embeddings["positive"], embeddings.get("negative"), inputs.get("scores"),
+            embeddings["query"],
+            embeddings["positive"],
+            embeddings.get("negative"),
+            inputs.get("scores"),
             **({"task": task} if task is not None else {}),
         )
         return (loss, embeddings) if return_outputs else loss
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
-                 metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         """Retrieval / Spearman metrics and the held-out loss, logged like Trainer's own evaluation."""
         assert self.evaluator is not None
         started = time.perf_counter()
@@ -88,7 +103,9 @@ class EmbeddingTrainer(RunTrainer):
         if folder is None:
             raise ValueError("no output_dir to save the model in")
         os.makedirs(folder, exist_ok=True)
-        save_file(self.accelerator.unwrap_model(self.model).trainable_state_dict(), os.path.join(folder, TRAINED_WEIGHTS))
+        save_file(
+            self.accelerator.unwrap_model(self.model).trainable_state_dict(), os.path.join(folder, TRAINED_WEIGHTS)
+        )
 
     def load_checkpoint_weights(self, folder: str, model: Any) -> bool:
         from safetensors.torch import load_file
@@ -119,12 +136,15 @@ class EvalReporter(TrainerCallback):
     def __init__(self, status: StatusFile, primary: str) -> None:
         self.status, self.primary = status, primary
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         if not metrics or not state.is_world_process_zero:
             return
         values = {k.removeprefix("eval_"): round(v, 6) for k, v in metrics.items() if k != "eval_runtime"}
         shown = [self.primary, "loss", *sorted(k for k in values if k not in (self.primary, "loss") and "_" not in k)]
-        print(f"eval at step {state.global_step}: " + " ".join(f"{k}={values[k]:.4f}" for k in shown if k in values),
-              flush=True)
+        print(
+            f"eval at step {state.global_step}: " + " ".join(f"{k}={values[k]:.4f}" for k in shown if k in values),
+            flush=True,
+        )
         self.status.update(extra={"eval": {"step": state.global_step, **values}})

@@ -36,8 +36,7 @@ class PreferenceTrainer(RunTrainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean (or a part's share of it)
 
-    def __init__(self, *args: Any, loss: torch.nn.Module, reference: Reference | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, loss: torch.nn.Module, reference: Reference | None = None, **kwargs: Any) -> None:
         self.preference_loss = loss
         self.reference = reference
         self.unpaired = isinstance(loss, KTOLoss)
@@ -60,8 +59,9 @@ class PreferenceTrainer(RunTrainer):
             total = loss if total is None else total + loss
         return total
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         if "parts" in inputs:  # a whole batch (prediction, tools): its one part
             (inputs,) = inputs["parts"]
         out, policy = self.score(model, inputs)
@@ -83,7 +83,11 @@ class PreferenceTrainer(RunTrainer):
             unpaired_ref = UnpairedLogps(self.required_reference(model, part)[0::2], tokens, part["label"])
             return self.preference_loss(unpaired, unpaired_ref, kl, totals=totals), unpaired
         policy = SequenceLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
-        ref = SequenceLogps(reference[0::2], reference[1::2], tokens[0::2], tokens[1::2]) if reference is not None else None
+        ref = (
+            SequenceLogps(reference[0::2], reference[1::2], tokens[0::2], tokens[1::2])
+            if reference is not None
+            else None
+        )
         return self.preference_loss(policy, ref, totals=totals), policy
 
     def reference_logps(self, model: Any, part: dict[str, Any]) -> torch.Tensor | None:
@@ -110,8 +114,9 @@ class PreferenceTrainer(RunTrainer):
             policy = reply_logps(self.accelerator.unwrap_model(model), part["kl"])
         ratio = policy - self.required_reference(model, part)[1::2]
         if self.args.world_size > 1:
-            both = self.accelerator.reduce(torch.stack([ratio.sum(), torch.tensor(float(ratio.numel()),
-                                                                                  device=ratio.device)]), "sum")
+            both = self.accelerator.reduce(
+                torch.stack([ratio.sum(), torch.tensor(float(ratio.numel()), device=ratio.device)]), "sum"
+            )
             return (both[0] / both[1]).reshape(1)
         return ratio.mean().reshape(1)
 
@@ -128,8 +133,9 @@ class PreferenceTrainer(RunTrainer):
 
     # --- evaluation -------------------------------------------------------------------------
 
-    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
-                 metric_key_prefix: str = "eval") -> dict[str, float]:
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
         """The loss and the preference metrics over the held-out examples, logged like the
         Trainer's own evaluation (and reported to callbacks with on_evaluate)."""
         started = time.perf_counter()
@@ -224,13 +230,26 @@ class PreferenceReporter(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
-        values = {k: logs[k] for k in ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected",
-                                       "logp_chosen", "logp_rejected", "kl", "nll") if k in logs}
+        values = {
+            k: logs[k]
+            for k in (
+                "reward_accuracy",
+                "reward_margin",
+                "reward_chosen",
+                "reward_rejected",
+                "logp_chosen",
+                "logp_rejected",
+                "kl",
+                "nll",
+            )
+            if k in logs
+        }
         if values:
             self.status.update(extra={"preference": {"step": state.global_step, **values}})
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         if not metrics or not state.is_world_process_zero:
             return
         values = {k.removeprefix("eval_"): round(v, 6) for k, v in metrics.items() if k != "eval_runtime"}

@@ -17,8 +17,18 @@ _LOGS = os.environ.get("RUNNER_AUDIT_LOG_DIR")
 _RANK = os.environ.get("RANK")
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_EVENTS = {"os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate", "os.symlink",
-           "os.link", "os.chmod", "os.utime"}
+_EVENTS = {
+    "os.mkdir",
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "shutil.rmtree",
+    "os.truncate",
+    "os.symlink",
+    "os.link",
+    "os.chmod",
+    "os.utime",
+}
 
 
 def _under_root(path: object) -> bool:
@@ -36,7 +46,8 @@ if _ROOT and _LOGS and _RANK is not None:
         if event == "open":
             path, mode, flags = ((*tuple(args), None, None, None))[:3]
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and bool(flags & _WRITE_FLAGS))
+                isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
+            )
             if writing and _under_root(path):
                 _seen.append(f"open {path}")
         elif event in _EVENTS and args:

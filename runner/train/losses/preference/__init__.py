@@ -13,13 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.train.losses.preference.base import (
-    BatchTotals,
-    PairedLoss,
-    PreferenceOutput,
-    SequenceLogps,
-    UnpairedLogps,
-)
+from runner.train.losses.preference.base import BatchTotals, PairedLoss, PreferenceOutput, SequenceLogps, UnpairedLogps
 from runner.train.losses.preference.dpo import DPOLoss
 from runner.train.losses.preference.ipo import IPOLoss
 from runner.train.losses.preference.kto import KTOLoss
@@ -46,9 +40,16 @@ PREFERENCE_LOSSES = ("dpo", "ipo", "orpo", "simpo", "kto")
 REFERENCE_FREE = frozenset({"orpo", "simpo"})  # no reference model: no second pass, no frozen copy
 
 
-def build_preference_loss(kind: str, *, beta: float, label_smoothing: float = 0.0, gamma: float = 0.5,
-                          sft_weight: float = 1.0, desirable_weight: float = 1.0,
-                          undesirable_weight: float = 1.0) -> Any:
+def build_preference_loss(
+    kind: str,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    gamma: float = 0.5,
+    sft_weight: float = 1.0,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> Any:
     """The loss module for `[loss] type = kind` with the section's settings."""
     if kind == "dpo":
         return DPOLoss(beta=beta, label_smoothing=label_smoothing)

@@ -76,8 +76,9 @@ class PairedLoss(nn.Module):
 
     needs_reference: bool = True
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
-                totals: BatchTotals | None = None) -> PreferenceOutput:
+    def forward(
+        self, policy: SequenceLogps, reference: SequenceLogps | None = None, totals: BatchTotals | None = None
+    ) -> PreferenceOutput:
         raise NotImplementedError
 
 

@@ -34,12 +34,14 @@ class DPOLoss(PairedLoss):
         self.beta = beta
         self.label_smoothing = label_smoothing
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
-                totals: BatchTotals | None = None) -> PreferenceOutput:
+    def forward(
+        self, policy: SequenceLogps, reference: SequenceLogps | None = None, totals: BatchTotals | None = None
+    ) -> PreferenceOutput:
         reference = require_reference("DPO", reference)
         chosen_ratio = policy.chosen - reference.chosen
         rejected_ratio = policy.rejected - reference.rejected
         h = self.beta * (chosen_ratio - rejected_ratio)
         losses = -F.logsigmoid(h) * (1 - self.label_smoothing) - F.logsigmoid(-h) * self.label_smoothing
-        return PreferenceOutput(batch_mean(losses, totals), (self.beta * chosen_ratio).detach(),
-                                (self.beta * rejected_ratio).detach())
+        return PreferenceOutput(
+            batch_mean(losses, totals), (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach()
+        )

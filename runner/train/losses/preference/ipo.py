@@ -31,12 +31,14 @@ class IPOLoss(PairedLoss):
         super().__init__()
         self.beta = beta
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
-                totals: BatchTotals | None = None) -> PreferenceOutput:
+    def forward(
+        self, policy: SequenceLogps, reference: SequenceLogps | None = None, totals: BatchTotals | None = None
+    ) -> PreferenceOutput:
         reference = require_reference("IPO", reference)
         policy_chosen, policy_rejected = policy.mean()
         ref_chosen, ref_rejected = reference.mean()
         chosen_ratio, rejected_ratio = policy_chosen - ref_chosen, policy_rejected - ref_rejected
         losses = (chosen_ratio - rejected_ratio - 1 / (2 * self.beta)) ** 2
-        return PreferenceOutput(batch_mean(losses, totals), (self.beta * chosen_ratio).detach(),
-                                (self.beta * rejected_ratio).detach())
+        return PreferenceOutput(
+            batch_mean(losses, totals), (self.beta * chosen_ratio).detach(), (self.beta * rejected_ratio).detach()
+        )

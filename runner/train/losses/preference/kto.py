@@ -33,8 +33,9 @@ class KTOLoss(nn.Module):
         self.desirable_weight = desirable_weight
         self.undesirable_weight = undesirable_weight
 
-    def forward(self, policy: UnpairedLogps, reference: UnpairedLogps, kl_ratio: torch.Tensor,
-                totals: BatchTotals | None = None) -> PreferenceOutput:
+    def forward(
+        self, policy: UnpairedLogps, reference: UnpairedLogps, kl_ratio: torch.Tensor, totals: BatchTotals | None = None
+    ) -> PreferenceOutput:
         """`kl_ratio`: [M] policy minus reference log-probabilities of mismatched completions (of the
         whole batch, also when this is one part of it)."""
         z = kl_ratio.mean().clamp(min=0).detach()

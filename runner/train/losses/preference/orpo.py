@@ -30,8 +30,9 @@ class ORPOLoss(PairedLoss):
         self.beta = beta
         self.sft_weight = sft_weight
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
-                totals: BatchTotals | None = None) -> PreferenceOutput:
+    def forward(
+        self, policy: SequenceLogps, reference: SequenceLogps | None = None, totals: BatchTotals | None = None
+    ) -> PreferenceOutput:
         chosen, rejected = policy.mean()
         # log(1 - p) with p = exp(mean log-prob) < 1; log1p(-exp(x)) is the stable spelling
         log_odds = (chosen - rejected) - (torch.log1p(-torch.exp(chosen)) - torch.log1p(-torch.exp(rejected)))
@@ -40,6 +41,9 @@ class ORPOLoss(PairedLoss):
         tokens = own_tokens if totals is None else totals.chosen_tokens  # a part's share of the batch's NLL
         nll = -policy.chosen.sum() / (tokens.clamp(min=1) if isinstance(tokens, torch.Tensor) else max(tokens, 1))
         loss = self.sft_weight * nll - self.beta * batch_mean(odds_term, totals)
-        return PreferenceOutput(loss, (self.beta * chosen).detach(), (self.beta * rejected).detach(),
-                                extra={"nll": (-policy.chosen.sum() / own_tokens).detach(),
-                                       "log_odds_ratio": odds_term.mean().detach()})
+        return PreferenceOutput(
+            loss,
+            (self.beta * chosen).detach(),
+            (self.beta * rejected).detach(),
+            extra={"nll": (-policy.chosen.sum() / own_tokens).detach(), "log_odds_ratio": odds_term.mean().detach()},
+        )

@@ -16,13 +16,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from runner.train.losses.preference.base import (
-    BatchTotals,
-    PairedLoss,
-    PreferenceOutput,
-    SequenceLogps,
-    batch_mean,
-)
+from runner.train.losses.preference.base import BatchTotals, PairedLoss, PreferenceOutput, SequenceLogps, batch_mean
 
 
 class SimPOLoss(PairedLoss):
@@ -34,9 +28,12 @@ class SimPOLoss(PairedLoss):
         self.gamma = gamma
         self.label_smoothing = label_smoothing
 
-    def forward(self, policy: SequenceLogps, reference: SequenceLogps | None = None,
-                totals: BatchTotals | None = None) -> PreferenceOutput:
+    def forward(
+        self, policy: SequenceLogps, reference: SequenceLogps | None = None, totals: BatchTotals | None = None
+    ) -> PreferenceOutput:
         chosen, rejected = policy.mean()
         h = self.beta * (chosen - rejected) - self.gamma
         losses = -F.logsigmoid(h) * (1 - self.label_smoothing) - F.logsigmoid(-h) * self.label_smoothing
-        return PreferenceOutput(batch_mean(losses, totals), (self.beta * chosen).detach(), (self.beta * rejected).detach())
+        return PreferenceOutput(
+            batch_mean(losses, totals), (self.beta * chosen).detach(), (self.beta * rejected).detach()
+        )
