@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BeforeValidator, Field
 
@@ -25,37 +25,6 @@ DataFormat = Literal[
     "alpaca-preference",
     "unpaired-preference",
 ]
-CANONICAL_FIELDS = (
-    "instruction",
-    "input",
-    "output",
-    "system",
-    "history",
-    "conversations",
-    "messages",
-    "role",
-    "content",
-    "loss_weight",
-    "reasoning",
-    "images",
-    "text",
-    "segments",
-    "prompt",
-    "completion",
-    "query",
-    "positive",
-    "negative",
-    "sentence1",
-    "sentence2",
-    "score",
-    "image",
-    "query_image",
-    "task",
-    "tools",
-    "chosen",
-    "rejected",
-    "label",
-)
 CanonicalField = Literal[
     "instruction",
     "input",
@@ -87,6 +56,7 @@ CanonicalField = Literal[
     "rejected",
     "label",
 ]
+CANONICAL_FIELDS: tuple[str, ...] = get_args(CanonicalField)  # one list: the Literal is the source
 ChatRole = Literal["system", "user", "assistant", "tool"]
 DataSource = Annotated[
     str,
