@@ -8,9 +8,10 @@ attention work of the sequences alone (sum of T^2 per batch vs sum of L_i^2), pl
 buffer per head and layer kept for the backward pass.
 
 `packed_sdpa` runs SDPA once per sequence with `is_causal=True` instead (the CPU flash kernel, no
-mask, no score buffer); an encoder's bidirectional attention (a module whose `is_causal` is False,
-e.g. BERT for padding-free embedding batches) runs per sequence the same way without the causal
-mask. transformers has the equivalent only for flash-attn (cu_seqlens from position ids, CUDA);
+mask, no score buffer). An encoder's bidirectional attention (a module whose `is_causal` is False,
+e.g. BERT for padding-free embedding batches) attends within each text too, but its many short
+texts are grouped by length and each group padded for one call (`grouped_bidirectional`).
+transformers has the equivalent only for flash-attn (cu_seqlens from position ids, CUDA);
 this is the same idea with torch's own SDPA, so it works on every device. The result equals the
 dense masked computation to float rounding (tests/train/test_packed_attention.py).
 
@@ -24,6 +25,7 @@ input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -96,6 +98,8 @@ def packed_sdpa_forward(
             query, key, value, dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=gqa
         )
         return out.transpose(1, 2).contiguous(), None
+    if not causal:  # an encoder's short texts: a few padded calls by length, not one call per text
+        return grouped_bidirectional(query, key, value, bounds, dropout=dropout, scaling=scaling, gqa=gqa), None
     # split, not one slice per sequence: a slice's backward writes a zero-filled gradient of the whole
     # row and every sequence's gradients are added up (one full pass per sequence, for q, k and v);
     # split's backward is a single concatenation. The outputs are joined in (1, T, H, D), the layout
@@ -112,6 +116,101 @@ def packed_sdpa_forward(
         ],
         dim=1,
     ), None
+
+
+LENGTH_SPREAD = 2.0  # a group's longest text is at most this many times its shortest
+
+
+@dataclass(frozen=True)
+class _Group:
+    rows: torch.Tensor  # the group's tokens, in row order of the packed row
+    slots: torch.Tensor  # where each of them goes in the group's (texts x longest) padded layout
+    keys: torch.Tensor  # (texts, 1, 1, longest) bool: a real token, to attend to
+    texts: int
+    longest: int
+
+
+@dataclass(frozen=True)
+class _GroupPlan:
+    groups: tuple[_Group, ...]
+    back: torch.Tensor  # the groups' tokens, concatenated, back to the packed row's order
+
+
+def length_groups(sizes: list[int], spread: float = LENGTH_SPREAD) -> list[list[int]]:
+    """Indices of the texts of a packed row, grouped for one padded attention call per group:
+    sorted by length, a new group starts where a text is longer than `spread` times the group's
+    shortest. Padding inside a group then costs at most spread^2 times the group's own score cells."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(sizes)), key=lambda i: sizes[i]):
+        if groups and sizes[i] <= spread * max(sizes[groups[-1][0]], 1):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _group_plan(bounds: list[tuple[int, int]], device: torch.device) -> _GroupPlan:
+    rows, groups = [], []
+    for members in length_groups([end - start for start, end in bounds]):
+        longest = max(bounds[i][1] - bounds[i][0] for i in members)
+        member_rows = [torch.arange(bounds[i][0], bounds[i][1]) for i in members]
+        slots = torch.cat([torch.arange(len(r)) + j * longest for j, r in enumerate(member_rows)])
+        lengths = torch.tensor([len(r) for r in member_rows])
+        keys = (torch.arange(longest)[None] < lengths[:, None])[:, None, None, :]
+        group_rows = torch.cat(member_rows)
+        rows.append(group_rows)
+        groups.append(_Group(group_rows.to(device), slots.to(device), keys.to(device), len(members), longest))
+    back = torch.argsort(torch.cat(rows))
+    return _GroupPlan(tuple(groups), back.to(device))
+
+
+_last_plan: tuple[list[tuple[int, int]], _GroupPlan] | None = None
+
+
+def _plan_for_layer(bounds: list[tuple[int, int]], device: torch.device) -> _GroupPlan:
+    """`_group_plan`, once per forward pass: every layer gets the same bounds list."""
+    global _last_plan
+    if _last_plan is None or _last_plan[0] is not bounds:
+        _last_plan = (bounds, _group_plan(bounds, device))
+    return _last_plan[1]
+
+
+def grouped_bidirectional(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bounds: list[tuple[int, int]],
+    *,
+    dropout: float,
+    scaling: float | None,
+    gqa: bool,
+) -> torch.Tensor:
+    """Bidirectional attention within each text of a packed row: (1, H, T, D) in, (1, T, H, D) out.
+
+    The texts of an embedding batch are short and many (64 STS-B sentences of ~12 tokens), and an
+    encoder trains with attention dropout, which sends SDPA to its unfused kernel; one call per text
+    then costs a few dozen small operators per text and layer, more than the attention itself. So
+    the texts are grouped by length (`length_groups`) and each group is padded to its longest text
+    for one SDPA call with a key mask, the padding confined to attention (the linear layers stay
+    padding-free). Without dropout the result equals one call per text to float rounding
+    (tests/train/test_packed_attention.py); with dropout the masks are drawn per group instead of
+    per text, from the same distribution."""
+    plan = _plan_for_layer(bounds, query.device)
+    flat = [t[0].transpose(0, 1) for t in (query, key, value)]  # (T, H, D) views
+    outs = []
+    for group in plan.groups:
+        padded = []
+        for t in flat:
+            rows = t.index_select(0, group.rows)
+            layout = t.new_zeros(group.texts * group.longest, t.shape[1], t.shape[2]).index_copy(0, group.slots, rows)
+            padded.append(layout.view(group.texts, group.longest, t.shape[1], t.shape[2]).transpose(1, 2))
+        out = F.scaled_dot_product_attention(
+            *padded, attn_mask=group.keys, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+        )  # (texts, H, longest, D)
+        out = out.transpose(1, 2).reshape(group.texts * group.longest, out.shape[1], out.shape[3])
+        outs.append(out.index_select(0, group.slots))
+    joined = torch.cat(outs) if len(outs) > 1 else outs[0]
+    return joined.index_select(0, plan.back)[None]
 
 
 FLASH_VARLEN = "flash-attn varlen"

@@ -17,6 +17,8 @@ from runner.train.attention import (
     PACKED_SDPA,
     PER_SEQUENCE_SDPA,
     cu_seqlens,
+    grouped_bidirectional,
+    length_groups,
     packed_kernel,
     sequence_bounds,
     use_packed_sdpa,
@@ -176,3 +178,54 @@ def test_flash_attention_models_switch_to_the_packed_path_and_pick_the_kernel_pe
     model = tiny("llama")
     model.config._attn_implementation = "flash_attention_2"  # as choose_device sets it on a GPU with flash-attn
     assert use_packed_sdpa(model) and model.config._attn_implementation == PACKED_SDPA
+
+
+def test_length_groups_hold_every_text_once_with_the_longest_at_most_twice_the_shortest() -> None:
+    sizes = [12, 3, 40, 7, 6, 25, 1, 13, 64, 2]
+    groups = length_groups(sizes)
+    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+    for group in groups:
+        lengths = [sizes[i] for i in group]
+        assert max(lengths) <= 2 * min(lengths)
+    assert groups == [[6, 9], [1, 4], [3, 0, 7], [5, 2], [8]]  # sorted by length, cut past twice the shortest
+    assert length_groups([5, 5, 5]) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_grouped_bidirectional_attention_equals_one_call_per_text_with_its_gradients(gqa: bool) -> None:
+    torch.manual_seed(3)
+    sizes = [12, 3, 40, 7, 6, 25, 1, 13]  # several length groups, texts out of length order
+    total, heads, kv_heads, dim = sum(sizes), 4, (2 if gqa else 4), 8
+    q = torch.randn(1, heads, total, dim, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, kv_heads, total, dim, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, kv_heads, total, dim, dtype=torch.float64, requires_grad=True)
+    bounds = sequence_bounds(torch.cat([torch.arange(n) for n in sizes])[None])
+    grouped = grouped_bidirectional(q, k, v, bounds, dropout=0.0, scaling=0.3, gqa=gqa)
+    alone = torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], scale=0.3, enable_gqa=gqa
+            ).transpose(1, 2)
+            for s, e in bounds
+        ],
+        dim=1,
+    )
+    assert grouped.shape == alone.shape == (1, total, heads, dim)
+    torch.testing.assert_close(grouped, alone, atol=1e-12, rtol=1e-10)
+    weights = torch.randn_like(alone)
+    first = torch.autograd.grad((grouped * weights).sum(), (q, k, v))
+    second = torch.autograd.grad((alone * weights).sum(), (q, k, v))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_grouped_attention_with_dropout_keeps_each_text_to_itself() -> None:
+    """Dropout draws its masks per group; a text's output still depends on no other text."""
+    torch.manual_seed(4)
+    sizes = [5, 9, 4]
+    q, k, v = (torch.randn(1, 2, sum(sizes), 8, requires_grad=True) for _ in range(3))
+    bounds = sequence_bounds(torch.cat([torch.arange(n) for n in sizes])[None])
+    out = grouped_bidirectional(q, k, v, bounds, dropout=0.5, scaling=None, gqa=False)
+    (grad_v,) = torch.autograd.grad(out[0, 5:14].sum(), (v,))  # the second text's outputs
+    assert grad_v[0, :, :5].abs().sum() == 0 and grad_v[0, :, 14:].abs().sum() == 0
+    assert grad_v[0, :, 5:14].abs().sum() > 0
