@@ -204,8 +204,9 @@ def grouped_bidirectional(
             rows = t.index_select(0, group.rows)
             layout = t.new_zeros(group.texts * group.longest, t.shape[1], t.shape[2]).index_copy(0, group.slots, rows)
             padded.append(layout.view(group.texts, group.longest, t.shape[1], t.shape[2]).transpose(1, 2))
+        query_, key_, value_ = padded
         out = F.scaled_dot_product_attention(
-            *padded, attn_mask=group.keys, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+            query_, key_, value_, attn_mask=group.keys, dropout_p=dropout, scale=scaling, enable_gqa=gqa
         )  # (texts, H, longest, D)
         out = out.transpose(1, 2).reshape(group.texts * group.longest, out.shape[1], out.shape[3])
         outs.append(out.index_select(0, group.slots))
