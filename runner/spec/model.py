@@ -242,8 +242,8 @@ class SpeedSection(Section):
         True,
         description=(
             "Text embedding models (BERT-family encoders, Llama/Qwen2-family decoders): each batch's texts go through "
-            "the model end to end in one row without padding, attention within each text, instead of padded to the "
-            "longest text of the batch."
+            "the model end to end in one row without padding, attention within each text (an encoder's texts grouped "
+            "by length, padded only inside attention), instead of padded to the longest text of the batch."
         ),
     )
 

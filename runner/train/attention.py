@@ -122,18 +122,20 @@ LENGTH_SPREAD = 2.0  # a group's longest text is at most this many times its sho
 
 
 @dataclass(frozen=True)
-class _Group:
-    rows: torch.Tensor  # the group's tokens, in row order of the packed row
-    slots: torch.Tensor  # where each of them goes in the group's (texts x longest) padded layout
-    keys: torch.Tensor  # (texts, 1, 1, longest) bool: a real token, to attend to
-    texts: int
-    longest: int
-
-
-@dataclass(frozen=True)
 class _GroupPlan:
-    groups: tuple[_Group, ...]
-    back: torch.Tensor  # the groups' tokens, concatenated, back to the packed row's order
+    """Where every token goes, as two index vectors, so that laying the row out in padded groups and
+    back costs one gather each way (and one scatter each way in the backward pass).
+
+    `gather`: for every slot of every group's (texts x longest) layout, the groups one after the
+    other, the row's token it holds. A padding slot holds the first token of the row: its key is
+    masked and its query's output is never read, so its content does not matter and no gradient
+    reaches it (tests/train/test_packed_attention.py). `back`: for every token of the row, its slot.
+    """
+
+    gather: torch.Tensor
+    back: torch.Tensor
+    shapes: tuple[tuple[int, int], ...]  # (texts, longest) of each group
+    keys: tuple[torch.Tensor, ...]  # (texts, 1, 1, longest) bool of each group: a real token, to attend to
 
 
 def length_groups(sizes: list[int], spread: float = LENGTH_SPREAD) -> list[list[int]]:
@@ -150,18 +152,22 @@ def length_groups(sizes: list[int], spread: float = LENGTH_SPREAD) -> list[list[
 
 
 def _group_plan(bounds: list[tuple[int, int]], device: torch.device) -> _GroupPlan:
-    rows, groups = [], []
+    gather, back = [], torch.empty(bounds[-1][1], dtype=torch.long)
+    shapes, keys = [], []
+    offset = 0
     for members in length_groups([end - start for start, end in bounds]):
         longest = max(bounds[i][1] - bounds[i][0] for i in members)
-        member_rows = [torch.arange(bounds[i][0], bounds[i][1]) for i in members]
-        slots = torch.cat([torch.arange(len(r)) + j * longest for j, r in enumerate(member_rows)])
-        lengths = torch.tensor([len(r) for r in member_rows])
-        keys = (torch.arange(longest)[None] < lengths[:, None])[:, None, None, :]
-        group_rows = torch.cat(member_rows)
-        rows.append(group_rows)
-        groups.append(_Group(group_rows.to(device), slots.to(device), keys.to(device), len(members), longest))
-    back = torch.argsort(torch.cat(rows))
-    return _GroupPlan(tuple(groups), back.to(device))
+        slots = torch.zeros(len(members), longest, dtype=torch.long)  # padding: the row's first token
+        for j, i in enumerate(members):
+            start, end = bounds[i]
+            slots[j, : end - start] = torch.arange(start, end)
+            back[start:end] = offset + j * longest + torch.arange(end - start)
+        lengths = torch.tensor([bounds[i][1] - bounds[i][0] for i in members])
+        keys.append(((torch.arange(longest)[None] < lengths[:, None])[:, None, None, :]).to(device))
+        gather.append(slots.reshape(-1))
+        shapes.append((len(members), longest))
+        offset += len(members) * longest
+    return _GroupPlan(torch.cat(gather).to(device), back.to(device), tuple(shapes), tuple(keys))
 
 
 _last_plan: tuple[list[tuple[int, int]], _GroupPlan] | None = None
@@ -196,20 +202,14 @@ def grouped_bidirectional(
     (tests/train/test_packed_attention.py); with dropout the masks are drawn per group instead of
     per text, from the same distribution."""
     plan = _plan_for_layer(bounds, query.device)
-    flat = [t[0].transpose(0, 1) for t in (query, key, value)]  # (T, H, D) views
+    sizes = [texts * longest for texts, longest in plan.shapes]
+    # (T, H, D) views of (1, H, T, D) -> every group's padded slots in one gather -> per group views
+    laid_out = [t[0].transpose(0, 1).index_select(0, plan.gather).split(sizes) for t in (query, key, value)]
     outs = []
-    for group in plan.groups:
-        padded = []
-        for t in flat:
-            rows = t.index_select(0, group.rows)
-            layout = t.new_zeros(group.texts * group.longest, t.shape[1], t.shape[2]).index_copy(0, group.slots, rows)
-            padded.append(layout.view(group.texts, group.longest, t.shape[1], t.shape[2]).transpose(1, 2))
-        query_, key_, value_ = padded
-        out = F.scaled_dot_product_attention(
-            query_, key_, value_, attn_mask=group.keys, dropout_p=dropout, scale=scaling, enable_gqa=gqa
-        )  # (texts, H, longest, D)
-        out = out.transpose(1, 2).reshape(group.texts * group.longest, out.shape[1], out.shape[3])
-        outs.append(out.index_select(0, group.slots))
+    for (texts, longest), keys, q, k, v in zip(plan.shapes, plan.keys, *laid_out, strict=True):
+        q, k, v = (t.view(texts, longest, t.shape[1], t.shape[2]).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+        outs.append(out.transpose(1, 2).reshape(texts * longest, out.shape[1], out.shape[3]))
     joined = torch.cat(outs) if len(outs) > 1 else outs[0]
     return joined.index_select(0, plan.back)[None]
 
