@@ -353,3 +353,27 @@ def test_without_to_the_job_is_printed(
     out = capsys.readouterr().out
     assert out.startswith("# Converted by `runner convert` from the LLaMA-Factory config")
     assert tomllib.loads(out)["data"]["train"] == ["data/identity.json", "data/glaive_toolcall_en_demo.json"]
+
+
+@pytest.mark.parametrize("tool", ["llamafactory", "axolotl"])
+def test_counts_that_are_not_positive_whole_numbers_are_listed_and_a_boolean_seed_is_not_a_seed(
+    tmp_path: Path, tool: str
+) -> None:
+    make, batch_key = (
+        (_llamafactory, "per_device_train_batch_size") if tool == "llamafactory" else (_axolotl, "micro_batch_size")
+    )
+    base = LLAMAFACTORY if tool == "llamafactory" else AXOLOTL
+    lines = [
+        line
+        for line in base.splitlines()
+        if not line.startswith((f"{batch_key}:", "seed:", "max_steps:", "learning_rate:"))
+    ]
+    config = "\n".join([*lines, f"{batch_key}: 0.5", "seed: true", "max_steps: -1", "learning_rate: true"]) + "\n"
+    text, job = _convert(make(tmp_path, config), tmp_path / "jobs" / "x.toml")
+    assert "batch_size" not in job["train"] and "seed" not in job["train"] and "learning_rate" not in job["train"]
+    assert f"#   {batch_key}: 0.5 is not a positive whole number" in text
+    assert "#   seed: True is not a positive whole number" in text
+    if tool == "llamafactory":  # -1 is the Trainer's "not set" for max_steps: nothing to say
+        assert "max_steps" not in text and "max_steps" not in job["train"]
+    else:
+        assert "#   max_steps: -1 is not a positive whole number" in text

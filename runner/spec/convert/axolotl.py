@@ -21,6 +21,8 @@ from runner.spec.convert.common import (
     Conversion,
     ConvertError,
     choose,
+    copy_numbers,
+    copy_whole_numbers,
     model_source,
     positive_int,
     precision,
@@ -338,21 +340,18 @@ def _training(config: dict[str, Any], conv: Conversion) -> None:
         "save_steps": "train.save_every",
         "save_total_limit": "train.keep_checkpoints",
     }
-    for key, target in simple.items():
-        value = config.get(key)
-        if positive_int(value) or (key == "seed" and isinstance(value, int) and not isinstance(value, bool)):
-            conv.set(target, value, key)
-        elif value is not None:
-            conv.skip(key, f"{value!r} is not a positive whole number (a fraction of the steps is not read)")
-    for key, target in (
-        ("learning_rate", "train.learning_rate"),
-        ("num_epochs", "train.epochs"),
-        ("warmup_ratio", "train.warmup_ratio"),
-        ("weight_decay", "train.weight_decay"),
-        ("max_grad_norm", "train.max_grad_norm"),
-    ):
-        if isinstance(config.get(key), int | float) and not isinstance(config.get(key), bool):
-            conv.set(target, float(config[key]), key)
+    copy_whole_numbers(conv, config, simple, why=" (a fraction of the steps is not read)")
+    copy_numbers(
+        conv,
+        config,
+        {
+            "learning_rate": "train.learning_rate",
+            "num_epochs": "train.epochs",
+            "warmup_ratio": "train.warmup_ratio",
+            "weight_decay": "train.weight_decay",
+            "max_grad_norm": "train.max_grad_norm",
+        },
+    )
     if config.get("lr_scheduler"):
         choose(conv, "lr_scheduler", config["lr_scheduler"], "train.lr_scheduler", SCHEDULERS)
     else:

@@ -114,6 +114,27 @@ def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def copy_whole_numbers(
+    conv: Conversion, config: dict[str, Any], names: dict[str, str], *, unset: tuple[Any, ...] = (None,), why: str = ""
+) -> None:
+    """Counts copied through a name table (source key -> job key): a count must be a positive whole
+    number, a `seed` any whole number; anything else but the `unset` values is listed as unmapped."""
+    for key, target in names.items():
+        value = config.get(key)
+        if positive_int(value) or (key == "seed" and isinstance(value, int) and not isinstance(value, bool)):
+            conv.set(target, value, key)
+        elif not any(value is u or (type(value) is type(u) and value == u) for u in unset):
+            conv.skip(key, f"{value!r} is not a positive whole number{why}")
+
+
+def copy_numbers(conv: Conversion, config: dict[str, Any], names: dict[str, str]) -> None:
+    """Numbers (int or float, never a bool) copied through a name table as floats."""
+    for key, target in names.items():
+        value = config.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            conv.set(target, float(value), key)
+
+
 def report_to(conv: Conversion, origin: str, value: Any) -> None:
     targets = [value] if isinstance(value, str) else list(value or [])
     kept = [t for t in targets if t in REPORT_TARGETS]

@@ -20,6 +20,8 @@ from runner.spec.convert.common import (
     Conversion,
     ConvertError,
     choose,
+    copy_numbers,
+    copy_whole_numbers,
     model_source,
     positive_int,
     precision,
@@ -348,20 +350,18 @@ def _training(config: dict[str, Any], conv: Conversion) -> None:
         "save_steps": "train.save_every",
         "save_total_limit": "train.keep_checkpoints",
     }
-    for key, target in simple.items():
-        if positive_int(config.get(key)) or (key == "seed" and isinstance(config.get(key), int)):
-            conv.set(target, config[key], key)
-        elif config.get(key) not in (None, -1):
-            conv.skip(key, f"{config[key]!r} is not a positive whole number")
-    for key, target in (
-        ("learning_rate", "train.learning_rate"),
-        ("num_train_epochs", "train.epochs"),
-        ("warmup_ratio", "train.warmup_ratio"),
-        ("weight_decay", "train.weight_decay"),
-        ("max_grad_norm", "train.max_grad_norm"),
-    ):
-        if isinstance(config.get(key), int | float) and not isinstance(config.get(key), bool):
-            conv.set(target, float(config[key]), key)
+    copy_whole_numbers(conv, config, simple, unset=(None, -1))  # -1: the Trainer's "not set" for max_steps
+    copy_numbers(
+        conv,
+        config,
+        {
+            "learning_rate": "train.learning_rate",
+            "num_train_epochs": "train.epochs",
+            "warmup_ratio": "train.warmup_ratio",
+            "weight_decay": "train.weight_decay",
+            "max_grad_norm": "train.max_grad_norm",
+        },
+    )
     if "lr_scheduler_type" in config:
         choose(conv, "lr_scheduler_type", config["lr_scheduler_type"], "train.lr_scheduler", SCHEDULERS)
     if "optim" in config:
