@@ -118,7 +118,12 @@ def packed_sdpa_forward(
     ), None
 
 
-LENGTH_SPREAD = 2.0  # a group's longest text is at most this many times its shortest
+# A group's longest text is at most LENGTH_SPREAD times its shortest and at most LENGTH_SLACK tokens
+# longer: short texts group widely (their attention is cheap next to the linear layers), long ones
+# tightly (attention dominates them, and with dropout its probabilities are kept for the backward
+# pass, so padding there costs memory as well as time).
+LENGTH_SPREAD = 2.0
+LENGTH_SLACK = 16
 
 
 @dataclass(frozen=True)
@@ -138,13 +143,15 @@ class _GroupPlan:
     keys: tuple[torch.Tensor, ...]  # (texts, 1, 1, longest) bool of each group: a real token, to attend to
 
 
-def length_groups(sizes: list[int], spread: float = LENGTH_SPREAD) -> list[list[int]]:
+def length_groups(sizes: list[int], spread: float = LENGTH_SPREAD, slack: int = LENGTH_SLACK) -> list[list[int]]:
     """Indices of the texts of a packed row, grouped for one padded attention call per group:
     sorted by length, a new group starts where a text is longer than `spread` times the group's
-    shortest. Padding inside a group then costs at most spread^2 times the group's own score cells."""
+    shortest or more than `slack` tokens longer. A group's padded score cells are then at most
+    min(spread, 1 + slack / shortest)^2 times its texts' own."""
     groups: list[list[int]] = []
     for i in sorted(range(len(sizes)), key=lambda i: sizes[i]):
-        if groups and sizes[i] <= spread * max(sizes[groups[-1][0]], 1):
+        shortest = sizes[groups[-1][0]] if groups else 0
+        if groups and sizes[i] <= min(spread * max(shortest, 1), shortest + slack):
             groups[-1].append(i)
         else:
             groups.append([i])

@@ -180,14 +180,15 @@ def test_flash_attention_models_switch_to_the_packed_path_and_pick_the_kernel_pe
     assert use_packed_sdpa(model) and model.config._attn_implementation == PACKED_SDPA
 
 
-def test_length_groups_hold_every_text_once_with_the_longest_at_most_twice_the_shortest() -> None:
-    sizes = [12, 3, 40, 7, 6, 25, 1, 13, 64, 2]
+def test_length_groups_hold_every_text_once_short_ones_within_twice_the_shortest_long_ones_within_16_tokens() -> None:
+    sizes = [12, 3, 40, 7, 6, 25, 1, 13, 64, 2, 300, 290, 330, 318, 512]
     groups = length_groups(sizes)
     assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
     for group in groups:
         lengths = [sizes[i] for i in group]
-        assert max(lengths) <= 2 * min(lengths)
-    assert groups == [[6, 9], [1, 4], [3, 0, 7], [5, 2], [8]]  # sorted by length, cut past twice the shortest
+        assert max(lengths) <= 2 * min(lengths) and max(lengths) <= min(lengths) + 16
+    # sorted by length, cut past twice the shortest (short texts) or 16 tokens more (long ones)
+    assert groups == [[6, 9], [1, 4], [3, 0, 7], [5, 2], [8], [11, 10], [13, 12], [14]]
     assert length_groups([5, 5, 5]) == [[0, 1, 2]]
 
 
