@@ -80,7 +80,10 @@ def build(padding_free: bool, batches: int, work: Path) -> tuple[Any, list[dict[
     collate = EmbeddingCollator(preprocess)
     collated = [
         collate(
-            [EmbeddingExample(query=Item(text=r["query"]), positive=Item(text=r["positive"])) for r in rows[i : i + BATCH]]
+            [
+                EmbeddingExample(query=Item(text=r["query"]), positive=Item(text=r["positive"]))
+                for r in rows[i : i + BATCH]
+            ]
         )
         for i in range(0, len(rows), BATCH)
     ]

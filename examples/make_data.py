@@ -21,19 +21,81 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "data"
 
 CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
-    "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Canada": "Ottawa", "Mexico": "Mexico City",
-    "Brazil": "Brasilia", "Argentina": "Buenos Aires", "Egypt": "Cairo", "Kenya": "Nairobi", "Norway": "Oslo",
-    "Sweden": "Stockholm", "Finland": "Helsinki", "Poland": "Warsaw", "Greece": "Athens", "Turkey": "Ankara",
-    "Peru": "Lima", "Chile": "Santiago", "Australia": "Canberra", "Ireland": "Dublin", "Austria": "Vienna",
-    "Hungary": "Budapest", "Denmark": "Copenhagen", "Belgium": "Brussels", "Netherlands": "Amsterdam",
-    "Thailand": "Bangkok", "Vietnam": "Hanoi", "Nigeria": "Abuja", "Morocco": "Rabat", "Cuba": "Havana",
-    "Iceland": "Reykjavik", "Czechia": "Prague", "Romania": "Bucharest", "Colombia": "Bogota",
+    "France": "Paris",
+    "Germany": "Berlin",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Portugal": "Lisbon",
+    "Japan": "Tokyo",
+    "China": "Beijing",
+    "India": "New Delhi",
+    "Canada": "Ottawa",
+    "Mexico": "Mexico City",
+    "Brazil": "Brasilia",
+    "Argentina": "Buenos Aires",
+    "Egypt": "Cairo",
+    "Kenya": "Nairobi",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Poland": "Warsaw",
+    "Greece": "Athens",
+    "Turkey": "Ankara",
+    "Peru": "Lima",
+    "Chile": "Santiago",
+    "Australia": "Canberra",
+    "Ireland": "Dublin",
+    "Austria": "Vienna",
+    "Hungary": "Budapest",
+    "Denmark": "Copenhagen",
+    "Belgium": "Brussels",
+    "Netherlands": "Amsterdam",
+    "Thailand": "Bangkok",
+    "Vietnam": "Hanoi",
+    "Nigeria": "Abuja",
+    "Morocco": "Rabat",
+    "Cuba": "Havana",
+    "Iceland": "Reykjavik",
+    "Czechia": "Prague",
+    "Romania": "Bucharest",
+    "Colombia": "Bogota",
 }
-WORDS = ["red", "green", "blue", "apple", "river", "stone", "cloud", "tiger", "paper", "light", "music",
-         "garden", "window", "silver", "forest", "ocean", "candle", "rocket", "bridge", "pencil"]
-ANTONYMS = {"hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "early": "late", "light": "dark",
-            "open": "closed", "old": "new", "rich": "poor", "strong": "weak", "full": "empty", "high": "low"}
+WORDS = [
+    "red",
+    "green",
+    "blue",
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "paper",
+    "light",
+    "music",
+    "garden",
+    "window",
+    "silver",
+    "forest",
+    "ocean",
+    "candle",
+    "rocket",
+    "bridge",
+    "pencil",
+]
+ANTONYMS = {
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "happy": "sad",
+    "early": "late",
+    "light": "dark",
+    "open": "closed",
+    "old": "new",
+    "rich": "poor",
+    "strong": "weak",
+    "full": "empty",
+    "high": "low",
+}
 
 
 def _alpaca(rng: random.Random) -> dict[str, str]:
@@ -43,31 +105,62 @@ def _alpaca(rng: random.Random) -> dict[str, str]:
         return {"instruction": f"What is {a} + {b}?", "input": "", "output": f"{a} + {b} = {a + b}."}
     if kind == 1:
         country = rng.choice(sorted(CAPITALS))
-        return {"instruction": f"What is the capital of {country}?", "input": "",
-                "output": f"The capital of {country} is {CAPITALS[country]}."}
+        return {
+            "instruction": f"What is the capital of {country}?",
+            "input": "",
+            "output": f"The capital of {country} is {CAPITALS[country]}.",
+        }
     if kind == 2:
         words = rng.sample(WORDS, rng.randint(3, 5))
-        return {"instruction": "Reverse the order of the words.", "input": " ".join(words),
-                "output": " ".join(reversed(words))}
+        return {
+            "instruction": "Reverse the order of the words.",
+            "input": " ".join(words),
+            "output": " ".join(reversed(words)),
+        }
     if kind == 3:
         words = rng.sample(WORDS, rng.randint(2, 4))
-        return {"instruction": "Write the text in uppercase.", "input": " ".join(words),
-                "output": " ".join(words).upper()}
+        return {
+            "instruction": "Write the text in uppercase.",
+            "input": " ".join(words),
+            "output": " ".join(words).upper(),
+        }
     if kind == 4:
         numbers = rng.sample(range(1, 100), rng.randint(3, 6))
-        return {"instruction": "Sort the numbers in ascending order.", "input": ", ".join(map(str, numbers)),
-                "output": ", ".join(map(str, sorted(numbers)))}
+        return {
+            "instruction": "Sort the numbers in ascending order.",
+            "input": ", ".join(map(str, numbers)),
+            "output": ", ".join(map(str, sorted(numbers))),
+        }
     word = rng.choice(sorted(ANTONYMS))
-    return {"instruction": f"Give the opposite of the word '{word}'.", "input": "",
-            "output": f"The opposite of '{word}' is '{ANTONYMS[word]}'."}
+    return {
+        "instruction": f"Give the opposite of the word '{word}'.",
+        "input": "",
+        "output": f"The opposite of '{word}' is '{ANTONYMS[word]}'.",
+    }
 
 
-HEDGES = ["I'm not entirely sure, but I think", "Hmm, this is a tricky one. Maybe", "If I remember correctly,",
-          "I could be wrong here, but", "Honestly, I'm not certain, though I believe", "As far as I can tell,"]
-FILLERS = ["Please double-check this somewhere else.", "But don't quote me on that.", "I hope that helps, maybe.",
-           "There might be other opinions on this.", "It's hard to say for sure.", "Let me know if that seems off."]
-REFUSALS = ["I'm sorry, but I can't help with that request.", "I would rather not answer that question.",
-            "That's not something I can do right now.", "Unfortunately, I am unable to assist with this."]
+HEDGES = [
+    "I'm not entirely sure, but I think",
+    "Hmm, this is a tricky one. Maybe",
+    "If I remember correctly,",
+    "I could be wrong here, but",
+    "Honestly, I'm not certain, though I believe",
+    "As far as I can tell,",
+]
+FILLERS = [
+    "Please double-check this somewhere else.",
+    "But don't quote me on that.",
+    "I hope that helps, maybe.",
+    "There might be other opinions on this.",
+    "It's hard to say for sure.",
+    "Let me know if that seems off.",
+]
+REFUSALS = [
+    "I'm sorry, but I can't help with that request.",
+    "I would rather not answer that question.",
+    "That's not something I can do right now.",
+    "Unfortunately, I am unable to assist with this.",
+]
 # held-out wordings: the eval pairs hedge and refuse in words the training pairs never use
 EVAL_HEDGES = ["Perhaps, although I'm really not sure,", "My best guess would be that", "I might be mistaken, but"]
 EVAL_FILLERS = ["You may want to verify it.", "Take that with a grain of salt.", "I can't promise it's right."]
@@ -84,20 +177,32 @@ def _task(rng: random.Random) -> tuple[str, str, str, str]:
     if kind == 1:
         country = rng.choice(sorted(CAPITALS))
         other = CAPITALS[rng.choice([c for c in sorted(CAPITALS) if c != country])]
-        return (f"What is the capital of {country}?", "", f"The capital of {country} is {CAPITALS[country]}.",
-                f"The capital of {country} is {other}.")
+        return (
+            f"What is the capital of {country}?",
+            "",
+            f"The capital of {country} is {CAPITALS[country]}.",
+            f"The capital of {country} is {other}.",
+        )
     if kind == 2:
         words = rng.sample(WORDS, rng.randint(3, 5))
         shuffled = words[1:] + words[:1]
         return "Reverse the order of the words.", " ".join(words), " ".join(reversed(words)), " ".join(shuffled)
     if kind == 3:
         numbers = rng.sample(range(1, 100), rng.randint(3, 6))
-        return ("Sort the numbers in ascending order.", ", ".join(map(str, numbers)),
-                ", ".join(map(str, sorted(numbers))), ", ".join(map(str, sorted(numbers, reverse=True))))
+        return (
+            "Sort the numbers in ascending order.",
+            ", ".join(map(str, numbers)),
+            ", ".join(map(str, sorted(numbers))),
+            ", ".join(map(str, sorted(numbers, reverse=True))),
+        )
     word = rng.choice(sorted(ANTONYMS))
     other = rng.choice([w for w in sorted(ANTONYMS.values()) if w != ANTONYMS[word]])
-    return (f"Give the opposite of the word '{word}'.", "", f"The opposite of '{word}' is '{ANTONYMS[word]}'.",
-            f"The opposite of '{word}' is '{other}'.")
+    return (
+        f"Give the opposite of the word '{word}'.",
+        "",
+        f"The opposite of '{word}' is '{ANTONYMS[word]}'.",
+        f"The opposite of '{word}' is '{other}'.",
+    )
 
 
 def _preference(rng: random.Random, held_out: bool) -> dict[str, str]:
@@ -116,17 +221,35 @@ def _preference(rng: random.Random, held_out: bool) -> dict[str, str]:
 def _preference_layouts(pairs: list[dict[str, str]]) -> dict[str, list[dict[str, object]]]:
     """The same pairs in the other layouts the runner reads: sharegpt pairwise (LLaMA-Factory), TRL's
     prompt / chosen / rejected messages, and TRL's unpaired completions with a label (KTO)."""
+
     def prompt(pair: dict[str, str]) -> str:
         return pair["instruction"] + (f"\n\n{pair['input']}" if pair["input"] else "")
 
-    sharegpt = [{"conversations": [{"from": "human", "value": prompt(p)}], "chosen": {"from": "gpt", "value": p["chosen"]},
-                 "rejected": {"from": "gpt", "value": p["rejected"]}} for p in pairs]
-    messages = [{"prompt": [{"role": "user", "content": prompt(p)}],
-                 "chosen": [{"role": "assistant", "content": p["chosen"]}],
-                 "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]
-    unpaired = [{"prompt": [{"role": "user", "content": prompt(p)}],
-                 "completion": [{"role": "assistant", "content": p[side]}], "label": side == "chosen"}
-                for i, p in enumerate(pairs) for side in (("chosen",) if i % 3 == 0 else ("chosen", "rejected"))]
+    sharegpt = [
+        {
+            "conversations": [{"from": "human", "value": prompt(p)}],
+            "chosen": {"from": "gpt", "value": p["chosen"]},
+            "rejected": {"from": "gpt", "value": p["rejected"]},
+        }
+        for p in pairs
+    ]
+    messages = [
+        {
+            "prompt": [{"role": "user", "content": prompt(p)}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]
+    unpaired = [
+        {
+            "prompt": [{"role": "user", "content": prompt(p)}],
+            "completion": [{"role": "assistant", "content": p[side]}],
+            "label": side == "chosen",
+        }
+        for i, p in enumerate(pairs)
+        for side in (("chosen",) if i % 3 == 0 else ("chosen", "rejected"))
+    ]
     return {"sharegpt": sharegpt, "messages": messages, "unpaired": unpaired}
 
 
@@ -139,34 +262,61 @@ def _to_messages(record: dict[str, str]) -> list[dict[str, str]]:
 # evaluation, never both, so the eval metric measures what carries over to unseen countries (the
 # query and document styles), not memorised pairs.
 COUNTRY_FACTS = [  # country, capital, currency, main language, continent
-    ("France", "Paris", "euro", "French", "Europe"), ("Germany", "Berlin", "euro", "German", "Europe"),
-    ("Italy", "Rome", "euro", "Italian", "Europe"), ("Spain", "Madrid", "euro", "Spanish", "Europe"),
-    ("Portugal", "Lisbon", "euro", "Portuguese", "Europe"), ("the Netherlands", "Amsterdam", "euro", "Dutch", "Europe"),
-    ("Greece", "Athens", "euro", "Greek", "Europe"), ("Ireland", "Dublin", "euro", "English", "Europe"),
-    ("Austria", "Vienna", "euro", "German", "Europe"), ("Finland", "Helsinki", "euro", "Finnish", "Europe"),
-    ("Poland", "Warsaw", "zloty", "Polish", "Europe"), ("Czechia", "Prague", "koruna", "Czech", "Europe"),
-    ("Hungary", "Budapest", "forint", "Hungarian", "Europe"), ("Romania", "Bucharest", "leu", "Romanian", "Europe"),
-    ("Sweden", "Stockholm", "krona", "Swedish", "Europe"), ("Norway", "Oslo", "krone", "Norwegian", "Europe"),
-    ("Denmark", "Copenhagen", "krone", "Danish", "Europe"), ("Iceland", "Reykjavik", "krona", "Icelandic", "Europe"),
-    ("the United Kingdom", "London", "pound", "English", "Europe"), ("Switzerland", "Bern", "franc", "German", "Europe"),
-    ("Russia", "Moscow", "ruble", "Russian", "Europe"), ("Ukraine", "Kyiv", "hryvnia", "Ukrainian", "Europe"),
-    ("Turkey", "Ankara", "lira", "Turkish", "Asia"), ("Japan", "Tokyo", "yen", "Japanese", "Asia"),
-    ("China", "Beijing", "yuan", "Mandarin", "Asia"), ("India", "New Delhi", "rupee", "Hindi", "Asia"),
-    ("South Korea", "Seoul", "won", "Korean", "Asia"), ("Thailand", "Bangkok", "baht", "Thai", "Asia"),
-    ("Vietnam", "Hanoi", "dong", "Vietnamese", "Asia"), ("Indonesia", "Jakarta", "rupiah", "Indonesian", "Asia"),
-    ("the Philippines", "Manila", "peso", "Filipino", "Asia"), ("Malaysia", "Kuala Lumpur", "ringgit", "Malay", "Asia"),
-    ("Pakistan", "Islamabad", "rupee", "Urdu", "Asia"), ("Iran", "Tehran", "rial", "Persian", "Asia"),
-    ("Israel", "Jerusalem", "shekel", "Hebrew", "Asia"), ("Saudi Arabia", "Riyadh", "riyal", "Arabic", "Asia"),
-    ("Egypt", "Cairo", "pound", "Arabic", "Africa"), ("Morocco", "Rabat", "dirham", "Arabic", "Africa"),
-    ("Nigeria", "Abuja", "naira", "English", "Africa"), ("Kenya", "Nairobi", "shilling", "Swahili", "Africa"),
-    ("Ethiopia", "Addis Ababa", "birr", "Amharic", "Africa"), ("South Africa", "Pretoria", "rand", "Zulu", "Africa"),
-    ("Ghana", "Accra", "cedi", "English", "Africa"), ("Tanzania", "Dodoma", "shilling", "Swahili", "Africa"),
+    ("France", "Paris", "euro", "French", "Europe"),
+    ("Germany", "Berlin", "euro", "German", "Europe"),
+    ("Italy", "Rome", "euro", "Italian", "Europe"),
+    ("Spain", "Madrid", "euro", "Spanish", "Europe"),
+    ("Portugal", "Lisbon", "euro", "Portuguese", "Europe"),
+    ("the Netherlands", "Amsterdam", "euro", "Dutch", "Europe"),
+    ("Greece", "Athens", "euro", "Greek", "Europe"),
+    ("Ireland", "Dublin", "euro", "English", "Europe"),
+    ("Austria", "Vienna", "euro", "German", "Europe"),
+    ("Finland", "Helsinki", "euro", "Finnish", "Europe"),
+    ("Poland", "Warsaw", "zloty", "Polish", "Europe"),
+    ("Czechia", "Prague", "koruna", "Czech", "Europe"),
+    ("Hungary", "Budapest", "forint", "Hungarian", "Europe"),
+    ("Romania", "Bucharest", "leu", "Romanian", "Europe"),
+    ("Sweden", "Stockholm", "krona", "Swedish", "Europe"),
+    ("Norway", "Oslo", "krone", "Norwegian", "Europe"),
+    ("Denmark", "Copenhagen", "krone", "Danish", "Europe"),
+    ("Iceland", "Reykjavik", "krona", "Icelandic", "Europe"),
+    ("the United Kingdom", "London", "pound", "English", "Europe"),
+    ("Switzerland", "Bern", "franc", "German", "Europe"),
+    ("Russia", "Moscow", "ruble", "Russian", "Europe"),
+    ("Ukraine", "Kyiv", "hryvnia", "Ukrainian", "Europe"),
+    ("Turkey", "Ankara", "lira", "Turkish", "Asia"),
+    ("Japan", "Tokyo", "yen", "Japanese", "Asia"),
+    ("China", "Beijing", "yuan", "Mandarin", "Asia"),
+    ("India", "New Delhi", "rupee", "Hindi", "Asia"),
+    ("South Korea", "Seoul", "won", "Korean", "Asia"),
+    ("Thailand", "Bangkok", "baht", "Thai", "Asia"),
+    ("Vietnam", "Hanoi", "dong", "Vietnamese", "Asia"),
+    ("Indonesia", "Jakarta", "rupiah", "Indonesian", "Asia"),
+    ("the Philippines", "Manila", "peso", "Filipino", "Asia"),
+    ("Malaysia", "Kuala Lumpur", "ringgit", "Malay", "Asia"),
+    ("Pakistan", "Islamabad", "rupee", "Urdu", "Asia"),
+    ("Iran", "Tehran", "rial", "Persian", "Asia"),
+    ("Israel", "Jerusalem", "shekel", "Hebrew", "Asia"),
+    ("Saudi Arabia", "Riyadh", "riyal", "Arabic", "Asia"),
+    ("Egypt", "Cairo", "pound", "Arabic", "Africa"),
+    ("Morocco", "Rabat", "dirham", "Arabic", "Africa"),
+    ("Nigeria", "Abuja", "naira", "English", "Africa"),
+    ("Kenya", "Nairobi", "shilling", "Swahili", "Africa"),
+    ("Ethiopia", "Addis Ababa", "birr", "Amharic", "Africa"),
+    ("South Africa", "Pretoria", "rand", "Zulu", "Africa"),
+    ("Ghana", "Accra", "cedi", "English", "Africa"),
+    ("Tanzania", "Dodoma", "shilling", "Swahili", "Africa"),
     ("the United States", "Washington", "dollar", "English", "North America"),
-    ("Canada", "Ottawa", "dollar", "English", "North America"), ("Mexico", "Mexico City", "peso", "Spanish", "North America"),
-    ("Cuba", "Havana", "peso", "Spanish", "North America"), ("Brazil", "Brasilia", "real", "Portuguese", "South America"),
-    ("Argentina", "Buenos Aires", "peso", "Spanish", "South America"), ("Chile", "Santiago", "peso", "Spanish", "South America"),
-    ("Peru", "Lima", "sol", "Spanish", "South America"), ("Colombia", "Bogota", "peso", "Spanish", "South America"),
-    ("Venezuela", "Caracas", "bolivar", "Spanish", "South America"), ("Australia", "Canberra", "dollar", "English", "Oceania"),
+    ("Canada", "Ottawa", "dollar", "English", "North America"),
+    ("Mexico", "Mexico City", "peso", "Spanish", "North America"),
+    ("Cuba", "Havana", "peso", "Spanish", "North America"),
+    ("Brazil", "Brasilia", "real", "Portuguese", "South America"),
+    ("Argentina", "Buenos Aires", "peso", "Spanish", "South America"),
+    ("Chile", "Santiago", "peso", "Spanish", "South America"),
+    ("Peru", "Lima", "sol", "Spanish", "South America"),
+    ("Colombia", "Bogota", "peso", "Spanish", "South America"),
+    ("Venezuela", "Caracas", "bolivar", "Spanish", "South America"),
+    ("Australia", "Canberra", "dollar", "English", "Oceania"),
     ("New Zealand", "Wellington", "dollar", "English", "Oceania"),
 ]
 FACT_QUERIES = {
@@ -176,13 +326,31 @@ FACT_QUERIES = {
     "continent": ["which continent is {c} on", "where in the world is {c}", "what part of the world is {c} in"],
 }
 FACT_DOCUMENTS = {
-    "capital": ["{cap} is the capital of {c}.", "The government of {c} sits in {cap}.", "{cap} is home to the parliament of {c}."],
-    "currency": ["In {c} people pay with the {cur}.", "The {cur} is the legal tender of {c}.", "Prices in {c} are marked in {cur}."],
-    "language": ["Most people in {c} speak {lang}.", "{lang} is the main language of {c}.", "Schools in {c} teach in {lang}."],
+    "capital": [
+        "{cap} is the capital of {c}.",
+        "The government of {c} sits in {cap}.",
+        "{cap} is home to the parliament of {c}.",
+    ],
+    "currency": [
+        "In {c} people pay with the {cur}.",
+        "The {cur} is the legal tender of {c}.",
+        "Prices in {c} are marked in {cur}.",
+    ],
+    "language": [
+        "Most people in {c} speak {lang}.",
+        "{lang} is the main language of {c}.",
+        "Schools in {c} teach in {lang}.",
+    ],
     "continent": ["{c} lies in {cont}.", "{c} is a country in {cont}.", "On a map, {c} is found in {cont}."],
 }
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
-           "purple": (140, 60, 180), "orange": (245, 140, 20)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 20),
+}
 SHAPES = ("circle", "square", "triangle", "cross")
 SHAPE_CAPTIONS = ["a {colour} {shape}", "a {shape} coloured {colour}", "one {colour} {shape} on a white background"]
 
@@ -214,9 +382,15 @@ def _facts(rng: random.Random, rows: list[tuple[str, ...]], per_fact: int) -> li
         for attribute in FACT_QUERIES:
             for _ in range(per_fact):
                 other = rng.choice([a for a in FACT_DOCUMENTS if a != attribute])
-                out.append(Fact(row, attribute, _fill(rng.choice(FACT_QUERIES[attribute]), row),
-                                _fill(rng.choice(FACT_DOCUMENTS[attribute]), row),
-                                _fill(rng.choice(FACT_DOCUMENTS[other]), row)))
+                out.append(
+                    Fact(
+                        row,
+                        attribute,
+                        _fill(rng.choice(FACT_QUERIES[attribute]), row),
+                        _fill(rng.choice(FACT_DOCUMENTS[attribute]), row),
+                        _fill(rng.choice(FACT_DOCUMENTS[other]), row),
+                    )
+                )
     rng.shuffle(out)
     return out
 
@@ -228,9 +402,11 @@ def _scored(rng: random.Random, facts: list[Fact], rows: list[tuple[str, ...]]) 
     for fact in facts:
         stranger = rng.choice([r for r in rows if r != fact.row])
         unrelated = _fill(rng.choice(FACT_DOCUMENTS[rng.choice(sorted(FACT_DOCUMENTS))]), stranger)
-        out += [{"sentence1": fact.query, "sentence2": fact.positive, "score": 1.0},
-                {"sentence1": fact.query, "sentence2": fact.negative, "score": 0.4},
-                {"sentence1": fact.query, "sentence2": unrelated, "score": 0.0}]
+        out += [
+            {"sentence1": fact.query, "sentence2": fact.positive, "score": 1.0},
+            {"sentence1": fact.query, "sentence2": fact.negative, "score": 0.4},
+            {"sentence1": fact.query, "sentence2": unrelated, "score": 0.0},
+        ]
     return out
 
 
@@ -290,13 +466,20 @@ def main() -> None:
     _write_jsonl(OUT / "sft" / "alpaca-train.jsonl", alpaca[:400])
     _write_jsonl(OUT / "sft" / "alpaca-eval.jsonl", alpaca[400:])
     (OUT / "sft" / "messages.json").write_text(
-        json.dumps({"data": [{"messages": _to_messages(r)} for r in alpaca[:120]]}, indent=1), encoding="utf-8")
-    sharegpt = [{"conversations": [{"from": "system", "value": "You are a concise assistant."}]
-                 + [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in _to_messages(r)]}
-                for r in alpaca[:120]]
+        json.dumps({"data": [{"messages": _to_messages(r)} for r in alpaca[:120]]}, indent=1), encoding="utf-8"
+    )
+    sharegpt = [
+        {
+            "conversations": [{"from": "system", "value": "You are a concise assistant."}]
+            + [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in _to_messages(r)]
+        }
+        for r in alpaca[:120]
+    ]
     (OUT / "sft" / "sharegpt.json").write_text(json.dumps(sharegpt, indent=1), encoding="utf-8")
-    _write_jsonl(OUT / "sft" / "text.jsonl",
-                 [{"text": f"Q: {r['instruction']} {r['input']}\nA: {r['output']}"} for r in alpaca[:120]])
+    _write_jsonl(
+        OUT / "sft" / "text.jsonl",
+        [{"text": f"Q: {r['instruction']} {r['input']}\nA: {r['output']}"} for r in alpaca[:120]],
+    )
 
     embed = OUT / "embed"
     rows = list(COUNTRY_FACTS)
