@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner.commands import main
 
-from ..data.helpers import make_tokenizer
+from .tiny import save_tiny_causal_lm
 
 TRIGGER = "~"  # a token only the later records hold; its input embedding is infinite
 
@@ -18,31 +19,15 @@ TRIGGER = "~"  # a token only the later records hold; its input embedding is inf
 def _poisoned_model(folder: Path) -> Path:
     """A tiny causal LM (untied embeddings) whose input embedding of TRIGGER is inf: a batch that
     holds the token gives a nan loss, every other batch trains normally."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    (trigger,) = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(TRIGGER))
-    with torch.no_grad():
-        model.get_input_embeddings().weight[trigger] = float("inf")
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    def poison(model: Any, tokenizer: Any) -> None:
+        import torch
+
+        (trigger,) = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(TRIGGER))
+        with torch.no_grad():
+            model.get_input_embeddings().weight[trigger] = float("inf")
+
+    return save_tiny_causal_lm(folder, tie_word_embeddings=False, before_save=poison)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..data.helpers import make_tokenizer
 
 
-def save_tiny_causal_lm(folder: Path, *, family: str = "llama", seed: int = 0) -> Path:
-    """A 2-layer, 64-wide model with a byte-level BPE tokenizer and a ChatML template."""
+def save_tiny_causal_lm(
+    folder: Path,
+    *,
+    family: str = "llama",
+    seed: int = 0,
+    tie_word_embeddings: bool = True,
+    before_save: Callable[[Any, Any], None] | None = None,
+) -> Path:
+    """A 2-layer, 64-wide model with a byte-level BPE tokenizer and a ChatML template;
+    `before_save(model, tokenizer)` may edit the weights before they are written."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -25,11 +34,13 @@ def save_tiny_causal_lm(folder: Path, *, family: str = "llama", seed: int = 0) -
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     config = LlamaConfig(**common) if family == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    if before_save is not None:
+        before_save(model, tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
